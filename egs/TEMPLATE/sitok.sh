@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The shared SiTok recipe: every stage lives here once (ESPnet egs2/TEMPLATE style).
+# A corpus recipe egs/<corpus>/sitok/run.sh sets its options and calls this script from its
+# own directory, which must hold local/corpus.sh (stage 0) and local/data.sh (stage 1).
+#
+# Every generated file is under corpus/, data/, dump/ and exp/ of the recipe directory: they
+# can be deleted and regenerated. Each stage writes a .done marker last and skips work that
+# is already done, so a killed run is resumed by running the same command again.
+set -euo pipefail
+
+log() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+SECONDS=0
+
+# ---- options (any of them can be given as --name value) -------------------------------
+stage=0                 # first stage to run
+stop_stage=100          # last stage to run
+nj=2                    # parallel jobs for synthesis and features
+python=                 # Python interpreter (default: <toolkit>/.venv/bin/python)
+corpus_dir=corpus       # stage 0: where the corpus is synthesised / found
+local_corpus_opts=      # extra options for local/corpus.sh
+local_data_opts=        # extra options for local/data.sh
+train_set=train         # data sets (names of data/<set> directories)
+valid_set=dev
+test_sets="test"
+extra_sets=             # more sets that get features but are not train/valid/test (e.g. keyword clips)
+datadir=data
+dumpdir=dump
+expdir=exp
+min_duration=0.1        # seconds; shorter audio is skipped (and listed)
+max_duration=60         # seconds; longer audio is skipped (and listed)
+cmvn_mode=global        # global (paper: one mean/var) | per_bin
+vocab_type=unigram      # SentencePiece model type for the CTC targets
+vocab_size=256          # paper scale 32100; mini a few hundred
+token_rate=12.5         # tokens per second of the tokenizer (CTC fit check)
+judge_check_utts=100    # stage 3: ASR-judge WER on this many ground-truth utterances of the first test set (0: skip)
+progress=true           # progress bars
+
+help_message=$(cat <<EOF
+Usage: $0 [options]   (run from egs/<corpus>/sitok/)
+
+Stages:
+  0  corpus       synthesise (mini) or locate (real corpora) the audio: local/corpus.sh
+  1  data prep    Kaldi-style dirs data/<set>/ + SpeechBrain manifests: local/data.sh
+  2  features     log-mel ark/scp dumps + CMVN stats in ${dumpdir}/<set>/, validated
+  3  vocabulary   SentencePiece CTC vocabulary + CTC fit report; in-domain LM for the ASR judge
+                  and the judge's WER on ground-truth test audio
+EOF
+)
+
+toolkit_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+. "${toolkit_root}/tools/parse_options.sh"
+
+if [ -z "${python}" ]; then
+    python="${toolkit_root}/.venv/bin/python"
+    [ -x "${python}" ] || { log "ERROR: ${python} not found: run ${toolkit_root}/tools/install.sh first (or 'make demo')"; exit 1; }
+fi
+for f in local/corpus.sh local/data.sh; do
+    [ -x "${f}" ] || { log "ERROR: $(pwd)/${f} missing or not executable: run this script from egs/<corpus>/sitok/"; exit 1; }
+done
+sitok=("${python}" -m sitok.cli)
+no_progress=(); ${progress} || no_progress=(--no-progress)
+all_sets="${train_set} ${valid_set} ${test_sets} ${extra_sets}"
+lang_dir="${datadir}/lang_${vocab_type}${vocab_size}"
+export PYTHONUNBUFFERED=1
+
+run_stage() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
+
+log "$0 $*"
+
+# ---- stage 0: corpus ---------------------------------------------------------------------
+if run_stage 0; then
+    log "Stage 0: corpus -> ${corpus_dir} (local/corpus.sh; it skips work already done)"
+    eval "corpus_opts=(${local_corpus_opts})"
+    local/corpus.sh --corpus_dir "${corpus_dir}" --nj "${nj}" --python "${python}" ${corpus_opts[@]+"${corpus_opts[@]}"}
+fi
+
+# ---- stage 1: data prep ------------------------------------------------------------------
+if run_stage 1; then
+    if [ -f "${datadir}/.done" ]; then
+        log "Stage 1: data dirs in ${datadir}/ already done, skipping"
+    else
+        log "Stage 1: data prep -> ${datadir}/{$(echo ${all_sets} | tr ' ' ',')}"
+        eval "data_opts=(${local_data_opts})"
+        local/data.sh --corpus_dir "${corpus_dir}" --datadir "${datadir}" --python "${python}" \
+            --min_duration "${min_duration}" --max_duration "${max_duration}" ${data_opts[@]+"${data_opts[@]}"}
+        for dset in ${all_sets}; do
+            "${sitok[@]}" validate-data-dir "${datadir}/${dset}" --need utt2dur --check-files
+        done
+        touch "${datadir}/.done"
+    fi
+fi
+
+# ---- stage 2: features -------------------------------------------------------------------
+if run_stage 2; then
+    log "Stage 2: log-mel features (24 kHz, n_fft 1920, hop 480, 128 bins, 50 Hz) with ${nj} jobs"
+    for dset in ${all_sets}; do
+        if [ -f "${dumpdir}/${dset}/.done" ]; then
+            log "  ${dumpdir}/${dset} already done, skipping"
+            continue
+        fi
+        "${sitok[@]}" compute-feats "${datadir}/${dset}" "${dumpdir}/${dset}" --nj "${nj}" \
+            --min-duration "${min_duration}" --max-duration "${max_duration}" --cmvn-mode "${cmvn_mode}" "${no_progress[@]}"
+        "${sitok[@]}" validate-data-dir "${dumpdir}/${dset}" --need utt2dur feats.scp utt2num_frames
+        touch "${dumpdir}/${dset}/.done"
+    done
+    log "  global CMVN statistics for training: ${dumpdir}/${train_set}/cmvn.json"
+fi
+
+# ---- stage 3: vocabulary -----------------------------------------------------------------
+if run_stage 3; then
+    if [ -f "${lang_dir}/.done" ]; then
+        log "Stage 3: vocabulary ${lang_dir} already done, skipping"
+    else
+        log "Stage 3: SentencePiece ${vocab_type} ${vocab_size} on ${dumpdir}/${train_set}/text -> ${lang_dir}"
+        "${sitok[@]}" train-vocab "${dumpdir}/${train_set}" --out "${lang_dir}" --vocab-size "${vocab_size}" \
+            --model-type "${vocab_type}" --token-rate "${token_rate}" --nj "${nj}"
+        "${sitok[@]}" judge-lm --text "${dumpdir}/${train_set}/text" --out "${lang_dir}/judge_lm.arpa"
+        if [ "${judge_check_utts}" -gt 0 ] && [ -n "${test_sets}" ]; then
+            first_test=${test_sets%% *}
+            log "  ASR judge on ground truth: ${judge_check_utts} utterances of ${dumpdir}/${first_test}"
+            "${sitok[@]}" judge-wer "${dumpdir}/${first_test}" --lm "${lang_dir}/judge_lm.arpa" \
+                --max-utts "${judge_check_utts}" --out "${lang_dir}/judge_wer_${first_test}.tsv" "${no_progress[@]}"
+        fi
+        touch "${lang_dir}/.done"
+    fi
+fi
+
+log "Finished stages ${stage}..${stop_stage} in ${SECONDS} s"

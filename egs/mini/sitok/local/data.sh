@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Stage 1 of the mini recipe: corpus/metadata.tsv -> data/<split>/ (+ SV trials for test_unseen).
+set -euo pipefail
+corpus_dir=corpus
+datadir=data
+python=python3
+min_duration=0.1
+max_duration=60
+help_message="Usage: $0 [--corpus_dir DIR] [--datadir DIR]"
+. "$(dirname "$0")/../../../../tools/parse_options.sh"
+
+for split in train dev test test_unseen ks_train ks_dev ks_test; do
+    "${python}" -m sitok.cli prep --corpus mini --root "${corpus_dir}" --split "${split}" --out "${datadir}/${split}" \
+        --min-duration "${min_duration}" --max-duration "${max_duration}"
+done
+"${python}" -m sitok.cli make-trials "${datadir}/test_unseen"

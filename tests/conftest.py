@@ -1,0 +1,75 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tone(seconds=1.0, sr=24000, freq=220.0, amp=0.3, channels=1):
+    t = np.arange(int(seconds * sr)) / sr
+    x = (amp * np.sin(2 * np.pi * freq * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    return np.stack([x, 0.5 * x], 1) if channels == 2 else x
+
+
+def write(path, data, sr=24000, **kw):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sf.write(path, data, sr, **kw)
+    return path
+
+
+def make_bad_files(d):
+    """Every bad-input case of SPEC 11: name -> (path, expected outcome)."""
+    os.makedirs(d, exist_ok=True)
+    files = {}
+    files["good"] = write(f"{d}/good.wav", tone(1.0))
+    files["wrong_rate"] = write(f"{d}/wrong_rate.wav", tone(1.0, sr=16000), sr=16000)
+    files["stereo"] = write(f"{d}/stereo.wav", tone(1.0, channels=2))
+    open(f"{d}/empty.wav", "wb").close()
+    files["empty"] = f"{d}/empty.wav"
+    with open(f"{d}/not_audio.wav", "w") as fh:
+        fh.write("this is a text file, not audio\n" * 20)
+    files["not_audio"] = f"{d}/not_audio.wav"
+    write(f"{d}/full.wav", tone(1.0))
+    with open(f"{d}/full.wav", "rb") as fh:
+        blob = fh.read()
+    with open(f"{d}/truncated.wav", "wb") as fh:
+        fh.write(blob[:30])  # cut inside the RIFF header
+    files["truncated"] = f"{d}/truncated.wav"
+    nan = tone(1.0)
+    nan[100:200] = np.nan
+    files["nan"] = write(f"{d}/nan.wav", nan, subtype="FLOAT")
+    files["silent"] = write(f"{d}/silent.wav", np.zeros(24000, np.float32))
+    files["short"] = write(f"{d}/short.wav", tone(0.02))
+    files["long"] = write(f"{d}/long.wav", tone(12.0))
+    os.remove(f"{d}/full.wav")
+    return files
+
+
+# reasons expected from load_audio(min_duration=0.1, max_duration=10)
+BAD_REASONS = {
+    "empty": "empty-file",
+    "not_audio": "unreadable",
+    "truncated": "unreadable",
+    "nan": "non-finite",
+    "silent": "silent",
+    "short": "too-short",
+    "long": "too-long",
+}
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    return make_bad_files(str(tmp_path / "audio"))
+
+
+def have(*tools):
+    return all(shutil.which(t) for t in tools)
+
+
+def run_cli(*args, cwd=None, check=True):
+    return subprocess.run([sys.executable, "-m", "sitok.cli", *args], cwd=cwd, check=check, capture_output=True, text=True)

@@ -1,0 +1,103 @@
+"""Data prep on tiny directories built in the real LibriSpeech / LibriTTS layouts."""
+
+import os
+
+import pytest
+
+from sitok.data.kaldi import DataDir, combine_data_dirs, read_table, validate_data_dir
+from sitok.data.prep import make_data_dir, read_librispeech, read_libritts
+
+from conftest import run_cli, tone, write
+
+
+def build_librispeech(root):
+    base = os.path.join(root, "LibriSpeech", "dev-clean")
+    lines = {
+        ("84", "121123"): [("0000", "GO DO YOU HEAR"), ("0001", "BUT IN LESS THAN FIVE MINUTES THE STAIRCASE GROANED")],
+        ("1272", "128104"): [("0000", "MISTER QUILTER IS THE APOSTLE OF THE MIDDLE CLASSES"), ("0001", "...")],
+    }
+    for (spk, ch), utts in lines.items():
+        d = os.path.join(base, spk, ch)
+        with open(os.path.join(_mk(d), f"{spk}-{ch}.trans.txt"), "w") as fh:
+            for u, text in utts:
+                fh.write(f"{spk}-{ch}-{u} {text}\n")
+                write(os.path.join(d, f"{spk}-{ch}-{u}.flac"), tone(1.2, sr=16000), sr=16000, format="FLAC")
+    # a corrupt file: transcript present, audio is garbage
+    open(os.path.join(base, "84", "121123", "84-121123-0001.flac"), "wb").write(b"\x00" * 100)
+    return base
+
+
+def build_libritts(root):
+    base = os.path.join(root, "LibriTTS", "test-clean")
+    for utt, text in [("1089_134686_000001_000001", "He hoped there would be stew for dinner."),
+                      ("1089_134686_000002_000000", "Stuff it into you, his belly counselled him."),
+                      ("121_121726_000004_000003", None)]:  # fmt: skip
+        spk, ch = utt.split("_")[:2]
+        d = _mk(os.path.join(base, spk, ch))
+        write(os.path.join(d, f"{utt}.wav"), tone(1.0), sr=24000)
+        if text is not None:
+            open(os.path.join(d, f"{utt}.normalized.txt"), "w").write(text)
+    return base
+
+
+def _mk(d):
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def test_librispeech_prep(tmp_path):
+    build_librispeech(str(tmp_path / "db"))
+    out = str(tmp_path / "data" / "dev_clean")
+    dd, skips = make_data_dir(read_librispeech(str(tmp_path / "db"), "dev-clean"), out)
+    assert dd.utts == ["1272-128104-0000", "84-121123-0000"]  # C byte order
+    assert {(s.utt, s.reason) for s in skips} == {("1272-128104-0001", "empty-text"), ("84-121123-0001", "unreadable")}
+    assert read_table(f"{out}/text")["84-121123-0000"] == "go do you hear"
+    assert read_table(f"{out}/utt2spk") == {"1272-128104-0000": "1272", "84-121123-0000": "84"}
+    assert float(read_table(f"{out}/utt2dur")["84-121123-0000"]) == pytest.approx(1.2)
+    assert validate_data_dir(out, check_files=True) == []
+    skipped = open(f"{out}/skipped.tsv").read()
+    assert "84-121123-0001.flac" in skipped and "unreadable" in skipped
+    header = open(f"{out}/manifest.csv").readline().strip()
+    assert header == "ID,duration,wav,spk_id,wrd"
+
+
+def test_libritts_prep_via_cli(tmp_path):
+    build_libritts(str(tmp_path / "db"))
+    out = str(tmp_path / "data" / "test_clean")
+    r = run_cli("prep", "--corpus", "libritts", "--root", str(tmp_path / "db"), "--split", "test-clean", "--out", out)
+    assert "1 skipped (no-transcript: 1)" in r.stderr
+    text = read_table(f"{out}/text")
+    assert text == {"1089_134686_000001_000001": "he hoped there would be stew for dinner",
+                    "1089_134686_000002_000000": "stuff it into you his belly counselled him"}  # fmt: skip
+    assert read_table(f"{out}/spk2utt") == {"1089": "1089_134686_000001_000001 1089_134686_000002_000000"}
+    assert validate_data_dir(out) == []
+
+
+def test_missing_split_names_the_folder(tmp_path):
+    r = run_cli("prep", "--corpus", "librispeech", "--root", str(tmp_path), "--split", "train-clean-100",
+                "--out", str(tmp_path / "d"), check=False)  # fmt: skip
+    assert r.returncode == 1 and "train-clean-100" in r.stderr and str(tmp_path) in r.stderr
+
+
+def test_combine_and_validate(tmp_path):
+    build_librispeech(str(tmp_path / "db"))
+    build_libritts(str(tmp_path / "db"))
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    make_data_dir(read_librispeech(str(tmp_path / "db"), "dev-clean"), a)
+    make_data_dir(read_libritts(str(tmp_path / "db"), "test-clean"), b)
+    dd = combine_data_dirs(str(tmp_path / "all"), [a, b])
+    assert len(dd) == 4 and validate_data_dir(str(tmp_path / "all")) == []
+    with pytest.raises(ValueError, match="both"):
+        combine_data_dirs(str(tmp_path / "dup"), [a, a])
+
+
+def test_validate_finds_problems(tmp_path):
+    build_libritts(str(tmp_path / "db"))
+    d = str(tmp_path / "d")
+    make_data_dir(read_libritts(str(tmp_path / "db"), "test-clean"), d)
+    with open(f"{d}/text", "w") as fh:  # drop one transcript, add a stranger, break the order
+        fh.write("zzz hello\n1089_134686_000001_000001 hi\n")
+    problems = "\n".join(validate_data_dir(d))
+    assert "lack an entry" in problems and "not in wav.scp" in problems and "not sorted" in problems
+    dd = DataDir.load(d)
+    assert len(dd) == 2

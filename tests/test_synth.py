@@ -1,0 +1,71 @@
+"""The embedded corpus: design (SPEC 4.1) and reproducibility (same seed -> same bytes)."""
+
+import hashlib
+import os
+
+import pytest
+
+from sitok.data import synth
+
+from conftest import have
+
+TINY = dict(train_minutes=0.3, dev_minutes=0.1, test_minutes=0.1, unseen_minutes=0.1, ks_per_class=(1, 1, 1))
+
+
+def test_corpus_design():
+    assert len(synth.SPEAKERS) >= 20
+    held = {s.id for s in synth.SPEAKERS if s.held_out}
+    assert 3 <= len(held) < len(synth.SPEAKERS) // 2
+    assert {s.engine for s in synth.SPEAKERS} == {"flite", "espeak"}
+    assert {s.voice for s in synth.SPEAKERS if s.engine == "flite"} == {"awb", "rms", "slt", "kal16"}
+    assert len({(s.voice, s.pitch, s.vtl) for s in synth.SPEAKERS}) == len(synth.SPEAKERS)  # all distinct
+    items = synth.plan_corpus(seed=1)
+    by_split = {}
+    for it in items:
+        by_split.setdefault(it.split, []).append(it)
+    assert set(by_split) == {"train", "dev", "test", "test_unseen", "ks_train", "ks_dev", "ks_test"}
+    minutes = {k: len(v) * synth.MEAN_SENTENCE_SECONDS / 60 for k, v in by_split.items()}
+    assert minutes["train"] == pytest.approx(90, rel=0.02) and minutes["test"] == pytest.approx(10, rel=0.05)
+    assert {it.speaker.id for it in by_split["test_unseen"]} == held
+    assert not held & {it.speaker.id for k in ("train", "dev", "test") for it in by_split[k]}
+    assert {it.speaker.engine for it in by_split["test"]} == {"flite"}  # read well by pocketsphinx
+    assert {it.label for it in by_split["train"]} == set(synth.STYLES)
+    assert {it.label for it in by_split["ks_train"]} == set(synth.KEYWORDS) | {synth.UNKNOWN, synth.SILENCE}
+    train_text = {it.text for it in by_split["train"]}
+    assert not train_text & {it.text for it in by_split["test"]}
+    assert len({w for it in by_split["train"] for w in it.text.split()}) >= 200  # a few hundred words
+    assert all(it.utt.startswith(it.speaker.id + "-") for it in items)
+
+
+def test_plan_is_a_function_of_the_seed():
+    assert synth.plan_corpus(seed=7, **TINY) == synth.plan_corpus(seed=7, **TINY)
+    assert synth.plan_corpus(seed=7, **TINY) != synth.plan_corpus(seed=8, **TINY)
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            p = os.path.join(dirpath, f)
+            h.update(os.path.relpath(p, root).encode())
+            h.update(open(p, "rb").read())
+    return h.hexdigest()
+
+
+@pytest.mark.skipif(not have("flite", "espeak-ng"), reason="flite/espeak-ng not installed (tools/install.sh)")
+def test_same_seed_gives_byte_identical_corpus(tmp_path):
+    items = synth.plan_corpus(seed=3, **TINY)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    sec_a = synth.synthesize_corpus(a, items, nj=2, progress=False)
+    sec_b = synth.synthesize_corpus(b, items, nj=1, progress=False)
+    assert sec_a == sec_b
+    assert open(f"{a}/metadata.tsv", "rb").read() == open(f"{b}/metadata.tsv", "rb").read()
+    assert _digest(a) == _digest(b)  # audio too
+    rows = synth.read_metadata(a)
+    assert len(rows) == len(items) and rows[0].keys() >= {"utt", "split", "speaker", "label", "path", "text"}
+    sil = [r for r in rows if r["label"] == synth.SILENCE]
+    assert sil and all(r["text"] == "<silence>" for r in sil)
+    # resumable: a re-run over a finished corpus renders nothing and changes nothing
+    before = _digest(a)
+    synth.synthesize_corpus(a, items, nj=2, progress=False)
+    assert _digest(a) == before

@@ -1,0 +1,8 @@
+"""SiTok: a recipe toolkit for the Speech Diffusion Tokenizer.
+
+Flow of data through the package (lower layers never import higher ones):
+``data`` (wav -> mel) -> ``models`` (mel -> codes -> mel) -> ``infer`` (public API)
+-> ``eval`` / ``report``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,269 @@
+"""The ``sitok`` console script. Recipe stages call these subcommands; users can too.
+
+    sitok synth-mini       build the embedded synthetic corpus (egs/mini stage 0)
+    sitok prep             corpus on disk -> Kaldi-style data dir + manifest (stage 1)
+    sitok make-trials      speaker-verification trial list for a data dir
+    sitok compute-feats    data dir -> log-mel ark/scp dump + CMVN stats (stage 2)
+    sitok train-vocab      SentencePiece CTC vocabulary + CTC fit report (stage 3)
+    sitok judge-lm         in-domain bigram LM for the offline ASR judge (stage 3)
+    sitok judge-wer        offline ASR judge (pocketsphinx) WER on a data dir's audio
+    sitok combine-data-dirs   union of data dirs
+    sitok validate-data-dir   Kaldi-style consistency checks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+logger = logging.getLogger("sitok")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+def cmd_synth_mini(a) -> int:
+    from sitok.data import synth
+
+    items = synth.plan_corpus(
+        seed=a.seed,
+        train_minutes=a.train_minutes,
+        dev_minutes=a.dev_minutes,
+        test_minutes=a.test_minutes,
+        unseen_minutes=a.unseen_minutes,
+        ks_per_class=tuple(a.ks_per_class),
+    )
+    logger.info("synthesising %d utterances into %s with %d jobs (seed %d)", len(items), a.out, a.nj, a.seed)
+    seconds = synth.synthesize_corpus(a.out, items, nj=a.nj, progress=not a.no_progress)
+    logger.info("corpus %s: %s", a.out, synth.total_hours(seconds))
+    return 0
+
+
+def cmd_prep(a) -> int:
+    from sitok.data.prep import READERS, make_data_dir
+
+    entries = READERS[a.corpus](a.root, a.split)
+    make_data_dir(entries, a.out, min_duration=a.min_duration, max_duration=a.max_duration)
+    return 0
+
+
+def cmd_make_trials(a) -> int:
+    from sitok.data.kaldi import read_table
+    from sitok.data.synth import make_trials
+    from sitok.fileio import atomic_open
+
+    utt2spk = read_table(os.path.join(a.data_dir, "utt2spk"))
+    trials = make_trials(utt2spk, seed=a.seed, per_utt=a.per_utt)
+    with atomic_open(os.path.join(a.data_dir, "trials")) as fh:
+        for u, v, lab in trials:
+            fh.write(f"{u} {v} {lab}\n")
+    n_t = sum(1 for t in trials if t[2] == "target")
+    logger.info("%s/trials: %d trials (%d target, %d nontarget)", a.data_dir, len(trials), n_t, len(trials) - n_t)
+    return 0
+
+
+def cmd_compute_feats(a) -> int:
+    from sitok.data.features import compute_features
+
+    compute_features(
+        a.data_dir,
+        a.dump_dir,
+        nj=a.nj,
+        min_duration=a.min_duration,
+        max_duration=a.max_duration,
+        cmvn_mode=a.cmvn_mode,
+        progress=not a.no_progress,
+    )
+    return 0
+
+
+def cmd_train_vocab(a) -> int:
+    from sitok.data.kaldi import read_table
+    from sitok.data.vocab import ctc_fit_report, train_sentencepiece, write_report
+
+    data_dir = a.data_dir
+    texts = [t for t in read_table(os.path.join(data_dir, "text")).values() if not t.startswith("<")]
+    model = train_sentencepiece(texts, a.out, vocab_size=a.vocab_size, model_type=a.model_type, num_threads=a.nj)
+    report = ctc_fit_report(model, data_dir, token_rate=a.token_rate)
+    write_report(report, os.path.join(a.out, "ctc_fit.json"))
+    logger.info(
+        "%s: %d pieces (%s) from %d transcripts; %.2f units/s; CTC fit at %.2f Hz: worst %.3f, p99 %.3f, "
+        "mean %.3f, %d utterances do not fit",
+        model, report["vocab_size"], a.model_type, len(texts), report["units_per_second"], a.token_rate,
+        report["ratio_max"], report["ratio_p99"], report["ratio_mean"], report["not_fitting"],
+    )  # fmt: skip
+    if report["not_fitting"]:
+        logger.warning(
+            "%d training targets are longer than their token sequence (worst: %s); use a coarser "
+            "vocabulary (larger --vocab_size) or a higher token rate; see %s/ctc_fit.json",
+            report["not_fitting"], report["worst"][0], a.out,
+        )  # fmt: skip
+    return 0
+
+
+def cmd_judge_lm(a) -> int:
+    from sitok.data.kaldi import read_table
+    from sitok.eval.ngram import write_bigram_arpa
+
+    texts = [t for t in read_table(a.text).values() if not t.startswith("<")]
+    counts = write_bigram_arpa(texts, a.out)
+    logger.info("%s: bigram LM from %d sentences: %s", a.out, len(texts), json.dumps(counts))
+    return 0
+
+
+def cmd_judge_wer(a) -> int:
+    """Word error rate of the offline ASR judge on a data dir's audio (ground truth)."""
+    from tqdm import tqdm
+
+    from sitok.data.audio import AudioError, load_audio
+    from sitok.data.kaldi import DataDir
+    from sitok.eval.asr import PocketSphinxASR, word_error_rate
+    from sitok.fileio import atomic_open
+
+    dd = DataDir.load(a.data_dir)
+    utts = [u for u in dd.utts if not dd.tables["text"][u].startswith("<")][: a.max_utts or None]
+    asr = PocketSphinxASR(lm=a.lm)
+    refs, hyps, rows, skipped = [], [], [], 0
+    for u in tqdm(utts, desc="asr judge", unit="utt", disable=a.no_progress, mininterval=2):
+        try:
+            wav = load_audio(dd.tables["wav.scp"][u], 16000)
+        except AudioError as exc:
+            logger.warning("skipped %s: %s", u, exc)
+            skipped += 1
+            continue
+        hyp = asr.transcribe(wav.numpy(), 16000)
+        refs.append(dd.tables["text"][u])
+        hyps.append(hyp)
+        rows.append(f"{u}\t{refs[-1]}\t{hyp}\n")
+    wer = word_error_rate(refs, hyps)
+    if a.out:
+        with atomic_open(a.out) as fh:
+            fh.write(f"# {asr.name} {asr.version} lm={a.lm or 'generic'} WER {100 * wer:.2f} %\nutt\tref\thyp\n")
+            fh.writelines(rows)
+    logger.info(
+        "%s: %s (lm: %s) WER %.2f %% on %d utterances (%d skipped)",
+        a.data_dir, asr.name, a.lm or "generic en-US", 100 * wer, len(refs), skipped,
+    )  # fmt: skip
+    return 0
+
+
+def cmd_combine(a) -> int:
+    from sitok.data.kaldi import combine_data_dirs
+
+    dd = combine_data_dirs(a.out, a.inputs)
+    logger.info("%s: %d utterances from %s", a.out, len(dd), " ".join(a.inputs))
+    return 0
+
+
+def cmd_validate(a) -> int:
+    from sitok.data.kaldi import validate_data_dir
+
+    problems = validate_data_dir(a.data_dir, need=tuple(a.need), check_files=a.check_files)
+    for p in problems:
+        logger.error(p)
+    if problems:
+        return 1
+    logger.info("%s: valid (%s)", a.data_dir, ", ".join(["wav.scp", "text", "utt2spk", *a.need]))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sitok", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth-mini", help="synthesise the embedded corpus")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=1234)
+    s.add_argument("--nj", type=int, default=2)
+    s.add_argument("--train-minutes", type=float, default=90.0)
+    s.add_argument("--dev-minutes", type=float, default=10.0)
+    s.add_argument("--test-minutes", type=float, default=10.0)
+    s.add_argument("--unseen-minutes", type=float, default=6.0)
+    s.add_argument("--ks-per-class", type=int, nargs=3, default=[60, 10, 15], metavar=("TRAIN", "DEV", "TEST"))
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_synth_mini)
+
+    s = sub.add_parser("prep", help="corpus -> Kaldi-style data dir")
+    s.add_argument("--corpus", required=True, choices=["mini", "librispeech", "libritts"])
+    s.add_argument("--root", required=True, help="corpus root (mini: the synthesised corpus dir)")
+    s.add_argument("--split", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--min-duration", type=float, default=0.1)
+    s.add_argument("--max-duration", type=float, default=60.0)
+    s.set_defaults(func=cmd_prep)
+
+    s = sub.add_parser("make-trials", help="speaker-verification trials for a data dir")
+    s.add_argument("data_dir")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--per-utt", type=int, default=4)
+    s.set_defaults(func=cmd_make_trials)
+
+    s = sub.add_parser("compute-feats", help="log-mel features + CMVN stats")
+    s.add_argument("data_dir")
+    s.add_argument("dump_dir")
+    s.add_argument("--nj", type=int, default=1)
+    s.add_argument("--min-duration", type=float, default=0.1)
+    s.add_argument("--max-duration", type=float, default=60.0)
+    s.add_argument("--cmvn-mode", default="global", choices=["global", "per_bin"])
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_compute_feats)
+
+    s = sub.add_parser("train-vocab", help="SentencePiece CTC vocabulary")
+    s.add_argument("data_dir", help="training data dir (text, utt2dur)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--vocab-size", type=int, default=256)
+    s.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "word", "char"])
+    s.add_argument("--token-rate", type=float, default=12.5)
+    s.add_argument("--nj", type=int, default=1)
+    s.set_defaults(func=cmd_train_vocab)
+
+    s = sub.add_parser("judge-lm", help="in-domain bigram LM for pocketsphinx")
+    s.add_argument("--text", required=True, help="Kaldi text file of training transcripts")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_judge_lm)
+
+    s = sub.add_parser("judge-wer", help="offline ASR judge (pocketsphinx) WER on a data dir")
+    s.add_argument("data_dir")
+    s.add_argument("--lm", default=None, help="ARPA LM (default: pocketsphinx's generic en-US LM)")
+    s.add_argument("--max-utts", type=int, default=0, help="first N utterances only (0 = all)")
+    s.add_argument("--out", default=None, help="per-utterance ref/hyp TSV")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_judge_wer)
+
+    s = sub.add_parser("combine-data-dirs", help="union of data dirs")
+    s.add_argument("out")
+    s.add_argument("inputs", nargs="+")
+    s.set_defaults(func=cmd_combine)
+
+    s = sub.add_parser("validate-data-dir", help="Kaldi-style consistency checks")
+    s.add_argument("data_dir")
+    s.add_argument("--need", nargs="*", default=["utt2dur"], help="tables every utterance must have")
+    s.add_argument("--check-files", action="store_true")
+    s.set_defaults(func=cmd_validate)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return args.func(args) or 0
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        logger.error("%s: %s", args.command, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Feature stage: log-mel dumps (kaldiio ark/scp) of a data dir, in parallel over ``nj`` jobs.
+
+    compute_features("data/train", "dump/train", nj=2)
+
+writes ``dump/train/``: ``feats.<j>.ark`` + ``feats.scp`` (log-mel [T, 128], float32, not
+normalised), ``utt2num_frames``, ``cmvn.json`` (global mean/var statistics of this split),
+``skipped.tsv`` (file, reason), a copy of the data dir restricted to the kept utterances and
+its ``manifest.csv`` (with a ``feats`` column). Each job writes its ark under a temporary name,
+renames it, then writes its scp and a ``.done`` marker: a killed run restarts only the jobs
+that had not finished, and no reader ever sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from multiprocessing import get_context
+
+import numpy as np
+
+from sitok.data.audio import AudioError, load_audio
+from sitok.data.kaldi import DataDir, read_table, write_table
+from sitok.data.mel import CMVNStats, GlobalCMVN, MelConfig
+from sitok.data.prep import Skip, summarize_skips, write_skipped
+from sitok.fileio import atomic_open, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def _job_paths(dump_dir: str, job: int) -> dict[str, str]:
+    d = os.path.join(dump_dir, "jobs")
+    return {
+        "ark": os.path.join(dump_dir, f"feats.{job}.ark"),
+        "scp": os.path.join(d, f"feats.{job}.scp"),
+        "frames": os.path.join(d, f"utt2num_frames.{job}"),
+        "skipped": os.path.join(d, f"skipped.{job}.tsv"),
+        "stats": os.path.join(d, f"stats.{job}.json"),
+        "done": os.path.join(d, f"{job}.done"),
+    }
+
+
+_counter = None  # shared progress counter, inherited by the workers
+
+
+def _init_worker(counter) -> None:
+    global _counter
+    _counter = counter
+
+
+def _run_job(args) -> int:
+    """Worker: features of one chunk of utterances. Returns the job index."""
+    job, utts, wav_scp, dump_dir, mel_cfg, min_dur, max_dur = args
+    counter = _counter
+    import kaldiio.matio
+    import torch
+
+    from sitok.data.mel import MelFrontend
+
+    torch.set_num_threads(1)
+    p = _job_paths(dump_dir, job)
+    frontend = MelFrontend(mel_cfg)
+    stats = CMVNStats()
+    scp: dict[str, str] = {}
+    frames: dict[str, int] = {}
+    skips: list[Skip] = []
+    tmp = f"{p['ark']}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        for i, utt in enumerate(utts):
+            path = wav_scp[utt]
+            try:
+                wav = load_audio(path, mel_cfg.sample_rate, min_duration=min_dur, max_duration=max_dur)
+                mel = frontend(wav).numpy().astype(np.float32)  # [T, n_mels]
+                if not np.isfinite(mel).all():
+                    raise AudioError(path, "non-finite", "non-finite log-mel")
+            except AudioError as exc:
+                skips.append(Skip(utt, path, exc.reason, exc.detail))
+            else:
+                fh.write(utt.encode() + b" ")
+                scp[utt] = f"{p['ark']}:{fh.tell()}"
+                kaldiio.matio.write_array(fh, mel)
+                frames[utt] = mel.shape[0]
+                stats.add(mel)
+            if counter is not None and (i % 8 == 7 or i == len(utts) - 1):
+                with counter.get_lock():
+                    counter.value += i % 8 + 1
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, p["ark"])
+    write_table(p["scp"], scp)
+    write_table(p["frames"], frames)
+    write_skipped(p["skipped"], skips)
+    write_text_atomic(p["stats"], json.dumps(stats.to_dict()))
+    write_text_atomic(p["done"], "")
+    return job
+
+
+def compute_features(
+    data_dir: str,
+    dump_dir: str,
+    *,
+    nj: int = 1,
+    mel_cfg: MelConfig | None = None,
+    min_duration: float = 0.1,
+    max_duration: float = 60.0,
+    cmvn_mode: str = "global",
+    progress: bool = True,
+) -> dict:
+    """Dump features of ``data_dir`` to ``dump_dir`` (see module docstring). Returns a summary."""
+    from tqdm import tqdm
+
+    mel_cfg = mel_cfg or MelConfig()
+    dd = DataDir.load(data_dir)
+    utts = dd.utts
+    if not utts:
+        raise ValueError(f"{data_dir}/wav.scp: no utterances")
+    nj = max(1, min(nj, len(utts)))
+    os.makedirs(os.path.join(dump_dir, "jobs"), exist_ok=True)
+    write_text_atomic(os.path.join(dump_dir, "mel_config.json"), json.dumps(mel_cfg.to_dict(), indent=1) + "\n")
+    chunks = [list(c) for c in np.array_split(np.array(utts, dtype=object), nj)]
+    todo = [j for j in range(nj) if not os.path.exists(_job_paths(dump_dir, j)["done"])]
+    done_before = sum(len(chunks[j]) for j in range(nj) if j not in todo)
+    if len(todo) < nj:
+        logger.info("%s: %d of %d jobs already done, running %d", dump_dir, nj - len(todo), nj, len(todo))
+
+    t0 = time.time()
+    ctx = get_context("fork")
+    counter = ctx.Value("l", 0)
+    _init_worker(counter)
+    jobs = [(j, chunks[j], dd.tables["wav.scp"], dump_dir, mel_cfg, min_duration, max_duration) for j in todo]
+    bar = tqdm(total=len(utts), initial=done_before, desc=f"features {os.path.basename(dump_dir)}", unit="utt",
+               disable=not progress, mininterval=1)  # fmt: skip
+    if len(jobs) == 1:
+        _run_job(jobs[0])
+        bar.update(counter.value)
+    elif jobs:
+        with ctx.Pool(len(jobs), initializer=_init_worker, initargs=(counter,)) as pool:
+            pending = pool.map_async(_run_job, jobs)
+            seen = 0
+            while not pending.ready():
+                pending.wait(0.5)
+                bar.update(counter.value - seen)
+                seen = counter.value
+            pending.get()  # re-raise a worker's exception
+            bar.update(counter.value - seen)
+    bar.close()
+    elapsed = time.time() - t0
+
+    # ---- merge the jobs ----------------------------------------------------------------
+    scp: dict[str, str] = {}
+    num_frames: dict[str, str] = {}
+    skips: list[Skip] = []
+    stats = CMVNStats()
+    for j in range(nj):
+        p = _job_paths(dump_dir, j)
+        scp.update(read_table(p["scp"]))
+        num_frames.update(read_table(p["frames"]))
+        with open(p["skipped"], encoding="utf-8") as fh:
+            next(fh)
+            skips += [Skip(*line.rstrip("\n").split("\t")) for line in fh if line.strip()]
+        with open(p["stats"], encoding="utf-8") as fh:
+            d = json.load(fh)
+        if d["count"]:
+            stats = stats.merge(CMVNStats.from_dict(d))
+    if not scp:
+        raise RuntimeError(f"{dump_dir}: every utterance of {data_dir} was skipped; see {dump_dir}/skipped.tsv")
+    kept = dd.subset(scp)
+    kept.tables["feats.scp"] = scp
+    kept.tables["utt2num_frames"] = num_frames
+    kept.save(dump_dir)
+    kept.to_manifest(os.path.join(dump_dir, "manifest.csv"))
+    write_skipped(os.path.join(dump_dir, "skipped.tsv"), skips)
+    GlobalCMVN.from_stats(stats, mode=cmvn_mode).save(os.path.join(dump_dir, "cmvn.json"))
+    audio_s = sum(kept.durations().values())
+    summary = {
+        "utterances": len(kept),
+        "skipped": len(skips),
+        "frames": stats.count,
+        "audio_hours": audio_s / 3600,
+        "seconds": elapsed,
+        "x_realtime": audio_s / elapsed if elapsed > 0 and not done_before else None,
+    }
+    with atomic_open(os.path.join(dump_dir, "summary.json")) as fh:
+        json.dump(summary, fh, indent=1)
+    logger.info(
+        "%s: %d utterances, %d frames (%.2f h) in %.1f s with %d jobs; %s",
+        dump_dir, len(kept), stats.count, audio_s / 3600, elapsed, nj, summarize_skips(skips),
+    )  # fmt: skip
+    for s in skips[:10]:
+        logger.warning("skipped %s (%s): %s %s", s.utt, s.path, s.reason, s.detail)
+    return summary

@@ -1,0 +1,207 @@
+"""Kaldi-style data directories: read, write (atomically), validate, filter, and derive
+SpeechBrain manifests.
+
+A data dir holds one utterance per line in each file, sorted by utterance id (``LC_ALL=C``
+byte order), with ids that start with their speaker id:
+
+    wav.scp    utt  /path/to/audio.wav
+    text       utt  normalised transcript
+    utt2spk    utt  speaker
+    spk2utt    speaker  utt1 utt2 ...          (derived from utt2spk)
+    utt2dur    utt  seconds                     (from the audio header)
+    utt2label  utt  label                       (optional: style / keyword class)
+    feats.scp  utt  ark:offset                  (in dump dirs, written by the feature stage)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import OrderedDict
+
+from sitok.fileio import atomic_open
+
+REQUIRED = ("wav.scp", "text", "utt2spk")
+OPTIONAL = ("utt2dur", "utt2label", "feats.scp", "utt2num_frames", "segments")
+PER_UTT = REQUIRED + OPTIONAL
+
+
+class DataDirError(ValueError):
+    pass
+
+
+def read_table(path: str, *, allow_empty_value: bool = False) -> "OrderedDict[str, str]":
+    """Read ``key value...`` lines. Raises DataDirError naming file and line on bad input."""
+    table: OrderedDict[str, str] = OrderedDict()
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            key, _, value = line.partition(" ")
+            value = value.strip()
+            if not value and not allow_empty_value:
+                raise DataDirError(f"{path}:{lineno}: no value for key {key!r}")
+            if key in table:
+                raise DataDirError(f"{path}:{lineno}: duplicate key {key!r}")
+            table[key] = value
+    return table
+
+
+def write_table(path: str, table: dict) -> None:
+    """Write ``key value`` lines sorted by key (C byte order), atomically."""
+    with atomic_open(path) as fh:
+        for key in sorted(table, key=lambda k: k.encode()):
+            fh.write(f"{key} {table[key]}\n")
+
+
+def spk2utt_from_utt2spk(utt2spk: dict) -> "OrderedDict[str, str]":
+    spk2utt: dict[str, list[str]] = {}
+    for utt in sorted(utt2spk, key=lambda k: k.encode()):
+        spk2utt.setdefault(utt2spk[utt], []).append(utt)
+    return OrderedDict((s, " ".join(u)) for s, u in sorted(spk2utt.items(), key=lambda kv: kv[0].encode()))
+
+
+class DataDir:
+    """In-memory view of a data dir: ``tables[name][utt] = value``."""
+
+    def __init__(self, tables: dict[str, dict] | None = None):
+        self.tables: dict[str, dict] = {k: dict(v) for k, v in (tables or {}).items()}
+
+    @classmethod
+    def load(cls, path: str) -> "DataDir":
+        if not os.path.isdir(path):
+            raise DataDirError(f"{path}: not a directory")
+        tables = {}
+        for name in PER_UTT:
+            f = os.path.join(path, name)
+            if os.path.exists(f):
+                tables[name] = read_table(f, allow_empty_value=(name == "text"))
+        missing = [n for n in REQUIRED if n not in tables]
+        if missing:
+            raise DataDirError(f"{path}: missing {', '.join(missing)}")
+        return cls(tables)
+
+    def save(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        for name, table in self.tables.items():
+            write_table(os.path.join(path, name), table)
+        write_table(os.path.join(path, "spk2utt"), spk2utt_from_utt2spk(self.tables["utt2spk"]))
+
+    @property
+    def utts(self) -> list[str]:
+        return sorted(self.tables["wav.scp"], key=lambda k: k.encode())
+
+    def __len__(self) -> int:
+        return len(self.tables["wav.scp"])
+
+    def subset(self, keep) -> "DataDir":
+        keep = set(keep)
+        return DataDir({n: {u: v for u, v in t.items() if u in keep} for n, t in self.tables.items()})
+
+    def durations(self) -> dict[str, float]:
+        return {u: float(d) for u, d in self.tables.get("utt2dur", {}).items()}
+
+    # ---- SpeechBrain manifest ---------------------------------------------------------
+    def to_manifest(self, path: str) -> None:
+        """CSV with SpeechBrain's columns: ID, duration, wav, spk_id, wrd (+ label, feats)."""
+        t = self.tables
+        cols = ["ID", "duration", "wav", "spk_id", "wrd"]
+        if "utt2label" in t:
+            cols.append("label")
+        if "feats.scp" in t:
+            cols += ["feats", "num_frames"]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(cols)
+        dur = t.get("utt2dur", {})
+        for u in self.utts:
+            row = [u, dur.get(u, ""), t["wav.scp"][u], t["utt2spk"][u], t["text"].get(u, "")]
+            if "utt2label" in t:
+                row.append(t["utt2label"].get(u, ""))
+            if "feats.scp" in t:
+                row += [t["feats.scp"].get(u, ""), t.get("utt2num_frames", {}).get(u, "")]
+            w.writerow(row)
+        with atomic_open(path) as fh:
+            fh.write(buf.getvalue())
+
+
+def validate_data_dir(path: str, *, need=("utt2dur",), check_files: bool = False) -> list[str]:
+    """Check a data dir like Kaldi's ``utils/validate_data_dir.sh``.
+
+    Every utterance of ``wav.scp`` must have text, a speaker, and every table named in
+    ``need`` (e.g. ``utt2dur``, ``feats.scp``); no table may list an utterance that wav.scp
+    lacks; files must be sorted; utterance ids must start with their speaker id; spk2utt
+    must agree with utt2spk. Returns the list of problems (empty = valid).
+    """
+    problems: list[str] = []
+    try:
+        dd = DataDir.load(path)
+    except DataDirError as exc:
+        return [str(exc)]
+    utts = set(dd.tables["wav.scp"])
+    if not utts:
+        problems.append(f"{path}/wav.scp: no utterances")
+    for name in ("text", "utt2spk", *need):
+        table = dd.tables.get(name)
+        if table is None:
+            problems.append(f"{path}/{name}: missing")
+            continue
+        lacking = utts - set(table)
+        if lacking:
+            problems.append(f"{path}/{name}: {len(lacking)} utterances of wav.scp lack an entry, e.g. {sorted(lacking)[:3]}")
+    for name, table in dd.tables.items():
+        extra = set(table) - utts
+        if extra:
+            problems.append(f"{path}/{name}: {len(extra)} entries not in wav.scp, e.g. {sorted(extra)[:3]}")
+        keys = list(read_table(os.path.join(path, name), allow_empty_value=True))
+        if keys != sorted(keys, key=lambda k: k.encode()):
+            problems.append(f"{path}/{name}: not sorted (LC_ALL=C)")
+    for utt, spk in dd.tables["utt2spk"].items():
+        if not utt.startswith(spk):
+            problems.append(f"{path}/utt2spk: utterance {utt!r} does not start with its speaker id {spk!r}")
+            break
+    for utt, text in dd.tables["text"].items():
+        if not text.strip():
+            problems.append(f"{path}/text: empty transcript for {utt!r}")
+            break
+    for utt, dur in dd.tables.get("utt2dur", {}).items():
+        try:
+            ok = float(dur) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append(f"{path}/utt2dur: bad duration {dur!r} for {utt!r}")
+            break
+    s2u = os.path.join(path, "spk2utt")
+    if not os.path.exists(s2u):
+        problems.append(f"{path}/spk2utt: missing")
+    elif read_table(s2u) != spk2utt_from_utt2spk(dd.tables["utt2spk"]):
+        problems.append(f"{path}/spk2utt: disagrees with utt2spk")
+    if check_files:
+        for utt, wav in dd.tables["wav.scp"].items():
+            if not os.path.exists(wav):
+                problems.append(f"{path}/wav.scp: {utt}: file {wav} does not exist")
+                break
+    return problems
+
+
+def combine_data_dirs(out_dir: str, in_dirs: list[str]) -> DataDir:
+    """Union of data dirs (like Kaldi's ``utils/combine_data.sh``); tables that some inputs
+    lack are dropped; duplicate utterance ids are an error naming both dirs."""
+    parts = [DataDir.load(d) for d in in_dirs]
+    names = set.intersection(*(set(p.tables) for p in parts)) if parts else set()
+    tables: dict[str, dict] = {n: {} for n in names}
+    owner: dict[str, str] = {}
+    for d, p in zip(in_dirs, parts):
+        for utt in p.tables["wav.scp"]:
+            if utt in owner:
+                raise DataDirError(f"combine: utterance {utt!r} is in both {owner[utt]} and {d}")
+            owner[utt] = d
+        for n in names:
+            tables[n].update(p.tables[n])
+    dd = DataDir(tables)
+    dd.save(out_dir)
+    dd.to_manifest(os.path.join(out_dir, "manifest.csv"))
+    return dd

@@ -1,0 +1,198 @@
+"""Corpus preparation: turn a corpus on disk into Kaldi-style data dirs (+ a SpeechBrain
+manifest), the same files for every corpus.
+
+Each reader yields :class:`Entry` rows; :func:`make_data_dir` checks every audio header and
+transcript, skips what is unusable (naming the file and the reason in ``skipped.tsv`` and
+counting skips in the log) and writes the data dir atomically, file by file.
+
+Readers:
+* :func:`read_mini` — the embedded synthetic corpus (``sitok.data.synth``);
+* :func:`read_librispeech` — ``<root>/LibriSpeech/<split>/<spk>/<chapter>/*.flac`` with
+  ``<spk>-<chapter>.trans.txt``;
+* :func:`read_libritts` — ``<root>/LibriTTS/<split>/<spk>/<chapter>/<utt>.wav`` with
+  ``<utt>.normalized.txt``.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from sitok.data.audio import AudioError, probe_audio
+from sitok.data.kaldi import DataDir
+from sitok.data.text import non_ascii_count, normalize_text
+from sitok.fileio import atomic_open
+
+logger = logging.getLogger(__name__)
+
+_SPECIAL = re.compile(r"^<[a-z_]+>$")  # non-speech markers such as <silence> are kept as they are
+_UTT_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass
+class Entry:
+    utt: str
+    speaker: str
+    path: str
+    text: str | None  # None: no transcript file
+    label: str | None = None
+
+
+@dataclass
+class Skip:
+    utt: str
+    path: str
+    reason: str
+    detail: str = ""
+
+
+def write_skipped(path: str, skips: list[Skip]) -> None:
+    """``skipped.tsv``: one line per dropped item (utt, file, reason, detail)."""
+    with atomic_open(path) as fh:
+        fh.write("utt\tpath\treason\tdetail\n")
+        for s in skips:
+            fh.write(f"{s.utt}\t{s.path}\t{s.reason}\t{s.detail}\n")
+
+
+def summarize_skips(skips: list[Skip]) -> str:
+    if not skips:
+        return "0 skipped"
+    counts = Counter(s.reason for s in skips)
+    return f"{len(skips)} skipped (" + ", ".join(f"{r}: {n}" for r, n in sorted(counts.items())) + ")"
+
+
+def make_data_dir(
+    entries: Iterable[Entry],
+    out_dir: str,
+    *,
+    min_duration: float = 0.1,
+    max_duration: float = 60.0,
+) -> tuple[DataDir, list[Skip]]:
+    """Check and write one data dir. Returns the kept data and the skipped items."""
+    wav_scp, text, utt2spk, utt2dur, utt2label = {}, {}, {}, {}, {}
+    skips: list[Skip] = []
+    n_non_ascii = 0
+    for e in entries:
+        if not _UTT_ID.match(e.utt) or not e.utt.startswith(e.speaker):
+            skips.append(Skip(e.utt, e.path, "bad-utt-id", "ids need [A-Za-z0-9_.-] and the speaker id as prefix"))
+            continue
+        if e.utt in wav_scp:
+            skips.append(Skip(e.utt, e.path, "duplicate-utt"))
+            continue
+        if e.text is None:
+            skips.append(Skip(e.utt, e.path, "no-transcript"))
+            continue
+        raw = e.text.strip()
+        if _SPECIAL.match(raw):
+            norm = raw
+        else:
+            norm = normalize_text(raw)
+            n_non_ascii += non_ascii_count(raw) > 0
+        if not norm:
+            skips.append(Skip(e.utt, e.path, "empty-text", f"transcript {raw[:40]!r} has no words"))
+            continue
+        try:
+            info = probe_audio(e.path)
+        except AudioError as exc:
+            skips.append(Skip(e.utt, e.path, exc.reason, exc.detail))
+            continue
+        if info.duration < min_duration:
+            skips.append(Skip(e.utt, e.path, "too-short", f"{info.duration:.3f}s < {min_duration:g}s"))
+            continue
+        if info.duration > max_duration:
+            skips.append(Skip(e.utt, e.path, "too-long", f"{info.duration:.1f}s > {max_duration:g}s"))
+            continue
+        wav_scp[e.utt] = os.path.abspath(e.path)
+        text[e.utt] = norm
+        utt2spk[e.utt] = e.speaker
+        utt2dur[e.utt] = f"{info.duration:.4f}"
+        if e.label is not None:
+            utt2label[e.utt] = e.label
+    tables = {"wav.scp": wav_scp, "text": text, "utt2spk": utt2spk, "utt2dur": utt2dur}
+    if utt2label:
+        tables["utt2label"] = utt2label
+    dd = DataDir(tables)
+    dd.save(out_dir)
+    dd.to_manifest(os.path.join(out_dir, "manifest.csv"))
+    write_skipped(os.path.join(out_dir, "skipped.tsv"), skips)
+    hours = sum(float(d) for d in utt2dur.values()) / 3600
+    logger.info(
+        "%s: %d utterances, %d speakers, %.2f h; %s%s",
+        out_dir, len(dd), len(set(utt2spk.values())), hours, summarize_skips(skips),
+        f"; {n_non_ascii} transcripts had non-ASCII characters (transliterated)" if n_non_ascii else "",
+    )  # fmt: skip
+    for s in skips[:10]:
+        logger.warning("skipped %s (%s): %s %s", s.utt, s.path, s.reason, s.detail)
+    if len(skips) > 10:
+        logger.warning("... %d more skips listed in %s", len(skips) - 10, os.path.join(out_dir, "skipped.tsv"))
+    return dd, skips
+
+
+# ---------------------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------------------
+def read_mini(corpus_root: str, split: str) -> Iterator[Entry]:
+    from sitok.data.synth import read_metadata
+
+    rows = [r for r in read_metadata(corpus_root) if r["split"] == split]
+    if not rows:
+        raise ValueError(f"{corpus_root}/metadata.tsv: no utterance in split {split!r}")
+    for r in rows:
+        yield Entry(r["utt"], r["speaker"], os.path.join(corpus_root, r["path"]), r["text"], r["label"])
+
+
+def _find_split(root: str, corpus: str, split: str) -> str:
+    for cand in (os.path.join(root, corpus, split), os.path.join(root, split)):
+        if os.path.isdir(cand):
+            return cand
+    raise FileNotFoundError(
+        f"{corpus} split {split!r} not found under {root} (looked for {root}/{corpus}/{split} and "
+        f"{root}/{split}); point --db_root at the folder holding the extracted {corpus}/"
+    )
+
+
+def read_librispeech(root: str, split: str) -> Iterator[Entry]:
+    """LibriSpeech: one ``<spk>-<chapter>.trans.txt`` per chapter, lines ``<utt> TEXT``."""
+    base = _find_split(root, "LibriSpeech", split)
+    trans_files = sorted(glob.glob(os.path.join(base, "*", "*", "*.trans.txt")))
+    if not trans_files:
+        raise FileNotFoundError(f"{base}: no */*/*.trans.txt transcript files (not a LibriSpeech split?)")
+    for trans in trans_files:
+        chapter_dir = os.path.dirname(trans)
+        with open(trans, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                utt, _, words = line.strip().partition(" ")
+                spk = utt.split("-")[0]
+                audio = os.path.join(chapter_dir, f"{utt}.flac")
+                if not os.path.exists(audio) and os.path.exists(audio[:-5] + ".wav"):
+                    audio = audio[:-5] + ".wav"
+                yield Entry(utt, spk, audio, words)
+
+
+def read_libritts(root: str, split: str) -> Iterator[Entry]:
+    """LibriTTS / LibriTTS-R: ``<utt>.wav`` beside ``<utt>.normalized.txt``."""
+    base = _find_split(root, "LibriTTS", split)
+    wavs = sorted(glob.glob(os.path.join(base, "*", "*", "*.wav")))
+    if not wavs:
+        raise FileNotFoundError(f"{base}: no */*/*.wav files (not a LibriTTS split?)")
+    for wav in wavs:
+        utt = os.path.basename(wav)[:-4]
+        spk = utt.split("_")[0]
+        txt = wav[:-4] + ".normalized.txt"
+        if not os.path.exists(txt):
+            txt = wav[:-4] + ".original.txt"
+        text = None
+        if os.path.exists(txt):
+            with open(txt, encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+        yield Entry(utt, spk, wav, text)
+
+
+READERS = {"mini": read_mini, "librispeech": read_librispeech, "libritts": read_libritts}

@@ -1,0 +1,49 @@
+"""ASR judges for intelligibility (WER). Default: pocketsphinx, whose en-US acoustic model,
+language model and dictionary ship inside its PyPI package, so it runs offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sitok.data.audio import resample
+from sitok.data.text import normalize_text
+
+
+class PocketSphinxASR:
+    """Offline en-US recogniser (CMU pocketsphinx, bundled model). Input: mono float audio."""
+
+    name = "pocketsphinx"
+    sample_rate = 16000
+
+    def __init__(self, lm: str | None = None):
+        """``lm``: an ARPA language model (e.g. the in-domain one of the vocabulary stage);
+        None uses the package's generic en-US LM."""
+        import pocketsphinx
+
+        self.version = getattr(pocketsphinx, "__version__", "unknown")
+        self.lm = lm
+        kwargs = {"lm": lm} if lm else {}
+        self._decoder = pocketsphinx.Decoder(samprate=self.sample_rate, loglevel="FATAL", **kwargs)
+
+    def transcribe(self, wav, sample_rate: int) -> str:
+        x = torch.as_tensor(np.asarray(wav, dtype=np.float32))
+        x = resample(x, sample_rate, self.sample_rate).numpy()
+        pcm = (np.clip(x, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        d = self._decoder
+        d.start_utt()
+        d.process_raw(pcm, full_utt=True)
+        d.end_utt()
+        hyp = d.hyp()
+        return normalize_text(hyp.hypstr if hyp is not None else "")
+
+
+def word_error_rate(refs: list[str], hyps: list[str]) -> float:
+    """Corpus-level WER (jiwer) after the shared text normalisation; 0..inf (1.0 = 100 %)."""
+    import jiwer
+
+    pairs = [(normalize_text(r), normalize_text(h)) for r, h in zip(refs, hyps)]
+    pairs = [(r, h) for r, h in pairs if r]
+    if not pairs:
+        raise ValueError("word_error_rate: no non-empty reference")
+    return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
