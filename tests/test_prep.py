@@ -101,3 +101,37 @@ def test_validate_finds_problems(tmp_path):
     assert "lack an entry" in problems and "not in wav.scp" in problems and "not sorted" in problems
     dd = DataDir.load(d)
     assert len(dd) == 2
+
+
+def test_librispeech_recipe_stages_0_to_3(tmp_path):
+    """egs/librispeech/sitok/run.sh on a tiny directory in the real layout (train, dev, tests)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    db = tmp_path / "db"
+    rng_words = "the cat sat on a mat while a dog ran to the park and back again".split()
+    for split, spks in [("train-clean-100", ("19", "26")), ("dev-clean", ("84",)), ("test-clean", ("1089",)),
+                        ("test-other", ("1688",))]:  # fmt: skip
+        for spk in spks:
+            d = _mk(str(db / "LibriSpeech" / split / spk / "100"))
+            with open(f"{d}/{spk}-100.trans.txt", "w") as fh:
+                for u in range(3):
+                    words = " ".join(rng_words[(u + int(spk)) % 5 :][:8]).upper()
+                    fh.write(f"{spk}-100-{u:04d} {words}\n")
+                    write(f"{d}/{spk}-100-{u:04d}.flac", tone(2.0, sr=16000, freq=200 + 30 * u), sr=16000, format="FLAC")
+    out = tmp_path / "out"
+    run = os.path.join(ROOT, "egs", "librispeech", "sitok", "run.sh")
+    r = subprocess.run(["bash", run, "--db_root", str(db), "--stage", "0", "--stop_stage", "3", "--python", sys.executable,
+                        "--datadir", f"{out}/data", "--dumpdir", f"{out}/dump", "--vocab_size", "20",
+                        "--judge_check_utts", "0", "--progress", "false"], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for s, n in [("train", 6), ("dev_clean", 3), ("test_clean", 3), ("test_other", 3)]:
+        assert validate_data_dir(f"{out}/dump/{s}", need=("utt2dur", "feats.scp")) == []
+        assert len(read_table(f"{out}/dump/{s}/feats.scp")) == n
+    assert read_table(f"{out}/data/train/utt2spk")["19-100-0000"] == "19"
+    assert os.path.exists(f"{out}/data/lang_unigram20/sp.model")
+    r = subprocess.run(["bash", run, "--db_root", str(tmp_path / "nowhere"), "--stage", "0", "--stop_stage", "0"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode != 0 and "nowhere/LibriSpeech not found" in r.stderr

@@ -74,7 +74,8 @@ log "$0 $*"
 if run_stage 0; then
     log "Stage 0: corpus -> ${corpus_dir} (local/corpus.sh; it skips work already done)"
     eval "corpus_opts=(${local_corpus_opts})"
-    local/corpus.sh --corpus_dir "${corpus_dir}" --nj "${nj}" --python "${python}" ${corpus_opts[@]+"${corpus_opts[@]}"}
+    local/corpus.sh --corpus_dir "${corpus_dir}" --nj "${nj}" --python "${python}" --progress "${progress}" \
+        ${corpus_opts[@]+"${corpus_opts[@]}"}
 fi
 
 # ---- stage 1: data prep ------------------------------------------------------------------

@@ -4,6 +4,7 @@ set -euo pipefail
 corpus_dir=downloads
 nj=1
 python=python3
+progress=true
 help_message="Usage: $0 --corpus_dir DIR   (DIR holds LibriTTS/<split>/...)"
 . "$(dirname "$0")/../../../../tools/parse_options.sh"
 

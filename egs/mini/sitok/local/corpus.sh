@@ -5,6 +5,7 @@ set -euo pipefail
 corpus_dir=corpus
 nj=2
 python=python3
+progress=true
 seed=1234
 train_minutes=90
 dev_minutes=10
@@ -21,5 +22,5 @@ fi
 # shellcheck disable=SC2086
 "${python}" -m sitok.cli synth-mini --out "${corpus_dir}" --seed "${seed}" --nj "${nj}" \
     --train-minutes "${train_minutes}" --dev-minutes "${dev_minutes}" --test-minutes "${test_minutes}" \
-    --unseen-minutes "${unseen_minutes}" --ks-per-class ${ks_per_class}
+    --unseen-minutes "${unseen_minutes}" --ks-per-class ${ks_per_class} $(${progress} || echo --no-progress)
 touch "${corpus_dir}/.done"
