@@ -35,6 +35,11 @@ cmvn_mode=global        # global (paper: one mean/var) | per_bin
 vocab_type=unigram      # SentencePiece model type for the CTC targets
 vocab_size=256          # paper scale 32100; mini a few hundred
 token_rate=12.5         # tokens per second of the tokenizer (CTC fit check)
+tokenizer_config=mini   # recipes/tokenizer/hparams/<name>.yaml (tiny|mini|S|B|L|XL) or a path to a YAML
+tokenizer_tag=          # experiment name (default: the config name): exp/tokenizer_<tag>
+tokenizer_args=         # extra hparams overrides, e.g. "--number_of_epochs 10 --ctc_weight 0"
+ngpu=0                  # > 1: torchrun --nproc_per_node ngpu (DDP)
+decode_steps=16         # stage 5: Euler steps when resynthesising the test sets
 judge_check_utts=100    # stage 3: ASR-judge WER on this many ground-truth utterances of the first test set (0: skip)
 progress=true           # progress bars
 
@@ -47,6 +52,9 @@ Stages:
   2  features     log-mel ark/scp dumps + CMVN stats in ${dumpdir}/<set>/, validated
   3  vocabulary   SentencePiece CTC vocabulary + CTC fit report; in-domain LM for the ASR judge
                   and the judge's WER on ground-truth test audio
+  4  tokenizer    train SiTok (recipes/tokenizer/train.py) and export the model directory
+  5  tokens       dump codes for every set; resynthesise the test sets (and their ground truth
+                  through the same vocoder); ASR-judge WER of both
 EOF
 )
 
@@ -127,6 +135,59 @@ if run_stage 3; then
         fi
         touch "${lang_dir}/.done"
     fi
+fi
+
+tokenizer_config_file=${tokenizer_config}
+[ -f "${tokenizer_config_file}" ] || tokenizer_config_file="${toolkit_root}/recipes/tokenizer/hparams/${tokenizer_config}.yaml"
+tok_exp="${expdir}/tokenizer_${tokenizer_tag:-$(basename "${tokenizer_config}" .yaml)}"
+model_dir="${tok_exp}/model"
+
+# ---- stage 4: tokenizer training -------------------------------------------------------------
+if run_stage 4; then
+    if [ -f "${model_dir}/config.json" ]; then
+        log "Stage 4: ${model_dir} already exported, skipping (delete it to train again)"
+    else
+        [ -f "${tokenizer_config_file}" ] || { log "ERROR: tokenizer config ${tokenizer_config_file} not found"; exit 1; }
+        n_pieces=$(wc -l < "${lang_dir}/tokens.txt")
+        log "Stage 4: train the tokenizer (${tokenizer_config_file}) -> ${tok_exp} (resumes from its last checkpoint)"
+        launcher=("${python}")
+        [ "${ngpu}" -gt 1 ] && launcher=("${python}" -m torch.distributed.run --nproc_per_node "${ngpu}")
+        eval "tok_args=(${tokenizer_args})"
+        "${launcher[@]}" "${toolkit_root}/recipes/tokenizer/train.py" "${tokenizer_config_file}" \
+            --exp_dir "${tok_exp}" --dump_dir "${dumpdir}" --train_set "${train_set}" --valid_set "${valid_set}" \
+            --lang_dir "${lang_dir}" --vocab_size "${n_pieces}" ${tok_args[@]+"${tok_args[@]}"}
+        "${sitok[@]}" info -m "${model_dir}"
+    fi
+fi
+
+# ---- stage 5: tokens and resynthesis ---------------------------------------------------------
+if run_stage 5; then
+    log "Stage 5: codes for every set -> ${tok_exp}/codes/<set>; resynthesis of ${test_sets} (${decode_steps} steps)"
+    for dset in ${all_sets}; do
+        if [ -f "${tok_exp}/codes/${dset}/.done" ]; then
+            log "  codes of ${dset} already done, skipping"
+            continue
+        fi
+        "${sitok[@]}" dump-codes "${dumpdir}/${dset}" "${tok_exp}/codes/${dset}" -m "${model_dir}" "${no_progress[@]}"
+        touch "${tok_exp}/codes/${dset}/.done"
+    done
+    for dset in ${test_sets}; do
+        out="${tok_exp}/resynth/${dset}_steps${decode_steps}"
+        gt="${tok_exp}/resynth/${dset}_groundtruth"
+        if [ ! -f "${gt}/.done" ]; then
+            "${sitok[@]}" resynth-set "${dumpdir}/${dset}" "${gt}" -m "${model_dir}" "${no_progress[@]}"
+            touch "${gt}/.done"
+        fi
+        if [ ! -f "${out}/.done" ]; then
+            "${sitok[@]}" resynth-set "${dumpdir}/${dset}" "${out}" -m "${model_dir}" --codes-dir "${tok_exp}/codes/${dset}" \
+                --steps "${decode_steps}" "${no_progress[@]}"
+            touch "${out}/.done"
+        fi
+        for d in "${gt}" "${out}"; do
+            [ -f "${d}/judge_wer.tsv" ] && { log "  $(head -1 "${d}/judge_wer.tsv")  (${d})"; continue; }
+            "${sitok[@]}" judge-wer "${d}" --lm "${lang_dir}/judge_lm.arpa" --out "${d}/judge_wer.tsv" "${no_progress[@]}"
+        done
+    done
 fi
 
 log "Finished stages ${stage}..${stop_stage} in ${SECONDS} s"

@@ -6,3 +6,11 @@ Flow of data through the package (lower layers never import higher ones):
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # ``from sitok import Tokenizer`` without importing torch for the CLI
+    if name == "Tokenizer":
+        from sitok.infer import Tokenizer
+
+        return Tokenizer
+    raise AttributeError(name)

@@ -9,6 +9,13 @@
     sitok judge-wer        offline ASR judge (pocketsphinx) WER on a data dir's audio
     sitok combine-data-dirs   union of data dirs
     sitok validate-data-dir   Kaldi-style consistency checks
+    sitok count-params     parameters of a tokenizer config (meta device, no memory)
+    sitok info             facts of a model directory (params, token rate, CN, CS, bit-rate)
+    sitok encode           wav -> codes (.npy)
+    sitok decode           codes (.npy) -> wav
+    sitok resynth          wav -> codes -> wav
+    sitok dump-codes       codes of a whole feature dump dir (stage 5)
+    sitok resynth-set      decode a set's codes / vocode its ground truth to wavs (stage 5)
 """
 
 from __future__ import annotations
@@ -177,6 +184,130 @@ def cmd_validate(a) -> int:
     return 0
 
 
+def load_model_config(path: str) -> dict:
+    """The ``model_config`` mapping of an hparams YAML (or a model directory's config.json)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)["model"]
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        doc = yaml.load(fh, Loader=_ref_loader())
+    if "model_config" not in doc:
+        raise ValueError(f"{path}: no model_config mapping")
+    return _resolve_refs(doc["model_config"], doc)
+
+
+def _ref_loader():
+    """A safe YAML loader that keeps hyperpyyaml's ``!ref <key>`` as markers and ignores other
+    tags (no code is run: count-params only needs the plain model_config)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def ref(loader, node):
+        return ("!ref", loader.construct_scalar(node))
+
+    def other(loader, suffix, node):
+        return None
+
+    Loader.add_constructor("!ref", ref)
+    Loader.add_multi_constructor("!", other)
+    return Loader
+
+
+def _resolve_refs(value, doc):
+    if isinstance(value, tuple) and value and value[0] == "!ref":
+        key = value[1].strip()
+        if not (key.startswith("<") and key.endswith(">")):
+            raise ValueError(f"count-params: only plain !ref <key> is supported, got {value[1]!r}")
+        return _resolve_refs(doc[key[1:-1]], doc)
+    if isinstance(value, dict):
+        return {k: _resolve_refs(v, doc) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_refs(v, doc) for v in value]
+    return value
+
+
+def cmd_count_params(a) -> int:
+    from sitok.models import SiTokConfig, count_parameters
+
+    for path in a.configs:
+        cfg = SiTokConfig.from_dict(load_model_config(path))
+        counts = count_parameters(cfg)
+        parts = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in counts.items() if k != "total")
+        print(f"{path}: {counts['total']:,} parameters ({counts['total'] / 1e9:.3f} B; {parts}); "
+              f"{cfg.token_rate:g} tokens/s x {cfg.num_codebooks} x {cfg.codebook_size} codes = {cfg.bits_per_second:g} bit/s")  # fmt: skip
+    return 0
+
+
+def _tokenizer(a):
+    from sitok.infer import Tokenizer
+
+    return Tokenizer.from_pretrained(a.model_dir, device=a.device)
+
+
+def cmd_info(a) -> int:
+    print(json.dumps(_tokenizer(a).info(), indent=1))
+    return 0
+
+
+def cmd_encode(a) -> int:
+    import numpy as np
+
+    from sitok.data.audio import load_audio
+
+    tok = _tokenizer(a)
+    codes = tok.encode(load_audio(a.input, tok.sample_rate), tok.sample_rate)
+    np.save(a.output, codes.numpy())
+    logger.info("%s -> %s: codes %s", a.input, a.output, tuple(codes.shape))
+    return 0
+
+
+def cmd_decode(a) -> int:
+    import numpy as np
+
+    from sitok.data.audio import write_wav_atomic
+
+    tok = _tokenizer(a)
+    wav, sr = tok.decode(np.load(a.input), steps=a.steps, seed=a.seed)
+    write_wav_atomic(a.output, wav, sr)
+    logger.info("%s -> %s: %.2f s at %d Hz (%d steps)", a.input, a.output, wav.shape[-1] / sr, sr, a.steps)
+    return 0
+
+
+def cmd_resynth(a) -> int:
+    from sitok.data.audio import load_audio, write_wav_atomic
+
+    tok = _tokenizer(a)
+    wav, sr = tok.resynth(load_audio(a.input, tok.sample_rate), tok.sample_rate, steps=a.steps, seed=a.seed)
+    write_wav_atomic(a.output, wav, sr)
+    logger.info("%s -> %s (%d steps)", a.input, a.output, a.steps)
+    return 0
+
+
+def cmd_dump_codes(a) -> int:
+    from sitok.infer.sets import dump_codes
+
+    n = dump_codes(_tokenizer(a), a.dump_dir, a.out_dir, progress=not a.no_progress)
+    logger.info("%s/codes.scp: %d utterances", a.out_dir, n)
+    return 0
+
+
+def cmd_resynth_set(a) -> int:
+    from sitok.infer.sets import resynth_set, vocode_set
+
+    tok = _tokenizer(a)
+    if a.codes_dir:
+        resynth_set(tok, a.dump_dir, a.codes_dir, a.out_dir, steps=a.steps, seed=a.seed, progress=not a.no_progress)
+    else:
+        vocode_set(tok, a.dump_dir, a.out_dir, progress=not a.no_progress)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sitok", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,6 +383,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--need", nargs="*", default=["utt2dur"], help="tables every utterance must have")
     s.add_argument("--check-files", action="store_true")
     s.set_defaults(func=cmd_validate)
+    s = sub.add_parser("count-params", help="parameters of tokenizer configs (meta device)")
+    s.add_argument("configs", nargs="+", help="hparams YAML(s) with a model_config mapping, or model dirs")
+    s.set_defaults(func=cmd_count_params)
+
+    for name, fn, helptext in [("info", cmd_info, "facts of a model directory"),
+                               ("encode", cmd_encode, "wav -> codes .npy [CN, T]"),
+                               ("decode", cmd_decode, "codes .npy -> 24 kHz wav"),
+                               ("resynth", cmd_resynth, "wav -> codes -> wav")]:  # fmt: skip
+        s = sub.add_parser(name, help=helptext)
+        if name != "info":
+            s.add_argument("input")
+        s.add_argument("-m", "--model-dir", required=True)
+        if name != "info":
+            s.add_argument("-o", "--output", required=True)
+        if name in ("decode", "resynth"):
+            s.add_argument("--steps", type=int, default=16)
+            s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--device", default="cpu")
+        s.set_defaults(func=fn)
+
+    s = sub.add_parser("dump-codes", help="codes of every utterance of a feature dump dir")
+    s.add_argument("dump_dir")
+    s.add_argument("out_dir")
+    s.add_argument("-m", "--model-dir", required=True)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_dump_codes)
+
+    s = sub.add_parser("resynth-set", help="decode a set's codes (or vocode its ground-truth mel) to wavs")
+    s.add_argument("dump_dir")
+    s.add_argument("out_dir")
+    s.add_argument("-m", "--model-dir", required=True)
+    s.add_argument("--codes-dir", default=None, help="codes.scp to decode; without it: ground truth -> vocoder")
+    s.add_argument("--steps", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_resynth_set)
     return p
 
 

@@ -1,1 +1,5 @@
-"""sitok.models"""
+"""Models: the SiTok tokenizer (diffusion or regression decoder)."""
+
+from sitok.models.tokenizer import SiTok, SiTokConfig, count_parameters
+
+__all__ = ["SiTok", "SiTokConfig", "count_parameters"]

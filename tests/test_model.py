@@ -1,0 +1,174 @@
+"""The SiTok model, its losses and the Tokenizer API (tiny sizes)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sitok.data.mel import GlobalCMVN
+from sitok.infer import Tokenizer
+from sitok.infer.sampler import euler_sample
+from sitok.losses import ctc_loss, ctc_required_frames, flow_matching_loss
+from sitok.models import SiTok, SiTokConfig, count_parameters
+
+TINY = dict(hidden=32, intermediate=64, heads=2, enc_layers=1, dec_layers=2, ctc_layers=1, codebook_size=64,
+            codebook_dim=8, vocab_size=20)  # fmt: skip
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return SiTok(SiTokConfig(**{**TINY, **kw}))
+
+
+def batch(b=3, t=37, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mel = torch.randn(b, t, 128, generator=g)
+    lengths = torch.tensor([t, t - 9, t - 20][:b])
+    targets = torch.randint(1, 20, (b, 3), generator=g)
+    return mel, lengths, targets, torch.full((b,), 3)
+
+
+def test_forward_shapes_and_loss_parts():
+    m = tiny()
+    mel, lengths, tg, tl = batch()
+    out = m(mel, lengths, tg, tl)
+    assert set(out) >= {"loss", "diff", "vq", "ctc", "ctc_not_fitting", "stats"}
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    codes = m.eval().encode(mel, lengths)
+    assert codes.shape == (3, 1, math.ceil(37 / 4)) and codes.dtype == torch.long
+    assert m.token_lengths(lengths).tolist() == [10, 7, 5]
+    assert m.config.token_rate == 12.5 and m.config.bits_per_second == 12.5 * 6
+
+
+def test_flow_matching_loss_is_zero_for_the_exact_velocity():
+    x, eps, t = torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.rand(2)
+    assert flow_matching_loss(lambda x_t, tt: x - eps, x, t=t, eps=eps) == 0
+    assert flow_matching_loss(lambda x_t, tt: x, x, t=t, eps=eps, prediction="x") == 0
+    assert flow_matching_loss(lambda x_t, tt: x, x, t=t, eps=eps) > 0.5
+    # x_t really is t x + (1 - t) eps: the exact velocity recovers it
+    seen = {}
+    flow_matching_loss(lambda x_t, tt: seen.setdefault("x_t", x_t), x, t=t, eps=eps)
+    torch.testing.assert_close(seen["x_t"], t.view(-1, 1, 1) * x + (1 - t.view(-1, 1, 1)) * eps)
+
+
+def test_euler_sampler_follows_straight_paths_and_keeps_prompt():
+    x, noise = torch.randn(1, 6, 4), torch.randn(1, 6, 4)
+    out = euler_sample(lambda x_t, t: x - noise, noise, steps=4)  # the exact straight-line field
+    torch.testing.assert_close(out, x)
+    mask = torch.tensor([[True, True, False, False, False, False]])
+    out = euler_sample(lambda x_t, t: torch.zeros_like(x_t), noise, steps=3, prompt=x, prompt_mask=mask)
+    torch.testing.assert_close(out[:, :2], x[:, :2])
+    torch.testing.assert_close(out[:, 2:], noise[:, 2:])
+
+
+def test_ctc_counts_targets_that_cannot_fit():
+    assert ctc_required_frames(torch.tensor([[3, 3, 4, 0]]), torch.tensor([3])).tolist() == [4]
+    logits = torch.randn(2, 5, 10)
+    loss, bad = ctc_loss(logits, torch.tensor([5, 2]), torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([3, 3]))
+    assert bad == 1 and torch.isfinite(loss)  # the second (3 units in 2 frames) is excluded, not zeroed
+    loss_one, _ = ctc_loss(logits[:1], torch.tensor([5]), torch.tensor([[1, 2, 3]]), torch.tensor([3]))
+    torch.testing.assert_close(loss, loss_one)
+
+
+def test_causal_encoder_ignores_the_future():
+    m = tiny().eval()
+    mel = torch.randn(1, 40, 128)
+    mel2 = mel.clone()
+    mel2[:, 20:] = torch.randn(1, 20, 128)  # frames of tokens >= 5 change
+    z1, _ = m.encode_latents(mel)
+    z2, _ = m.encode_latents(mel2)
+    torch.testing.assert_close(z1[:, :5], z2[:, :5])
+    assert not torch.allclose(z1[:, 5:], z2[:, 5:])
+
+
+def test_codes_do_not_depend_on_padding_or_batch_mates():
+    m = tiny().eval()
+    mel, lengths, _, _ = batch()
+    codes = m.encode(mel, lengths)
+    alone = m.encode(mel[1:2, : lengths[1]], lengths[1:2])
+    t1 = int(m.token_lengths(lengths)[1])
+    assert torch.equal(codes[1, :, :t1], alone[0])
+
+
+@pytest.mark.parametrize("decoder,prediction,factor", [("regression", "velocity", 10), ("diffusion", "x", 2),
+                                                       ("diffusion", "velocity", 1.3)])  # fmt: skip
+def test_tiny_model_overfits_one_batch(decoder, prediction, factor):
+    """Encoder + VQ + decoder memorise one batch. The regression decoder's L1 drops >= 10x; the
+    diffusion losses, scored at fresh random (t, noise) every step, fall more slowly."""
+    m = tiny(decoder=decoder, prediction=prediction, ctc_weight=0.0, quantizer_kwargs={"dead_threshold": 0.9})
+    g = torch.Generator().manual_seed(0)
+    mel = torch.randn(2, 6, 1, 128, generator=g).repeat(1, 1, 4, 1).reshape(2, 24, 128)  # a random frame per token
+    lengths = torch.tensor([24, 16])
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    losses = []
+    for step in range(250):
+        torch.manual_seed(step)
+        out = m(mel, lengths)
+        opt.zero_grad()
+        out["diff"].backward()
+        opt.step()
+        losses.append(float(out["diff"].detach()))
+    first, last = np.mean(losses[:5]), np.mean(losses[-10:])
+    assert first / last >= factor, (first, last)
+    assert out["stats"]["perplexity"] > 9  # the 10 distinct tokens got distinct codes (dead-code restarts)
+
+
+def test_same_seed_same_codes():
+    mel, lengths, _, _ = batch()
+    a = tiny().eval().encode(mel, lengths)
+    b = tiny().eval().encode(mel, lengths)
+    assert torch.equal(a, b)
+
+
+def test_paper_configs_count_within_5_percent():
+    paper = {8: 0.63e9, 12: 0.88e9, 16: 1.12e9, 24: 1.61e9}
+    for layers, target in paper.items():
+        cfg = SiTokConfig(hidden=1536, intermediate=4096, heads=16, enc_layers=layers, dec_layers=layers, ctc_layers=4,
+                          vocab_size=32100, time_embed_dim=512, x_skip=False)  # fmt: skip
+        total = count_parameters(cfg)["total"]
+        assert abs(total / target - 1) < 0.05, (layers, total)
+
+
+# ---- the public API -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tok():
+    torch.manual_seed(0)
+    model = SiTok(SiTokConfig(**TINY))
+    return Tokenizer(model, GlobalCMVN.paper())
+
+
+@pytest.mark.parametrize("sr", [8000, 16000, 24000, 44100, 48000])
+def test_encode_any_rate(tok, sr):
+    wav = np.sin(2 * np.pi * 200 * np.arange(sr) / sr).astype(np.float32) * 0.3
+    codes = tok.encode(wav, sr)
+    assert codes.shape == (1, math.ceil(50 / 4)) and codes.dtype == torch.long
+
+
+def test_encode_stereo_both_layouts(tok):
+    mono = (np.random.default_rng(0).standard_normal(24000) * 0.1).astype(np.float32)
+    ref = tok.encode(mono, 24000)
+    assert torch.equal(tok.encode(np.stack([mono, mono]), 24000), ref)  # [C, N]
+    assert torch.equal(tok.encode(np.stack([mono, mono], 1), 24000), ref)  # [N, C]
+    with pytest.raises(ValueError):
+        tok.encode(np.array([np.nan] * 100, np.float32), 24000)
+
+
+@pytest.mark.parametrize("bad", [
+    torch.tensor([[64, 1, 2]]), torch.tensor([[-1, 1, 2]]), torch.tensor([[1.0, 2.0]]), torch.tensor([1, 2, 3]),
+    torch.zeros(2, 3, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long)])  # fmt: skip
+def test_decode_rejects_bad_codes(tok, bad):
+    with pytest.raises(ValueError):
+        tok.decode(bad)
+
+
+def test_decode_length_and_determinism(tok):
+    codes = torch.randint(0, 64, (1, 5))
+    wav, sr = tok.decode(codes, steps=2)
+    assert sr == 24000 and wav.shape == (5 * 4 * 480,)
+    wav2, _ = tok.decode(codes, steps=2)
+    assert torch.equal(wav, wav2)
+    batch_wav, _ = tok.decode(codes[None].repeat(2, 1, 1), steps=2)
+    assert batch_wav.shape == (2, 5 * 4 * 480)
+    info = tok.info()
+    assert info["tokens_per_second"] == 12.5 and info["bits_per_second"] == 75.0

@@ -1,0 +1,100 @@
+"""The tokenizer recipe (recipes/tokenizer/train.py) on a tiny dump: it trains, exports a model
+directory that the Tokenizer API loads, and a run killed mid-way resumes to identical losses."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sitok.data.features import compute_features
+from sitok.data.prep import Entry, make_data_dir
+from sitok.data.synth import make_sentence
+from sitok.data.vocab import train_sentencepiece
+from sitok.train.tokenizer import read_train_stats
+
+from conftest import ROOT, tone, write
+
+TRAIN = os.path.join(ROOT, "recipes", "tokenizer", "train.py")
+TINY = os.path.join(ROOT, "recipes", "tokenizer", "hparams", "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_dump(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tinyrecipe")
+    rng = random.Random(0)
+    texts = {}
+    for split, n in (("train", 12), ("dev", 4)):
+        entries = []
+        for i in range(n):
+            text = make_sentence(rng)
+            path = write(str(root / "wav" / f"s{i % 3}-{split}-{i:02d}.wav"), tone(1.0 + 0.1 * (i % 5), freq=120 + 15 * i))
+            entries.append(Entry(f"s{i % 3}-{split}-{i:02d}", f"s{i % 3}", path, text))
+            texts.setdefault(split, []).append(text)
+        make_data_dir(entries, str(root / "data" / split))
+        compute_features(str(root / "data" / split), str(root / "dump" / split), progress=False)
+    model = train_sentencepiece(texts["train"] * 3, str(root / "lang"), vocab_size=40)
+    n_pieces = sum(1 for _ in open(os.path.join(root, "lang", "tokens.txt")))
+    assert os.path.exists(model)
+    return root, n_pieces
+
+
+def args(root, n_pieces, exp, epochs=3):
+    return [sys.executable, TRAIN, TINY, "--dump_dir", str(root / "dump"), "--lang_dir", str(root / "lang"),
+            "--vocab_size", str(n_pieces), "--exp_dir", str(exp), "--number_of_epochs", str(epochs),
+            "--batch_seconds", "4", "--num_buckets", "2"]  # fmt: skip
+
+
+def run(cmd, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)
+
+
+def test_train_export_and_load(tiny_dump):
+    root, n = tiny_dump
+    exp = root / "exp_full"
+    r = run(args(root, n, exp))
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = read_train_stats(str(exp))
+    assert [s["epoch"] for s in stats] == [1, 2, 3]
+    for key in ("diff", "vq", "ctc", "usage", "perplexity", "audio_s_per_s", "ctc_not_fitting", "nonfinite_skipped"):
+        assert key in stats[0]["train"], key
+    assert "codebook_usage" in stats[0]["valid"] and stats[-1]["lr"] > 0
+    assert sorted(os.listdir(exp / "model")) == ["cmvn.json", "config.json", "model.pt", "sp.model"]
+    torch.load(exp / "model" / "model.pt", weights_only=True)  # plain tensors only
+    from sitok import Tokenizer
+
+    tok = Tokenizer.from_pretrained(str(exp / "model"))
+    codes = tok.encode(tone(1.0), 24000)
+    assert codes.shape == (1, 13) and int(codes.max()) < 64
+    info = run([sys.executable, "-m", "sitok.cli", "info", "-m", str(exp / "model")])
+    assert '"tokens_per_second": 12.5' in info.stdout and '"bits_per_second": 75.0' in info.stdout
+
+
+def test_killed_training_resumes_with_identical_losses(tiny_dump):
+    root, n = tiny_dump
+    ref = root / "exp_ref"
+    assert run(args(root, n, ref)).returncode == 0
+    exp = root / "exp_killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen(args(root, n, exp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                         start_new_session=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (exp / "train_stats.jsonl").exists():
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGKILL)  # dies somewhere in epoch 2 (or 3)
+    p.wait()
+    done_before = len(read_train_stats(str(exp)))
+    assert 1 <= done_before < 3, "the kill came too late to test resuming"
+    r = run(args(root, n, exp))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = read_train_stats(str(ref)), read_train_stats(str(exp))
+    assert [s["epoch"] for s in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        for key in ("loss", "diff", "vq", "ctc"):
+            assert x["train"][key] == pytest.approx(y["train"][key], rel=1e-6, abs=1e-7), (x["epoch"], key)
+        assert x["valid"]["loss"] == pytest.approx(y["valid"]["loss"], rel=1e-6)

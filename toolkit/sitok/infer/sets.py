@@ -1,0 +1,137 @@
+"""Whole-set inference for recipe stages: dump codes of a feature dir, resynthesise a set.
+
+    dump_codes(tok, "dump/test", "exp/tok/codes/test")        # codes.ark/scp ([CN, T] int32)
+    resynth_set(tok, "dump/test", "exp/tok/codes/test", "exp/tok/resynth/test", steps=16)
+    vocode_set(tok, "dump/test", "exp/tok/resynth/test_gt")  # ground-truth mel -> same vocoder
+
+Outputs are Kaldi-style data dirs (wav.scp, text, utt2spk, ...) so the judges read them like
+any other set. Every file is written atomically; finished utterances are kept on a re-run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from sitok.data.audio import write_wav_atomic
+from sitok.data.kaldi import DataDir, read_table, write_table
+
+logger = logging.getLogger(__name__)
+
+
+def _progress(items, desc, enable):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="utt", disable=not enable, mininterval=2)
+
+
+@torch.no_grad()
+def dump_codes(tok, dump_dir: str, out_dir: str, batch_frames: int = 20000, progress: bool = True) -> int:
+    """Encode every utterance of a feature dump dir (feats.scp) into ``out_dir/codes.{ark,scp}``.
+
+    Batches of similar length are padded together; codes do not depend on the padding.
+    """
+    import kaldiio
+
+    from sitok.fileio import atomic_open
+
+    feats = read_table(os.path.join(dump_dir, "feats.scp"))
+    frames = {u: int(n) for u, n in read_table(os.path.join(dump_dir, "utt2num_frames")).items()}
+    order = sorted(feats, key=lambda u: frames[u])
+    batches, cur, cur_max = [], [], 0
+    for u in order:
+        if cur and max(cur_max, frames[u]) * (len(cur) + 1) > batch_frames:
+            batches.append(cur)
+            cur, cur_max = [], 0
+        cur.append(u)
+        cur_max = max(cur_max, frames[u])
+    if cur:
+        batches.append(cur)
+    os.makedirs(out_dir, exist_ok=True)
+    ark = os.path.join(out_dir, "codes.ark")
+    tmp = f"{ark}.tmp{os.getpid()}"
+    codes_all: dict[str, np.ndarray] = {}
+    for batch in _progress(batches, f"encode {os.path.basename(dump_dir)}", progress):
+        mels = [tok.cmvn(torch.from_numpy(kaldiio.load_mat(feats[u]).copy()).to(tok.device)) for u in batch]
+        lengths = torch.tensor([m.shape[0] for m in mels], device=tok.device)
+        padded = torch.nn.utils.rnn.pad_sequence(mels, batch_first=True)
+        codes = tok.model.encode(padded, lengths).cpu()
+        t = tok.model.token_lengths(lengths).cpu()
+        for i, u in enumerate(batch):
+            codes_all[u] = codes[i, :, : t[i]].numpy().astype(np.int32)
+    scp = {}
+    with open(tmp, "wb") as fh:
+        for u in sorted(codes_all):
+            fh.write(u.encode() + b" ")
+            scp[u] = f"{ark}:{fh.tell()}"
+            kaldiio.save_mat(fh, codes_all[u], write_function="numpy")
+    os.replace(tmp, ark)
+    write_table(os.path.join(out_dir, "codes.scp"), scp)
+    with atomic_open(os.path.join(out_dir, "utt2num_tokens")) as fh:
+        for u in sorted(codes_all):
+            fh.write(f"{u} {codes_all[u].shape[1]}\n")
+    return len(codes_all)
+
+
+def _copy_meta(dump_dir: str, out_dir: str, wav_scp: dict) -> None:
+    dd = DataDir.load(dump_dir).subset(wav_scp)
+    tables = {k: v for k, v in dd.tables.items() if k in ("text", "utt2spk", "utt2label")}
+    tables["wav.scp"] = wav_scp
+    tables["utt2dur"] = {u: f"{sf.info(p).duration:.4f}" for u, p in wav_scp.items()}
+    DataDir(tables).save(out_dir)
+
+
+def _write_set(items, out_dir: str, render, desc: str, progress: bool) -> dict:
+    wav_dir = os.path.join(out_dir, "wav")
+    os.makedirs(wav_dir, exist_ok=True)
+    wav_scp, done = {}, 0
+    for u, arg in _progress(items, desc, progress):
+        path = os.path.abspath(os.path.join(wav_dir, f"{u}.wav"))
+        if not os.path.exists(path):
+            wav, sr = render(arg)
+            write_wav_atomic(path, wav, sr)
+            done += 1
+        wav_scp[u] = path
+    logger.info("%s: %d utterances (%d synthesised now, %d kept from before)", out_dir, len(wav_scp), done,
+                len(wav_scp) - done)  # fmt: skip
+    return wav_scp
+
+
+@torch.no_grad()
+def resynth_set(tok, dump_dir: str, codes_dir: str, out_dir: str, steps: int = 16, seed: int = 0,
+                progress: bool = True) -> int:  # fmt: skip
+    """Decode ``codes_dir/codes.scp`` to wavs, cut to each utterance's original frame count."""
+    import kaldiio
+
+    codes = read_table(os.path.join(codes_dir, "codes.scp"))
+    frames = {u: int(n) for u, n in read_table(os.path.join(dump_dir, "utt2num_frames")).items()}
+    hop = tok.mel_cfg.hop_length
+
+    def render(u):
+        c = torch.from_numpy(kaldiio.load_mat(codes[u]).astype(np.int64))
+        wav, sr = tok.decode(c, steps=steps, seed=seed)
+        return wav[: frames[u] * hop], sr
+
+    wav_scp = _write_set([(u, u) for u in sorted(codes)], out_dir, render, f"resynth {steps} steps", progress)
+    _copy_meta(dump_dir, out_dir, wav_scp)
+    return len(wav_scp)
+
+
+@torch.no_grad()
+def vocode_set(tok, dump_dir: str, out_dir: str, progress: bool = True) -> int:
+    """Ground-truth log-mel -> the tokenizer's vocoder: the reference row of every table."""
+    import kaldiio
+
+    feats = read_table(os.path.join(dump_dir, "feats.scp"))
+
+    def render(u):
+        mel = torch.from_numpy(kaldiio.load_mat(feats[u]).copy()).to(tok.device)
+        return tok.vocoder(mel).cpu(), tok.sample_rate
+
+    wav_scp = _write_set([(u, u) for u in sorted(feats)], out_dir, render, "vocode ground truth", progress)
+    _copy_meta(dump_dir, out_dir, wav_scp)
+    return len(wav_scp)

@@ -1,0 +1,235 @@
+"""SiTok, the Speech Diffusion Tokenizer (paper section 2, Appendix A and D).
+
+    mel [B, T50, 128] -> stack 4 frames -> [B, T, 512] -> Linear -> causal Llama encoder
+      -> Linear(hidden -> 32) -> VQ (65,536 x 32, EMA) -> z_q -> Linear(32 -> hidden) = cond
+    cond -> causal Llama CTC decoder -> Linear -> vocab            (CTC loss, weight 0.1)
+    cond, x_t, t -> non-causal Llama decoder with AdaRMSNorm(t) -> velocity [B, T, 512]
+
+T = T50 / 4 is the token rate (12.5 Hz). Total loss = L_diff + L_vq + ctc_weight * L_ctc.
+``decoder="regression"`` is the paper's "R" baseline: the decoder predicts x from cond (L1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+
+from sitok.layers import LlamaStack, TimestepEmbedding, lengths_to_mask, stack_frames, stacked_lengths, unstack_frames
+from sitok.losses import ctc_loss, flow_matching_loss, reconstruction_error
+
+
+@dataclass
+class SiTokConfig:
+    n_mels: int = 128
+    stack: int = 4  # mel frames per token (50 Hz / 4 = 12.5 Hz)
+    mel_rate: float = 50.0
+    hidden: int = 256
+    intermediate: int = 1024
+    heads: int = 4
+    enc_layers: int = 4
+    dec_layers: int = 4
+    ctc_layers: int = 2
+    dec_hidden: int | None = None  # decoder width (default: hidden)
+    dec_intermediate: int | None = None
+    quantizer: str = "vq"  # vq | rvq | fsq | bsq
+    codebook_size: int = 65536
+    codebook_dim: int = 32
+    num_codebooks: int = 1  # CN (residual VQ when > 1)
+    quantizer_kwargs: dict = field(default_factory=dict)
+    vocab_size: int = 256  # CTC vocabulary incl. blank = 0; 0 disables the CTC branch
+    ctc_weight: float = 0.1
+    decoder: str = "diffusion"  # diffusion | regression
+    loss: str = "l1"  # l1 | l2
+    prediction: str = "velocity"  # velocity (v = x - eps) | x (predict clean x; v = (x_hat - x_t) / (1 - t))
+    x_skip: bool = True  # linear path from x_t to the velocity (needed when dec width < 512)
+    time_embed_dim: int | None = None  # AdaRMSNorm conditioning width (default: decoder width)
+    checkpointing: bool = False  # activation checkpointing (large configs)
+
+    @property
+    def frame_dim(self) -> int:
+        return self.n_mels * self.stack
+
+    @property
+    def token_rate(self) -> float:
+        return self.mel_rate / self.stack
+
+    @property
+    def bits_per_second(self) -> float:
+        return self.token_rate * self.num_codebooks * math.log2(self.codebook_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SiTokConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"SiTokConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+class Decoder(nn.Module):
+    """Non-causal Llama decoder. Diffusion: (x_t, t, cond) -> velocity; regression: cond -> x."""
+
+    def __init__(self, cfg: SiTokConfig):
+        super().__init__()
+        width = cfg.dec_hidden or cfg.hidden
+        inter = cfg.dec_intermediate or cfg.intermediate
+        self.diffusion = cfg.decoder == "diffusion"
+        self.cond_mlp = nn.Sequential(nn.Linear(cfg.hidden, width), nn.SiLU(), nn.Linear(width, width))
+        if self.diffusion:
+            tdim = cfg.time_embed_dim or width
+            self.x_proj = nn.Linear(cfg.frame_dim, width)
+            self.t_embed = TimestepEmbedding(tdim)
+            self.skip = nn.Linear(cfg.frame_dim, cfg.frame_dim) if cfg.x_skip else None
+        else:
+            tdim = None
+        self.body = LlamaStack(cfg.dec_layers, width, inter, cfg.heads, causal=False, cond_dim=tdim,
+                               checkpointing=cfg.checkpointing)  # fmt: skip
+        self.out = nn.Linear(width, cfg.frame_dim)
+
+    def forward(self, cond, mask=None, x_t=None, t=None):
+        h = self.cond_mlp(cond)  # [B, T, W]
+        if not self.diffusion:
+            return self.out(self.body(h, mask))  # x_hat [B, T, 512]
+        c = self.t_embed(t)  # [B, W]
+        h = self.body(h + self.x_proj(x_t), mask, c)
+        v = self.out(h)  # velocity [B, T, 512]
+        return v + self.skip(x_t) if self.skip is not None else v
+
+
+class SiTok(nn.Module):
+    def __init__(self, config: SiTokConfig | dict | None = None, **kwargs):
+        super().__init__()
+        if isinstance(config, dict):
+            config = SiTokConfig.from_dict(config)
+        cfg = config or SiTokConfig.from_dict(kwargs)
+        self.config = cfg
+        from sitok.quantizers import build_quantizer
+
+        # encoder: stacked mel -> z
+        self.in_proj = nn.Linear(cfg.frame_dim, cfg.hidden)
+        self.encoder = LlamaStack(cfg.enc_layers, cfg.hidden, cfg.intermediate, cfg.heads, causal=True,
+                                  checkpointing=cfg.checkpointing)  # fmt: skip
+        self.to_latent = nn.Linear(cfg.hidden, cfg.codebook_dim)
+        qkw = dict(cfg.quantizer_kwargs)
+        if cfg.quantizer in ("vq", "rvq"):
+            qkw.setdefault("codebook_size", cfg.codebook_size)
+        if cfg.quantizer == "rvq" or cfg.num_codebooks > 1:
+            kind = "rvq"
+            qkw.setdefault("num_codebooks", cfg.num_codebooks)
+        else:
+            kind = cfg.quantizer
+        if kind == "fsq":
+            qkw.setdefault("levels", [2] * cfg.codebook_dim)
+        self.quantizer = build_quantizer(kind, cfg.codebook_dim, **qkw)
+        if (self.quantizer.codebook_size, self.quantizer.num_codebooks) != (cfg.codebook_size, cfg.num_codebooks):
+            raise ValueError(
+                f"config says {cfg.num_codebooks} x {cfg.codebook_size} codes but the {kind} quantizer has "
+                f"{self.quantizer.num_codebooks} x {self.quantizer.codebook_size} (FSQ: prod(levels); BSQ: 2**dim)"
+            )
+        self.from_latent = nn.Linear(cfg.codebook_dim, cfg.hidden)
+        # CTC branch on the quantised latents
+        self.ctc = None
+        if cfg.vocab_size > 0 and cfg.ctc_layers > 0:
+            self.ctc = LlamaStack(cfg.ctc_layers, cfg.hidden, cfg.intermediate, cfg.heads, causal=True)
+            self.ctc_head = nn.Linear(cfg.hidden, cfg.vocab_size)
+        self.decoder = Decoder(cfg)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear) and not hasattr(m, "_keep_init"):
+            if m.weight.is_meta:
+                return
+            # AdaRMSNorm gains keep their (0, 1) initialisation
+            if m.bias is not None and m.weight.abs().sum() == 0 and bool((m.bias == 1).all()):
+                return
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ---- sizes --------------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def token_lengths(self, mel_lengths: torch.Tensor) -> torch.Tensor:
+        return stacked_lengths(mel_lengths, self.config.stack)
+
+    # ---- encoder side -------------------------------------------------------------------
+    def encode_latents(self, mel: torch.Tensor, mel_lengths: torch.Tensor | None = None):
+        """mel [B, T50, 128] (normalised) -> z [B, T, codebook_dim], token mask [B, T]."""
+        x = stack_frames(mel, self.config.stack)  # [B, T, 512]
+        mask = None
+        if mel_lengths is not None:
+            mask = lengths_to_mask(self.token_lengths(mel_lengths), x.shape[1])
+        h = self.encoder(self.in_proj(x), mask)
+        return self.to_latent(h), mask
+
+    @torch.no_grad()
+    def encode(self, mel: torch.Tensor, mel_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """codes [B, CN, T] (padded positions hold codes of padding; use token_lengths)."""
+        z, mask = self.encode_latents(mel, mel_lengths)
+        return self.quantizer.encode(z, mask)
+
+    def cond_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.from_latent(self.quantizer.decode(codes))  # [B, T, hidden]
+
+    # ---- decoder side -------------------------------------------------------------------
+    def velocity(self, x_t, t, cond, mask=None):
+        """v_theta(x_t, t | cond): x_t [B, T, 512], t [B] -> [B, T, 512]."""
+        out = self.decoder(cond, mask, x_t, t)
+        if self.config.prediction == "x":  # out is x_hat; Euler steps never reach t = 1
+            return (out - x_t) / (1.0 - t).clamp_min(1e-3).view(-1, 1, 1)
+        return out
+
+    # ---- training -----------------------------------------------------------------------
+    def forward(self, mel, mel_lengths, targets=None, target_lengths=None) -> dict:
+        """Losses for one batch. mel [B, T50, 128] normalised; targets [B, U] CTC ids (0 = blank)."""
+        cfg = self.config
+        z, mask = self.encode_latents(mel, mel_lengths)
+        q = self.quantizer(z, mask)
+        cond = self.from_latent(q.z_q)
+        x = stack_frames(mel, cfg.stack)  # target [B, T, 512]
+        out = {"vq": q.loss, "stats": dict(q.stats)}
+        if cfg.prediction not in ("velocity", "x"):
+            raise ValueError(f"prediction must be velocity|x, got {cfg.prediction!r}")
+        if cfg.decoder == "diffusion":
+            out["diff"] = flow_matching_loss(lambda x_t, t: self.decoder(cond, mask, x_t, t), x, mask, cfg.loss,
+                                             prediction=cfg.prediction)  # fmt: skip
+        else:
+            out["diff"] = reconstruction_error(self.decoder(cond, mask), x, mask, cfg.loss)
+        loss = out["diff"] + q.loss
+        if self.ctc is not None and targets is not None and cfg.ctc_weight > 0:
+            logits = self.ctc_head(self.ctc(cond, mask))  # [B, T, V]
+            lengths = self.token_lengths(mel_lengths)
+            out["ctc"], out["ctc_not_fitting"] = ctc_loss(logits, lengths, targets, target_lengths)
+            loss = loss + cfg.ctc_weight * out["ctc"]
+        out["loss"] = loss
+        return out
+
+    def ctc_logits(self, codes: torch.Tensor, mask=None) -> torch.Tensor:
+        cond = self.cond_from_codes(codes)
+        return self.ctc_head(self.ctc(cond, mask))
+
+    def unstack(self, x: torch.Tensor, mel_len: int | None = None) -> torch.Tensor:
+        return unstack_frames(x, self.config.stack, mel_len)
+
+
+def count_parameters(config: SiTokConfig | dict) -> dict:
+    """Instantiate ``config`` on the meta device (no memory) and count parameters by part."""
+    with torch.device("meta"):
+        model = SiTok(config)
+    parts = {
+        "encoder": [model.in_proj, model.encoder, model.to_latent],
+        "quantizer": [model.quantizer, model.from_latent],
+        "ctc": [model.ctc, model.ctc_head] if model.ctc is not None else [],
+        "decoder": [model.decoder],
+    }
+    counts = {k: sum(p.numel() for m in v for p in m.parameters()) for k, v in parts.items()}
+    counts["total"] = model.num_parameters()
+    return counts

@@ -1,0 +1,237 @@
+"""Vector quantizer with an EMA-updated codebook (VQ-VAE, van den Oord et al. 2017, App. A.1).
+
+SiTok's default: one codebook of K = 65,536 entries of dim D = 32, 16 bits per 12.5 Hz frame.
+
+    vq = EMAVectorQuantizer(dim=32, codebook_size=65536)
+    out = vq(z, mask)                    # z [B, T, 32] -> out.z_q [B, T, 32], out.codes [B, 1, T]
+    loss = recon_loss + out.loss         # out.loss = beta * commitment
+
+Training-mode forward, per step:
+  1. (first step, init_from_data) codebook <- random valid frames of the batch;
+  2. codes = argmin_k ||z - e_k||^2 over valid frames, with the codebook before this step's update;
+  3. EMA of per-entry frame counts (cluster_size) and frame sums (embed_avg), from valid frames
+     only, summed over ranks when torch.distributed is initialised; e_k = embed_avg_k / smoothed
+     count_k (Laplace smoothing eps);
+  4. every `restart_every` steps, dead entries (cluster_size < dead_threshold) are re-initialised
+     to random valid frames of the batch (rank 0's frames when distributed, broadcast).
+
+Dead-code threshold. cluster_size is an EMA of "frames assigned per step"; every entry starts
+(and restarts) with a nominal count of 1. An entry that is never chosen decays as decay**n, so
+with the defaults (decay 0.99, dead_threshold 1e-3) it is declared dead after
+ln(1000) / -ln(0.99) ~ 690 steps without use. For reference, with 8k valid frames per step and
+65,536 entries a uniformly used entry has cluster_size ~ 0.12, two orders of magnitude above the
+threshold, so live-but-rare entries are not churned. dead_threshold must be < 1.
+
+Nearest-neighbour search runs in float32 (autocast off) over fixed-size chunks of frames, each
+zero-padded to the same number of rows, so every matmul has one shape [R, D] x [D, K] whatever
+the batch: the code of a frame cannot depend on the batch composition, and memory stays at
+R x K floats (64 MB for K = 65,536).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from sitok.quantizers.base import Quantizer, QuantizerOutput
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class EMAVectorQuantizer(Quantizer):
+    """dim: D; codebook_size: K; decay: EMA decay; eps: Laplace smoothing of the counts;
+    beta: commitment weight (loss = beta * mean over valid frames and dims of (z - sg(q))^2, the usual MSE);
+    normalize: cosine-similarity VQ (z and the entries are l2-normalised; usage stays higher early on);
+    dead_threshold: restart entries whose EMA count is below it; restart_every: check every n
+    training steps (0 = never); init_from_data: codebook <- frames of the first training batch
+    (with fewer frames than entries, every frame once and then repeats); chunk_elements: max
+    elements of one [R, K] distance chunk (R capped at 4096 frames)."""
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int = 65536,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        beta: float = 0.25,
+        dead_threshold: float = 1e-3,
+        restart_every: int = 1,
+        init_from_data: bool = True,
+        chunk_elements: int = 2**24,
+        normalize: bool = False,
+    ):
+        super().__init__(dim, codebook_size, num_codebooks=1)
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        if not 0.0 <= dead_threshold < 1.0:
+            raise ValueError(f"dead_threshold must be in [0, 1) (entries restart with count 1), got {dead_threshold}")
+        if restart_every < 0:
+            raise ValueError(f"restart_every must be >= 0 (0 = never), got {restart_every}")
+        self.decay, self.eps, self.beta = float(decay), float(eps), float(beta)
+        self.normalize = bool(normalize)  # cosine-similarity VQ: z and every entry on the unit sphere
+        self.dead_threshold, self.restart_every = float(dead_threshold), int(restart_every)
+        self.chunk_rows = max(1, min(4096, chunk_elements // codebook_size))  # R frames per distance chunk
+        K, D = codebook_size, dim
+        embed = torch.randn(K, D)
+        self.register_buffer("embed", embed)  # [K, D] codebook
+        self.register_buffer("embed_avg", embed.clone())  # [K, D] EMA of per-entry frame sums
+        self.register_buffer("cluster_size", torch.ones(K))  # [K] EMA of per-entry frame counts (+ restart credit)
+        self.register_buffer("usage_ema", torch.zeros(K))  # [K] EMA of counts only (for the running usage stat)
+        self.register_buffer("initted", torch.tensor(not init_from_data))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    # ---- lookup ----
+
+    @torch.no_grad()
+    def _nearest(self, x: Tensor) -> Tensor:
+        """x [N, D] -> codes [N] of the nearest entries (squared Euclidean distance)."""
+        N, R = x.shape[0], self.chunk_rows
+        codes = torch.empty(N, dtype=torch.long, device=x.device)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x, embed = x.float(), self.embed.float()
+            e2 = embed.pow(2).sum(dim=1)  # [K]; ||x||^2 is the same for every entry
+            for s in range(0, N, R):
+                chunk = x[s : s + R]  # [n, D]
+                n = chunk.shape[0]
+                chunk = F.pad(chunk, (0, 0, 0, R - n))  # [R, D], fixed shape
+                dist2 = torch.addmm(e2, chunk, embed.t(), alpha=-2.0)  # [R, K] = ||e||^2 - 2 x.e
+                codes[s : s + n] = dist2.argmin(dim=1)[:n]
+        return codes
+
+    def _codes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Valid frames x [N, D] (= z[mask]), mask [B, T] -> codes [B, T]; padded frames get code 0."""
+        codes = torch.zeros(mask.shape, dtype=torch.long, device=x.device)  # [B, T]
+        codes[mask] = self._nearest(x)
+        return codes
+
+    def _prepare(self, z: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        z, mask = self._check_input(z, mask)
+        if self.normalize:
+            z = F.normalize(z, dim=-1)
+        return z, mask
+
+    @torch.no_grad()
+    def encode(self, z: Tensor, mask: Tensor | None = None) -> Tensor:
+        z, mask = self._prepare(z, mask)
+        return self._codes(z[mask], mask)[:, None, :]  # [B, 1, T]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        codes = self._check_codes(codes).to(self.embed.device)
+        return F.embedding(codes[:, 0], self.embed)  # [B, T, D]
+
+    # ---- training step ----
+
+    def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
+        return self._forward(z, mask)[0]
+
+    def _forward(self, z: Tensor, mask: Tensor | None) -> tuple[QuantizerOutput, Tensor]:
+        """Also returns the exact quantized vectors q [B, T, D] (no grad), used by ResidualVQ."""
+        z, mask = self._prepare(z, mask)  # [B, T, D], [B, T]
+        x = z.detach()[mask].float()  # [N, D] valid frames
+        if self.training and not bool(self.initted):
+            self._init_codebook(x)
+        codes = self._codes(x, mask)  # [B, T]
+        q = F.embedding(codes, self.embed).to(z.dtype)  # [B, T, D], codebook before the update
+        n_valid = mask.sum().clamp(min=1)
+        commit = (z - q).pow(2).mean(dim=-1).masked_fill(~mask, 0.0).sum() / n_valid  # mean over frames and dims
+        z_q = q + (z - z.detach())  # straight-through: forward value exactly q, gradient 1 to z
+        codes = codes[:, None, :]  # [B, 1, T]
+        stats = self._batch_stats(codes, mask)
+        restarted = 0
+        if self.training:
+            restarted = self._ema_update(x, codes[:, 0][mask])
+        stats.update(self._running_stats(), restarted=float(restarted))
+        return QuantizerOutput(z_q=z_q, codes=codes, loss=self.beta * commit, stats=stats), q
+
+    @torch.no_grad()
+    def _sample_frames(self, x: Tensor, n: int) -> Tensor | None:
+        """n random rows of x [N, D] (distinct while N allows), rank 0's when distributed; None if none."""
+        N = x.shape[0]
+        rows = None
+        if N > 0:
+            if N >= n:
+                idx = torch.randperm(N, device=x.device)[:n]
+            else:  # every frame once, then repeats
+                idx = torch.cat([torch.randperm(N, device=x.device), torch.randint(N, (n - N,), device=x.device)])
+            rows = x[idx]  # [n, D]
+        if _distributed():
+            ok = torch.tensor(float(rows is not None), device=self.embed.device)
+            dist.broadcast(ok, src=0)
+            if not bool(ok):
+                return None
+            if rows is None:
+                rows = torch.zeros(n, self.dim, device=self.embed.device)
+            rows = rows.to(self.embed.device, torch.float32).contiguous()
+            dist.broadcast(rows, src=0)
+        return rows
+
+    @torch.no_grad()
+    def _init_codebook(self, x: Tensor) -> None:
+        rows = self._sample_frames(x, self.codebook_size)
+        if rows is None:  # no valid frame yet: try again next step
+            return
+        self.embed.copy_(rows)
+        self.embed_avg.copy_(rows)
+        self.cluster_size.fill_(1.0)
+        self.initted.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, x: Tensor, idx: Tensor) -> int:
+        """EMA step from valid frames x [N, D] with codes idx [N]; returns the number of restarts."""
+        K, D, d = self.codebook_size, self.dim, self.decay
+        counts = torch.bincount(idx, minlength=K).float()  # [K]
+        sums = torch.zeros(K, D, device=x.device).index_add_(0, idx, x)  # [K, D]
+        if _distributed():
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        if float(counts.sum()) == 0:  # no valid frame on any rank: nothing to learn from
+            return 0
+        self.cluster_size.mul_(d).add_(counts, alpha=1 - d)
+        self.embed_avg.mul_(d).add_(sums, alpha=1 - d)
+        self.usage_ema.mul_(d).add_(counts, alpha=1 - d)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (n + K * self.eps) * n  # [K], Laplace smoothing
+        embed = self.embed_avg / smoothed[:, None]
+        self.embed.copy_(F.normalize(embed, dim=-1) if self.normalize else embed)
+        self.steps += 1
+        if self.restart_every and int(self.steps) % self.restart_every == 0:
+            return self._restart_dead(x)
+        return 0
+
+    @torch.no_grad()
+    def _restart_dead(self, x: Tensor) -> int:
+        dead = self.cluster_size < self.dead_threshold  # [K], identical on every rank
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return 0
+        rows = self._sample_frames(x, n_dead)  # [n_dead, D]
+        if rows is None:
+            return 0
+        self.embed[dead] = rows
+        self.embed_avg[dead] = rows
+        self.cluster_size[dead] = 1.0
+        return n_dead
+
+    def _running_stats(self) -> dict[str, float]:
+        """Codebook usage from the EMA counts: fraction of entries whose EMA count (without the
+        init/restart credit) is >= dead_threshold, and exp entropy of the EMA count distribution."""
+        u = self.usage_ema.double()
+        total = float(u.sum())
+        if total <= 0:
+            return {"ema_usage": 0.0, "ema_perplexity": 0.0}
+        p = u / total
+        entropy = float(-(p * p.clamp(min=1e-300).log()).sum())
+        usage = float((u >= max(self.dead_threshold, 1e-12)).double().mean())
+        return {"ema_usage": usage, "ema_perplexity": math.exp(entropy)}
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, codebook_size={self.codebook_size}, decay={self.decay}, beta={self.beta}, "
+            f"dead_threshold={self.dead_threshold}, restart_every={self.restart_every}"
+        )

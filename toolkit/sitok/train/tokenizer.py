@@ -1,0 +1,256 @@
+"""Tokenizer training on SpeechBrain's Brain: data pipeline, Brain subclass, model export.
+
+Data: ``dump/<set>/manifest.csv`` (kaldiio log-mel + transcript) -> normalised mel [T50, 128]
+(the training set's global CMVN) + SentencePiece ids; whole utterances (no cropping) packed
+into dynamic batches of ``batch_seconds`` of audio by speechbrain's DynamicBatchSampler.
+
+Logged every epoch (``train_log.txt`` and the console): every loss part, codebook usage and
+perplexity, learning rate, throughput in audio-seconds per second, CTC targets that did not
+fit, non-finite losses skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+
+import numpy as np
+import speechbrain as sb
+import torch
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+from sitok.data.mel import GlobalCMVN, MelConfig
+from sitok.fileio import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------
+def dataio_prepare(hparams: dict):
+    """Datasets for train/valid and the training batch sampler. Returns (datasets, sampler, stats)."""
+    import kaldiio
+    import sentencepiece as spm
+    from speechbrain.dataio.dataset import DynamicItemDataset
+    from speechbrain.dataio.sampler import DynamicBatchSampler
+
+    for key in ("train_csv", "valid_csv", "cmvn_file", "sp_model"):
+        if not os.path.exists(hparams[key]):
+            raise FileNotFoundError(f"{key}: {hparams[key]} not found (run the recipe's stages 1-3 first)")
+    cmvn = GlobalCMVN.load(hparams["cmvn_file"])
+    sp = spm.SentencePieceProcessor(model_file=hparams["sp_model"])
+
+    @sb.utils.data_pipeline.takes("feats")
+    @sb.utils.data_pipeline.provides("mel")
+    def mel_pipeline(feats):
+        return cmvn(torch.from_numpy(kaldiio.load_mat(feats).copy()))
+
+    @sb.utils.data_pipeline.takes("wrd")
+    @sb.utils.data_pipeline.provides("tokens")
+    def text_pipeline(wrd):
+        return torch.LongTensor(sp.encode(wrd))
+
+    datasets, stats = {}, {}
+    for name in ("train", "valid"):
+        ds = DynamicItemDataset.from_csv(hparams[f"{name}_csv"], dynamic_items=[mel_pipeline, text_pipeline],
+                                         output_keys=["id", "mel", "tokens", "duration"])  # fmt: skip
+        n = len(ds)
+        ds = ds.filtered_sorted(key_max_value={"duration": hparams["max_duration"]})
+        stats[f"{name}_utterances"] = len(ds)
+        stats[f"{name}_too_long"] = n - len(ds)
+        if n - len(ds):
+            logger.warning("%s: %d utterances longer than %.1f s left out", hparams[f"{name}_csv"], n - len(ds),
+                           hparams["max_duration"])  # fmt: skip
+        datasets[name] = ds
+    sampler = DynamicBatchSampler(datasets["train"], max_batch_length=hparams["batch_seconds"],
+                                  num_buckets=hparams["num_buckets"], length_func=lambda x: x["duration"],
+                                  shuffle=True, batch_ordering="random", seed=hparams["seed"])  # fmt: skip
+    stats["train_batches_per_epoch"] = len(sampler)
+    train = datasets["train"]
+    stats["train_hours"] = round(sum(float(train.data[i]["duration"]) for i in train.data_ids) / 3600, 3)
+    return datasets, sampler, stats
+
+
+# ---------------------------------------------------------------------------------------
+# recoverables
+# ---------------------------------------------------------------------------------------
+@register_checkpoint_hooks
+class RNGState:
+    """torch / numpy / random generator states in the checkpoint, so that a resumed run draws the
+    same noise, timesteps and batches as an uninterrupted one."""
+
+    @mark_as_saver
+    def save(self, path):
+        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}, path)
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=True):
+        state = torch.load(path, weights_only=False)
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["random"])
+
+
+# ---------------------------------------------------------------------------------------
+# Brain
+# ---------------------------------------------------------------------------------------
+class TokenizerBrain(sb.Brain):
+    data_stats: dict = {}
+
+    def on_fit_start(self):
+        self.checkpointer.add_recoverable("rng", RNGState())
+        n_batches = self.data_stats.get("train_batches_per_epoch", 1)
+        total = max(1, n_batches * self.hparams.number_of_epochs)
+        self.lr_schedule = sb.nnet.schedulers.WarmAndExpDecayLRSchedule(
+            lr=self.hparams.lr, n_warmup_steps=self.hparams.warmup_steps, total_steps=total,
+            decay_factor=self.hparams.lr_decay_factor,
+        )  # fmt: skip
+        self.checkpointer.add_recoverable("lr_schedule", self.lr_schedule)
+        super().on_fit_start()
+        model = self.modules.model
+        model = getattr(model, "module", model)
+        cfg = model.config
+        logger.info(
+            "SiTok: %.2f M parameters; %.2f tokens/s, %d x %d codes, %.1f bit/s; %s",
+            model.num_parameters() / 1e6, cfg.token_rate, cfg.num_codebooks, cfg.codebook_size,
+            cfg.bits_per_second, json.dumps(self.data_stats),
+        )  # fmt: skip
+        self.train_start = time.time()
+
+    @property
+    def model(self):
+        m = self.modules.model
+        return getattr(m, "module", m)
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        mel, rel = batch.mel
+        mel_lengths = (rel * mel.shape[1]).round().long()
+        tokens, trel = batch.tokens
+        token_lengths = (trel * tokens.shape[1]).round().long()
+        return self.modules.model(mel, mel_lengths, tokens, token_lengths)
+
+    def compute_objectives(self, out, batch, stage):
+        parts = {k: float(v.detach()) for k, v in out.items() if k in ("diff", "vq", "ctc")}
+        self._acc["audio_s"] += float(sum(batch.duration))
+        self._acc["n"] += 1
+        for k, v in parts.items():
+            self._acc[k] += v
+        self._acc["ctc_not_fitting"] += out.get("ctc_not_fitting", 0)
+        for k, v in out.get("stats", {}).items():
+            self._acc["stat_" + k] += float(v)
+        if not torch.isfinite(out["loss"]):
+            self._acc["nonfinite"] += 1
+        return out["loss"]
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if should_step:
+            self.lr_schedule(self.optimizer)
+
+    def on_stage_start(self, stage, epoch=None):
+        from collections import defaultdict
+
+        self._acc = defaultdict(float)
+        self._t0 = time.time()
+        if stage != sb.Stage.TRAIN:
+            from sitok.quantizers import CodebookUsage
+
+            self._usage = CodebookUsage(self.model.config.codebook_size, self.model.config.num_codebooks)
+
+    def evaluate_batch(self, batch, stage):
+        out = self.compute_forward(batch, stage)
+        loss = self.compute_objectives(out, batch, stage)
+        mel, rel = batch.to(self.device).mel
+        lengths = (rel * mel.shape[1]).round().long()
+        codes = self.model.encode(mel, lengths)
+        from sitok.layers import lengths_to_mask
+
+        self._usage.update(codes, lengths_to_mask(self.model.token_lengths(lengths), codes.shape[-1]))
+        return loss.detach().cpu()
+
+    def _summary(self, stage_loss) -> dict:
+        a = self._acc
+        n = max(1.0, a["n"])
+        s = {"loss": stage_loss}
+        s.update({k: a[k] / n for k in ("diff", "vq", "ctc") if k in a})
+        s.update({k[5:]: a[k] / n for k in list(a) if k.startswith("stat_")})
+        s["audio_s_per_s"] = a["audio_s"] / max(1e-9, time.time() - self._t0)
+        s["ctc_not_fitting"] = int(a["ctc_not_fitting"])
+        s["nonfinite_skipped"] = int(a["nonfinite"])
+        return s
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        summary = self._summary(stage_loss)
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = summary
+            return
+        usage = self._usage.summary()
+        summary["codebook_usage"] = usage["usage"]
+        summary["code_perplexity"] = usage["perplexity"]
+        if stage == sb.Stage.VALID:
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr, "minutes": (time.time() - self.train_start) / 60},
+                train_stats=self.train_stats, valid_stats=summary,
+            )  # fmt: skip
+            self.checkpointer.save_and_keep_only(meta={"loss": stage_loss, "epoch": epoch}, min_keys=["loss"],
+                                                 num_to_keep=2)  # fmt: skip
+            if sb.utils.distributed.if_main_process():  # full-precision curve, one JSON line per epoch
+                record = {"epoch": epoch, "lr": lr, "minutes": (time.time() - self.train_start) / 60,
+                          "train": self.train_stats, "valid": summary}  # fmt: skip
+                with open(os.path.join(self.hparams.exp_dir, "train_stats.jsonl"), "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            limit = float(self.hparams.max_train_minutes or 0)
+            if limit > 0 and (time.time() - self.train_start) / 60 > limit:
+                logger.info("max_train_minutes=%g reached after epoch %d: stopping", limit, epoch)
+                self.hparams.epoch_counter.current = self.hparams.epoch_counter.limit
+        else:
+            self.test_stats = summary
+
+
+def read_train_stats(exp_dir: str) -> list[dict]:
+    """Per-epoch records of ``train_stats.jsonl`` (an epoch redone after a kill: last one wins)."""
+    path = os.path.join(exp_dir, "train_stats.jsonl")
+    by_epoch: dict[int, dict] = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    rec = json.loads(line)
+                    by_epoch[rec["epoch"]] = rec
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+# ---------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------
+def export_model_dir(brain: TokenizerBrain, hparams: dict, out_dir: str) -> str:
+    """Write a model directory: ``config.json`` (plain data), ``model.pt`` (state dict, loadable
+    with ``weights_only=True``), ``cmvn.json``, ``sp.model``. Written to a temporary directory
+    and renamed, so a reader never sees a partial model."""
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    model = brain.model
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(tmp, "model.pt"))
+    shutil.copy(hparams["cmvn_file"], os.path.join(tmp, "cmvn.json"))
+    shutil.copy(hparams["sp_model"], os.path.join(tmp, "sp.model"))
+    config = {
+        "format": "sitok-model-1",
+        "model": model.config.to_dict(),
+        "mel": MelConfig().to_dict(),
+        "parameters": model.num_parameters(),
+        "trained_on": hparams["train_csv"],
+    }
+    write_text_atomic(os.path.join(tmp, "config.json"), json.dumps(config, indent=1) + "\n")
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    logger.info("exported %s", out_dir)
+    return out_dir
