@@ -453,3 +453,27 @@ def test_distributed_ranks_stay_identical(tmp_path):
     torch.manual_seed(0)
     single = _run(EMAVectorQuantizer(4, 16, decay=0.8, restart_every=0, init_from_data=False), z)
     assert all(torch.allclose(single[k].float(), a["plain"][k].float(), atol=1e-5) for k in single)
+
+
+def test_cosine_vq_keeps_unit_norm_entries_and_ignores_scale():
+    q = make("vq", normalize=True, init_from_data=False)  # random entries: no duplicate (tied) entries
+    z, mask = batch(q)
+    for _ in range(3):
+        q(z, mask)
+    torch.testing.assert_close(q.embed.norm(dim=-1), torch.ones(K))
+    q.eval()
+    assert torch.equal(q.encode(z, mask)[mask[:, None, :]], q.encode(5.0 * z, mask)[mask[:, None, :]])
+    sim = (torch.nn.functional.normalize(z, dim=-1) @ q.embed.t())[mask]  # [N, K] cosine similarities
+    chosen = sim.gather(1, q.encode(z, mask)[:, 0][mask][:, None])[:, 0]
+    torch.testing.assert_close(chosen, sim.max(-1).values)  # (entries may repeat after data init: ties)
+
+
+def test_model_drops_quantizer_kwargs_that_do_not_apply():
+    from sitok.models import SiTok, SiTokConfig
+
+    cfg = SiTokConfig(hidden=32, intermediate=64, heads=2, enc_layers=1, dec_layers=1, ctc_layers=1, quantizer="fsq",
+                      codebook_dim=5, codebook_size=1024, quantizer_kwargs={"levels": [4] * 5, "dead_threshold": 0.5})  # fmt: skip
+    m = SiTok(cfg)
+    assert m.quantizer.codebook_size == 1024
+    with pytest.raises(ValueError, match="1024"):
+        SiTok(SiTokConfig(**{**cfg.to_dict(), "codebook_size": 512}))

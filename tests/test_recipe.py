@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(not have("flite", "espeak-ng"), reason="flite/es
 def run(tmp, *args, check=True, **kw):
     cmd = ["bash", RUN, "--corpus_dir", f"{tmp}/corpus", "--datadir", f"{tmp}/data", "--dumpdir", f"{tmp}/dump",
            "--expdir", f"{tmp}/exp", "--python", sys.executable, "--local_corpus_opts", TINY, "--progress", "false",
-           "--vocab_size", "64", "--judge_check_utts", "5", *args]  # fmt: skip
+           "--vocab_size", "64", "--judge_check_utts", "5", "--tokenizer_config", "tiny",
+           "--tokenizer_args", "--number_of_epochs 1 --batch_seconds 8", "--decode_steps", "2", *args]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"run.sh failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
@@ -38,11 +39,11 @@ def snapshot(tmp):
     return out
 
 
-def test_stages_0_to_3_and_rerun(tmp_path):
+def test_every_stage_and_rerun(tmp_path):
     tmp = str(tmp_path)
-    r = run(tmp, "--stage", "0", "--stop_stage", "3")
+    r = run(tmp, "--stage", "0", "--stop_stage", "5")
     log = r.stdout + r.stderr
-    for s in range(4):
+    for s in range(6):
         assert f"Stage {s}:" in log
     sets = ["train", "dev", "test", "test_unseen", "ks_train", "ks_dev", "ks_test"]
     for s in sets:  # every utterance has text, speaker, duration and a feature entry
@@ -52,11 +53,22 @@ def test_stages_0_to_3_and_rerun(tmp_path):
     assert os.path.exists(f"{tmp}/data/lang_unigram64/sp.model")
     assert "WER" in log and "CTC fit at 12.50 Hz" in log
     assert os.path.exists(f"{tmp}/data/test_unseen/trials")
+    # stage 4: a model directory; stage 5: codes for every set, resynthesis + judge WER of the tests
+    exp = f"{tmp}/exp/tokenizer_tiny"
+    assert sorted(os.listdir(f"{exp}/model")) == ["cmvn.json", "config.json", "model.pt", "sp.model"]
+    assert '"bits_per_second": 75.0' in log
+    for s in sets:
+        assert read_table(f"{exp}/codes/{s}/codes.scp").keys() == read_table(f"{tmp}/dump/{s}/feats.scp").keys()
+    for s in ("test", "test_unseen"):
+        for d in (f"{s}_groundtruth", f"{s}_steps2"):
+            assert validate_data_dir(f"{exp}/resynth/{d}", check_files=True) == []
+            assert open(f"{exp}/resynth/{d}/judge_wer.tsv").readline().startswith("# pocketsphinx")
 
     before = snapshot(tmp)
-    r = run(tmp, "--stage", "0", "--stop_stage", "3")
+    r = run(tmp, "--stage", "0", "--stop_stage", "5")
     log = r.stdout + r.stderr
-    assert "already synthesised" in log and log.count("already done, skipping") >= 1 + len(sets) + 1
+    assert "already synthesised" in log and log.count("already done, skipping") >= 1 + len(sets) + 1 + len(sets)
+    assert "already exported, skipping" in log
     assert snapshot(tmp) == before  # nothing rewritten
 
 

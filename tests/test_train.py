@@ -98,3 +98,15 @@ def test_killed_training_resumes_with_identical_losses(tiny_dump):
         for key in ("loss", "diff", "vq", "ctc"):
             assert x["train"][key] == pytest.approx(y["train"][key], rel=1e-6, abs=1e-7), (x["epoch"], key)
         assert x["valid"]["loss"] == pytest.approx(y["valid"]["loss"], rel=1e-6)
+
+
+def test_ddp_two_cpu_processes_agree(tiny_dump):
+    root, n = tiny_dump
+    exp = root / "exp_ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           *args(root, n, exp, epochs=1)[1:], "--distributed_backend", "gloo"]  # fmt: skip
+    r = run(cmd, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = open(exp / "log.txt").read()
+    assert "2 ranks, weights and codebooks identical across ranks: True" in log
+    assert (exp / "model" / "config.json").exists()

@@ -18,11 +18,12 @@ import sys
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
-from sitok.train.tokenizer import TokenizerBrain, dataio_prepare, export_model_dir
+from sitok.train.tokenizer import TokenizerBrain, check_ranks_agree, dataio_prepare, export_model_dir
 
 
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
     with open(hparams_file, encoding="utf-8") as fh:
         hparams = load_hyperpyyaml(fh, overrides)
     sb.create_experiment_directory(experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file,
@@ -39,6 +40,7 @@ def main(argv):
         train_loader_kwargs={"batch_sampler": train_sampler, "num_workers": hparams["num_workers"]},
         valid_loader_kwargs={"batch_size": 8, "num_workers": hparams["num_workers"]},
     )
+    check_ranks_agree(brain.model)  # DDP: every rank must hold the same weights and codebook
     if sb.utils.distributed.if_main_process():
         export_model_dir(brain, hparams, os.path.join(hparams["exp_dir"], "model"))
 

@@ -65,10 +65,9 @@ def dump_codes(tok, dump_dir: str, out_dir: str, batch_frames: int = 20000, prog
             codes_all[u] = codes[i, :, : t[i]].numpy().astype(np.int32)
     scp = {}
     with open(tmp, "wb") as fh:
-        for u in sorted(codes_all):
-            fh.write(u.encode() + b" ")
-            scp[u] = f"{ark}:{fh.tell()}"
-            kaldiio.save_mat(fh, codes_all[u], write_function="numpy")
+        for u in sorted(codes_all):  # kaldiio's numpy format keeps the int32 dtype
+            scp[u] = f"{ark}:{fh.tell() + len(u.encode()) + 1}"
+            kaldiio.save_ark(fh, {u: codes_all[u]}, write_function="numpy")
     os.replace(tmp, ark)
     write_table(os.path.join(out_dir, "codes.scp"), scp)
     with atomic_open(os.path.join(out_dir, "utt2num_tokens")) as fh:

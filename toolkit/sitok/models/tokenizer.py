@@ -102,6 +102,24 @@ class Decoder(nn.Module):
         return v + self.skip(x_t) if self.skip is not None else v
 
 
+def _accepted_kwargs(kind: str, kwargs: dict) -> dict:
+    """Keep the keys the quantizer class takes (RVQ forwards extras to its stages); warn about
+    the rest, so one quantizer_kwargs mapping can serve ablations that switch the quantizer."""
+    import inspect
+    import logging
+
+    from sitok.quantizers import KINDS
+
+    cls = KINDS[kind]
+    names = set(inspect.signature(cls.__init__).parameters)
+    if kind == "rvq":
+        names |= set(inspect.signature(KINDS["vq"].__init__).parameters)
+    dropped = sorted(set(kwargs) - names)
+    if dropped:
+        logging.getLogger(__name__).warning("quantizer_kwargs %s do not apply to %s; ignored", dropped, kind)
+    return {k: v for k, v in kwargs.items() if k in names}
+
+
 class SiTok(nn.Module):
     def __init__(self, config: SiTokConfig | dict | None = None, **kwargs):
         super().__init__()
@@ -126,6 +144,7 @@ class SiTok(nn.Module):
             kind = cfg.quantizer
         if kind == "fsq":
             qkw.setdefault("levels", [2] * cfg.codebook_dim)
+        qkw = _accepted_kwargs(kind, qkw)
         self.quantizer = build_quantizer(kind, cfg.codebook_dim, **qkw)
         if (self.quantizer.codebook_size, self.quantizer.num_codebooks) != (cfg.codebook_size, cfg.num_codebooks):
             raise ValueError(

@@ -51,7 +51,7 @@ class EMAVectorQuantizer(Quantizer):
     dead_threshold: restart entries whose EMA count is below it; restart_every: check every n
     training steps (0 = never); init_from_data: codebook <- frames of the first training batch
     (with fewer frames than entries, every frame once and then repeats); chunk_elements: max
-    elements of one [R, K] distance chunk (R capped at 4096 frames)."""
+    elements of one [R, K] distance chunk (R capped at 256 frames: a fixed [256, K] matmul per chunk, little padding on short batches)."""
 
     def __init__(
         self,
@@ -76,7 +76,7 @@ class EMAVectorQuantizer(Quantizer):
         self.decay, self.eps, self.beta = float(decay), float(eps), float(beta)
         self.normalize = bool(normalize)  # cosine-similarity VQ: z and every entry on the unit sphere
         self.dead_threshold, self.restart_every = float(dead_threshold), int(restart_every)
-        self.chunk_rows = max(1, min(4096, chunk_elements // codebook_size))  # R frames per distance chunk
+        self.chunk_rows = max(1, min(256, chunk_elements // codebook_size))  # R frames per distance chunk
         K, D = codebook_size, dim
         embed = torch.randn(K, D)
         self.register_buffer("embed", embed)  # [K, D] codebook

@@ -226,6 +226,23 @@ def read_train_stats(exp_dir: str) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def check_ranks_agree(model: torch.nn.Module) -> None:
+    """Under torch.distributed: all-gather a checksum of every parameter and buffer (EMA codebook
+    included) and raise if any rank differs; logs the verdict. No-op when not distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    state = model.state_dict()
+    sums = torch.stack([v.detach().double().sum() for v in state.values()])  # [n_tensors]
+    gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, sums)
+    agree = all(torch.equal(g, gathered[0]) for g in gathered)
+    logger.info("DDP: %d ranks, weights and codebooks identical across ranks: %s", len(gathered), agree)
+    if not agree:
+        raise RuntimeError("DDP ranks ended with different weights or codebooks")
+
+
 # ---------------------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------------------
