@@ -1,6 +1,7 @@
 """The SiTok model, its losses and the Tokenizer API (tiny sizes)."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from sitok.infer import Tokenizer
 from sitok.infer.sampler import euler_sample
 from sitok.losses import ctc_loss, ctc_required_frames, flow_matching_loss
 from sitok.models import SiTok, SiTokConfig, count_parameters
+
+from conftest import ROOT
 
 TINY = dict(hidden=32, intermediate=64, heads=2, enc_layers=1, dec_layers=2, ctc_layers=1, codebook_size=64,
             codebook_dim=8, vocab_size=20)  # fmt: skip
@@ -172,3 +175,23 @@ def test_decode_length_and_determinism(tok):
     assert batch_wav.shape == (2, 5 * 4 * 480)
     info = tok.info()
     assert info["tokens_per_second"] == 12.5 and info["bits_per_second"] == 75.0
+
+
+@pytest.mark.parametrize("name", ["S", "B", "L", "XL"])
+def test_paper_config_forward_on_a_tiny_input(name):
+    """Paper-scale configs instantiate with real weights (fp32, up to ~6 GB) and run one forward."""
+    import gc
+
+    from sitok.cli import load_model_config
+
+    cfg = SiTokConfig.from_dict(load_model_config(os.path.join(ROOT, "recipes/tokenizer/hparams", f"{name}.yaml")))
+    torch.manual_seed(0)
+    model = SiTok(cfg)
+    mel, lengths, tg, tl = batch(b=2, t=26)
+    with torch.no_grad():
+        out = model(mel, lengths, tg, tl)
+        codes = model.eval().encode(mel, lengths)
+    assert torch.isfinite(out["loss"]) and codes.shape == (2, 1, 7) and int(codes.max()) < 65536
+    assert model.config.bits_per_second == 200.0
+    del model, out
+    gc.collect()

@@ -73,6 +73,24 @@ def test_train_export_and_load(tiny_dump):
     assert codes.shape == (1, 13) and int(codes.max()) < 64
     info = run([sys.executable, "-m", "sitok.cli", "info", "-m", str(exp / "model")])
     assert '"tokens_per_second": 12.5' in info.stdout and '"bits_per_second": 75.0' in info.stdout
+    # the command line: encode -> codes.npy -> decode, and resynth
+    import numpy as np
+    import soundfile as sf
+
+    wav = write(str(root / "in48k.wav"), tone(1.0, sr=48000), sr=48000)
+    cli = [sys.executable, "-m", "sitok.cli"]
+    r = run([*cli, "encode", wav, "-m", str(exp / "model"), "-o", str(root / "codes.npy")])
+    assert r.returncode == 0, r.stderr
+    codes = np.load(root / "codes.npy")
+    assert codes.shape == (1, 13) and codes.dtype.kind == "i"
+    assert run([*cli, "decode", str(root / "codes.npy"), "-m", str(exp / "model"), "-o", str(root / "out.wav"),
+                "--steps", "2"]).returncode == 0  # fmt: skip
+    assert sf.info(str(root / "out.wav")).samplerate == 24000 and sf.info(str(root / "out.wav")).frames == 13 * 4 * 480
+    assert run([*cli, "resynth", wav, "-m", str(exp / "model"), "-o", str(root / "re.wav")]).returncode == 0
+    assert sf.info(str(root / "re.wav")).frames == 24000
+    np.save(root / "bad.npy", codes + 1000)
+    r = run([*cli, "decode", str(root / "bad.npy"), "-m", str(exp / "model"), "-o", str(root / "bad.wav")])
+    assert r.returncode == 1 and "codes must lie in [0, 64)" in r.stderr
 
 
 def test_killed_training_resumes_with_identical_losses(tiny_dump):

@@ -14,6 +14,7 @@
     sitok encode           wav -> codes (.npy)
     sitok decode           codes (.npy) -> wav
     sitok resynth          wav -> codes -> wav
+    sitok export           model directory from a training run's latest checkpoint
     sitok dump-codes       codes of a whole feature dump dir (stage 5)
     sitok resynth-set      decode a set's codes / vocode its ground truth to wavs (stage 5)
 """
@@ -289,6 +290,13 @@ def cmd_resynth(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from sitok.train.tokenizer import export_checkpoint
+
+    export_checkpoint(a.exp_dir, a.output)
+    return 0
+
+
 def cmd_dump_codes(a) -> int:
     from sitok.infer.sets import dump_codes
 
@@ -402,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device", default="cpu")
         s.set_defaults(func=fn)
+
+    s = sub.add_parser("export", help="model directory from the latest checkpoint of a training run")
+    s.add_argument("exp_dir")
+    s.add_argument("-o", "--output", default=None, help="default: EXP_DIR/model")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("dump-codes", help="codes of every utterance of a feature dump dir")
     s.add_argument("dump_dir")

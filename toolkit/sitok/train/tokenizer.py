@@ -246,6 +246,25 @@ def check_ranks_agree(model: torch.nn.Module) -> None:
 # ---------------------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------------------
+def export_checkpoint(exp_dir: str, out_dir: str | None = None) -> str:
+    """Export the latest checkpoint of a (possibly still running) training experiment as a
+    model directory: ``sitok export exp/tokenizer_mini -o /tmp/model_epoch9``."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(os.path.join(exp_dir, "hyperparams.yaml"), encoding="utf-8") as fh:
+        hparams = load_hyperpyyaml(fh, {"exp_dir": exp_dir})
+    ckpt = hparams["checkpointer"].recover_if_possible()
+    if ckpt is None:
+        raise FileNotFoundError(f"{exp_dir}/save: no checkpoint to export")
+
+    class _Holder:  # the part of a Brain that export_model_dir reads
+        model = hparams["model"]
+
+    out = export_model_dir(_Holder(), hparams, out_dir or os.path.join(exp_dir, "model"))
+    logger.info("exported checkpoint %s (epoch %s)", ckpt.path, ckpt.meta.get("epoch"))
+    return out
+
+
 def export_model_dir(brain: TokenizerBrain, hparams: dict, out_dir: str) -> str:
     """Write a model directory: ``config.json`` (plain data), ``model.pt`` (state dict, loadable
     with ``weights_only=True``), ``cmvn.json``, ``sp.model``. Written to a temporary directory
