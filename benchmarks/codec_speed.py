@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 
@@ -28,16 +27,7 @@ from sitok.cli import load_model_config  # noqa: E402
 from sitok.data.mel import GlobalCMVN  # noqa: E402
 from sitok.infer import Tokenizer  # noqa: E402
 from sitok.models import SiTok, SiTokConfig  # noqa: E402
-
-
-def best(fn, repeats: int) -> float:
-    fn()  # warm-up
-    t = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        t = min(t, time.perf_counter() - t0)
-    return t
+from timing import best_time  # noqa: E402
 
 
 def load(model_dir: str | None, config: str) -> tuple[Tokenizer, str]:
@@ -51,12 +41,12 @@ def load(model_dir: str | None, config: str) -> tuple[Tokenizer, str]:
 def measure(tok: Tokenizer, seconds: float, steps_list, repeats: int, vocoder: bool = True) -> dict:
     sr = tok.sample_rate
     wav = torch.randn(int(seconds * sr)) * 0.1
-    res = {"encode_x_realtime": seconds / best(lambda: tok.encode(wav, sr), repeats)}
+    res = {"encode_x_realtime": seconds / best_time(lambda: tok.encode(wav, sr), repeats)}
     codes = tok.encode(wav, sr)
-    res["decoder_rtf"] = {s: best(lambda s=s: tok.decode_mel(codes, steps=s), repeats) / seconds for s in steps_list}
+    res["decoder_rtf"] = {s: best_time(lambda s=s: tok.decode_mel(codes, steps=s), repeats) / seconds for s in steps_list}
     if vocoder:
         mel = tok.decode_mel(codes, steps=1)
-        res["vocoder_rtf"] = best(lambda: tok.vocoder(mel), repeats) / seconds
+        res["vocoder_rtf"] = best_time(lambda: tok.vocoder(mel), repeats) / seconds
         res["decode_rtf"] = {s: r + res["vocoder_rtf"] for s, r in res["decoder_rtf"].items()}
     return res
 

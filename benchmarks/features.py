@@ -18,7 +18,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 
 import numpy as np
 import soundfile as sf
@@ -29,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from sitok.data.features import compute_features  # noqa: E402
 from sitok.data.mel import MelConfig, MelFrontend  # noqa: E402
 from sitok.data.prep import Entry, make_data_dir  # noqa: E402
+from timing import best_time  # noqa: E402
 
 
 def make_audio(n_utts: int, seconds: float, sr: int = 24000) -> list[np.ndarray]:
@@ -40,15 +40,6 @@ def make_audio(n_utts: int, seconds: float, sr: int = 24000) -> list[np.ndarray]
         x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 20)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
         out.append((0.1 * x + 0.01 * rng.standard_normal(t.size)).astype(np.float32))
     return out
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -68,7 +59,7 @@ def main() -> None:
     tensors = [torch.from_numpy(w) for w in wavs]
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        t = best_of(lambda: [fe(x) for x in tensors], repeats)
+        t = best_time(lambda: [fe(x) for x in tensors], repeats)
         res[f"frontend_x_realtime_{threads}thread"] = audio_s / t
     torch.set_num_threads(1)
 
@@ -81,7 +72,7 @@ def main() -> None:
                                                n_mels=128, fmin=0, fmax=12000)  # fmt: skip
             np.log(np.maximum(m, 1e-5))
 
-    res["librosa_x_realtime"] = audio_s / best_of(librosa_all, repeats)
+    res["librosa_x_realtime"] = audio_s / best_time(librosa_all, repeats)
 
     with tempfile.TemporaryDirectory() as tmp:
         entries = []
@@ -101,7 +92,7 @@ def main() -> None:
                     shutil.rmtree(dump)
                 compute_features(os.path.join(tmp, "data"), dump, nj=nj, progress=False)
 
-            res[f"stage_x_realtime_nj{nj}"] = audio_s / best_of(stage, repeats)
+            res[f"stage_x_realtime_nj{nj}"] = audio_s / best_time(stage, repeats)
 
     print(f"audio: {audio_s / 60:.1f} min of 24 kHz speech-like signal, {res['cores']} cores, torch {torch.__version__}")
     for k, v in res.items():

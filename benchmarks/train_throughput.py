@@ -28,23 +28,13 @@ sys.path.insert(0, os.path.join(ROOT, "toolkit"))
 
 from sitok.cli import load_model_config  # noqa: E402
 from sitok.models import SiTok, SiTokConfig  # noqa: E402
-
-
-def timeit(fn, warmup: int = 1, repeats: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from timing import best_time  # noqa: E402
 
 
 def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
     """Measured fp32 matmul FLOP/s on this machine (the MFU denominator)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    t = timeit(lambda: [a @ b for _ in range(4)], warmup=2, repeats=repeats)
+    t = best_time(lambda: [a @ b for _ in range(4)], warmup=2, repeats=repeats)
     return 4 * 2 * n**3 / t
 
 
@@ -137,7 +127,7 @@ def bench_llama_block(hidden: int, inter: int, heads: int, seq: int, batch: int)
         ours(x, rope).sum().backward()
 
     res = {"shape": f"B{batch} T{seq} hidden{hidden} inter{inter} heads{heads}",
-           "sitok_ms": 1e3 * timeit(run_ours)}  # fmt: skip
+           "sitok_ms": 1e3 * best_time(run_ours)}  # fmt: skip
     try:
         from transformers import LlamaConfig
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
@@ -157,7 +147,7 @@ def bench_llama_block(hidden: int, inter: int, heads: int, seq: int, batch: int)
         out = theirs(x, attention_mask=mask, position_ids=pos, position_embeddings=pe)
         (out[0] if isinstance(out, tuple) else out).sum().backward()
 
-    res["transformers_ms"] = 1e3 * timeit(run_theirs)
+    res["transformers_ms"] = 1e3 * best_time(run_theirs)
     res["params_equal"] = sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
     return res
 
@@ -168,18 +158,18 @@ def bench_vq(dim: int, k: int, frames: int) -> dict:
     torch.manual_seed(0)
     z = torch.randn(1, frames, dim)
     ours = EMAVectorQuantizer(dim, k).train()
-    res = {"shape": f"{frames} frames x {dim} dims, {k} codes", "sitok_train_ms": 1e3 * timeit(lambda: ours(z))}
+    res = {"shape": f"{frames} frames x {dim} dims, {k} codes", "sitok_train_ms": 1e3 * best_time(lambda: ours(z))}
     ours.eval()
-    res["sitok_encode_ms"] = 1e3 * timeit(lambda: ours.encode(z))
+    res["sitok_encode_ms"] = 1e3 * best_time(lambda: ours.encode(z))
     try:
         from vector_quantize_pytorch import VectorQuantize
     except ImportError:
         res["vqtorch_train_ms"] = None
         return res
     theirs = VectorQuantize(dim=dim, codebook_size=k, decay=0.99, commitment_weight=0.25).train()
-    res["vqtorch_train_ms"] = 1e3 * timeit(lambda: theirs(z))
+    res["vqtorch_train_ms"] = 1e3 * best_time(lambda: theirs(z))
     theirs.eval()
-    res["vqtorch_encode_ms"] = 1e3 * timeit(lambda: theirs(z))
+    res["vqtorch_encode_ms"] = 1e3 * best_time(lambda: theirs(z))
     return res
 
 

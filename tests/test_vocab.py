@@ -1,6 +1,5 @@
 import os
 
-import pytest
 
 from sitok.data.kaldi import write_table
 from sitok.data.vocab import BLANK_ID, UNK_ID, ctc_fit_report, ctc_length, train_sentencepiece

@@ -11,9 +11,13 @@ import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
+
+if TYPE_CHECKING:
+    import torch
 
 
 class AudioError(ValueError):
