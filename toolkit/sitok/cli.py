@@ -14,6 +14,7 @@
     sitok encode           wav -> codes (.npy)
     sitok decode           codes (.npy) -> wav
     sitok resynth          wav -> codes -> wav
+    sitok codes-stats      codebook usage and perplexity of a set's codes
     sitok export           model directory from a training run's latest checkpoint
     sitok dump-codes       codes of a whole feature dump dir (stage 5)
     sitok resynth-set      decode a set's codes / vocode its ground truth to wavs (stage 5)
@@ -290,6 +291,26 @@ def cmd_resynth(a) -> int:
     return 0
 
 
+def cmd_codes_stats(a) -> int:
+    """Codebook usage and perplexity of a set's codes (codes.scp of stage 5)."""
+    import kaldiio
+    import torch
+
+    from sitok.data.kaldi import read_table
+    from sitok.quantizers import CodebookUsage
+
+    codes = {u: kaldiio.load_mat(p) for u, p in read_table(os.path.join(a.codes_dir, "codes.scp")).items()}
+    cn = next(iter(codes.values())).shape[0]
+    usage = CodebookUsage(a.codebook_size, cn)
+    for c in codes.values():
+        usage.update(torch.from_numpy(c.astype("int64"))[None])
+    s = usage.summary()
+    tokens = sum(c.shape[1] for c in codes.values())
+    print(json.dumps({"codes_dir": a.codes_dir, "utterances": len(codes), "frames": tokens, "num_codebooks": cn,
+                      "codebook_size": a.codebook_size, "usage": s["usage"], "perplexity": s["perplexity"]}))  # fmt: skip
+    return 0
+
+
 def cmd_export(a) -> int:
     from sitok.train.tokenizer import export_checkpoint
 
@@ -410,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device", default="cpu")
         s.set_defaults(func=fn)
+
+    s = sub.add_parser("codes-stats", help="codebook usage / perplexity of a set's codes")
+    s.add_argument("codes_dir")
+    s.add_argument("--codebook-size", type=int, required=True)
+    s.set_defaults(func=cmd_codes_stats)
 
     s = sub.add_parser("export", help="model directory from the latest checkpoint of a training run")
     s.add_argument("exp_dir")
