@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 
 from sitok.data.audio import AudioError, probe_audio
 from sitok.data.kaldi import DataDir
-from sitok.data.text import non_ascii_count, normalize_text
+from sitok.data.text import check_transcript, non_ascii_count
 from sitok.fileio import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -88,13 +88,10 @@ def make_data_dir(
             skips.append(Skip(e.utt, e.path, "no-transcript"))
             continue
         raw = e.text.strip()
-        if _SPECIAL.match(raw):
-            norm = raw
-        else:
-            norm = normalize_text(raw)
-            n_non_ascii += non_ascii_count(raw) > 0
-        if not norm:
-            skips.append(Skip(e.utt, e.path, "empty-text", f"transcript {raw[:40]!r} has no words"))
+        norm, problem = (raw, None) if _SPECIAL.match(raw) else check_transcript(raw)
+        n_non_ascii += non_ascii_count(raw) > 0
+        if problem:
+            skips.append(Skip(e.utt, e.path, problem, f"transcript {raw[:40]!r} has no words"))
             continue
         try:
             info = probe_audio(e.path)

@@ -148,7 +148,7 @@ class Tokenizer:
     @torch.no_grad()
     def decode(self, codes, steps: int = 16, seed: int | None = 0) -> tuple[torch.Tensor, int]:
         """codes [CN, T] -> (waveform [N] at 24 kHz, 24000); [B, CN, T] -> ([B, N], 24000)."""
-        batched = torch.as_tensor(codes).dim() == 3 if not isinstance(codes, torch.Tensor) else codes.dim() == 3
+        batched = np.ndim(codes) == 3
         wav = self.vocoder(self.decode_mel(codes, steps, seed)).cpu()
         return (wav if batched else wav[0]), self.sample_rate
 

@@ -214,7 +214,7 @@ class SiTok(nn.Module):
         q = self.quantizer(z, mask)
         cond = self.from_latent(q.z_q)
         x = stack_frames(mel, cfg.stack)  # target [B, T, 512]
-        out = {"vq": q.loss, "stats": dict(q.stats)}
+        out = {"vq": q.loss, "stats": dict(q.stats), "codes": q.codes, "token_mask": mask}
         if cfg.prediction not in ("velocity", "x"):
             raise ValueError(f"prediction must be velocity|x, got {cfg.prediction!r}")
         if cfg.decoder == "diffusion":

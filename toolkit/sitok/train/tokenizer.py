@@ -165,12 +165,7 @@ class TokenizerBrain(sb.Brain):
     def evaluate_batch(self, batch, stage):
         out = self.compute_forward(batch, stage)
         loss = self.compute_objectives(out, batch, stage)
-        mel, rel = batch.to(self.device).mel
-        lengths = (rel * mel.shape[1]).round().long()
-        codes = self.model.encode(mel, lengths)
-        from sitok.layers import lengths_to_mask
-
-        self._usage.update(codes, lengths_to_mask(self.model.token_lengths(lengths), codes.shape[-1]))
+        self._usage.update(out["codes"], out["token_mask"])  # eval mode: the same codes encode() gives
         return loss.detach().cpu()
 
     def _summary(self, stage_loss) -> dict:
