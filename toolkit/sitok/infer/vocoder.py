@@ -1,10 +1,32 @@
-"""Mel -> waveform. Griffin-Lim (training-free fallback, torchaudio) until a trained vocoder exists."""
+"""Mel -> waveform vocoders, selectable at decode time.
+
+* ``GriffinLimVocoder`` ("griffin_lim"): training-free fallback (torchaudio), always available.
+* ``VocosVocoder`` ("vocos"): the trained Vocos-style generator (``sitok.models.vocos``), loaded
+  from a vocoder directory: ``config.json`` (plain data) + ``model.pt`` (state dict, loaded with
+  ``weights_only=True``), written by ``export_vocoder`` (stage: ``recipes/vocoder/train.py``).
+
+``load_vocoder(name, model_dir)`` picks one: "griffin_lim", "vocos" (from
+``<model_dir>/vocoder``) or "auto" (vocos when ``<model_dir>/vocoder/config.json`` exists,
+else griffin_lim). Every vocoder maps un-normalised log-mel [B, T, n_mels] (or [T, n_mels]) to
+24 kHz audio [B, T * hop] (or [T * hop]) lined up with the audio the mel came from.
+"""
 
 from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
 
 import torch
 
 from sitok.data.mel import MelConfig
+from sitok.fileio import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+VOCODER_FORMAT = "sitok-vocoder-1"
+VOCODER_SUBDIR = "vocoder"  # a tokenizer model directory may hold its vocoder here
 
 
 class GriffinLimVocoder(torch.nn.Module):
@@ -43,3 +65,111 @@ class GriffinLimVocoder(torch.nn.Module):
         wav = torch.nn.functional.pad(wav, (half, 0))[:, : t * self.cfg.hop_length]
         wav = torch.nn.functional.pad(wav, (0, t * self.cfg.hop_length - wav.shape[1]))
         return wav[0] if squeeze else wav
+
+
+class VocosVocoder(torch.nn.Module):
+    """The trained Vocos-style vocoder: log-mel [B, T, n_mels] (un-normalised) -> [B, T * hop]."""
+
+    name = "vocos"
+
+    def __init__(self, model, cfg: MelConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or MelConfig()
+        self.model = model.eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str, map_location="cpu") -> VocosVocoder:
+        from sitok.models.vocos import Vocos, VocosConfig
+
+        config_path = os.path.join(path, "config.json")
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"vocoder directory {path}: no config.json")
+        with open(config_path, encoding="utf-8") as fh:
+            config = json.load(fh)
+        if config.get("format") != VOCODER_FORMAT or config.get("type") != "vocos":
+            raise ValueError(f"{config_path}: not a Vocos vocoder (format {config.get('format')!r}, "
+                             f"type {config.get('type')!r})")  # fmt: skip
+        model = Vocos(VocosConfig.from_dict(config["model"]))
+        state = torch.load(os.path.join(path, "model.pt"), map_location=map_location, weights_only=True)
+        model.load_state_dict(state)
+        return cls(model, MelConfig.from_dict(config.get("mel")))
+
+    def num_parameters(self) -> int:
+        return self.model.num_parameters()
+
+    @torch.no_grad()
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        if self.model.training:
+            self.model.eval()
+        return self.model(log_mel.float())
+
+
+def export_vocoder(model, out_dir: str, extra_meta: dict | None = None) -> str:
+    """Write a vocoder directory (``config.json`` + ``model.pt``) for a ``sitok.models.vocos.Vocos``.
+
+    Written to ``<out_dir>.tmp`` and renamed, so a reader never sees a partial directory."""
+    model = getattr(model, "model", model)  # a VocosVocoder or the bare generator
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(tmp, "model.pt"))
+    config = {
+        "format": VOCODER_FORMAT,
+        "type": "vocos",
+        "model": model.config.to_dict(),
+        "mel": MelConfig().to_dict(),
+        "parameters": model.num_parameters(),
+        **(extra_meta or {}),
+    }
+    write_text_atomic(os.path.join(tmp, "config.json"), json.dumps(config, indent=1) + "\n")
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    logger.info("exported vocoder %s", out_dir)
+    return out_dir
+
+
+def _is_vocoder_dir(path: str) -> bool:
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    try:
+        with open(config, encoding="utf-8") as fh:
+            return json.load(fh).get("format") == VOCODER_FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def vocoder_dir(model_dir: str | None) -> str | None:
+    """Where the trained vocoder of ``model_dir`` lives: ``<model_dir>/vocoder``, or ``model_dir``
+    itself when it is a vocoder directory; None when there is none."""
+    if model_dir is None:
+        return None
+    sub = os.path.join(model_dir, VOCODER_SUBDIR)
+    if _is_vocoder_dir(sub):
+        return sub
+    if _is_vocoder_dir(model_dir):
+        return model_dir
+    return None
+
+
+def load_vocoder(name: str, model_dir: str | None = None, mel_cfg: MelConfig | None = None) -> torch.nn.Module:
+    """A vocoder by name: "griffin_lim", "vocos" (``<model_dir>/vocoder``; ``model_dir`` may
+    also be a vocoder directory itself) or "auto" (vocos if one exists there, else griffin_lim)."""
+    name = (name or "auto").lower()
+    if name not in ("auto", "vocos", "griffin_lim"):
+        raise ValueError(f"unknown vocoder {name!r} (auto|vocos|griffin_lim)")
+    if name == "griffin_lim":
+        return GriffinLimVocoder(mel_cfg)
+    found = vocoder_dir(model_dir)
+    if found is None:
+        if name == "auto":
+            return GriffinLimVocoder(mel_cfg)
+        expected = os.path.join(model_dir, VOCODER_SUBDIR) if model_dir else "<model_dir>/vocoder (no model directory given)"
+        raise FileNotFoundError(f"vocoder 'vocos': no trained vocoder at {expected} (config.json + model.pt; "
+                                "train one with recipes/vocoder/train.py, or use 'griffin_lim')")  # fmt: skip
+    voc = VocosVocoder.from_pretrained(found)
+    if mel_cfg is not None and voc.cfg != mel_cfg:
+        raise ValueError(f"vocoder {found} was trained on mel {voc.cfg.to_dict()}, not {mel_cfg.to_dict()}")
+    return voc

@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Train the Vocos-style vocoder (SpeechBrain recipe, GAN with two optimisers).
+
+    python recipes/vocoder/train.py recipes/vocoder/hparams/mini.yaml [--key value ...]
+
+Run from a corpus recipe directory (egs/<corpus>/sitok), where the hparams' relative paths
+(dump/, exp/) resolve. Everything about the generator, discriminator, losses and optimisers is
+in the YAML; this script wires 24 kHz audio segments + their log-mel (sitok.data.mel) into
+``sitok.train.vocoder.VocoderBrain`` and exports the generator as a vocoder directory
+(``<exp_dir>/model``: config.json + model.pt) at the end; a tokenizer model directory picks it
+up from ``<model_dir>/vocoder`` (copy or link it there).
+
+A killed run resumes from its last checkpoint; a finished run re-run does no further training.
+"""
+
+import os
+import sys
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from sitok.infer.vocoder import export_vocoder
+from sitok.train.vocoder import VocoderBrain, dataio_prepare
+
+
+def main(argv):
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as fh:
+        hparams = load_hyperpyyaml(fh, overrides)
+    sb.create_experiment_directory(experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file,
+                                   overrides=overrides)  # fmt: skip
+    datasets, cropper, stats = dataio_prepare(hparams)
+    sampler = sb.dataio.sampler.ReproducibleRandomSampler(datasets["train"], seed=hparams["seed"])
+    stats["train_batches_per_epoch"] = len(datasets["train"]) // hparams["batch_size"]
+    brain = VocoderBrain(modules=hparams["modules"], hparams=hparams, run_opts=run_opts,
+                         checkpointer=hparams["checkpointer"])  # fmt: skip
+    brain.data_stats = stats
+    brain.train_cropper = cropper  # crops depend on (seed, epoch, utterance) only
+    brain.train_sampler = sampler  # Brain calls set_epoch(): the order depends on (seed, epoch) only
+    brain.fit(
+        brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs={"batch_size": hparams["batch_size"], "sampler": sampler, "drop_last": True,
+                             "num_workers": hparams["num_workers"]},  # fmt: skip
+        valid_loader_kwargs={"batch_size": hparams["batch_size"], "num_workers": hparams["num_workers"]},
+    )
+    if sb.utils.distributed.if_main_process():
+        export_vocoder(brain.modules.generator, os.path.join(hparams["exp_dir"], "model"),
+                       {"trained_on": hparams["train_csv"], "optimizer_steps": brain.optimizer_step})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
