@@ -1,14 +1,17 @@
 #!/usr/bin/env python
-"""Encode speed (x real time) and decode real-time factor (RTF) per number of Euler steps.
+"""Encode speed (x real time) and decode real-time factor (RTF) per Euler steps and decoder kind.
 
-    python benchmarks/codec_speed.py [--model-dir egs/mini/sitok/exp/tokenizer_mini/model]
-                                     [--seconds 10] [--paper L] [--quick]
+    python benchmarks/codec_speed.py [--exp-dir egs/mini/sitok/exp] [--seconds 10] [--paper L] [--quick]
 
-* mini: the trained model directory when it exists, else the mini config with random weights;
-* paper geometry (``--paper L``): the L configuration with random weights, fewer steps on CPU.
-RTF = processing time / audio duration (lower is faster); the decoder (tokens -> mel, ODE) is
-timed alone and with the Griffin-Lim vocoder. The last line is JSON with ``encode_x_realtime``
-and ``decode_rtf`` keyed by steps. Never asserted on by tests.
+Decode RTF for steps {1, 2, 4, 8, 16} x decoder {full, light head} x {base, shortcut}:
+* mini geometry: the trained model directories of the mini recipe where they exist
+  (tokenizer_mini, refine_mini_shortcut, refine_mini_light_head), else random weights with the
+  same architecture (timing does not depend on the weights; the JSON says which);
+* paper geometry (``--paper L``): random weights.
+``light_head_step_speedup``: time of one full-decoder ODE step / one light-head step (paper
+geometry, 12 + 4 layers; ``..._mini`` for 3 + 1). RTF = processing time / audio duration; the
+decoder (tokens -> mel) is timed alone and, for the mini models, with the Griffin-Lim vocoder.
+The last line is JSON. Never asserted on by tests.
 """
 
 from __future__ import annotations
@@ -30,12 +33,41 @@ from sitok.models import SiTok, SiTokConfig  # noqa: E402
 from timing import best_time  # noqa: E402
 
 
-def load(model_dir: str | None, config: str) -> tuple[Tokenizer, str]:
-    if model_dir and os.path.exists(os.path.join(model_dir, "config.json")):
-        return Tokenizer.from_pretrained(model_dir), f"trained ({model_dir})"
-    path = config if os.path.exists(config) else os.path.join(ROOT, "recipes/tokenizer/hparams", f"{config}.yaml")
+KINDS = {"full/base": {}, "full/shortcut": {"shortcut": True}, "light/base": {"light_head_layers": -1},
+         "light/shortcut": {"shortcut": True, "light_head_layers": -1}}  # fmt: skip
+TRAINED = {"full/base": "tokenizer_mini", "full/shortcut": "refine_mini_shortcut", "light/base": "refine_mini_light_head"}
+
+
+def config_path(name: str) -> str:
+    return name if os.path.exists(name) else os.path.join(ROOT, "recipes/tokenizer/hparams", f"{name}.yaml")
+
+
+def random_tokenizer(config: dict, kind: str, device: str = "cpu") -> Tokenizer:
+    cfg = dict(config, **KINDS[kind])
+    if cfg.get("light_head_layers") == -1:
+        cfg["light_head_layers"] = max(1, cfg["dec_layers"] // 4)  # paper: 12 + 4
     torch.manual_seed(0)
-    return Tokenizer(SiTok(SiTokConfig.from_dict(load_model_config(path))), GlobalCMVN.paper()), f"random ({config})"
+    with torch.device(device):
+        model = SiTok(SiTokConfig.from_dict(cfg)).eval()
+    return Tokenizer(model, GlobalCMVN.paper(), vocoder="griffin_lim", device=device)
+
+
+def load(exp_dir: str, config: str, kind: str) -> tuple[Tokenizer, str]:
+    d = os.path.join(exp_dir, TRAINED.get(kind, "-"), "model")
+    if os.path.exists(os.path.join(d, "config.json")):
+        return Tokenizer.from_pretrained(d, vocoder="griffin_lim"), f"trained ({d})"
+    return random_tokenizer(load_model_config(config_path(config)), kind), f"random ({config})"
+
+
+def step_seconds(tok: Tokenizer, tokens: int, repeats: int) -> float:
+    """Time of one ODE step (the per-step part of the decoder) on ``tokens`` tokens."""
+    m = tok.model
+    codes = torch.zeros(1, m.config.num_codebooks, tokens, dtype=torch.long, device=tok.device)
+    with torch.no_grad():
+        h = m.decoder.condition(m.cond_from_codes(codes))
+        x = torch.randn(1, tokens, m.config.frame_dim, device=tok.device)
+        t = torch.full((1,), 0.5, device=tok.device)
+        return best_time(lambda: m.velocity(x, t, h), repeats)
 
 
 def measure(tok: Tokenizer, seconds: float, steps_list, repeats: int, vocoder: bool = True) -> dict:
@@ -44,6 +76,7 @@ def measure(tok: Tokenizer, seconds: float, steps_list, repeats: int, vocoder: b
     res = {"encode_x_realtime": seconds / best_time(lambda: tok.encode(wav, sr), repeats)}
     codes = tok.encode(wav, sr)
     res["decoder_rtf"] = {s: best_time(lambda s=s: tok.decode_mel(codes, steps=s), repeats) / seconds for s in steps_list}
+    res["step_seconds"] = step_seconds(tok, codes.shape[-1], repeats)
     if vocoder:
         mel = tok.decode_mel(codes, steps=1)
         res["vocoder_rtf"] = best_time(lambda: tok.vocoder(mel), repeats) / seconds
@@ -51,43 +84,65 @@ def measure(tok: Tokenizer, seconds: float, steps_list, repeats: int, vocoder: b
     return res
 
 
+def table(name: str, results: dict, steps) -> None:
+    print(f"  {name}: decoder RTF by steps")
+    print("    kind            " + "".join(f"{s:>9d}" for s in steps) + "   step ms")
+    for kind, r in results.items():
+        print(f"    {kind:15s} " + "".join(f"{r['decoder_rtf'][s]:9.4f}" for s in steps) + f"   {1e3 * r['step_seconds']:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", default=os.path.join(ROOT, "egs/mini/sitok/exp/tokenizer_mini/model"))
+    ap.add_argument("--exp-dir", default=os.path.join(ROOT, "egs/mini/sitok/exp"))
     ap.add_argument("--config", default="mini")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--paper", default="L", help="paper geometry with random weights ('' to skip)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true", help="5 s of audio, 1 repeat, paper geometry at 1 step only")
+    ap.add_argument("--quick", action="store_true", help="5 s of audio (paper geometry 2 s, steps 1 and 2), 1 repeat")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     seconds, repeats = (5.0, 1) if a.quick else (a.seconds, 3)
     steps = [1, 2, 4, 8, 16]
-    tok, what = load(a.model_dir, a.config)
-    if a.device != "cpu":
-        tok = Tokenizer(tok.model, tok.cmvn, tok.mel_cfg, device=a.device)
-    out = {"device": a.device, "threads": torch.get_num_threads(), "audio_seconds": seconds, "mini": what}
-    out.update(measure(tok, seconds, steps, repeats))
-    print(f"mini model, {what}; {seconds:g} s of audio, {out['threads']} threads")
+    out = {"device": a.device, "threads": torch.get_num_threads(), "audio_seconds": seconds, "mini": {}}
+    mini = {}
+    for kind in KINDS:
+        tok, what = load(a.exp_dir, a.config, kind)
+        if a.device != "cpu":
+            tok = Tokenizer(tok.model, tok.cmvn, tok.mel_cfg, vocoder="griffin_lim", device=a.device)
+        mini[kind] = measure(tok, seconds, steps, repeats)
+        out["mini"][kind] = what
+    out["encode_x_realtime"] = mini["full/base"]["encode_x_realtime"]
+    out["vocoder_rtf"] = mini["full/base"]["vocoder_rtf"]
+    out["decoder_rtf"] = {k: r["decoder_rtf"] for k, r in mini.items()}
+    out["decode_rtf"] = {k: r["decode_rtf"] for k, r in mini.items()}
+    out["light_head_step_speedup_mini"] = mini["full/base"]["step_seconds"] / mini["light/base"]["step_seconds"]
+    print(f"mini geometry; {seconds:g} s of audio, {out['threads']} threads, device {a.device}")
     print(f"  encode: {out['encode_x_realtime']:.0f} x real time; Griffin-Lim vocoder RTF {out['vocoder_rtf']:.3f}")
-    for s in steps:
-        print(f"  decode {s:2d} steps: decoder RTF {out['decoder_rtf'][s]:.4f}, with vocoder {out['decode_rtf'][s]:.4f}")
+    table("mini", mini, steps)
+    print(f"  light head per-step speed-up (3 + 1 layers): {out['light_head_step_speedup_mini']:.2f} x")
     if a.paper:
-        torch.manual_seed(0)
-        path = os.path.join(ROOT, "recipes/tokenizer/hparams", f"{a.paper}.yaml")
-        with torch.device(a.device):
-            model = SiTok(SiTokConfig.from_dict(load_model_config(path))).eval()
-        big = Tokenizer(model, GlobalCMVN.paper(), device=a.device)
-        psteps = [1] if a.quick and a.device == "cpu" else [4, 8, 16]
-        paper = measure(big, 2.0 if a.quick else seconds, psteps, 1 if a.quick else 2, vocoder=False)
-        out[f"paper_{a.paper}"] = {"parameters": model.num_parameters(), **paper,
+        path = config_path(a.paper)
+        psteps = [1, 2] if a.quick and a.device == "cpu" else steps
+        pseconds = 2.0 if a.quick else seconds
+        paper = {}
+        for kind in KINDS:
+            tok = random_tokenizer(load_model_config(path), kind, a.device)
+            paper[kind] = measure(tok, pseconds, psteps, 1 if a.quick else 2, vocoder=False)
+            paper[kind]["parameters"] = tok.model.num_parameters()
+            del tok
+        speedup = paper["full/base"]["step_seconds"] / paper["light/base"]["step_seconds"]
+        out["light_head_step_speedup"] = speedup
+        out[f"paper_{a.paper}"] = {"audio_seconds": pseconds, "decoder_rtf": {k: r["decoder_rtf"] for k, r in paper.items()},
+                                   "step_seconds": {k: r["step_seconds"] for k, r in paper.items()},
+                                   "parameters": {k: r["parameters"] for k, r in paper.items()},
+                                   "encode_x_realtime": paper["full/base"]["encode_x_realtime"],
                                    "paper_reported_rtf": {16: 0.041, 8: 0.024, 4: 0.013}}  # fmt: skip
-        print(f"  {a.paper} geometry (random weights, {model.num_parameters() / 1e9:.2f} B): encode "
-              f"{paper['encode_x_realtime']:.1f} x real time; decoder RTF "
-              + ", ".join(f"{s} steps {r:.3f}" for s, r in paper["decoder_rtf"].items())
-              + " (paper, GPU: 16 steps 0.041, 8 steps 0.024, 4 steps 0.013)")  # fmt: skip
+        print(f"{a.paper} geometry (random weights, {paper['full/base']['parameters'] / 1e9:.2f} B), {pseconds:g} s of audio")
+        table(a.paper, paper, psteps)
+        print(f"  light head per-step speed-up (12 + 4 layers): {speedup:.2f} x; paper (GPU): RTF 0.041 / 0.024 / "
+              "0.013 at 16 / 8 / 4 steps")  # fmt: skip
     print(json.dumps(out, default=lambda v: round(v, 5) if isinstance(v, float) else v))
 
 

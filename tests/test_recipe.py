@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
 from sitok.data.kaldi import read_table, validate_data_dir
@@ -14,6 +15,8 @@ from sitok.data.kaldi import read_table, validate_data_dir
 from conftest import ROOT, have
 
 RUN = os.path.join(ROOT, "egs", "mini", "sitok", "run.sh")
+REFINE = ["--refine_args", "--number_of_epochs 1 --batch_seconds 8 --max_train_minutes 0", "--vocoder_config", "tiny",
+          "--vocoder_eval_utts", "2", "--eval_steps", "1 2", "--eval_cfg_scales", "1 2", "--eval_wer_steps", "1"]  # fmt: skip
 TINY = "--train_minutes 0.6 --dev_minutes 0.2 --test_minutes 0.2 --unseen_minutes 0.2 --ks_per_class '1 1 1'"
 
 pytestmark = pytest.mark.skipif(not have("flite", "espeak-ng"), reason="flite/espeak-ng missing (tools/install.sh)")
@@ -64,11 +67,29 @@ def test_every_stage_and_rerun(tmp_path):
             assert validate_data_dir(f"{exp}/resynth/{d}", check_files=True) == []
             assert open(f"{exp}/resynth/{d}/judge_wer.tsv").readline().startswith("# pocketsphinx")
 
+    # stages 6-11: every refinement kind, the vocoder, the refinement evaluation
+    r = run(tmp, "--stage", "6", "--stop_stage", "11", *REFINE)
+    log = r.stdout + r.stderr
+    for s in range(6, 12):
+        assert f"Stage {s}:" in log
+    for kind in ("decoder_ft", "token_cfg", "shortcut", "light_head"):
+        model = f"{tmp}/exp/refine_tiny_{kind}/model"
+        assert {"config.json", "model.pt", "cmvn.json", "sp.model", "vocoder"} <= set(os.listdir(model)), kind
+    assert '"shortcut": true' in log and "light head: last 1 of 2 layers" in log
+    assert os.path.exists(f"{exp}/model/vocoder/config.json")
+    assert os.path.exists(f"{tmp}/exp/vocoder_tiny/eval_test/summary.json")
+    res = pd.read_csv(f"{tmp}/exp/refine_eval_tiny/test/results.csv")
+    assert set(res["model"]) == {"ground truth", "base", "decoder_ft", "token_cfg", "shortcut", "light_head"}
+    assert set(res[res.model == "token_cfg"]["cfg_scale"]) == {1.0, 2.0}
+    assert set(res[res.model == "ground truth"]["vocoder"]) == {"griffin_lim", "vocos"}
+    assert res[(res.model == "shortcut") & (res.steps == 1)]["wer"].notna().all()
+
     before = snapshot(tmp)
-    r = run(tmp, "--stage", "0", "--stop_stage", "5")
+    r = run(tmp, "--stage", "0", "--stop_stage", "11", *REFINE)
     log = r.stdout + r.stderr
     assert "already synthesised" in log and log.count("already done, skipping") >= 1 + len(sets) + 1 + len(sets)
-    assert "already exported, skipping" in log
+    assert log.count("already exported, skipping") == 1 + 4 + 1  # tokenizer, 4 refinements, vocoder
+    assert "is up to date" in log and "refine_eval_tiny/test already done" in log
     assert snapshot(tmp) == before  # nothing rewritten
 
 
@@ -79,7 +100,7 @@ def test_killed_feature_stage_resumes(tmp_path):
                           "--datadir", f"{tmp}/data", "--dumpdir", f"{tmp}/dump", "--python", sys.executable,
                           "--progress", "false", "--nj", "1"])],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    deadline = time.time() + 60
+    deadline = time.time() + 300  # generous: a loaded 2-core machine
     while time.time() < deadline and not os.path.exists(f"{tmp}/dump/train/.done"):
         time.sleep(0.05)
     os.killpg(p.pid, signal.SIGKILL)  # kill the whole stage (shell + python) mid-way

@@ -40,6 +40,16 @@ tokenizer_tag=          # experiment name (default: the config name): exp/tokeni
 tokenizer_args=         # extra hparams overrides, e.g. "--number_of_epochs 10 --ctc_weight 0"
 ngpu=0                  # > 1: torchrun --nproc_per_node ngpu (DDP)
 decode_steps=16         # stage 5: Euler steps when resynthesising the test sets
+refine_config=mini      # stages 6-9: recipes/refine/hparams/<name>.yaml or a path to a YAML
+refine_kinds="decoder_ft token_cfg shortcut light_head"  # which refinement runs stages 6-9 make
+refine_args=            # extra hparams overrides for every refinement run, e.g. "--max_train_minutes 30"
+vocoder_config=mini     # stage 10: recipes/vocoder/hparams/<name>.yaml or a path to a YAML
+vocoder_args=           # extra hparams overrides for vocoder training
+vocoder_eval_utts=0     # stage 10: PESQ/STOI/DNSMOS of the vocoder on this many test utterances (0: all)
+eval_sets=              # stage 11: sets to evaluate (default: the first test set)
+eval_steps="1 2 4 8 16" # stage 11: Euler steps to score
+eval_cfg_scales="1 1.25 1.5 2"  # stage 11: token-CFG scales to score (models trained with token drop)
+eval_wer_steps="1 2 4"  # stage 11: steps that also get vocoded and ASR-judged (WER)
 judge_check_utts=100    # stage 3: ASR-judge WER on this many ground-truth utterances of the first test set (0: skip)
 progress=true           # progress bars
 
@@ -55,6 +65,15 @@ Stages:
   4  tokenizer    train SiTok (recipes/tokenizer/train.py) and export the model directory
   5  tokens       dump codes for every set; resynthesise the test sets (and their ground truth
                   through the same vocoder); ASR-judge WER of both
+  6  decoder_ft   refine: encoder + VQ frozen, decoder trained further   (recipes/refine/train.py)
+  7  token_cfg    refine: + 10 % whole-utterance token drop to a learned null condition
+  8  shortcut     refine: shortcut fine-tuning (step-size conditioned decoder, few-step decoding)
+  9  light_head   refine: decoder split into a main body (run once) + light diffusion head
+                  (stages 6-9 run the kinds listed in --refine_kinds; each resumes from its checkpoint)
+ 10  vocoder      train the Vocos-style vocoder (recipes/vocoder/train.py) and put it into every
+                  model directory of this recipe (<model>/vocoder), so decode uses it
+ 11  refine eval  log-mel distance of every model x steps x CFG scale on the eval sets, judge WER
+                  at --eval_wer_steps, vocoder vs Griffin-Lim on ground truth; exp/refine_eval_<tag>/
 EOF
 )
 
@@ -187,6 +206,100 @@ if run_stage 5; then
             [ -f "${d}/judge_wer.tsv" ] && { log "  $(head -1 "${d}/judge_wer.tsv")  (${d})"; continue; }
             "${sitok[@]}" judge-wer "${d}" --lm "${lang_dir}/judge_lm.arpa" --out "${d}/judge_wer.tsv" "${no_progress[@]}"
         done
+    done
+fi
+
+# ---- stages 6-9: decoder refinement -----------------------------------------------------------
+refine_config_file=${refine_config}
+[ -f "${refine_config_file}" ] || refine_config_file="${toolkit_root}/recipes/refine/hparams/${refine_config}.yaml"
+tok_tag=$(basename "${tok_exp}"); tok_tag=${tok_tag#tokenizer_}
+refine_exp() { echo "${expdir}/refine_${tok_tag}_$1"; }
+has_kind() { [[ " ${refine_kinds} " == *" $1 "* ]]; }
+# token_cfg and shortcut start from the fine-tuned decoder when there is one; light_head from the base
+refine_init() {
+    if [ "$1" != decoder_ft ] && [ "$1" != light_head ] && has_kind decoder_ft; then
+        echo "$(refine_exp decoder_ft)/model"
+    else
+        echo "${model_dir}"
+    fi
+}
+refine_stage=6
+for kind in decoder_ft token_cfg shortcut light_head; do
+    if run_stage ${refine_stage}; then
+        out=$(refine_exp ${kind})
+        if ! has_kind ${kind}; then
+            log "Stage ${refine_stage}: ${kind} not in --refine_kinds, skipping"
+        elif [ -f "${out}/model/config.json" ]; then
+            log "Stage ${refine_stage}: ${kind}: ${out}/model already exported, skipping (delete it to train again)"
+        else
+            init=$(refine_init ${kind})
+            [ -f "${init}/config.json" ] || { log "ERROR: ${init}/config.json not found: run the earlier stages first"; exit 1; }
+            log "Stage ${refine_stage}: refine ${kind} from ${init} -> ${out} (${refine_config_file}; resumes from its last checkpoint)"
+            eval "ref_args=(${refine_args})"
+            launcher=("${python}")
+            [ "${ngpu}" -gt 1 ] && launcher=("${python}" -m torch.distributed.run --nproc_per_node "${ngpu}")
+            "${launcher[@]}" "${toolkit_root}/recipes/refine/train.py" "${refine_config_file}" --refine ${kind} \
+                --init_model "${init}" --exp_dir "${out}" --dump_dir "${dumpdir}" --train_set "${train_set}" \
+                --valid_set "${valid_set}" ${ref_args[@]+"${ref_args[@]}"}
+            [ -d "${init}/vocoder" ] && [ ! -d "${out}/model/vocoder" ] && cp -r "${init}/vocoder" "${out}/model/vocoder"
+            "${sitok[@]}" info -m "${out}/model"
+        fi
+    fi
+    refine_stage=$((refine_stage + 1))
+done
+
+# ---- stage 10: vocoder -------------------------------------------------------------------------
+vocoder_config_file=${vocoder_config}
+[ -f "${vocoder_config_file}" ] || vocoder_config_file="${toolkit_root}/recipes/vocoder/hparams/${vocoder_config}.yaml"
+voc_exp="${expdir}/vocoder_$(basename "${vocoder_config}" .yaml)"
+if run_stage 10; then
+    if [ -f "${voc_exp}/model/config.json" ]; then
+        log "Stage 10: vocoder ${voc_exp}/model already exported, skipping (delete it to train again)"
+    else
+        log "Stage 10: train the vocoder (${vocoder_config_file}) -> ${voc_exp} (resumes from its last checkpoint)"
+        eval "voc_args=(${vocoder_args})"
+        "${python}" "${toolkit_root}/recipes/vocoder/train.py" "${vocoder_config_file}" --exp_dir "${voc_exp}" \
+            --dump_dir "${dumpdir}" --train_set "${train_set}" --valid_set "${valid_set}" ${voc_args[@]+"${voc_args[@]}"}
+    fi
+    first_test=${test_sets%% *}
+    if [ -n "${first_test}" ] && [ ! -f "${voc_exp}/eval_${first_test}/.done" ]; then
+        log "  ground-truth mel -> vocoder vs Griffin-Lim on ${first_test} (PESQ-WB, STOI, DNSMOS): ${voc_exp}/eval_${first_test}"
+        "${python}" "${toolkit_root}/recipes/vocoder/evaluate.py" --dump "${dumpdir}/${first_test}" \
+            --vocoder "${voc_exp}/model" --out "${voc_exp}/eval_${first_test}" --max-utts "${vocoder_eval_utts}" "${no_progress[@]}"
+        touch "${voc_exp}/eval_${first_test}/.done"
+    fi
+    for m in "${model_dir}" $(for k in ${refine_kinds}; do echo "$(refine_exp ${k})/model"; done); do
+        [ -f "${m}/config.json" ] || continue
+        if [ -f "${m}/vocoder/config.json" ] && cmp -s "${m}/vocoder/model.pt" "${voc_exp}/model/model.pt"; then
+            log "  ${m}/vocoder is up to date"
+        else
+            rm -rf "${m}/vocoder.tmp" && cp -r "${voc_exp}/model" "${m}/vocoder.tmp"
+            rm -rf "${m}/vocoder" && mv "${m}/vocoder.tmp" "${m}/vocoder"
+            log "  vocoder -> ${m}/vocoder"
+        fi
+    done
+fi
+
+# ---- stage 11: refinement evaluation -----------------------------------------------------------
+if run_stage 11; then
+    eval_out="${expdir}/refine_eval_${tok_tag}"
+    models=("base=${model_dir}")
+    for k in ${refine_kinds}; do
+        [ -f "$(refine_exp ${k})/model/config.json" ] && models+=("${k}=$(refine_exp ${k})/model")
+    done
+    for dset in ${eval_sets:-${test_sets%% *}}; do
+        if [ -f "${eval_out}/${dset}/.done" ]; then
+            log "Stage 11: ${eval_out}/${dset} already done, skipping (delete it to score again)"
+            continue
+        fi
+        log "Stage 11: refinement evaluation on ${dset}: ${models[*]} -> ${eval_out}/${dset}"
+        [ -f "${tok_exp}/codes/${dset}/.done" ] || { log "ERROR: ${tok_exp}/codes/${dset} missing: run stage 5 first"; exit 1; }
+        "${sitok[@]}" eval-refine "${dumpdir}/${dset}" "${tok_exp}/codes/${dset}" "${eval_out}/${dset}" \
+            --models "${models[@]}" --steps ${eval_steps} --cfg-scales ${eval_cfg_scales} \
+            --wer-steps ${eval_wer_steps} --lm "${lang_dir}/judge_lm.arpa" "${no_progress[@]}"
+        log "  $(head -1 "${eval_out}/${dset}/results.md")"
+        tail -n +3 "${eval_out}/${dset}/results.md" | while read -r line; do log "  ${line}"; done
+        touch "${eval_out}/${dset}/.done"
     done
 fi
 

@@ -45,15 +45,17 @@ class Tokenizer:
         self.mel_cfg = mel_cfg or MelConfig()
         self.frontend = MelFrontend(self.mel_cfg).to(self.device)
         self.model_dir = model_dir
-        if vocoder is None:
-            from sitok.infer.vocoder import GriffinLimVocoder
+        if vocoder is None or isinstance(vocoder, str):
+            from sitok.infer.vocoder import load_vocoder
 
-            vocoder = GriffinLimVocoder(self.mel_cfg)
-        self.vocoder = vocoder.to(self.device)
+            vocoder = load_vocoder(vocoder or "griffin_lim", model_dir, self.mel_cfg)
+        self.vocoder = vocoder.to(self.device).eval()
 
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model_dir: str, device: str = "cpu", vocoder=None) -> "Tokenizer":
+    def from_pretrained(cls, model_dir: str, device: str = "cpu", vocoder="auto") -> "Tokenizer":
+        """Load a model directory. ``vocoder``: "auto" (the directory's trained vocoder in
+        ``vocoder/`` when present, else Griffin-Lim), "vocos", "griffin_lim" or a module."""
         cfg_path = os.path.join(model_dir, "config.json")
         if not os.path.exists(cfg_path):
             raise FileNotFoundError(f"{cfg_path}: not a SiTok model directory (no config.json)")
@@ -81,7 +83,10 @@ class Tokenizer:
             "codebook_size": c.codebook_size,
             "bits_per_second": c.bits_per_second,
             "quantizer": c.quantizer,
-            "decoder": c.decoder,
+            "decoder": c.decoder + (f" (light head: last {c.light_head_layers} of {c.dec_layers} layers)"
+                                    if c.light_head_layers else ""),
+            "token_cfg": c.token_cfg,
+            "shortcut": c.shortcut,
             "vocoder": getattr(self.vocoder, "name", type(self.vocoder).__name__),
         }
 
@@ -127,8 +132,15 @@ class Tokenizer:
         return codes.long().to(self.device)
 
     @torch.no_grad()
-    def decode_mel(self, codes, steps: int = 16, seed: int | None = 0, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """codes [CN, T] or [B, CN, T] -> un-normalised log-mel [B, 4T, 128] (Euler ODE, ``steps``)."""
+    def decode_mel(self, codes, steps: int = 16, seed: int | None = 0, lengths: torch.Tensor | None = None,
+                   cfg_scale: float = 1.0) -> torch.Tensor:  # fmt: skip
+        """codes [CN, T] or [B, CN, T] -> un-normalised log-mel [B, 4T, 128] (Euler ODE, ``steps``).
+
+        ``cfg_scale`` w != 1 applies token classifier-free guidance (needs a model trained with
+        token drop); w = 1 is the plain conditional decoder. Shortcut models take d = 1/steps.
+        """
+        if cfg_scale != 1.0 and not self.model.config.token_cfg:
+            raise ValueError(f"decode: cfg_scale={cfg_scale} needs a model trained for token CFG (token_cfg: true)")
         codes = self.check_codes(codes)
         b, _, t = codes.shape
         mask = None if lengths is None else lengths_to_mask(lengths.to(self.device), t)
@@ -140,22 +152,23 @@ class Tokenizer:
             gen.seed()
         if self.model.config.decoder == "diffusion":
             noise = torch.randn(b, t, self.model.config.frame_dim, generator=gen, device=self.device)
-            x = euler_sample(lambda x_t, tt: self.model.velocity(x_t, tt, cond, mask), noise, steps)
+            x = euler_sample(self.model.velocity_fn(cond, mask, steps, cfg_scale), noise, steps)
         else:
             x = self.model.decoder(cond, mask)
         return self.cmvn.inverse(self.model.unstack(x))
 
     @torch.no_grad()
-    def decode(self, codes, steps: int = 16, seed: int | None = 0) -> tuple[torch.Tensor, int]:
+    def decode(self, codes, steps: int = 16, seed: int | None = 0, cfg_scale: float = 1.0) -> tuple[torch.Tensor, int]:
         """codes [CN, T] -> (waveform [N] at 24 kHz, 24000); [B, CN, T] -> ([B, N], 24000)."""
         batched = np.ndim(codes) == 3
-        wav = self.vocoder(self.decode_mel(codes, steps, seed)).cpu()
+        wav = self.vocoder(self.decode_mel(codes, steps, seed, cfg_scale=cfg_scale)).cpu()
         return (wav if batched else wav[0]), self.sample_rate
 
     @torch.no_grad()
-    def resynth(self, wav, sample_rate: int, steps: int = 16, seed: int | None = 0) -> tuple[torch.Tensor, int]:
+    def resynth(self, wav, sample_rate: int, steps: int = 16, seed: int | None = 0,
+                cfg_scale: float = 1.0) -> tuple[torch.Tensor, int]:  # fmt: skip
         """Encode then decode; the output is cut to the input's duration."""
         x = _as_mono_tensor(wav)
-        out, sr = self.decode(self.encode(x, sample_rate), steps, seed)
+        out, sr = self.decode(self.encode(x, sample_rate), steps, seed, cfg_scale)
         n = int(round(x.numel() * sr / sample_rate))
         return out[:n], sr

@@ -18,7 +18,14 @@ import torch
 import torch.nn as nn
 
 from sitok.layers import LlamaStack, TimestepEmbedding, lengths_to_mask, stack_frames, stacked_lengths, unstack_frames
-from sitok.losses import ctc_loss, flow_matching_loss, reconstruction_error
+from sitok.losses import ctc_loss, flow_matching_loss, reconstruction_error, shortcut_loss
+
+SHORTCUT_BASE_STEPS = 128  # the smallest shortcut step (d = 1/128) stands in for d = 0
+
+
+def shortcut_level(d: torch.Tensor) -> torch.Tensor:
+    """Step size d in (0, 1] -> log2(1/d) / log2(128) in [0, 1]: what the d embedding sees."""
+    return torch.log2(1.0 / d.clamp(1.0 / SHORTCUT_BASE_STEPS, 1.0)) / math.log2(SHORTCUT_BASE_STEPS)
 
 
 @dataclass
@@ -47,6 +54,10 @@ class SiTokConfig:
     x_skip: bool = True  # linear path from x_t to the velocity (needed when dec width < 512)
     time_embed_dim: int | None = None  # AdaRMSNorm conditioning width (default: decoder width)
     checkpointing: bool = False  # activation checkpointing (large configs)
+    # ---- refinement (paper section 2.3, 2.4, Appendix C.1) ----
+    token_cfg: bool = False  # learned null condition for token classifier-free guidance
+    shortcut: bool = False  # decoder also conditioned on the step size d (shortcut models)
+    light_head_layers: int = 0  # > 0: the last N decoder layers form a light diffusion head
 
     @property
     def frame_dim(self) -> int:
@@ -73,7 +84,18 @@ class SiTokConfig:
 
 
 class Decoder(nn.Module):
-    """Non-causal Llama decoder. Diffusion: (x_t, t, cond) -> velocity; regression: cond -> x."""
+    """Non-causal Llama decoder, split into a part run once per utterance and a part run per step.
+
+        h = decoder.condition(cond, mask)               # once: cond MLP (+ main body, light head)
+        out = decoder.step(h, mask, x_t, t, d)         # every ODE step -> velocity or x_hat
+
+    Full decoder (``light_head_layers=0``): all layers run every step on cond + x_t, with
+    AdaRMSNorm(t). Light-weight head (paper Appendix C.1): the first ``dec_layers - H`` layers
+    (the main body) run once on cond and give h_base; the last H layers (the head) run every
+    step on x_t + h_base with AdaRMSNorm(t). Shortcut models add a step-size embedding of d to the
+    timestep embedding. Token CFG replaces the whole cond of dropped utterances by a learned null
+    condition. Regression ("R"): cond -> x_hat, no x_t, no t.
+    """
 
     def __init__(self, cfg: SiTokConfig):
         super().__init__()
@@ -81,25 +103,64 @@ class Decoder(nn.Module):
         inter = cfg.dec_intermediate or cfg.intermediate
         self.diffusion = cfg.decoder == "diffusion"
         self.cond_mlp = nn.Sequential(nn.Linear(cfg.hidden, width), nn.SiLU(), nn.Linear(width, width))
+        self.null_cond = nn.Parameter(torch.zeros(cfg.hidden)) if cfg.token_cfg else None
+        head = cfg.light_head_layers if self.diffusion else 0
+        if not 0 <= head < cfg.dec_layers or (head and head == cfg.dec_layers):
+            raise ValueError(f"light_head_layers={head} must be in [0, dec_layers={cfg.dec_layers})")
         if self.diffusion:
             tdim = cfg.time_embed_dim or width
             self.x_proj = nn.Linear(cfg.frame_dim, width)
             self.t_embed = TimestepEmbedding(tdim)
+            self.d_embed = TimestepEmbedding(tdim) if cfg.shortcut else None
+            if self.d_embed is not None:  # starts as a no-op: a fine-tuned model begins where its base was
+                nn.init.zeros_(self.d_embed.mlp[-1].weight)
+                nn.init.zeros_(self.d_embed.mlp[-1].bias)
+                self.d_embed.mlp[-1]._keep_init = True
             self.skip = nn.Linear(cfg.frame_dim, cfg.frame_dim) if cfg.x_skip else None
         else:
             tdim = None
-        self.body = LlamaStack(cfg.dec_layers, width, inter, cfg.heads, causal=False, cond_dim=tdim,
-                               checkpointing=cfg.checkpointing)  # fmt: skip
+        stack = lambda n, c, norm=True: LlamaStack(n, width, inter, cfg.heads, causal=False, cond_dim=c,  # noqa: E731
+                                                   final_norm=norm, checkpointing=cfg.checkpointing)  # fmt: skip
+        if head:
+            # main body: once per utterance, no t; h_base is its residual stream (the head normalises)
+            self.body = stack(cfg.dec_layers - head, None, norm=False)
+            self.head = stack(head, tdim)  # light head: every step
+        else:
+            self.body = stack(cfg.dec_layers, tdim)
+            self.head = None
         self.out = nn.Linear(width, cfg.frame_dim)
 
-    def forward(self, cond, mask=None, x_t=None, t=None):
-        h = self.cond_mlp(cond)  # [B, T, W]
+    # ---- token CFG ----------------------------------------------------------------------
+    def drop_tokens(self, cond: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+        """Replace the cond [B, T, H] of utterances with ``drop`` [B] True by the null condition."""
+        if drop is None:
+            return cond
+        if self.null_cond is None:
+            raise ValueError("this decoder has no null condition (token_cfg: False): it cannot drop tokens")
+        return torch.where(drop.view(-1, 1, 1), self.null_cond.to(cond.dtype), cond)
+
+    # ---- once per utterance / every step ------------------------------------------------
+    def condition(self, cond, mask=None, drop=None):
+        h = self.cond_mlp(self.drop_tokens(cond, drop))  # [B, T, W]
+        if self.head is not None or not self.diffusion:
+            h = self.body(h, mask)  # light head: h_base; regression: the final hidden states
+        return h
+
+    def step(self, h, mask, x_t, t, d=None):
+        """One decoder evaluation: x_t [B, T, 512], t [B], d [B] (shortcut step size) -> [B, T, 512]."""
+        c = self.t_embed(t)  # [B, C]
+        if self.d_embed is not None:
+            d = torch.full_like(t, 1.0 / SHORTCUT_BASE_STEPS) if d is None else d
+            c = c + self.d_embed(shortcut_level(d))
+        stack = self.head if self.head is not None else self.body
+        out = self.out(stack(h + self.x_proj(x_t), mask, c))
+        return out + self.skip(x_t) if self.skip is not None else out
+
+    def forward(self, cond, mask=None, x_t=None, t=None, d=None, drop=None):
+        h = self.condition(cond, mask, drop)
         if not self.diffusion:
-            return self.out(self.body(h, mask))  # x_hat [B, T, 512]
-        c = self.t_embed(t)  # [B, W]
-        h = self.body(h + self.x_proj(x_t), mask, c)
-        v = self.out(h)  # velocity [B, T, 512]
-        return v + self.skip(x_t) if self.skip is not None else v
+            return self.out(h)  # x_hat [B, T, 512]
+        return self.step(h, mask, x_t, t, d)
 
 
 def _accepted_kwargs(kind: str, kwargs: dict) -> dict:
@@ -199,31 +260,93 @@ class SiTok(nn.Module):
         return self.from_latent(self.quantizer.decode(codes))  # [B, T, hidden]
 
     # ---- decoder side -------------------------------------------------------------------
-    def velocity(self, x_t, t, cond, mask=None):
-        """v_theta(x_t, t | cond): x_t [B, T, 512], t [B] -> [B, T, 512]."""
-        out = self.decoder(cond, mask, x_t, t)
+    def velocity(self, x_t, t, h, mask=None, d=None):
+        """v(x_t, t | h): h = ``decoder.condition(cond)``; x_t [B, T, 512], t [B], d [B] -> [B, T, 512]."""
+        out = self.decoder.step(h, mask, x_t, t, d)
         if self.config.prediction == "x":  # out is x_hat; Euler steps never reach t = 1
             return (out - x_t) / (1.0 - t).clamp_min(1e-3).view(-1, 1, 1)
         return out
 
+    def velocity_fn(self, cond, mask=None, steps: int | None = None, cfg_scale: float = 1.0):
+        """A closure (x_t, t) -> velocity for an ODE sampler: the per-utterance part of the decoder
+        runs here once. Shortcut models step with d = 1/steps. Token CFG with scale w:
+        v = v_u + w (v_c - v_u), conditional and null-condition rows in one batch."""
+        d_val = 1.0 / steps if (self.config.shortcut and steps) else None
+        guided = cfg_scale != 1.0
+        if guided:
+            b = cond.shape[0]
+            drop = torch.arange(2 * b, device=cond.device) >= b
+            cond = torch.cat([cond, cond])
+            mask = None if mask is None else torch.cat([mask, mask])
+            h = self.decoder.condition(cond, mask, drop)
+        else:
+            h = self.decoder.condition(cond, mask)
+
+        def fn(x_t, t):
+            if guided:
+                x_t, t = torch.cat([x_t, x_t]), torch.cat([t, t])
+            d = None if d_val is None else torch.full_like(t, d_val)
+            v = self.velocity(x_t, t, h, mask, d)
+            if not guided:
+                return v
+            v_c, v_u = v.chunk(2)
+            return v_u + cfg_scale * (v_c - v_u)
+
+        return fn
+
     # ---- training -----------------------------------------------------------------------
-    def forward(self, mel, mel_lengths, targets=None, target_lengths=None) -> dict:
-        """Losses for one batch. mel [B, T50, 128] normalised; targets [B, U] CTC ids (0 = blank)."""
+    def frozen_cond(self, mel, mel_lengths):
+        """cond and token mask from the frozen encoder + VQ (refinement stages): no gradients and
+        no codebook update, the same cond ``decode`` builds from the codes."""
+        with torch.no_grad():
+            z, mask = self.encode_latents(mel, mel_lengths)
+            codes = self.quantizer.encode(z, mask)
+            return self.cond_from_codes(codes), mask, codes
+
+    def forward(self, mel, mel_lengths, targets=None, target_lengths=None, *, frozen_tokens: bool = False,
+                cfg_drop_prob: float = 0.0, shortcut: dict | None = None, teacher=None) -> dict:  # fmt: skip
+        """Losses for one batch. mel [B, T50, 128] normalised; targets [B, U] CTC ids (0 = blank).
+
+        Refinement options: ``frozen_tokens`` (encoder + VQ give cond without gradients or
+        codebook updates; no VQ/CTC loss), ``cfg_drop_prob`` (token CFG: whole utterances get the
+        null condition), ``shortcut`` (kwargs of ``shortcut_loss``; ``teacher`` is the decoder
+        that builds its targets, default this one).
+        """
         cfg = self.config
-        z, mask = self.encode_latents(mel, mel_lengths)
-        q = self.quantizer(z, mask)
-        cond = self.from_latent(q.z_q)
-        x = stack_frames(mel, cfg.stack)  # target [B, T, 512]
-        out = {"vq": q.loss, "stats": dict(q.stats), "codes": q.codes, "token_mask": mask}
         if cfg.prediction not in ("velocity", "x"):
             raise ValueError(f"prediction must be velocity|x, got {cfg.prediction!r}")
-        if cfg.decoder == "diffusion":
-            out["diff"] = flow_matching_loss(lambda x_t, t: self.decoder(cond, mask, x_t, t), x, mask, cfg.loss,
-                                             prediction=cfg.prediction)  # fmt: skip
+        x = stack_frames(mel, cfg.stack)  # target [B, T, 512]
+        if frozen_tokens:
+            cond, mask, codes = self.frozen_cond(mel, mel_lengths)
+            zero = torch.zeros((), device=mel.device)
+            out = {"vq": zero, "stats": {}, "codes": codes, "token_mask": mask}
         else:
-            out["diff"] = reconstruction_error(self.decoder(cond, mask), x, mask, cfg.loss)
-        loss = out["diff"] + q.loss
-        if self.ctc is not None and targets is not None and cfg.ctc_weight > 0:
+            z, mask = self.encode_latents(mel, mel_lengths)
+            q = self.quantizer(z, mask)
+            cond = self.from_latent(q.z_q)
+            out = {"vq": q.loss, "stats": dict(q.stats), "codes": q.codes, "token_mask": mask}
+        drop = None
+        if cfg_drop_prob > 0 and self.training:
+            drop = torch.rand(x.shape[0], device=x.device) < cfg_drop_prob
+            out["stats"]["cfg_dropped"] = drop.float().mean().detach()
+        if cfg.decoder != "diffusion":
+            out["diff"] = reconstruction_error(self.decoder(cond, mask, drop=drop), x, mask, cfg.loss)
+        elif shortcut is not None:
+            h = self.decoder.condition(cond, mask, drop)
+            t_dec = teacher if teacher is not None else self.decoder
+            with torch.no_grad():
+                h_t = h.detach() if teacher is None else t_dec.condition(cond, mask, drop)
+            parts = shortcut_loss(lambda x_t, t, d, r: self.decoder.step(h[r], _rows(mask, r), x_t, t, d),
+                                  lambda x_t, t, d, r: t_dec.step(h_t[r], _rows(mask, r), x_t, t, d),
+                                  x, mask, prediction=cfg.prediction, **shortcut)  # fmt: skip
+            out["diff"] = parts["loss"]
+            out["stats"].update(shortcut_fm=parts["fm"], shortcut_sc=parts["sc"])
+        else:
+            h = self.decoder.condition(cond, mask, drop)
+            out["diff"] = flow_matching_loss(lambda x_t, t: self.decoder.step(h, mask, x_t, t), x, mask, cfg.loss,
+                                             prediction=cfg.prediction)  # fmt: skip
+        loss = out["diff"] + out["vq"]
+        if self.ctc is not None and targets is not None and cfg.ctc_weight > 0 and not frozen_tokens:
             logits = self.ctc_head(self.ctc(cond, mask))  # [B, T, V]
             lengths = self.token_lengths(mel_lengths)
             out["ctc"], out["ctc_not_fitting"] = ctc_loss(logits, lengths, targets, target_lengths)
@@ -237,6 +360,10 @@ class SiTok(nn.Module):
 
     def unstack(self, x: torch.Tensor, mel_len: int | None = None) -> torch.Tensor:
         return unstack_frames(x, self.config.stack, mel_len)
+
+
+def _rows(mask, rows: slice):
+    return None if mask is None else mask[rows]
 
 
 def count_parameters(config: SiTokConfig | dict) -> dict:

@@ -1,0 +1,224 @@
+"""Decoder refinement: frozen fine-tuning, token CFG, shortcut models, the light diffusion head."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from sitok.data.mel import GlobalCMVN
+from sitok.infer import Tokenizer
+from sitok.losses import bootstrap_target, shortcut_loss
+from sitok.models import SiTok, SiTokConfig
+from sitok.train.refine import freeze_all_but_decoder, load_for_refinement
+
+TINY = dict(hidden=32, intermediate=64, heads=2, enc_layers=1, dec_layers=4, ctc_layers=1, codebook_size=64,
+            codebook_dim=8, vocab_size=20)  # fmt: skip
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return SiTok(SiTokConfig(**{**TINY, **kw}))
+
+
+def batch(b=4, t=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, t, 128, generator=g), torch.tensor([t, t - 8, t - 16, t - 4][:b])
+
+
+def frozen_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("decoder.")}
+
+
+@pytest.mark.parametrize("kw", [{}, {"token_cfg": True}, {"shortcut": True}, {"light_head_layers": 1}])
+def test_fine_tune_step_leaves_encoder_vq_ctc_bit_identical(kw):
+    model = tiny(**kw).train()
+    before = frozen_state(model)
+    dec_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    n_train, n_frozen = freeze_all_but_decoder(model)
+    assert n_train == sum(p.numel() for p in model.decoder.parameters()) and n_frozen > 0
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    mel, lengths = batch()
+    for _ in range(2):
+        out = model(mel, lengths, frozen_tokens=True, cfg_drop_prob=0.5 if kw.get("token_cfg") else 0.0,
+                    shortcut={"bootstrap_every": 2} if kw.get("shortcut") else None)  # fmt: skip
+        opt.zero_grad()
+        out["loss"].backward()
+        assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("decoder."))
+        opt.step()
+    after = frozen_state(model)
+    assert before.keys() == after.keys()
+    for k in before:  # weights and VQ buffers (EMA codebook, usage counts) alike
+        assert torch.equal(before[k], after[k]), k
+    assert any(not torch.equal(dec_before[k], v) for k, v in model.decoder.state_dict().items())
+
+
+def test_token_drop_rate_is_about_ten_percent_and_uses_the_null_condition():
+    model = tiny(token_cfg=True).train()
+    mel, lengths = batch(b=4, t=16)
+    torch.manual_seed(1)
+    rates = [float(model(mel, lengths, frozen_tokens=True, cfg_drop_prob=0.1)["stats"]["cfg_dropped"])
+             for _ in range(400)]  # fmt: skip
+    assert abs(sum(rates) / len(rates) - 0.1) < 0.02  # 1,600 utterances: std of the mean 0.0075
+    cond = torch.randn(3, 5, 32)
+    dropped = model.decoder.drop_tokens(cond, torch.tensor([False, True, False]))
+    assert torch.equal(dropped[0], cond[0]) and torch.equal(dropped[2], cond[2])
+    assert torch.equal(dropped[1], model.decoder.null_cond.expand(5, 32))
+    assert model.eval()(mel, lengths, frozen_tokens=True, cfg_drop_prob=0.1)["stats"].get("cfg_dropped") is None
+    with pytest.raises(ValueError, match="null condition"):
+        tiny().decoder.drop_tokens(cond, torch.tensor([True, False, False]))
+
+
+def tokenizer(model, tmp_path):
+    cmvn = GlobalCMVN(torch.zeros(128), torch.ones(128))
+    return Tokenizer(model.eval(), cmvn)
+
+
+def test_cfg_scale_one_is_the_plain_conditional_decoder(tmp_path):
+    model = tiny(token_cfg=True)
+    with torch.no_grad():
+        model.decoder.null_cond.normal_()  # a trained null condition: guidance makes a difference
+    tok = tokenizer(model, tmp_path)
+    codes = torch.randint(0, 64, (2, 1, 9))
+    plain = tok.decode_mel(codes, steps=4, seed=3)
+    assert torch.equal(tok.decode_mel(codes, steps=4, seed=3, cfg_scale=1.0), plain)
+    guided = tok.decode_mel(codes, steps=4, seed=3, cfg_scale=2.0)
+    assert guided.shape == plain.shape and not torch.allclose(guided, plain)
+    # w = 0 is the unconditional (null-condition) decoder
+    x_t, t = torch.randn(2, 9, 512), torch.full((2,), 0.3)
+    cond = model.cond_from_codes(codes)
+    uncond = model.velocity(x_t, t, model.decoder.condition(cond, drop=torch.ones(2, dtype=torch.bool)))
+    assert torch.allclose(model.velocity_fn(cond, cfg_scale=0.0)(x_t, t), uncond, atol=1e-5)
+    with pytest.raises(ValueError, match="token CFG"):
+        tokenizer(tiny(), tmp_path).decode_mel(codes, cfg_scale=2.0)
+
+
+def test_shortcut_target_is_the_average_of_two_half_steps_on_a_toy_field():
+    def field(x, t, d, rows):  # any smooth function of (x, t, d)
+        return torch.sin(3 * x) * (1 + t.view(-1, 1, 1)) - x * d.view(-1, 1, 1)
+
+    x_t = torch.randn(3, 5, 4)
+    t, d = torch.tensor([0.0, 0.25, 0.5]), torch.tensor([1.0, 0.5, 0.25])
+    got = bootstrap_target(field, x_t, t, d, slice(0, 3), prediction="velocity")
+    h = d / 2
+    v1 = field(x_t, t, h, None)
+    v2 = field(x_t + h.view(-1, 1, 1) * v1, t + h, h, None)
+    assert torch.allclose(got, (v1 + v2) / 2)
+    # x-prediction: the same target velocity, expressed as x_hat = x_t + (1 - t) v
+    as_x = lambda fn: lambda x, tt, dd, r: x + (1 - tt).view(-1, 1, 1) * fn(x, tt, dd, r)  # noqa: E731
+    got_x = bootstrap_target(as_x(field), x_t, t, d, slice(0, 3), prediction="x")
+    assert torch.allclose(got_x, x_t + (1 - t).view(-1, 1, 1) * (v1 + v2) / 2, atol=1e-5)
+
+
+def test_shortcut_loss_splits_the_batch_and_samples_d_and_t_on_grids():
+    seen = {}
+
+    def student(x_t, t, d, rows):
+        seen["t"], seen["d"] = t.clone(), d.clone()
+        return torch.zeros_like(x_t)
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 6, 4)
+    parts = shortcut_loss(student, lambda x_t, t, d, r: torch.zeros_like(x_t), x, bootstrap_every=8)
+    assert parts["bootstrap_rows"] == 2
+    d, t = seen["d"], seen["t"]
+    assert torch.all(d[2:] == 1 / 128) and torch.all((t[2:] * 128) == (t[2:] * 128).round())
+    big = d[:2]
+    assert torch.all((torch.log2(1 / big) == torch.log2(1 / big).round()) & (big >= 1 / 64))  # 2h: 1 .. 1/64
+    assert torch.all(((t[:2] / big) == (t[:2] / big).round()) & (t[:2] < 1))  # t on the 2h grid
+    # a perfect flow-row prediction: only the self-consistency rows leave error
+    assert float(parts["fm"]) > 0 and torch.isfinite(parts["loss"])
+
+
+def test_shortcut_decoder_steps_with_d_equal_one_over_n(tmp_path):
+    model = tiny(shortcut=True)
+    seen = []
+    orig = model.decoder.step
+    model.decoder.step = lambda h, m, x, t, d=None: (seen.append(d), orig(h, m, x, t, d))[1]
+    tok = tokenizer(model, tmp_path)
+    tok.decode_mel(torch.randint(0, 64, (1, 6)), steps=4)
+    assert len(seen) == 4 and all(torch.allclose(d, torch.full_like(d, 0.25)) for d in seen)
+    # a new shortcut model starts as its base: the d embedding is a no-op
+    base = tiny()
+    x_t, t = torch.randn(1, 6, 512), torch.full((1,), 0.5)
+    cond = base.cond_from_codes(torch.randint(0, 64, (1, 1, 6)))
+    sc = SiTok(SiTokConfig(**{**TINY, "shortcut": True}))
+    sc.load_state_dict(base.state_dict(), strict=False)
+    for d in (1.0, 1 / 8):
+        dd = torch.full((1,), d)
+        assert torch.allclose(sc.velocity(x_t, t, sc.decoder.condition(cond), d=dd),
+                              base.velocity(x_t, t, base.decoder.condition(cond)), atol=1e-6)  # fmt: skip
+
+
+def test_light_head_runs_the_body_once_and_the_head_every_step(tmp_path):
+    model = tiny(light_head_layers=1)
+    full = tiny()
+    calls = {"body": 0, "head": 0}
+    model.decoder.body.register_forward_hook(lambda *a: calls.__setitem__("body", calls["body"] + 1))
+    model.decoder.head.register_forward_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))
+    assert len(model.decoder.body.blocks) == 3 and len(model.decoder.head.blocks) == 1
+    tok, tok_full = tokenizer(model, tmp_path), tokenizer(full, tmp_path)
+    codes = torch.randint(0, 64, (2, 1, 7))
+    out = tok.decode_mel(codes, steps=8)
+    assert calls == {"body": 1, "head": 8}
+    assert out.shape == tok_full.decode_mel(codes, steps=8).shape == (2, 28, 128)
+    # the same interface as the full decoder: condition once, step many, forward = both
+    cond = model.cond_from_codes(codes)
+    x_t, t = torch.randn(2, 7, 512), torch.rand(2)
+    for m in (model, full):
+        h = m.decoder.condition(cond)
+        assert m.decoder.step(h, None, x_t, t).shape == m.decoder(cond, None, x_t, t).shape == (2, 7, 512)
+    with pytest.raises(ValueError, match="light_head_layers"):
+        tiny(light_head_layers=4)
+
+
+def export(model, path):
+    os.makedirs(path)
+    torch.save(model.state_dict(), os.path.join(path, "model.pt"))
+    with open(os.path.join(path, "config.json"), "w") as fh:
+        json.dump({"model": model.config.to_dict()}, fh)
+    return str(path)
+
+
+def test_load_for_refinement_keeps_every_trained_weight(tmp_path):
+    base = tiny()
+    d = export(base, tmp_path / "base")
+    light = load_for_refinement(d, "light_head", light_head_layers=1)
+    bs, ls = base.state_dict(), light.state_dict()
+    for k in bs:
+        if not k.startswith("decoder."):
+            assert torch.equal(bs[k], ls[k]), k
+    # decoder layer 3 (the last) became head layer 0; body layers keep theirs; norms lose t
+    assert torch.equal(ls["decoder.head.blocks.0.attn.qkv.weight"], bs["decoder.body.blocks.3.attn.qkv.weight"])
+    assert torch.equal(ls["decoder.body.blocks.2.mlp.down.weight"], bs["decoder.body.blocks.2.mlp.down.weight"])
+    assert torch.equal(ls["decoder.body.blocks.0.attn_norm.weight"], bs["decoder.body.blocks.0.attn_norm.gain.bias"])
+    assert torch.equal(ls["decoder.head.norm.gain.weight"], bs["decoder.body.norm.gain.weight"])
+    cfg = load_for_refinement(d, "token_cfg")
+    assert cfg.config.token_cfg and torch.equal(cfg.decoder.null_cond, torch.zeros(32))
+    sc = load_for_refinement(export(cfg, tmp_path / "cfg"), "shortcut")
+    assert sc.config.shortcut and sc.config.token_cfg  # keeps the null condition it was given
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_for_refinement(str(tmp_path / "nothing"), "decoder_ft")
+    with pytest.raises(ValueError, match="refine must be"):
+        load_for_refinement(d, "distill")
+
+
+def test_eval_refine_batches_and_table():
+    import pandas as pd
+
+    from sitok.eval.refine import length_batches, results_markdown
+
+    lengths = {f"u{i}": n for i, n in enumerate([5, 50, 7, 48, 6, 30])}
+    batches = length_batches(lengths, max_frames=100)
+    assert sorted(u for b in batches for u in b) == sorted(lengths)  # every utterance exactly once
+    assert all(max(lengths[u] for u in b) * len(b) <= 100 for b in batches)
+    assert [lengths[b[0]] for b in batches] == sorted(lengths[b[0]] for b in batches)  # sorted by length
+    md = results_markdown(pd.DataFrame([
+        {"model": "ground truth", "steps": 0, "cfg_scale": 1.0, "vocoder": "vocos", "mel_l1": 0.0, "wer": 4.5,
+         "decoder_rtf": 0.0},
+        {"model": "shortcut", "steps": 2, "cfg_scale": 1.5, "vocoder": "vocos", "mel_l1": 0.25, "wer": None,
+         "decoder_rtf": 0.01}]))  # fmt: skip
+    lines = md.splitlines()
+    assert lines[0].startswith("| model | vocoder | steps | CFG w |") and len(lines) == 4
+    assert lines[2] == "| ground truth | vocos | — | 1 | 0.0000 | 4.50 | 0.0000 |"
+    assert lines[3] == "| shortcut | vocos | 2 | 1.5 | 0.2500 |  | 0.0100 |"

@@ -1,0 +1,218 @@
+"""Reconstruction of a set by several models and decode settings (recipe stage 11).
+
+For every model x Euler steps x token-CFG scale: decode the set's codes, score the normalised
+log-mel L1 distance to the ground truth (the training space of the decoder; lower is better)
+and the decoder's real-time factor; at the steps in ``wer_steps`` also vocode and score the
+offline ASR judge's WER, for w = 1 and (token-CFG models) the scale with the lowest mean mel
+distance. Ground-truth mel through each available vocoder gives the reference
+rows. Writes ``per_utt.csv``, ``results.csv``, ``results.md`` and ``summary.json``.
+
+    sitok eval-refine dump/test exp/tokenizer_mini/codes/test exp/refine_eval_mini/test \
+        --models base=exp/tokenizer_mini/model shortcut=exp/refine_mini_shortcut/model \
+        --steps 1 2 4 --cfg-scales 1 2 --wer-steps 1 4 --lm data/lang_unigram256/judge_lm.arpa
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+from sitok.data.kaldi import read_table
+from sitok.fileio import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def length_batches(lengths: dict[str, int], max_frames: int = 20000) -> list[list[str]]:
+    """Utterance ids grouped by similar length, each batch at most ``max_frames`` padded frames."""
+    batches, cur, cur_max = [], [], 0
+    for u in sorted(lengths, key=lambda k: (lengths[k], k)):
+        if cur and max(cur_max, lengths[u]) * (len(cur) + 1) > max_frames:
+            batches.append(cur)
+            cur, cur_max = [], 0
+        cur.append(u)
+        cur_max = max(cur_max, lengths[u])
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+@torch.no_grad()
+def decode_set(tok, codes: dict, frames: dict, steps: int, cfg_scale: float = 1.0, seed: int = 0):
+    """Decode every utterance (batched); returns ({utt: log-mel [frames, 128]}, decoder seconds)."""
+    out, seconds = {}, 0.0
+    for batch in length_batches({u: codes[u].shape[1] for u in codes}):
+        c = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(codes[u].T.astype(np.int64)) for u in batch],
+                                            batch_first=True).transpose(1, 2)  # [B, CN, T]  # fmt: skip
+        lengths = torch.tensor([codes[u].shape[1] for u in batch])
+        t0 = time.perf_counter()
+        mel = tok.decode_mel(c, steps=steps, seed=seed, lengths=lengths, cfg_scale=cfg_scale)
+        seconds += time.perf_counter() - t0
+        for i, u in enumerate(batch):
+            out[u] = mel[i, : frames[u]].cpu()
+    return out, seconds
+
+
+def mel_l1(tok, hyp: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean |cmvn(hyp) - cmvn(ref)| over the frames both have (normalised log-mel L1)."""
+    n = min(hyp.shape[0], ref.shape[0])
+    return float((tok.cmvn(hyp[:n].to(tok.device)) - tok.cmvn(ref[:n].to(tok.device))).abs().mean())
+
+
+def _wer(tok, asr, mels: dict, texts: dict, progress: bool) -> tuple[float, list]:
+    """Vocode every mel and transcribe it with the judge (sorted order, see PocketSphinxASR); WER."""
+    from tqdm import tqdm
+
+    from sitok.data.audio import resample
+    from sitok.eval.asr import word_error_rate
+
+    utts = sorted(mels)
+    hyps = []
+    for u in tqdm(utts, desc="vocode + asr", unit="utt", disable=not progress, mininterval=2):
+        wav = resample(tok.vocoder(mels[u].to(tok.device)).cpu(), tok.sample_rate, 16000)
+        hyps.append(asr.transcribe(wav.numpy(), 16000))
+    refs = [texts[u] for u in utts]
+    return word_error_rate(refs, hyps), list(zip(utts, refs, hyps))
+
+
+def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dict[str, str], steps: list[int],
+                        cfg_scales: list[float] = (1.0,), wer_steps: list[int] = (), lm: str | None = None,
+                        max_utts: int = 0, progress: bool = True, vocoder: str = "auto") -> list[dict]:  # fmt: skip
+    """Score ``models`` (name -> model dir) on a set; see the module docstring. Returns the rows."""
+    import kaldiio
+    import pandas as pd
+
+    from sitok.infer import Tokenizer
+
+    feats = read_table(os.path.join(dump_dir, "feats.scp"))
+    texts = read_table(os.path.join(dump_dir, "text"))
+    frames = {u: int(n) for u, n in read_table(os.path.join(dump_dir, "utt2num_frames")).items()}
+    codes_scp = read_table(os.path.join(codes_dir, "codes.scp"))
+    missing = sorted(set(feats) - set(codes_scp))
+    if missing:
+        logger.warning("%s: %d utterances of %s have no codes; left out (first: %s)", codes_dir, len(missing),
+                       dump_dir, missing[0])  # fmt: skip
+    utts = sorted(set(feats) & set(codes_scp))[: max_utts or None]
+    codes = {u: kaldiio.load_mat(codes_scp[u]) for u in utts}
+    ref = {u: torch.from_numpy(kaldiio.load_mat(feats[u]).copy()) for u in utts}
+    audio_s = sum(frames[u] for u in utts) / 50.0
+    asr = None
+    if wer_steps:
+        from sitok.eval.asr import PocketSphinxASR
+
+        asr = PocketSphinxASR(lm=lm)
+    os.makedirs(out_dir, exist_ok=True)
+    rows, per_utt = [], []
+    t_start = time.time()
+    done_dir = os.path.join(out_dir, "rows")  # one JSON per finished setting: a re-run skips them
+
+    def cached(key):
+        path = os.path.join(done_dir, f"{key}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+
+    def keep(key, row):
+        write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps({"row": row, "per_utt": []}))
+        rows.append(row)
+
+    # reference rows: ground-truth mel -> each vocoder a model directory offers
+    vocoders = {"griffin_lim": next(iter(models.values()))}
+    for d in models.values():
+        if os.path.exists(os.path.join(d, "vocoder", "config.json")):
+            vocoders["vocos"] = d
+            break
+    for voc, src in vocoders.items() if asr is not None else ():
+        key = f"groundtruth_{voc}"
+        if (c := cached(key)) is not None:
+            rows.append(c["row"])
+            continue
+        tok = Tokenizer.from_pretrained(src, vocoder=voc)
+        t0 = time.time()
+        wer, hyp_rows = _wer(tok, asr, ref, texts, progress)
+        _write_hyps(out_dir, key, hyp_rows)
+        keep(key, {"model": "ground truth", "steps": 0, "cfg_scale": 1.0, "vocoder": voc, "mel_l1": 0.0,
+                   "wer": 100 * wer, "decoder_rtf": 0.0})  # fmt: skip
+        logger.info("ground-truth mel -> %s: WER %.2f %% (%.0f s)", voc, 100 * wer, time.time() - t0)
+    # 1) mel distance and decoder RTF of every setting; 2) WER for w = 1 at wer_steps, and for
+    # token-CFG models also at the scale w != 1 with the lowest mean mel distance
+    for name, model_dir in models.items():
+        tok = Tokenizer.from_pretrained(model_dir, vocoder=vocoder)
+        voc = getattr(tok.vocoder, "name", "custom")
+        scales = [w for w in cfg_scales if w == 1.0 or tok.model.config.token_cfg] or [1.0]
+        l1 = {}
+        for w in scales:
+            for s in steps:
+                key = f"{name}_{voc}_steps{s}_cfg{w:g}"
+                if (c := cached(key)) is None:
+                    t0 = time.time()
+                    mels, dec_s = decode_set(tok, codes, frames, s, w)
+                    dists = {u: mel_l1(tok, mels[u], ref[u]) for u in utts}
+                    row = {"model": name, "steps": s, "cfg_scale": w, "vocoder": voc,
+                           "mel_l1": float(np.mean(list(dists.values()))), "wer": None,
+                           "decoder_rtf": dec_s / audio_s}  # fmt: skip
+                    c = {"row": row, "per_utt": [{"model": name, "steps": s, "cfg_scale": w, "utt": u, "mel_l1": d}
+                                                 for u, d in dists.items()]}  # fmt: skip
+                    write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps(c))
+                    logger.info("%s steps=%d cfg=%g: mel L1 %.4f, decoder RTF %.4f (%.0f s)", name, s, w,
+                                row["mel_l1"], row["decoder_rtf"], time.time() - t0)  # fmt: skip
+                l1[(w, s)] = c
+        wer_scales = [1.0]
+        guided = [w for w in scales if w != 1.0]
+        if guided:
+            best = min(guided, key=lambda w: np.mean([l1[(w, s)]["row"]["mel_l1"] for s in steps]))
+            wer_scales.append(best)
+            logger.info("%s: CFG scale with the lowest mean mel distance: %g", name, best)
+        for (w, s), c in l1.items():
+            row = c["row"]
+            if asr is not None and s in wer_steps and w in wer_scales and row["wer"] is None:
+                key = f"{name}_{voc}_steps{s}_cfg{w:g}"
+                t0 = time.time()
+                mels, _ = decode_set(tok, codes, frames, s, w)
+                wer, hyp_rows = _wer(tok, asr, mels, texts, progress)
+                row["wer"] = 100 * wer
+                _write_hyps(out_dir, key, hyp_rows)
+                write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps(c))
+                logger.info("%s steps=%d cfg=%g (%s): WER %.2f %% (%.0f s)", name, s, w, voc, row["wer"],
+                            time.time() - t0)  # fmt: skip
+            rows.append(row)
+            per_utt.extend(c["per_utt"])
+    df = pd.DataFrame(rows)
+    _save_csv(df, os.path.join(out_dir, "results.csv"))
+    _save_csv(pd.DataFrame(per_utt), os.path.join(out_dir, "per_utt.csv"))
+    write_text_atomic(os.path.join(out_dir, "results.md"), results_markdown(df) + "\n")
+    summary = {"dump_dir": dump_dir, "codes_dir": codes_dir, "utterances": len(utts), "audio_seconds": audio_s,
+               "models": models, "asr_judge": None if asr is None else f"{asr.name} {asr.version}", "lm": lm,
+               "wall_seconds": time.time() - t_start, "rows": rows}  # fmt: skip
+    write_text_atomic(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
+    logger.info("%s: %d rows, %d utterances, %.0f s", out_dir, len(rows), len(utts), time.time() - t_start)
+    return rows
+
+
+def results_markdown(df) -> str:
+    """The rows as a markdown table: model, vocoder, steps, CFG scale, mel L1, WER, decoder RTF."""
+    lines = ["| model | vocoder | steps | CFG w | normalised log-mel L1 | judge WER (%) | decoder RTF |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in df.to_dict("records"):
+        wer = "" if r["wer"] is None or (isinstance(r["wer"], float) and np.isnan(r["wer"])) else f"{r['wer']:.2f}"
+        steps = "—" if r["steps"] == 0 else str(int(r["steps"]))
+        lines.append(f"| {r['model']} | {r['vocoder']} | {steps} | {r['cfg_scale']:g} | {r['mel_l1']:.4f} | {wer} | "
+                     f"{r['decoder_rtf']:.4f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _save_csv(df, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _write_hyps(out_dir: str, name: str, rows: list) -> None:
+    body = "utt\tref\thyp\n" + "".join(f"{u}\t{r}\t{h}\n" for u, r, h in rows)
+    write_text_atomic(os.path.join(out_dir, "hyps", f"{name}.tsv"), body)

@@ -1,0 +1,159 @@
+"""Decoder refinement on a trained tokenizer (paper sections 2.3, 2.4, Appendix C.1).
+
+One Brain, four kinds of run (``refine:`` in recipes/refine/hparams/*.yaml):
+
+    decoder_ft   encoder + VQ frozen; the decoder trains further with the flow-matching loss
+    token_cfg    as decoder_ft, plus whole-utterance token drop (p = 0.1) to a learned null cond
+    shortcut     as decoder_ft, with a step-size embedding and the shortcut loss (losses/shortcut.py)
+    light_head   as decoder_ft, with the decoder split into a main body (run once) and a head
+
+Every run starts from an exported model directory (``init_model``); parameters the new
+architecture adds (null condition, d embedding) start as no-ops, and the light head's layers
+start from the decoder's last layers. Only ``decoder.*`` parameters are trainable; the frozen
+encoder, VQ (codebook buffers included) and CTC branch stay bit-identical.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+
+import torch
+
+from sitok.models import SiTok
+from sitok.train.tokenizer import TokenizerBrain
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("decoder_ft", "token_cfg", "shortcut", "light_head")
+
+
+def refined_config(base: dict, refine: str, light_head_layers: int = 0, keep_cfg: bool = True) -> dict:
+    """The model config of a refinement run of kind ``refine`` from the base config."""
+    if refine not in KINDS:
+        raise ValueError(f"refine must be one of {KINDS}, got {refine!r}")
+    cfg = dict(base)
+    if cfg.get("decoder", "diffusion") != "diffusion":
+        raise ValueError("decoder refinement needs a diffusion decoder (this model is a regression 'R' baseline)")
+    if refine == "token_cfg":
+        cfg["token_cfg"] = True
+    elif refine == "shortcut":
+        cfg["shortcut"] = True
+    elif refine == "light_head":
+        n = int(light_head_layers) or max(1, cfg["dec_layers"] // 4)
+        cfg["light_head_layers"] = n
+    if not keep_cfg and refine != "token_cfg":
+        cfg["token_cfg"] = False
+    return cfg
+
+
+def _remap_light_head(state: dict, cfg: dict) -> dict:
+    """Full-decoder weights -> light-head names: decoder layers [L-H, L) become head layers
+    [0, H) and the final norm moves to the head. The body's norms lose t: each plain RMSNorm
+    starts at the t-independent part of its AdaRMSNorm gain (the gain Linear's bias)."""
+    n_body = cfg["dec_layers"] - cfg["light_head_layers"]
+    out = {}
+    for k, v in state.items():
+        if k.startswith("decoder.body.blocks."):
+            i = int(k.split(".")[3])
+            rest = ".".join(k.split(".")[4:])
+            if i >= n_body:
+                out[f"decoder.head.blocks.{i - n_body}.{rest}"] = v
+                continue
+            if rest.endswith("norm.gain.bias"):
+                out[f"decoder.body.blocks.{i}.{rest[: -len('gain.bias')]}weight"] = v
+                continue
+        if k.startswith("decoder.body.norm."):
+            out["decoder.head.norm." + k[len("decoder.body.norm."):]] = v
+            continue
+        out[k] = v
+    return out
+
+
+def load_for_refinement(init_model: str, refine: str, light_head_layers: int = 0, keep_cfg: bool = True) -> SiTok:
+    """Build the refinement model from a model directory; logs what is new and what is left out."""
+    cfg_path = os.path.join(init_model, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"init_model: {cfg_path} not found (export a tokenizer first: recipe stage 4)")
+    with open(cfg_path, encoding="utf-8") as fh:
+        base = json.load(fh)["model"]
+    cfg = refined_config(base, refine, light_head_layers, keep_cfg)
+    model = SiTok(cfg)
+    state = torch.load(os.path.join(init_model, "model.pt"), map_location="cpu", weights_only=True)
+    if cfg.get("light_head_layers") and not base.get("light_head_layers"):
+        state = _remap_light_head(state, cfg)
+    own = model.state_dict()
+    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    new = sorted(set(own) - set(loadable))
+    unused = sorted(set(state) - set(loadable))
+    model.load_state_dict(loadable, strict=False)
+    for part in ("in_proj", "encoder", "to_latent", "quantizer", "from_latent"):
+        missing = [k for k in new if k.startswith(part + ".")]
+        if missing:
+            raise ValueError(f"{init_model}: frozen part {part} lacks weights {missing[:3]}: wrong model directory?")
+    logger.info("refine=%s from %s: %d tensors loaded; new (initialised here): %s; not used: %s", refine, init_model,
+                len(loadable), new or "none", unused or "none")  # fmt: skip
+    return model
+
+
+def freeze_all_but_decoder(model: torch.nn.Module) -> tuple[int, int]:
+    """requires_grad only for decoder.* parameters. Returns (trainable, frozen) counts."""
+    n_train = n_frozen = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("decoder."))
+        if p.requires_grad:
+            n_train += p.numel()
+        else:
+            n_frozen += p.numel()
+    return n_train, n_frozen
+
+
+class RefineBrain(TokenizerBrain):
+    """TokenizerBrain with frozen tokens, token drop, the shortcut loss and an EMA teacher."""
+
+    def __init__(self, modules=None, *args, **kwargs):
+        self._counts = freeze_all_but_decoder(modules["model"])  # before Brain counts trainable parameters
+        super().__init__(modules, *args, **kwargs)
+
+    def on_fit_start(self):
+        n_train, n_frozen = freeze_all_but_decoder(self.model)
+        hp = self.hparams
+        logger.info("refine=%s: %.2f M decoder parameters train, %.2f M (encoder, VQ, CTC) frozen; "
+                    "cfg_drop_prob=%g", hp.refine, n_train / 1e6, n_frozen / 1e6, self.cfg_drop_prob)  # fmt: skip
+        self.ema = None
+        if hp.refine == "shortcut" and float(hp.ema_decay) > 0:
+            self.ema = copy.deepcopy(self.model.decoder).to(self.device).eval().requires_grad_(False)
+            self.checkpointer.add_recoverable("ema_decoder", self.ema)
+        super().on_fit_start()
+
+    @property
+    def cfg_drop_prob(self) -> float:
+        return float(self.hparams.cfg_drop_prob) if self.model.config.token_cfg else 0.0
+
+    def init_optimizers(self):
+        params = [p for p in self.modules.parameters() if p.requires_grad]
+        self.optimizer = self.opt_class(params)
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        mel, rel = batch.mel
+        mel_lengths = (rel * mel.shape[1]).round().long()
+        shortcut = None
+        if self.model.config.shortcut:
+            hp = self.hparams
+            shortcut = {"kind": hp.shortcut_loss, "bootstrap_every": hp.bootstrap_every}
+        return self.modules.model(mel, mel_lengths, frozen_tokens=True, cfg_drop_prob=self.cfg_drop_prob,
+                                  shortcut=shortcut, teacher=self.ema)  # fmt: skip
+
+    @torch.no_grad()
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        super().on_fit_batch_end(batch, outputs, loss, should_step)
+        if should_step and self.ema is not None:
+            decay = float(self.hparams.ema_decay)
+            for pe, p in zip(self.ema.parameters(), self.model.decoder.parameters()):
+                pe.lerp_(p.detach(), 1.0 - decay)
