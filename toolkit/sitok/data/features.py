@@ -125,7 +125,7 @@ def compute_features(
         logger.info("%s: %d of %d jobs already done, running %d", dump_dir, nj - len(todo), nj, len(todo))
 
     t0 = time.time()
-    ctx = get_context("fork")
+    ctx = get_context("forkserver")  # not fork: see synth.py (fork after torch threads can deadlock)
     counter = ctx.Value("l", 0)
     _init_worker(counter)
     jobs = [(j, chunks[j], dd.tables["wav.scp"], dump_dir, mel_cfg, min_duration, max_duration) for j in todo]

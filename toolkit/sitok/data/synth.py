@@ -303,7 +303,8 @@ def synthesize_corpus(root: str, items: list[Item], nj: int = 2, progress: bool 
     durations: dict[str, float] = {}
     bar = tqdm(total=len(jobs), desc="synthesise", unit="utt", disable=not progress, mininterval=2)
     if nj > 1:
-        with get_context("fork").Pool(nj) as pool:
+        # not fork: a forked child of a process with live torch/OpenMP threads can deadlock
+        with get_context("forkserver").Pool(nj) as pool:
             for utt, dur in pool.imap_unordered(_render_to_file, jobs, chunksize=8):
                 durations[utt] = dur
                 bar.update()
