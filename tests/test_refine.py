@@ -206,7 +206,7 @@ def test_load_for_refinement_keeps_every_trained_weight(tmp_path):
 def test_eval_refine_batches_and_table():
     import pandas as pd
 
-    from sitok.eval.refine import length_batches, results_markdown
+    from sitok.eval.refine import length_batches, results_markdown  # length_batches: from sitok.infer.sets
 
     lengths = {f"u{i}": n for i, n in enumerate([5, 50, 7, 48, 6, 30])}
     batches = length_batches(lengths, max_frames=100)

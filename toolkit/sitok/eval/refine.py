@@ -23,23 +23,10 @@ import numpy as np
 import torch
 
 from sitok.data.kaldi import read_table
+from sitok.infer.sets import length_batches
 from sitok.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
-
-
-def length_batches(lengths: dict[str, int], max_frames: int = 20000) -> list[list[str]]:
-    """Utterance ids grouped by similar length, each batch at most ``max_frames`` padded frames."""
-    batches, cur, cur_max = [], [], 0
-    for u in sorted(lengths, key=lambda k: (lengths[k], k)):
-        if cur and max(cur_max, lengths[u]) * (len(cur) + 1) > max_frames:
-            batches.append(cur)
-            cur, cur_max = [], 0
-        cur.append(u)
-        cur_max = max(cur_max, lengths[u])
-    if cur:
-        batches.append(cur)
-    return batches
 
 
 @torch.no_grad()

@@ -29,6 +29,20 @@ def _progress(items, desc, enable):
     return tqdm(items, desc=desc, unit="utt", disable=not enable, mininterval=2)
 
 
+def length_batches(lengths: dict[str, int], max_frames: int = 20000) -> list[list[str]]:
+    """Utterance ids grouped by similar length, each batch at most ``max_frames`` padded frames."""
+    batches, cur, cur_max = [], [], 0
+    for u in sorted(lengths, key=lambda k: (lengths[k], k)):
+        if cur and max(cur_max, lengths[u]) * (len(cur) + 1) > max_frames:
+            batches.append(cur)
+            cur, cur_max = [], 0
+        cur.append(u)
+        cur_max = max(cur_max, lengths[u])
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 @torch.no_grad()
 def dump_codes(tok, dump_dir: str, out_dir: str, batch_frames: int = 20000, progress: bool = True) -> int:
     """Encode every utterance of a feature dump dir (feats.scp) into ``out_dir/codes.{ark,scp}``.
@@ -41,16 +55,7 @@ def dump_codes(tok, dump_dir: str, out_dir: str, batch_frames: int = 20000, prog
 
     feats = read_table(os.path.join(dump_dir, "feats.scp"))
     frames = {u: int(n) for u, n in read_table(os.path.join(dump_dir, "utt2num_frames")).items()}
-    order = sorted(feats, key=lambda u: frames[u])
-    batches, cur, cur_max = [], [], 0
-    for u in order:
-        if cur and max(cur_max, frames[u]) * (len(cur) + 1) > batch_frames:
-            batches.append(cur)
-            cur, cur_max = [], 0
-        cur.append(u)
-        cur_max = max(cur_max, frames[u])
-    if cur:
-        batches.append(cur)
+    batches = length_batches({u: frames[u] for u in feats}, batch_frames)
     os.makedirs(out_dir, exist_ok=True)
     ark = os.path.join(out_dir, "codes.ark")
     tmp = f"{ark}.tmp{os.getpid()}"

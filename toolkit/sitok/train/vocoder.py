@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sitok.data.mel import MelConfig, MelFrontend
-from sitok.train.tokenizer import RNGState
+from sitok.train.tokenizer import RNGState, read_train_stats  # noqa: F401  (read_train_stats: the same train_stats.jsonl format)
 
 logger = logging.getLogger(__name__)
 
@@ -417,16 +417,3 @@ class VocoderBrain(sb.Brain):
         if limit > 0 and minutes > limit:
             logger.info("max_train_minutes=%g reached after epoch %d: stopping", limit, epoch)
             self.hparams.epoch_counter.current = self.hparams.epoch_counter.limit
-
-
-def read_train_stats(exp_dir: str) -> list[dict]:
-    """Per-epoch records of ``train_stats.jsonl`` (an epoch redone after a kill: last one wins)."""
-    path = os.path.join(exp_dir, "train_stats.jsonl")
-    by_epoch: dict[int, dict] = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    rec = json.loads(line)
-                    by_epoch[rec["epoch"]] = rec
-    return [by_epoch[e] for e in sorted(by_epoch)]
