@@ -33,3 +33,22 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> I
 def write_text_atomic(path: str, text: str) -> None:
     with atomic_open(path) as fh:
         fh.write(text)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """Build a directory in ``path.tmp`` and swap it in for ``path`` on success (the old one is
+    removed only then): a reader sees the old directory or the new one, never a partial one."""
+    import shutil
+
+    tmp = path.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)

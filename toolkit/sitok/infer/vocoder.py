@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 
 import torch
 
 from sitok.data.mel import MelConfig
-from sitok.fileio import write_text_atomic
+from sitok.fileio import atomic_dir, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -109,23 +108,18 @@ def export_vocoder(model, out_dir: str, extra_meta: dict | None = None) -> str:
 
     Written to ``<out_dir>.tmp`` and renamed, so a reader never sees a partial directory."""
     model = getattr(model, "model", model)  # a VocosVocoder or the bare generator
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, os.path.join(tmp, "model.pt"))
-    config = {
-        "format": VOCODER_FORMAT,
-        "type": "vocos",
-        "model": model.config.to_dict(),
-        "mel": MelConfig().to_dict(),
-        "parameters": model.num_parameters(),
-        **(extra_meta or {}),
-    }
-    write_text_atomic(os.path.join(tmp, "config.json"), json.dumps(config, indent=1) + "\n")
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        torch.save(state, os.path.join(tmp, "model.pt"))
+        config = {
+            "format": VOCODER_FORMAT,
+            "type": "vocos",
+            "model": model.config.to_dict(),
+            "mel": MelConfig().to_dict(),
+            "parameters": model.num_parameters(),
+            **(extra_meta or {}),
+        }
+        write_text_atomic(os.path.join(tmp, "config.json"), json.dumps(config, indent=1) + "\n")
     logger.info("exported vocoder %s", out_dir)
     return out_dir
 

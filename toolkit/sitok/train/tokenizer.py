@@ -21,10 +21,14 @@ import time
 import numpy as np
 import speechbrain as sb
 import torch
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 
 from sitok.data.mel import GlobalCMVN, MelConfig
-from sitok.fileio import write_text_atomic
+from sitok.fileio import atomic_dir, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +212,34 @@ class TokenizerBrain(sb.Brain):
             self.test_stats = summary
 
 
+def run_recipe(argv: list[str], brain_class: type) -> None:
+    """The body of recipes/{tokenizer,refine}/train.py: hparams + overrides -> experiment dir ->
+    data -> ``brain_class.fit`` -> DDP agreement check -> ``<exp_dir>/model``."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
+    with open(hparams_file, encoding="utf-8") as fh:
+        hparams = load_hyperpyyaml(fh, overrides)
+    sb.create_experiment_directory(experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file,
+                                   overrides=overrides)  # fmt: skip
+    datasets, train_sampler, stats = dataio_prepare(hparams)
+    brain = brain_class(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+                        run_opts=run_opts, checkpointer=hparams["checkpointer"])  # fmt: skip
+    brain.data_stats = stats
+    brain.train_sampler = train_sampler  # Brain calls set_epoch(): batches depend on (seed, epoch) only
+    brain.fit(
+        brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs={"batch_sampler": train_sampler, "num_workers": hparams["num_workers"]},
+        valid_loader_kwargs={"batch_size": 8, "num_workers": hparams["num_workers"]},
+    )
+    check_ranks_agree(brain.model)  # DDP: every rank must hold the same weights and codebook
+    if sb.utils.distributed.if_main_process():
+        export_model_dir(brain, hparams, os.path.join(hparams["exp_dir"], "model"))
+
+
 def read_train_stats(exp_dir: str) -> list[dict]:
     """Per-epoch records of ``train_stats.jsonl`` (an epoch redone after a kill: last one wins)."""
     path = os.path.join(exp_dir, "train_stats.jsonl")
@@ -264,24 +296,19 @@ def export_model_dir(brain: TokenizerBrain, hparams: dict, out_dir: str) -> str:
     """Write a model directory: ``config.json`` (plain data), ``model.pt`` (state dict, loadable
     with ``weights_only=True``), ``cmvn.json``, ``sp.model``. Written to a temporary directory
     and renamed, so a reader never sees a partial model."""
-    tmp = out_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     model = brain.model
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, os.path.join(tmp, "model.pt"))
-    shutil.copy(hparams["cmvn_file"], os.path.join(tmp, "cmvn.json"))
-    shutil.copy(hparams["sp_model"], os.path.join(tmp, "sp.model"))
-    config = {
-        "format": "sitok-model-1",
-        "model": model.config.to_dict(),
-        "mel": MelConfig().to_dict(),
-        "parameters": model.num_parameters(),
-        "trained_on": hparams["train_csv"],
-    }
-    write_text_atomic(os.path.join(tmp, "config.json"), json.dumps(config, indent=1) + "\n")
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        torch.save(state, os.path.join(tmp, "model.pt"))
+        shutil.copy(hparams["cmvn_file"], os.path.join(tmp, "cmvn.json"))
+        shutil.copy(hparams["sp_model"], os.path.join(tmp, "sp.model"))
+        config = {
+            "format": "sitok-model-1",
+            "model": model.config.to_dict(),
+            "mel": MelConfig().to_dict(),
+            "parameters": model.num_parameters(),
+            "trained_on": hparams["train_csv"],
+        }
+        write_text_atomic(os.path.join(tmp, "config.json"), json.dumps(config, indent=1) + "\n")
     logger.info("exported %s", out_dir)
     return out_dir
