@@ -203,6 +203,31 @@ def test_load_for_refinement_keeps_every_trained_weight(tmp_path):
         load_for_refinement(d, "distill")
 
 
+def test_r_plus_d_starts_as_the_regression_decoder_and_learns_x_t(tmp_path):
+    """refine=diffusion (the paper's R + D): a regression model's decoder becomes a diffusion
+    decoder whose first prediction equals the regression output, whatever x_t and t are."""
+    reg = tiny(decoder="regression", prediction="x", x_skip=False).eval()
+    d = export(reg, tmp_path / "R")
+    rd = load_for_refinement(d, "diffusion").eval()
+    assert rd.config.decoder == "diffusion"
+    codes = torch.randint(0, 64, (2, 1, 9))
+    with torch.no_grad():
+        cond = reg.cond_from_codes(codes)
+        assert torch.equal(cond, rd.cond_from_codes(codes))  # encoder side untouched
+        want = reg.decoder(cond)
+        h = rd.decoder.condition(cond)
+        for t in (0.0, 0.7):
+            got = rd.decoder.step(h, None, torch.randn(2, 9, 512), torch.full((2,), t))
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    out = rd.train()(*batch(), frozen_tokens=True)  # the flow-matching loss reaches x_proj
+    out["loss"].backward()
+    assert rd.decoder.x_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="regression"):
+        load_for_refinement(export(tiny(), tmp_path / "D"), "diffusion")
+    with pytest.raises(ValueError, match="refine=diffusion"):
+        load_for_refinement(d, "decoder_ft")
+
+
 def test_eval_refine_batches_and_table():
     import pandas as pd
 

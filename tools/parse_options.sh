@@ -29,7 +29,9 @@ while [ $# -gt 0 ]; do
         *) __sitok_args+=("$1"); shift; continue ;;
     esac
     __sitok_name="${__sitok_name#--}"; __sitok_name="${__sitok_name//-/_}"
-    if ! printf '%s\n' ${__sitok_opts} | grep -qx -- "${__sitok_name}"; then
+    # (a pattern match, not "printf | grep -q": grep -q exits at the first match, printf may then
+    # die of SIGPIPE, and under "set -o pipefail" a known option would be reported unknown)
+    if [[ " ${__sitok_opts} " != *" ${__sitok_name} "* ]]; then
         echo "$0: unknown option --${__sitok_name} (try --help)" >&2
         exit 1
     fi

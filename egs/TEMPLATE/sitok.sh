@@ -40,6 +40,7 @@ tokenizer_tag=          # experiment name (default: the config name): exp/tokeni
 tokenizer_args=         # extra hparams overrides, e.g. "--number_of_epochs 10 --ctc_weight 0"
 ngpu=0                  # > 1: torchrun --nproc_per_node ngpu (DDP)
 decode_steps=16         # stage 5: Euler steps when resynthesising the test sets
+resynth_sets=           # stage 5: sets to resynthesise and ASR-judge (default: the test sets; "none": none)
 refine_config=mini      # stages 6-9: recipes/refine/hparams/<name>.yaml or a path to a YAML
 refine_kinds="decoder_ft token_cfg shortcut light_head"  # which refinement runs stages 6-9 make
 refine_args=            # extra hparams overrides for every refinement run, e.g. "--max_train_minutes 30"
@@ -50,6 +51,14 @@ eval_sets=              # stage 11: sets to evaluate (default: the first test se
 eval_steps="1 2 4 8 16" # stage 11: Euler steps to score
 eval_cfg_scales="1 1.25 1.5 2"  # stage 11: token-CFG scales to score (models trained with token drop)
 eval_wer_steps="1 2 4"  # stage 11: steps that also get vocoded and ASR-judged (WER)
+evaluate_steps="1 4"    # stage 12: Euler steps at which every model is scored by every judge
+evaluate_cfg_scales="1 1.25"  # stage 12: token-CFG scales (models trained with token drop; others use 1)
+evaluate_vocoders=auto  # stage 12: vocoders to score (auto: the model directory's own, else Griffin-Lim)
+evaluate_judges=        # stage 12: judge backends, e.g. "asr=whisper sim=wavlm" (default: the offline ones)
+evaluate_judge_opts=    # stage 12: judge options, e.g. "asr.model=/models/whisper-large-v3"
+evaluate_groundtruth=true  # stage 12: also score ground-truth mel -> vocoder (with the first model)
+evaluate_utts=0         # stage 12: score this many evenly spaced utterances of each set (0: all)
+eval_models=            # stage 12: more models to score, "NAME=MODEL_DIR ..." (e.g. the R + D ablation)
 judge_check_utts=100    # stage 3: ASR-judge WER on this many ground-truth utterances of the first test set (0: skip)
 progress=true           # progress bars
 
@@ -74,6 +83,9 @@ Stages:
                   model directory of this recipe (<model>/vocoder), so decode uses it
  11  refine eval  log-mel distance of every model x steps x CFG scale on the eval sets, judge WER
                   at --eval_wer_steps, vocoder vs Griffin-Lim on ground truth; exp/refine_eval_<tag>/
+ 12  evaluate     every model (base, refinements, --eval_models) on the eval sets with every judge
+                  (WER, SIM, DNSMOS, PESQ, STOI, mel L1, CTC ASR, codebook use, RTF): <exp>/eval/<set>/
+ 13  report       sitok report: the paper's tables (markdown + CSV) and figures -> exp/report_<tag>/
 EOF
 )
 
@@ -190,7 +202,8 @@ if run_stage 5; then
         "${sitok[@]}" dump-codes "${dumpdir}/${dset}" "${tok_exp}/codes/${dset}" -m "${model_dir}" "${no_progress[@]}"
         touch "${tok_exp}/codes/${dset}/.done"
     done
-    for dset in ${test_sets}; do
+    resynth=${resynth_sets:-${test_sets}}; [ "${resynth}" = none ] && resynth=
+    for dset in ${resynth}; do
         out="${tok_exp}/resynth/${dset}_steps${decode_steps}"
         gt="${tok_exp}/resynth/${dset}_groundtruth"
         if [ ! -f "${gt}/.done" ]; then
@@ -301,6 +314,49 @@ if run_stage 11; then
         tail -n +3 "${eval_out}/${dset}/results.md" | while read -r line; do log "  ${line}"; done
         touch "${eval_out}/${dset}/.done"
     done
+fi
+
+# ---- stage 12: evaluate ------------------------------------------------------------------------
+eval_model_list() {  # NAME=MODEL_DIR of every model this recipe has made, then --eval_models
+    echo "$(basename "${tok_exp}")=${model_dir}"
+    for k in ${refine_kinds}; do
+        [ -f "$(refine_exp ${k})/model/config.json" ] && echo "$(basename "$(refine_exp ${k})")=$(refine_exp ${k})/model"
+    done
+    for m in ${eval_models}; do echo "${m}"; done
+}
+if run_stage 12; then
+    eval "judge_args=(${evaluate_judges:+--judges ${evaluate_judges}} ${evaluate_judge_opts:+--judge-opt ${evaluate_judge_opts}})"
+    for dset in ${eval_sets:-${test_sets%% *}}; do
+        gt=${evaluate_groundtruth}
+        for entry in $(eval_model_list); do
+            name=${entry%%=*}; mdir=${entry#*=}
+            out="$(dirname "${mdir}")/eval/${dset}"
+            [ -f "${mdir}/config.json" ] || { log "ERROR: ${mdir}/config.json not found (--eval_models ${entry})"; exit 1; }
+            if [ -f "${out}/.done" ]; then
+                log "Stage 12: ${name} on ${dset}: ${out} already done, skipping (delete it to score again)"
+            else
+                log "Stage 12: evaluate ${name} (${mdir}) on ${dset}: steps ${evaluate_steps}, vocoders ${evaluate_vocoders} -> ${out}"
+                gt_arg=(); ${gt} || gt_arg=(--no-groundtruth)
+                "${sitok[@]}" evaluate "${dumpdir}/${dset}" "${out}" -m "${mdir}" --name "${name}" \
+                    --steps ${evaluate_steps} --cfg-scales ${evaluate_cfg_scales} --vocoders ${evaluate_vocoders} \
+                    --lm "${lang_dir}/judge_lm.arpa" --max-utts "${evaluate_utts}" \
+                    ${gt_arg[@]+"${gt_arg[@]}"} ${judge_args[@]+"${judge_args[@]}"} "${no_progress[@]}"
+                tail -n +3 "${out}/results.md" | while read -r line; do log "  ${line}"; done
+                touch "${out}/.done"
+            fi
+            gt=false  # the ground-truth rows once per set
+        done
+    done
+fi
+
+# ---- stage 13: report --------------------------------------------------------------------------
+if run_stage 13; then
+    report_out="${expdir}/report_${tok_tag}"
+    report_set=${eval_sets:-${test_sets}}; report_set=${report_set%% *}
+    exps=()
+    for entry in $(eval_model_list); do exps+=("$(dirname "${entry#*=}")"); done
+    log "Stage 13: sitok report ${exps[*]} -> ${report_out}"
+    "${sitok[@]}" report "${exps[@]}" --out "${report_out}" --set "${report_set}" --dump-dir "${dumpdir}/${report_set}"
 fi
 
 log "Finished stages ${stage}..${stop_stage} in ${SECONDS} s"

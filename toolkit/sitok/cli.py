@@ -358,6 +358,45 @@ def cmd_eval_refine(a) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+def _judge_opts(items) -> dict:
+    """``["asr.model=/models/whisper", "asr.language=en"]`` -> {"asr": {"model": ..., "language": ...}}."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        kind, dot, opt = key.partition(".")
+        if not sep or not dot or not opt:
+            raise SystemExit(f"--judge-opt: expected KIND.OPTION=VALUE (e.g. asr.model=/models/whisper), got {item!r}")
+        out.setdefault(kind, {})[opt] = value
+    return out
+
+
+def cmd_evaluate(a) -> int:
+    from sitok.eval.evaluate import evaluate
+    from sitok.eval.judges import parse_judges
+
+    torch_threads(a.threads)
+    evaluate(a.model_dir, a.dump_dir, a.out_dir, steps=a.steps, cfg_scales=a.cfg_scales, vocoders=a.vocoders,
+             judges=parse_judges(a.judges), judge_opts=_judge_opts(a.judge_opt), lm=a.lm,
+             groundtruth=not a.no_groundtruth, max_utts=a.max_utts, progress=not a.no_progress, name=a.name)  # fmt: skip
+    return 0
+
+
+def cmd_report(a) -> int:
+    from sitok.report.build import write_report
+
+    write_report(a.exp_dirs, a.out, set_name=a.set, dump_dir=a.dump_dir, steps=a.steps, cfg_scale=a.cfg_scale,
+                 vocoder=a.vocoder)  # fmt: skip
+    print(open(os.path.join(a.out, "report.md"), encoding="utf-8").read())
+    return 0
+
+
+def torch_threads(n: int) -> None:
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sitok", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log-level", default="INFO")
@@ -498,7 +537,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocoder", default="auto", choices=VOCODERS, help=VOCODER_HELP)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_eval_refine)
+    _add_evaluate(sub)
     return p
+
+
+def _add_evaluate(sub) -> None:
+    s = sub.add_parser("evaluate", help="reconstruction of a split by one model, scored by every judge")
+    s.add_argument("dump_dir", help="feature dump dir of the split (feats.scp, wav.scp, text)")
+    s.add_argument("out_dir")
+    s.add_argument("-m", "--model-dir", required=True)
+    s.add_argument("--steps", type=int, nargs="+", default=[1], help="Euler steps to score")
+    s.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0], help="token-CFG scales (CFG models)")
+    s.add_argument("--vocoders", nargs="+", default=["auto"], help="auto | vocos | griffin_lim (each is scored)")
+    s.add_argument("--judges", nargs="*", default=None, metavar="KIND=BACKEND",
+                   help="e.g. asr=whisper sim=wavlm mos=utmos; KIND=none leaves one out (default: the offline ones)")
+    s.add_argument("--judge-opt", nargs="*", default=None, metavar="KIND.OPTION=VALUE",
+                   help="backend options, e.g. asr.model=/models/whisper-large-v3 sim.model=/models/wavlm-sv")
+    s.add_argument("--lm", default=None, help="ARPA LM for the pocketsphinx judge (the recipe's judge LM)")
+    s.add_argument("--no-groundtruth", action="store_true", help="skip the ground-truth-through-vocoder rows")
+    s.add_argument("--max-utts", type=int, default=0, help="score this many evenly spaced utterances (0: all)")
+    s.add_argument("--name", default=None, help="row label (default: the experiment dir of the model)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("report", help="the paper's tables (markdown + CSV) and figures from evaluated experiments")
+    s.add_argument("exp_dirs", nargs="+", help="experiment dirs (with eval/<set>/summary.json) or summary files")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--set", default=None, help="evaluated set to report (default: every one found)")
+    s.add_argument("--dump-dir", default=None, help="the set's dump dir, for the mel-spectrogram figures")
+    s.add_argument("--steps", type=int, default=None, help="reported Euler steps (default: the fewest scored)")
+    s.add_argument("--cfg-scale", type=float, default=None, help="reported token-CFG scale of CFG models")
+    s.add_argument("--vocoder", default=None, help="reported vocoder (default: the first scored)")
+    s.set_defaults(func=cmd_report)
 
 
 def main(argv=None) -> int:

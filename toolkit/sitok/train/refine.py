@@ -1,11 +1,13 @@
 """Decoder refinement on a trained tokenizer (paper sections 2.3, 2.4, Appendix C.1).
 
-One Brain, four kinds of run (``refine:`` in recipes/refine/hparams/*.yaml):
+One Brain, five kinds of run (``refine:`` in recipes/refine/hparams/*.yaml):
 
     decoder_ft   encoder + VQ frozen; the decoder trains further with the flow-matching loss
     token_cfg    as decoder_ft, plus whole-utterance token drop (p = 0.1) to a learned null cond
     shortcut     as decoder_ft, with a step-size embedding and the shortcut loss (losses/shortcut.py)
     light_head   as decoder_ft, with the decoder split into a main body (run once) and a head
+    diffusion    the paper's "R + D" (Table 5): a regression ("R") model's decoder becomes a
+                 diffusion decoder and is trained with the flow-matching loss on frozen tokens
 
 Every run starts from an exported model directory (``init_model``); parameters the new
 architecture adds (null condition, d embedding) start as no-ops, and the light head's layers
@@ -27,7 +29,7 @@ from sitok.train.tokenizer import TokenizerBrain
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("decoder_ft", "token_cfg", "shortcut", "light_head")
+KINDS = ("decoder_ft", "token_cfg", "shortcut", "light_head", "diffusion")
 
 
 def refined_config(base: dict, refine: str, light_head_layers: int = 0, keep_cfg: bool = True) -> dict:
@@ -35,8 +37,15 @@ def refined_config(base: dict, refine: str, light_head_layers: int = 0, keep_cfg
     if refine not in KINDS:
         raise ValueError(f"refine must be one of {KINDS}, got {refine!r}")
     cfg = dict(base)
-    if cfg.get("decoder", "diffusion") != "diffusion":
-        raise ValueError("decoder refinement needs a diffusion decoder (this model is a regression 'R' baseline)")
+    regression = cfg.get("decoder", "diffusion") != "diffusion"
+    if refine == "diffusion":
+        if not regression:
+            raise ValueError("refine=diffusion (R + D) starts from a regression model (decoder: regression)")
+        cfg["decoder"] = "diffusion"
+        return cfg
+    if regression:
+        raise ValueError(f"refine={refine} needs a diffusion decoder (this model is a regression 'R' baseline; "
+                         "refine=diffusion turns it into one)")
     if refine == "token_cfg":
         cfg["token_cfg"] = True
     elif refine == "shortcut":
@@ -72,6 +81,18 @@ def _remap_light_head(state: dict, cfg: dict) -> dict:
     return out
 
 
+def _remap_regression(state: dict) -> dict:
+    """Regression-decoder weights -> diffusion-decoder names: each plain RMSNorm weight becomes
+    the t-independent bias of the AdaRMSNorm gain (its weight starts at 0), so every layer starts
+    as the regression decoder's."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith("decoder.body.") and k.endswith("norm.weight"):
+            k = k[: -len("weight")] + "gain.bias"
+        out[k] = v
+    return out
+
+
 def load_for_refinement(init_model: str, refine: str, light_head_layers: int = 0, keep_cfg: bool = True) -> SiTok:
     """Build the refinement model from a model directory; logs what is new and what is left out."""
     cfg_path = os.path.join(init_model, "config.json")
@@ -82,6 +103,12 @@ def load_for_refinement(init_model: str, refine: str, light_head_layers: int = 0
     cfg = refined_config(base, refine, light_head_layers, keep_cfg)
     model = SiTok(cfg)
     state = torch.load(os.path.join(init_model, "model.pt"), map_location="cpu", weights_only=True)
+    if refine == "diffusion":
+        state = _remap_regression(state)
+        # x_t enters through a zero projection: the new decoder starts as the regression
+        # function of cond (x prediction), and learns to use x_t and t from there
+        torch.nn.init.zeros_(model.decoder.x_proj.weight)
+        torch.nn.init.zeros_(model.decoder.x_proj.bias)
     if cfg.get("light_head_layers") and not base.get("light_head_layers"):
         state = _remap_light_head(state, cfg)
     own = model.state_dict()

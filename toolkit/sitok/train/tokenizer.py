@@ -309,6 +309,8 @@ def export_model_dir(brain: TokenizerBrain, hparams: dict, out_dir: str) -> str:
             "parameters": model.num_parameters(),
             "trained_on": hparams["train_csv"],
         }
+        if hparams.get("refine"):  # lineage, read by ``sitok report`` (e.g. R + D = refine "diffusion")
+            config["refine"] = {"kind": hparams["refine"], "init_model": hparams.get("init_model")}
         write_text_atomic(os.path.join(tmp, "config.json"), json.dumps(config, indent=1) + "\n")
     logger.info("exported %s", out_dir)
     return out_dir

@@ -1,0 +1,243 @@
+"""Judges on known pairs, WER normalisation, compression arithmetic, and the report's tables
+built from fixture evaluation summaries."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from sitok.eval.judges import DEFAULTS, build_judge, parse_judges
+from sitok.models import SiTokConfig
+
+from conftest import have
+
+SENTENCES = ["the birch canoe slid on the smooth planks", "glue the sheet to the dark blue background",
+             "it is easy to tell the depth of a well", "these days a chicken leg is a rare dish"]  # fmt: skip
+needs_flite = pytest.mark.skipif(not have("flite"), reason="flite missing (tools/install.sh)")
+
+
+def flite(tmp_path, voice, text=SENTENCES[0]):
+    path = str(tmp_path / f"{voice}.wav")
+    subprocess.run(["flite", "-voice", voice, "-t", text, "-o", path], check=True)
+    wav, sr = sf.read(path, dtype="float32")
+    return wav, sr
+
+
+# ---- judges ------------------------------------------------------------------------------------
+@needs_flite
+def test_asr_judge_reads_clean_speech_exactly_with_the_in_domain_lm(tmp_path):
+    from sitok.eval.asr import word_error_rate
+    from sitok.eval.ngram import write_bigram_arpa
+
+    lm = str(tmp_path / "lm.arpa")
+    write_bigram_arpa(SENTENCES, lm)
+    judge = build_judge("asr", lm=lm)
+    wav, sr = flite(tmp_path, "slt")
+    hyp = judge.score(wav, wav, sr)["hyp"]
+    assert word_error_rate([SENTENCES[0]], [hyp]) == 0.0
+    assert judge.info()["judge"] == "pocketsphinx" and judge.info()["version"][0].isdigit()
+    with pytest.raises(FileNotFoundError, match="language model"):
+        build_judge("asr", lm=str(tmp_path / "missing.arpa"))
+
+
+@needs_flite
+def test_speaker_similarity_identical_vs_another_speaker(tmp_path):
+    import torch
+
+    from sitok.data.audio import resample
+
+    judge = build_judge("sim")
+    a, sr = flite(tmp_path, "slt")
+    b, sr_b = flite(tmp_path, "kal")
+    b = resample(torch.from_numpy(b), sr_b, sr).numpy()
+    same = judge.score(a, a, sr)["sim"]
+    other = judge.score(a, b, sr)["sim"]
+    assert same > 0.99
+    assert other < same - 0.2  # a different voice scores clearly lower
+    # a mildly degraded copy of the same voice stays closer than the other speaker
+    noisy = a + 0.005 * np.random.default_rng(0).standard_normal(a.shape).astype(np.float32)
+    assert judge.score(a, noisy, sr)["sim"] > other
+
+
+@needs_flite
+def test_white_noise_gets_a_low_dnsmos_and_clean_speech_a_higher_one(tmp_path):
+    judge = build_judge("mos")
+    wav, sr = flite(tmp_path, "slt")
+    noise = 0.3 * np.random.default_rng(0).standard_normal(wav.shape).astype(np.float32)
+    clean, bad = judge.score(None, wav, sr), judge.score(None, noise, sr)
+    assert set(clean) == {"dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808"}
+    assert bad["dnsmos_ovrl"] < 1.6 and bad["dnsmos_bak"] < 2.0
+    assert clean["dnsmos_ovrl"] > bad["dnsmos_ovrl"] + 0.5
+
+
+@needs_flite
+def test_signal_judges_on_identical_and_degraded_audio(tmp_path):
+    wav, sr = flite(tmp_path, "slt")
+    pesq, stoi = build_judge("pesq"), build_judge("stoi")
+    assert pesq.score(wav, wav, sr)["pesq"] > 4.4 and stoi.score(wav, wav, sr)["stoi"] > 0.99
+    noisy = wav + 0.05 * np.random.default_rng(0).standard_normal(wav.shape).astype(np.float32)
+    assert pesq.score(wav, noisy, sr)["pesq"] < 2.5 and stoi.score(wav, noisy, sr)["stoi"] < 0.95
+
+
+def test_judge_registry_defaults_and_optional_backends_without_weights(tmp_path):
+    assert DEFAULTS == {"asr": "pocketsphinx", "sim": "resemblyzer", "mos": "dnsmos", "pesq": "pesq", "stoi": "stoi"}
+    assert parse_judges(["asr=whisper", "mos=none"]) == {"asr": "whisper", "sim": "resemblyzer", "pesq": "pesq",
+                                                         "stoi": "stoi"}  # fmt: skip
+    with pytest.raises(ValueError, match="unknown asr judge"):
+        parse_judges(["asr=kaldi"])
+    with pytest.raises(ValueError, match="KIND=BACKEND"):
+        parse_judges(["whisper"])
+    # optional backends never download: a missing local model is a clear error naming the option
+    for kind, backend, opt in [("asr", "whisper", "asr.model"), ("sim", "wavlm", "sim.model"),
+                               ("mos", "utmos", "mos.model")]:  # fmt: skip
+        with pytest.raises(FileNotFoundError, match=opt):
+            build_judge(kind, backend, model=str(tmp_path / "absent"))
+
+
+def test_utmos_backend_runs_a_local_torchscript_model(tmp_path):
+    import torch
+
+    class Fake(torch.nn.Module):  # stands in for a TorchScript UTMOS export: (wave [B, T], sr) -> [B]
+        def forward(self, wave: torch.Tensor, sr: int) -> torch.Tensor:
+            return 1.0 + wave.abs().mean(dim=1) * 0 + float(sr) / 16000.0
+
+    path = str(tmp_path / "utmos.pt")
+    torch.jit.script(Fake()).save(path)
+    judge = build_judge("mos", "utmos", model=path)
+    assert judge.score(None, np.zeros(24000, np.float32), 24000) == {"utmos": 2.0}  # resampled to 16 kHz first
+
+
+# ---- text normalisation and compression ----------------------------------------------------------
+def test_wer_uses_the_training_text_normalisation():
+    import sitok.data.text as text
+    import sitok.eval.asr as asr
+    from sitok.eval.asr import word_error_rate
+
+    assert asr.normalize_text is text.normalize_text  # one function for CTC targets and the judges
+    assert word_error_rate(["Hello, World!  It's 3 o'clock."], [text.normalize_text("hello world it's 3 o'clock")]) == 0
+    assert word_error_rate(["a b c d"], ["a x c"]) == 0.5
+
+
+def test_bit_rate_arithmetic():
+    paper = SiTokConfig(codebook_size=65536, num_codebooks=1)
+    assert paper.token_rate == 12.5 and paper.bits_per_second == 200.0  # 12.5 Hz x 16 bit
+    cn4 = SiTokConfig(codebook_size=2**14, num_codebooks=4, quantizer="rvq")
+    assert cn4.bits_per_second == 700.0  # 12.5 Hz x 4 x 14 bit
+    assert SiTokConfig(codebook_size=1024, stack=8).bits_per_second == 62.5  # 6.25 Hz x 10 bit
+
+
+def test_code_statistics_usage_and_perplexity():
+    import torch
+
+    from sitok.eval.evaluate import code_statistics
+
+    uniform = {"a": torch.arange(8).view(1, 8), "b": torch.arange(8).view(1, 8)}
+    s = code_statistics(uniform, 1, 16)
+    assert s["codebook_usage"] == pytest.approx(0.5) and s["code_perplexity"] == pytest.approx(8.0)
+
+
+# ---- the report --------------------------------------------------------------------------------
+def _summary(name, wer, config=None, refine=None, steps=(1,), cfg=(1.0,), ctc=80.0, gt=False):
+    cfg_d = SiTokConfig(codebook_size=1024, **(config or {})).to_dict()
+    c = SiTokConfig.from_dict(cfg_d)
+    settings = []
+    if gt:
+        settings.append({"setting": "groundtruth_griffin_lim", "source": "groundtruth", "steps": 0, "cfg_scale": 1.0,
+                         "vocoder": "griffin_lim", "wer": 5.0, "sim": 0.93, "dnsmos_ovrl": 2.4, "pesq": 2.2,
+                         "stoi": 0.94, "mel_l1": 0.0})  # fmt: skip
+    for s in steps:
+        for w in cfg:
+            settings.append({"setting": f"steps{s}_cfg{w:g}_griffin_lim", "source": "model", "steps": s,
+                             "cfg_scale": w, "vocoder": "griffin_lim", "wer": wer + s + (w - 1), "sim": 0.6,
+                             "dnsmos_ovrl": 1.5, "pesq": 1.1, "stoi": 0.6, "mel_l1": 0.25, "decoder_rtf": 0.01 * s})  # fmt: skip
+    return {"format": "sitok-eval-1", "set": "test", "utterances": 233, "dump_dir": "/nonexistent/dump/test",
+            "judges": {"asr": {"judge": "pocketsphinx", "version": "5.1.1"}},
+            "model": {"name": name, "model_dir": f"/x/{name}/model", "config": cfg_d, "refine": refine,
+                      "parameters": 11.8e6, "fps": c.token_rate, "tps": c.token_rate * c.num_codebooks,
+                      "num_codebooks": c.num_codebooks, "codebook_size": c.codebook_size,
+                      "bits_per_second": c.bits_per_second, "codebook_usage": 0.9, "code_perplexity": 700.0,
+                      "ctc_asr_wer": ctc if c.ctc_weight > 0 else None},
+            "settings": settings}  # fmt: skip
+
+
+def write_fixtures(root):
+    fixtures = [
+        _summary("tokenizer_abl_base", 70.0, gt=True, steps=(1, 2, 4)),
+        _summary("tokenizer_abl_ctc0", 90.0, {"ctc_weight": 0.0}),
+        _summary("tokenizer_abl_R", 75.0, {"decoder": "regression"}, steps=(0,)),
+        _summary("refine_abl_R_diffusion", 78.0, refine={"kind": "diffusion"}),
+        _summary("tokenizer_abl_cn4", 60.0, {"num_codebooks": 4, "quantizer": "rvq"}),
+        _summary("tokenizer_abl_fsq", 72.0, {"quantizer": "fsq", "codebook_dim": 10}),
+        _summary("tokenizer_abl_light", 71.0, {"light_head_layers": 1}),
+        _summary("refine_mini_token_cfg", 65.0, {"token_cfg": True}, cfg=(1.0, 1.25)),
+        _summary("refine_mini_shortcut", 69.0, {"shortcut": True}, steps=(1, 2, 4)),
+    ]
+    dirs = []
+    for s in fixtures:
+        d = os.path.join(root, s["model"]["name"])
+        os.makedirs(os.path.join(d, "eval", "test"))
+        with open(os.path.join(d, "eval", "test", "summary.json"), "w") as fh:
+            json.dump(s, fh)
+        dirs.append(d)
+    return dirs
+
+
+def test_report_tables_from_fixture_summaries(tmp_path):
+    from sitok.report.build import write_report
+
+    dirs = write_fixtures(str(tmp_path / "exp"))
+    out = str(tmp_path / "report")
+    built = write_report(dirs, out, set_name="test")
+    for stem in ("table1_reconstruction", "table2_understanding", "table3_ctc", "table5_ablations",
+                 "table6_light_head", "table9_vq_fsq"):  # fmt: skip
+        assert os.path.exists(f"{out}/{stem}.md") and os.path.exists(f"{out}/{stem}.csv")
+        assert list(pd.read_csv(f"{out}/{stem}.csv").columns) == list(built[stem].columns)
+    t1 = built["table1_reconstruction"]
+    assert list(t1.columns[:10]) == ["model", "experiment", "FPS/TPS", "CN", "BR (kbps)", "WER", "SIM", "MOS",
+                                     "PESQ", "STOI"]  # fmt: skip
+    assert t1.iloc[0]["model"] == "Ground Truth (griffin_lim)" and t1.iloc[0]["paper WER"] == 2.14
+    cn4 = t1[t1["experiment"] == "tokenizer_abl_cn4"].iloc[0]
+    assert (cn4["FPS/TPS"], cn4["BR (kbps)"], cn4["paper WER"]) == ("12.5/50", 0.5, 2.80)  # 4 x 10 bit x 12.5 Hz
+    cfg = t1[t1["experiment"] == "refine_mini_token_cfg"].iloc[0]
+    assert cfg["model"] == "+ Token CFG (w = 1.25)" and cfg["WER"] == 65.0 + 1 + 0.25 and cfg["paper WER"] == 3.34
+    assert pd.isna(t1[t1["experiment"] == "tokenizer_abl_ctc0"].iloc[0]["paper WER"])  # no Table 1 row for it
+    # Table 3: regularised rows first, the unregularised one beside the paper's 33.0
+    t3 = built["table3_ctc"]
+    no = t3[t3["CTC Reg."] == "No"].iloc[0]
+    assert no["experiment"] == "tokenizer_abl_ctc0" and no["paper WER"] == 33.0 and pd.isna(no["CTC ASR"])
+    # Table 5: D, R, R + D and CN rows with their paper rows
+    t5 = built["table5_ablations"].set_index("experiment")
+    assert t5.loc["tokenizer_abl_R", "Loss"] == "R" and t5.loc["tokenizer_abl_R", "paper WER"] == 4.66
+    assert t5.loc["refine_abl_R_diffusion", "Loss"] == "R + D" and t5.loc["refine_abl_R_diffusion", "paper WER"] == 5.73
+    assert t5.loc["tokenizer_abl_cn4", "paper CS"] == 2**14 and t5.loc["tokenizer_abl_ctc0", "paper WER"] == 33.0
+    assert t5.loc["tokenizer_abl_base", "WER"] == 71.0  # the fewest steps scored (1), not the best
+    assert "tokenizer_abl_fsq" not in t5.index and "tokenizer_abl_light" not in t5.index
+    # Table 6 and 9 pair each variant with the model that differs only there
+    t6 = built["table6_light_head"]
+    assert list(t6["experiment"]) == ["tokenizer_abl_base", "tokenizer_abl_light"]
+    assert list(t6["paper WER"]) == [4.06, 3.97]
+    t9 = built["table9_vq_fsq"]
+    assert list(t9["experiment"]) == ["tokenizer_abl_base", "tokenizer_abl_fsq"] and list(t9["paper WER"]) == [4.06, 5.23]
+    # markdown layout and the figure
+    md = open(f"{out}/table5_ablations.md").read().splitlines()
+    assert md[0].startswith("| experiment | Loss | CTC W. | CS | CN | CD | Tok. CFG | FPS | WER | SIM | MOS |")
+    assert md[1].count("---") == len(built["table5_ablations"].columns)
+    assert os.path.getsize(f"{out}/fig2_steps.png") > 1000
+    report = open(f"{out}/report.md").read()
+    assert "paper" in report and "not the same measurement" in report
+
+
+def test_report_chooses_the_setting_it_is_told(tmp_path):
+    from sitok.report.build import write_report
+
+    dirs = write_fixtures(str(tmp_path / "exp"))
+    built = write_report(dirs, str(tmp_path / "r4"), set_name="test", steps=4)
+    t5 = built["table5_ablations"].set_index("experiment")
+    assert t5.loc["tokenizer_abl_base", "WER"] == 74.0  # steps 4
+    assert t5.loc["tokenizer_abl_ctc0", "WER"] == 91.0  # scored at 1 step only: falls back to it
+    with pytest.raises(FileNotFoundError, match="evaluate stage"):
+        write_report([str(tmp_path / "nothing")], str(tmp_path / "r5"))

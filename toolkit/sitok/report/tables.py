@@ -1,0 +1,276 @@
+"""Evaluation summaries -> tables in the layout of the paper's Tables 1, 2, 3, 5, 6 and 9.
+
+Input: the ``summary.json`` files of the evaluate stage (``<exp>/eval/<set>/summary.json``),
+optionally the probe results of an experiment (``<exp>/probes/summary.json``: ER, SV, KS, ASR).
+Each model contributes one row, at its *reported setting* (Euler steps, token-CFG scale,
+vocoder; chosen by the caller, never by the test scores). Every table carries our numbers and,
+in columns labelled "paper", the paper's numbers for the row that matches the configuration.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import re
+
+import pandas as pd
+
+from sitok.report import paper
+
+logger = logging.getLogger(__name__)
+
+REFINE_LABELS = {"decoder_ft": "+ Decoder Finetuning", "token_cfg": "+ Token CFG", "shortcut": "+ Shortcut FT",
+                 "light_head": "+ Light head (FT)", "diffusion": "R + D"}  # fmt: skip
+
+
+# ---- loading -----------------------------------------------------------------------------------
+def find_summaries(paths: list[str], set_name: str | None = None) -> list[str]:
+    """summary.json files under each path: the file itself, ``<path>/summary.json``, or
+    ``<path>/eval/<set>/summary.json`` (every set when ``set_name`` is None)."""
+    out = []
+    for p in paths:
+        if os.path.isfile(p):
+            found = [p]
+        elif os.path.isfile(os.path.join(p, "summary.json")):
+            found = [os.path.join(p, "summary.json")]
+        else:
+            found = sorted(glob.glob(os.path.join(p, "eval", set_name or "*", "summary.json")))
+        if not found:
+            logger.warning("%s: no evaluation summary%s (run the evaluate stage first); left out", p,
+                           f" for set {set_name}" if set_name else "")  # fmt: skip
+        out += found
+    return out
+
+
+def load_summary(path: str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        s = json.load(fh)
+    if s.get("format") != "sitok-eval-1":
+        raise ValueError(f"{path}: not a sitok evaluation summary (format {s.get('format')!r})")
+    s["path"] = path
+    m = s["model"]
+    if not m.get("refine"):  # model directories exported before lineage was recorded: the exp name
+        exp = os.path.basename(os.path.dirname(m["model_dir"]))
+        hit = re.match(r"refine_.+_(decoder_ft|token_cfg|shortcut|light_head|diffusion)$", exp)
+        m["refine"] = {"kind": hit.group(1)} if hit else None
+    probes = os.path.join(os.path.dirname(m["model_dir"]), "probes", "summary.json")
+    if os.path.exists(probes):
+        with open(probes, encoding="utf-8") as fh:
+            s["probes"] = json.load(fh)
+    return s
+
+
+# ---- one row per model -------------------------------------------------------------------------
+def _pick(settings: list[dict], steps: int | None, cfg_scale: float | None, vocoder: str | None, token_cfg: bool):
+    model = [r for r in settings if r["source"] == "model"]
+    if not model:
+        return None
+    vocoder = vocoder if any(r["vocoder"] == vocoder for r in model) else model[0]["vocoder"]
+    model = [r for r in model if r["vocoder"] == vocoder]
+    avail = sorted({r["steps"] for r in model})
+    s = steps if steps in avail else avail[0]
+    model = [r for r in model if r["steps"] == s]
+    scales = sorted({r["cfg_scale"] for r in model})
+    if token_cfg:
+        w = cfg_scale if cfg_scale in scales else max(scales)
+    else:
+        w = 1.0 if 1.0 in scales else scales[0]
+    return next(r for r in model if r["cfg_scale"] == w)
+
+
+def loss_label(cfg: dict, refine: dict | None) -> str:
+    if refine and refine.get("kind") == "diffusion":
+        return "R + D"
+    return "R" if cfg.get("decoder") == "regression" else "D"
+
+
+def model_rows(summaries: list[dict], steps: int | None = None, cfg_scale: float | None = None,
+               vocoder: str | None = None) -> pd.DataFrame:  # fmt: skip
+    """One row per evaluated model at its reported setting, with its configuration."""
+    rows = []
+    for s in summaries:
+        m, cfg = s["model"], s["model"]["config"]
+        r = _pick(s["settings"], steps, cfg_scale, vocoder, bool(cfg.get("token_cfg")))
+        if r is None:
+            continue
+        probes = s.get("probes", {})
+        kind = (m.get("refine") or {}).get("kind")
+        rows.append({
+            "experiment": m["name"], "set": s["set"], "loss": loss_label(cfg, m.get("refine")), "refine": kind,
+            "ctc_weight": cfg["ctc_weight"], "cs": cfg["codebook_size"], "cn": cfg["num_codebooks"],
+            "cd": cfg["codebook_dim"], "quantizer": cfg["quantizer"], "token_cfg": bool(cfg.get("token_cfg")),
+            "light_head": int(cfg.get("light_head_layers") or 0), "shortcut": bool(cfg.get("shortcut")),
+            "fps": m["fps"], "tps": m["tps"], "kbps": m["bits_per_second"] / 1000, "params_m": m["parameters"] / 1e6,
+            "usage": m.get("codebook_usage"), "perplexity": m.get("code_perplexity"),
+            "steps": r["steps"], "cfg_scale": r["cfg_scale"], "vocoder": r["vocoder"],
+            "wer": r.get("wer"), "sim": r.get("sim"), "mos": r.get("utmos", r.get("dnsmos_ovrl")),
+            "mos_judge": "UTMOS" if r.get("utmos") is not None else "DNSMOS OVRL",
+            "pesq": r.get("pesq"), "stoi": r.get("stoi"), "mel_l1": r.get("mel_l1"), "decoder_rtf": r.get("decoder_rtf"),
+            "ctc_asr": m.get("ctc_asr_wer"), "asr": probes.get("asr_wer"), "er": probes.get("er_accuracy"),
+            "sv": probes.get("sv_eer"), "ks": probes.get("ks_accuracy"),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def groundtruth_row(summaries: list[dict], vocoder: str | None = None) -> dict | None:
+    """The ground-truth-through-vocoder setting (the chosen vocoder's, else the first found)."""
+    gts = [r for s in summaries for r in s["settings"] if r["source"] == "groundtruth"]
+    if not gts:
+        return None
+    r = next((g for g in gts if g["vocoder"] == vocoder), gts[0])
+    return {"wer": r.get("wer"), "sim": r.get("sim"), "mos": r.get("utmos", r.get("dnsmos_ovrl")),
+            "pesq": r.get("pesq"), "stoi": r.get("stoi"), "vocoder": r["vocoder"]}  # fmt: skip
+
+
+# ---- tables ------------------------------------------------------------------------------------
+def _fps_tps(r) -> str:
+    return f"{r['fps']:g}/{r['tps']:g}"
+
+
+def _signature(r, drop: tuple[str, ...]) -> tuple:
+    keys = ("loss", "ctc_weight", "cs", "cn", "cd", "quantizer", "token_cfg", "light_head", "shortcut", "fps", "refine")
+    return tuple(r[k] for k in keys if k not in drop)
+
+
+def table1(df: pd.DataFrame, gt: dict | None) -> pd.DataFrame:
+    """Main reconstruction results: ground truth, then every model; the paper's SiTok rows beside."""
+    out = []
+    if gt:
+        p = paper.TABLE1[0]
+        out.append({"model": f"Ground Truth ({gt['vocoder']})", "experiment": "", "FPS/TPS": "-", "CN": "-",
+                    "BR (kbps)": "-", "WER": gt["wer"], "SIM": gt["sim"], "MOS": gt["mos"], "PESQ": gt["pesq"],
+                    "STOI": gt["stoi"], "paper row": p["row"], "paper WER": p["wer"], "paper SIM": p["sim"],
+                    "paper UTMOS": p["utmos"]})  # fmt: skip
+    for _, r in df.iterrows():
+        kind = r["refine"]
+        label = REFINE_LABELS.get(kind) if kind else f"SiTok (CN = {r['cn']})"
+        if kind == "token_cfg":
+            label += f" (w = {r['cfg_scale']:g})"
+        want = {"decoder_ft": "+ Decoder Finetuning", "token_cfg": "+ Token CFG"}.get(kind, f"SiTok (CN = {r['cn']})")
+        p = next((x for x in paper.TABLE1 if x["row"] == want and (x["cn"] == r["cn"])), None)
+        if r["loss"] != "D" or r["ctc_weight"] == 0 or r["quantizer"] == "fsq" or kind in ("shortcut", "light_head") \
+                or r["light_head"]:
+            p = None  # ablations and refinements the paper's Table 1 has no row for
+        out.append({"model": label, "experiment": r["experiment"], "FPS/TPS": _fps_tps(r), "CN": r["cn"],
+                    "BR (kbps)": r["kbps"], "WER": r["wer"], "SIM": r["sim"], "MOS": r["mos"], "PESQ": r["pesq"],
+                    "STOI": r["stoi"], "paper row": p["row"] if p else "", "paper WER": p["wer"] if p else None,
+                    "paper SIM": p["sim"] if p else None, "paper UTMOS": p["utmos"] if p else None})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+UNDERSTANDING = [("ctc_asr", "CTC ASR"), ("asr", "ASR"), ("er", "ER"), ("sv", "SV"), ("ks", "KS")]
+
+
+def table2(df: pd.DataFrame) -> pd.DataFrame:
+    """Understanding: compression figures, CTC ASR and the probes (ER, SV, KS, ASR)."""
+    out = []
+    for _, r in df[df["refine"].isna()].iterrows():
+        p = next((x for x in paper.TABLE2 if x["row"] == f"SiTok (CN = {r['cn']})"), None)
+        if r["loss"] != "D" or r["ctc_weight"] == 0 or r["quantizer"] == "fsq" or r["light_head"]:
+            p = None
+        row = {"model": f"SiTok (CN = {r['cn']})", "experiment": r["experiment"], "FPS/TPS": _fps_tps(r),
+               "CN/CS": f"{r['cn']}/{r['cs']}", "BR (kbps)": r["kbps"]}  # fmt: skip
+        row.update({label: r[k] for k, label in UNDERSTANDING})
+        row["paper row"] = p["row"] if p else ""
+        row.update({f"paper {label}": (p[k] if p else None) for k, label in UNDERSTANDING})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def table3(df: pd.DataFrame) -> pd.DataFrame:
+    """CTC regularisation: regularised (weight > 0) vs not, by tokens per second."""
+    out = []
+    base = df[df["refine"].isna() & (df["loss"] == "D") & (df["quantizer"] != "fsq") & (df["light_head"] == 0)]
+    for _, r in base.sort_values(["ctc_weight", "tps"], ascending=[False, True]).iterrows():
+        reg = r["ctc_weight"] > 0
+        p = next((x for x in paper.TABLE3 if x["ctc"] == reg and x["tps"] == r["tps"]), None)
+        row = {"CTC Reg.": f"Yes ({r['ctc_weight']:g})" if reg else "No", "experiment": r["experiment"],
+               "FPS/TPS": _fps_tps(r), "WER": r["wer"], "SIM": r["sim"], "MOS": r["mos"]}  # fmt: skip
+        row.update({label: r[k] for k, label in UNDERSTANDING})
+        for k, label in [("wer", "WER"), ("sim", "SIM"), ("utmos", "UTMOS")] + UNDERSTANDING:
+            row[f"paper {label}"] = p[k] if p else None
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def table5(df: pd.DataFrame) -> pd.DataFrame:
+    """Ablations, with the configuration columns of the paper's Table 5."""
+    out = []
+    rows = df[df["refine"].isna() | (df["refine"] == "diffusion")]
+    rows = rows[(rows["quantizer"] != "fsq") & (rows["light_head"] == 0)]
+    for _, r in rows.iterrows():
+        p = paper.table5_match(r["loss"], r["ctc_weight"], r["cn"], r["cd"], r["token_cfg"], r["fps"])
+        row = {"experiment": r["experiment"], "Loss": r["loss"], "CTC W.": r["ctc_weight"], "CS": r["cs"],
+               "CN": r["cn"], "CD": r["cd"], "Tok. CFG": "✓" if r["token_cfg"] else "×", "FPS": r["fps"],
+               "WER": r["wer"], "SIM": r["sim"], "MOS": r["mos"]}  # fmt: skip
+        row.update({label: r[k] for k, label in UNDERSTANDING})
+        row["paper CS"] = p["cs"] if p else None
+        for k, label in [("wer", "WER"), ("sim", "SIM"), ("utmos", "UTMOS")] + UNDERSTANDING:
+            row[f"paper {label}"] = p[k] if p else None
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _pairs(df: pd.DataFrame, drop: tuple[str, ...], is_variant) -> pd.DataFrame:
+    """Rows that are a variant (``is_variant``) and the rows that differ from one only in ``drop``."""
+    variants = df[df.apply(is_variant, axis=1)]
+    keep = set()
+    for _, v in variants.iterrows():
+        sig = _signature(v, drop)
+        keep |= set(df.index[df.apply(lambda r: _signature(r, drop) == sig, axis=1)])  # noqa: B023
+    return df.loc[sorted(keep)]
+
+
+def table6(df: pd.DataFrame) -> pd.DataFrame:
+    """Light-weight diffusion head vs the full decoder (same configuration otherwise)."""
+    rows = _pairs(df, ("light_head", "refine"), lambda r: r["light_head"] > 0)
+    out = []
+    for _, r in rows.sort_values("light_head").iterrows():
+        p = paper.TABLE6[1 if r["light_head"] else 0]
+        out.append({"model": p["row"], "experiment": r["experiment"], "light head layers": r["light_head"],
+                    "steps": r["steps"], "WER": r["wer"], "SIM": r["sim"], "MOS": r["mos"], "mel L1": r["mel_l1"],
+                    "decoder RTF": r["decoder_rtf"], "paper WER": p["wer"], "paper SIM": p["sim"],
+                    "paper UTMOS": p["utmos"]})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def table9(df: pd.DataFrame) -> pd.DataFrame:
+    """VQ vs FSQ (same configuration otherwise)."""
+    rows = _pairs(df, ("quantizer", "cd", "cs"), lambda r: r["quantizer"] == "fsq")
+    out = []
+    for _, r in rows.sort_values("quantizer", key=lambda q: q != "vq").iterrows():
+        p = next((x for x in paper.TABLE9 if x["quantizer"] == r["quantizer"]), None)
+        row = {"model": f"SiTok ({r['quantizer'].upper()})", "experiment": r["experiment"], "CS": r["cs"],
+               "WER": r["wer"], "SIM": r["sim"], "MOS": r["mos"]}  # fmt: skip
+        row.update({label: r[k] for k, label in UNDERSTANDING})
+        for k, label in [("wer", "WER"), ("sim", "SIM"), ("utmos", "UTMOS")] + UNDERSTANDING:
+            row[f"paper {label}"] = p[k] if p else None
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+# ---- output ------------------------------------------------------------------------------------
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, bool):
+        return "✓" if v else "×"
+    if isinstance(v, float):
+        if abs(v) >= 100 or v == int(v) and abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
+    return str(v)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub markdown table (empty / NaN cells as "—")."""
+    if df.empty:
+        return "_(no rows: the experiments for this table were not evaluated)_"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for rec in df.to_dict("records"):
+        lines.append("| " + " | ".join(_cell(rec[c]) for c in cols) + " |")
+    return "\n".join(lines)
