@@ -241,3 +241,10 @@ def test_report_chooses_the_setting_it_is_told(tmp_path):
     assert t5.loc["tokenizer_abl_ctc0", "WER"] == 91.0  # scored at 1 step only: falls back to it
     with pytest.raises(FileNotFoundError, match="evaluate stage"):
         write_report([str(tmp_path / "nothing")], str(tmp_path / "r5"))
+
+
+def test_ctc_greedy_merges_repeats_and_drops_blank_id_zero():
+    from sitok.eval.evaluate import ctc_greedy
+
+    assert ctc_greedy([0, 5, 5, 0, 5, 7, 7, 0, 0, 3]) == [5, 5, 7, 3]  # SentencePiece ids as trained (no offset)
+    assert ctc_greedy([0, 0]) == [] and ctc_greedy([]) == []

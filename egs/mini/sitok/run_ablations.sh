@@ -22,11 +22,12 @@ nj_train=2            # variants trained at once; each gets nproc / nj_train thr
 tokenizer_config=mini
 refine_config=mini
 eval_set=test
-eval_steps="1 4"
+eval_steps="1"         # Euler steps scored (the mini decoder reads best at 1 step; docs/RESULTS.md)
+eval_groundtruth=true  # also score ground truth through the vocoder (once, with the first variant)
 report_dir=exp/report_ablations
 python=
 run_args=             # more options for every ./run.sh call (e.g. "--expdir exp --vocab_size 64")
-help_message="Usage: $0 [--stage N] [--stop_stage N] [--ablations 'base ctc0 ...'] [--ablation_args '...'] [--nj_train N] [--eval_steps '1 4'] [--run_args '...']"
+help_message="Usage: $0 [--stage N] [--stop_stage N] [--ablations 'base ctc0 ...'] [--ablation_args '...'] [--nj_train N] [--eval_steps '1'] [--eval_groundtruth true|false] [--run_args '...']"
 
 toolkit_root="$(cd ../../.. && pwd)"
 . "${toolkit_root}/tools/parse_options.sh"
@@ -96,7 +97,7 @@ fi
 
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     log "Stage 4: evaluate every variant on ${eval_set} (run.sh stage 12; steps ${eval_steps})"
-    gt=true  # ground truth through the vocoder: once, with the first variant
+    gt=${eval_groundtruth}  # ground truth through the vocoder: once, with the first variant
     for name in ${ablations}; do
         more=()
         [ "${name}" = R ] && [ -f "${expdir}/refine_abl_R_diffusion/model/config.json" ] && \

@@ -95,33 +95,47 @@ def code_statistics(codes: dict, num_codebooks: int, codebook_size: int) -> dict
     return {"codebook_usage": float(s["usage"]), "code_perplexity": float(s["perplexity"])}
 
 
+def ctc_greedy(ids: list[int], blank: int = 0) -> list[int]:
+    """Best-path CTC: merge repeats, drop blanks. Ids are SentencePiece ids (blank = id 0, the
+    vocabulary's pad piece, as in the training targets)."""
+    return [i for j, i in enumerate(ids) if i != blank and (j == 0 or ids[j - 1] != i)]
+
+
 @torch.no_grad()
 def ctc_asr(tok, codes: dict, texts: dict) -> dict | None:
     """Greedy CTC decoding of the tokenizer's own CTC head on the codes -> WER (paper "CTC ASR")."""
     import sentencepiece as spm
 
     from sitok.eval.asr import word_error_rate
+    from sitok.infer.sets import length_batches
+    from sitok.layers import lengths_to_mask
 
     sp_path = os.path.join(tok.model_dir or "", "sp.model")
-    if tok.model.ctc is None or not os.path.exists(sp_path):
-        return None
+    if tok.model.ctc is None or tok.model.config.ctc_weight == 0 or not os.path.exists(sp_path):
+        return None  # no CTC head, or one never trained (weight 0): the paper's "-"
     sp = spm.SentencePieceProcessor(model_file=sp_path)
+    hyps = {}
+    for batch in length_batches({u: c.shape[1] for u, c in codes.items()}):
+        lengths = torch.tensor([codes[u].shape[1] for u in batch])
+        c = torch.nn.utils.rnn.pad_sequence([codes[u].T for u in batch], batch_first=True).transpose(1, 2)
+        mask = lengths_to_mask(lengths, c.shape[2]).to(tok.device)
+        best = tok.model.ctc_logits(c.to(tok.device), mask).argmax(-1).cpu()  # causal: padding never leaks back
+        for i, u in enumerate(batch):
+            hyps[u] = sp.decode(ctc_greedy(best[i, : lengths[i]].tolist()))
     utts = sorted(codes)
-    hyps = []
-    for u in utts:
-        ids = tok.model.ctc_logits(codes[u][None].to(tok.device)).argmax(-1)[0].tolist()
-        pieces = [i - 1 for j, i in enumerate(ids) if i != 0 and (j == 0 or ids[j - 1] != i)]  # 0 = blank
-        hyps.append(sp.decode(pieces))
-    return {"ctc_asr_wer": 100 * word_error_rate([texts[u] for u in utts], hyps), "ctc_decoding": "greedy"}
+    return {"ctc_asr_wer": 100 * word_error_rate([texts[u] for u in utts], [hyps[u] for u in utts]),
+            "ctc_decoding": "greedy"}
 
 
 def _score(judges: dict, ref: dict, hyp: dict, texts: dict, sr: int, progress: bool, desc: str) -> tuple[dict, dict]:
-    """Every judge on every utterance. The ASR judge runs in sorted order in one thread (its state
-    carries over utterances); the other judges run beside it in a second thread."""
+    """Every judge on every utterance, in two threads (the judges' native code releases the GIL):
+    the ASR judge in sorted order (its state carries over utterances) with the speaker judge, and
+    MOS, PESQ and STOI beside them (measured on the mini test split: 68 + 84 s vs 135 + 22 + 14 s)."""
     from tqdm import tqdm
 
     utts = sorted(hyp)
-    groups = [[k for k in judges if k == "asr"], [k for k in judges if k != "asr"]]
+    first = ("asr", "sim")
+    groups = [[k for k in judges if k in first], [k for k in judges if k not in first]]
     groups = [g for g in groups if g]
     bar = tqdm(total=len(utts) * len(judges), desc=desc, unit="score", disable=not progress, mininterval=2)
     seconds = {k: 0.0 for k in judges}

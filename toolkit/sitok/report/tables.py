@@ -109,7 +109,7 @@ def model_rows(summaries: list[dict], steps: int | None = None, cfg_scale: float
             "wer": r.get("wer"), "sim": r.get("sim"), "mos": r.get("utmos", r.get("dnsmos_ovrl")),
             "mos_judge": "UTMOS" if r.get("utmos") is not None else "DNSMOS OVRL",
             "pesq": r.get("pesq"), "stoi": r.get("stoi"), "mel_l1": r.get("mel_l1"), "decoder_rtf": r.get("decoder_rtf"),
-            "ctc_asr": m.get("ctc_asr_wer"), "asr": probes.get("asr_wer"), "er": probes.get("er_accuracy"),
+            "ctc_asr": m.get("ctc_asr_wer") if cfg["ctc_weight"] > 0 else None,  # untrained head: "-" "asr": probes.get("asr_wer"), "er": probes.get("er_accuracy"),
             "sv": probes.get("sv_eer"), "ks": probes.get("ks_accuracy"),
         })  # fmt: skip
     return pd.DataFrame(rows)
