@@ -200,11 +200,13 @@ def test_report_tables_from_fixture_summaries(tmp_path):
     assert list(t1.columns[:10]) == ["model", "experiment", "FPS/TPS", "CN", "BR (kbps)", "WER", "SIM", "MOS",
                                      "PESQ", "STOI"]  # fmt: skip
     assert t1.iloc[0]["model"] == "Ground Truth (griffin_lim)" and t1.iloc[0]["paper WER"] == 2.14
+    assert t1.iloc[1]["model"] == "SiTok (CN = 1)" and t1.iloc[1]["experiment"] == "tokenizer_abl_base"
     cn4 = t1[t1["experiment"] == "tokenizer_abl_cn4"].iloc[0]
     assert (cn4["FPS/TPS"], cn4["BR (kbps)"], cn4["paper WER"]) == ("12.5/50", 0.5, 2.80)  # 4 x 10 bit x 12.5 Hz
     cfg = t1[t1["experiment"] == "refine_mini_token_cfg"].iloc[0]
     assert cfg["model"] == "+ Token CFG (w = 1.25)" and cfg["WER"] == 65.0 + 1 + 0.25 and cfg["paper WER"] == 3.34
     assert pd.isna(t1[t1["experiment"] == "tokenizer_abl_ctc0"].iloc[0]["paper WER"])  # no Table 1 row for it
+    assert {"CTC ASR", "ASR", "ER", "SV", "KS", "paper ASR", "paper KS"} <= set(built["table2_understanding"].columns)
     # Table 3: regularised rows first, the unregularised one beside the paper's 33.0
     t3 = built["table3_ctc"]
     no = t3[t3["CTC Reg."] == "No"].iloc[0]

@@ -109,7 +109,8 @@ def model_rows(summaries: list[dict], steps: int | None = None, cfg_scale: float
             "wer": r.get("wer"), "sim": r.get("sim"), "mos": r.get("utmos", r.get("dnsmos_ovrl")),
             "mos_judge": "UTMOS" if r.get("utmos") is not None else "DNSMOS OVRL",
             "pesq": r.get("pesq"), "stoi": r.get("stoi"), "mel_l1": r.get("mel_l1"), "decoder_rtf": r.get("decoder_rtf"),
-            "ctc_asr": m.get("ctc_asr_wer") if cfg["ctc_weight"] > 0 else None,  # untrained head: "-" "asr": probes.get("asr_wer"), "er": probes.get("er_accuracy"),
+            "ctc_asr": m.get("ctc_asr_wer") if cfg["ctc_weight"] > 0 else None,  # untrained head: "-"
+            "asr": probes.get("asr_wer"), "er": probes.get("er_accuracy"),
             "sv": probes.get("sv_eer"), "ks": probes.get("ks_accuracy"),
         })  # fmt: skip
     return pd.DataFrame(rows)
@@ -145,7 +146,7 @@ def table1(df: pd.DataFrame, gt: dict | None) -> pd.DataFrame:
                     "STOI": gt["stoi"], "paper row": p["row"], "paper WER": p["wer"], "paper SIM": p["sim"],
                     "paper UTMOS": p["utmos"]})  # fmt: skip
     for _, r in df.iterrows():
-        kind = r["refine"]
+        kind = r["refine"] if isinstance(r["refine"], str) else None  # pandas holds a missing one as NaN
         label = REFINE_LABELS.get(kind) if kind else f"SiTok (CN = {r['cn']})"
         if kind == "token_cfg":
             label += f" (w = {r['cfg_scale']:g})"
