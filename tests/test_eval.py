@@ -9,11 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-
+from conftest import have
 from sitok.eval.judges import DEFAULTS, build_judge, parse_judges
 from sitok.models import SiTokConfig
-
-from conftest import have
 
 SENTENCES = ["the birch canoe slid on the smooth planks", "glue the sheet to the dark blue background",
              "it is easy to tell the depth of a well", "these days a chicken leg is a rare dish"]  # fmt: skip
@@ -47,7 +45,6 @@ def test_asr_judge_reads_clean_speech_exactly_with_the_in_domain_lm(tmp_path):
 @needs_flite
 def test_speaker_similarity_identical_vs_another_speaker(tmp_path):
     import torch
-
     from sitok.data.audio import resample
 
     judge = build_judge("sim")
@@ -113,8 +110,8 @@ def test_utmos_backend_runs_a_local_torchscript_model(tmp_path):
 
 # ---- text normalisation and compression ----------------------------------------------------------
 def test_wer_uses_the_training_text_normalisation():
-    import sitok.data.text as text
-    import sitok.eval.asr as asr
+    from sitok.data import text
+    from sitok.eval import asr
     from sitok.eval.asr import word_error_rate
 
     assert asr.normalize_text is text.normalize_text  # one function for CTC targets and the judges
@@ -132,7 +129,6 @@ def test_bit_rate_arithmetic():
 
 def test_code_statistics_usage_and_perplexity():
     import torch
-
     from sitok.eval.evaluate import code_statistics
 
     uniform = {"a": torch.arange(8).view(1, 8), "b": torch.arange(8).view(1, 8)}

@@ -30,7 +30,8 @@ import torch
 
 from sitok.data.kaldi import read_table
 from sitok.eval.judges import build_judge, parse_judges
-from sitok.fileio import write_text_atomic
+from sitok.fileio import atomic_open, write_text_atomic
+from sitok.infer.sets import encode_mels
 
 logger = logging.getLogger(__name__)
 
@@ -58,23 +59,6 @@ def _load_set(dump_dir: str, max_utts: int, sample_rate: int):
     mels = {u: torch.from_numpy(kaldiio.load_mat(feats[u]).copy()) for u in utts}
     audio = {u: load_audio(wavs[u], sample_rate).numpy() for u in utts}
     return utts, {u: texts[u] for u in utts}, mels, audio
-
-
-def _encode(tok, mels: dict) -> tuple[dict, float]:
-    """Codes [CN, T] of every utterance (length-batched) and the encoder seconds."""
-    from sitok.infer.sets import length_batches
-
-    codes, seconds = {}, 0.0
-    for batch in length_batches({u: m.shape[0] for u, m in mels.items()}):
-        x = [tok.cmvn(mels[u].to(tok.device)) for u in batch]
-        lengths = torch.tensor([m.shape[0] for m in x], device=tok.device)
-        t0 = time.perf_counter()
-        c = tok.model.encode(torch.nn.utils.rnn.pad_sequence(x, batch_first=True), lengths)
-        seconds += time.perf_counter() - t0
-        t = tok.model.token_lengths(lengths)
-        for i, u in enumerate(batch):
-            codes[u] = c[i, :, : t[i]].cpu()
-    return codes, seconds
 
 
 @torch.no_grad()
@@ -214,7 +198,7 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
         built[kind] = build_judge(kind, backend, **opts)
         judge_info[kind] = built[kind].info()
 
-    codes, enc_s = _encode(tok, mels)
+    codes, enc_s = encode_mels(tok, mels)
     model_facts = {
         "name": name, "model_dir": os.path.abspath(model_dir), "config": cfg.to_dict(),
         "parameters": tok.model.num_parameters(), "fps": cfg.token_rate, "tps": cfg.token_rate * cfg.num_codebooks,
@@ -275,10 +259,8 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
                         ", ".join(f"{k} {x:.0f} s" for k, x in judge_s.items()))  # fmt: skip
         rows.append(done["row"])
         per_utt.extend(done["per_utt"])
-    df = pd.DataFrame(per_utt)
-    tmp = os.path.join(out_dir, f"per_utt.csv.tmp{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, os.path.join(out_dir, "per_utt.csv"))
+    with atomic_open(os.path.join(out_dir, "per_utt.csv")) as fh:
+        pd.DataFrame(per_utt).to_csv(fh, index=False)
     summary = {"format": "sitok-eval-1", "dump_dir": os.path.abspath(dump_dir), "set": os.path.basename(dump_dir.rstrip("/")),
                "utterances": len(utts), "audio_seconds": audio_s, "model": model_facts, "judges": judge_info,
                "settings": rows, "wall_seconds": time.time() - t_start, "seed": seed}  # fmt: skip
@@ -299,11 +281,8 @@ def example_utts(utts: list[str], n: int) -> list[str]:
 def _save_examples(out_dir: str, key: str, mels: dict, utts: list[str], n: int) -> None:
     """Log-mels of a few utterances as out/mels/<setting>/<utt>.npy (for the report's figures)."""
     for u in example_utts(utts, n):
-        path = os.path.join(out_dir, "mels", key, f"{u}.npy")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}.npy"
-        np.save(tmp, mels[u].float().numpy())
-        os.replace(tmp, path)
+        with atomic_open(os.path.join(out_dir, "mels", key, f"{u}.npy"), "wb") as fh:
+            np.save(fh, mels[u].float().numpy())
 
 
 def _brief(row: dict) -> str:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from sitok.data.kaldi import read_table
+from sitok.fileio import atomic_open, write_text_atomic
 from sitok.infer.sets import length_batches
-from sitok.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -195,9 +195,8 @@ def results_markdown(df) -> str:
 
 
 def _save_csv(df, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        df.to_csv(fh, index=False)
 
 
 def _write_hyps(out_dir: str, name: str, rows: list) -> None:

@@ -44,6 +44,25 @@ def length_batches(lengths: dict[str, int], max_frames: int = 20000) -> list[lis
 
 
 @torch.no_grad()
+def encode_mels(tok, mels: dict, batch_frames: int = 20000, progress: bool = False, desc: str = "encode"):
+    """Codes [CN, T] (CPU) of every un-normalised log-mel [T50, 128] in ``mels``, encoded in
+    length-sorted padded batches (codes do not depend on the padding); also the encoder seconds."""
+    import time
+
+    codes, seconds = {}, 0.0
+    for batch in _progress(length_batches({u: m.shape[0] for u, m in mels.items()}, batch_frames), desc, progress):
+        x = [tok.cmvn(mels[u].to(tok.device)) for u in batch]
+        lengths = torch.tensor([m.shape[0] for m in x], device=tok.device)
+        t0 = time.perf_counter()
+        c = tok.model.encode(torch.nn.utils.rnn.pad_sequence(x, batch_first=True), lengths).cpu()
+        seconds += time.perf_counter() - t0
+        t = tok.model.token_lengths(lengths).cpu()
+        for i, u in enumerate(batch):
+            codes[u] = c[i, :, : t[i]]
+    return codes, seconds
+
+
+@torch.no_grad()
 def dump_codes(tok, dump_dir: str, out_dir: str, batch_frames: int = 20000, progress: bool = True) -> int:
     """Encode every utterance of a feature dump dir (feats.scp) into ``out_dir/codes.{ark,scp}``.
 
@@ -54,20 +73,12 @@ def dump_codes(tok, dump_dir: str, out_dir: str, batch_frames: int = 20000, prog
     from sitok.fileio import atomic_open
 
     feats = read_table(os.path.join(dump_dir, "feats.scp"))
-    frames = {u: int(n) for u, n in read_table(os.path.join(dump_dir, "utt2num_frames")).items()}
-    batches = length_batches({u: frames[u] for u in feats}, batch_frames)
     os.makedirs(out_dir, exist_ok=True)
     ark = os.path.join(out_dir, "codes.ark")
     tmp = f"{ark}.tmp{os.getpid()}"
-    codes_all: dict[str, np.ndarray] = {}
-    for batch in _progress(batches, f"encode {os.path.basename(dump_dir)}", progress):
-        mels = [tok.cmvn(torch.from_numpy(kaldiio.load_mat(feats[u]).copy()).to(tok.device)) for u in batch]
-        lengths = torch.tensor([m.shape[0] for m in mels], device=tok.device)
-        padded = torch.nn.utils.rnn.pad_sequence(mels, batch_first=True)
-        codes = tok.model.encode(padded, lengths).cpu()
-        t = tok.model.token_lengths(lengths).cpu()
-        for i, u in enumerate(batch):
-            codes_all[u] = codes[i, :, : t[i]].numpy().astype(np.int32)
+    mels = {u: torch.from_numpy(kaldiio.load_mat(p).copy()) for u, p in feats.items()}
+    codes, _ = encode_mels(tok, mels, batch_frames, progress, f"encode {os.path.basename(dump_dir)}")
+    codes_all = {u: c.numpy().astype(np.int32) for u, c in codes.items()}
     scp = {}
     with open(tmp, "wb") as fh:
         for u in sorted(codes_all):  # kaldiio's numpy format keeps the int32 dtype

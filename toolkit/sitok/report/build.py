@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from sitok.fileio import write_text_atomic
+from sitok.fileio import atomic_open, write_text_atomic
 from sitok.report import paper
 from sitok.report import tables as T
 
@@ -37,12 +37,19 @@ TABLES = [
 
 
 def _save_table(df, out_dir: str, stem: str) -> str:
-    tmp = os.path.join(out_dir, f"{stem}.csv.tmp{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, os.path.join(out_dir, f"{stem}.csv"))
+    with atomic_open(os.path.join(out_dir, f"{stem}.csv")) as fh:
+        df.to_csv(fh, index=False)
     md = T.markdown(df)
     write_text_atomic(os.path.join(out_dir, f"{stem}.md"), md + "\n")
     return md
+
+
+def _savefig(fig, path: str, dpi: int) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi)
+    plt.close(fig)
 
 
 def steps_figure(summaries: list[dict], path: str, vocoder: str | None = None) -> bool:
@@ -80,10 +87,7 @@ def steps_figure(summaries: list[dict], path: str, vocoder: str | None = None) -
     fig.suptitle("Reconstruction against decoding steps (ours; the paper's Figure 2 gives curves, not numbers)",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _savefig(fig, path, dpi=110)
     return True
 
 
@@ -128,10 +132,7 @@ def mel_figures(summaries: list[dict], df, dump_dir: str | None, out_dir: str, m
         axes[-1, 0].set_xlabel("frames (50 Hz)")
         fig.tight_layout()
         path = os.path.join(out_dir, f"mels_{u}.png")
-        tmp = f"{path}.tmp{os.getpid()}.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, path)
+        _savefig(fig, path, dpi=100)
         written.append(path)
     return written
 
