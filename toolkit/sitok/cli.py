@@ -302,17 +302,16 @@ def cmd_codes_stats(a) -> int:
     import torch
 
     from sitok.data.kaldi import read_table
-    from sitok.quantizers import CodebookUsage
+    from sitok.eval.evaluate import code_statistics
 
-    codes = {u: kaldiio.load_mat(p) for u, p in read_table(os.path.join(a.codes_dir, "codes.scp")).items()}
+    codes = {u: torch.from_numpy(kaldiio.load_mat(p).astype("int64"))
+             for u, p in read_table(os.path.join(a.codes_dir, "codes.scp")).items()}  # fmt: skip
     cn = next(iter(codes.values())).shape[0]
-    usage = CodebookUsage(a.codebook_size, cn)
-    for c in codes.values():
-        usage.update(torch.from_numpy(c.astype("int64"))[None])
-    s = usage.summary()
+    s = code_statistics(codes, cn, a.codebook_size)
     tokens = sum(c.shape[1] for c in codes.values())
     print(json.dumps({"codes_dir": a.codes_dir, "utterances": len(codes), "frames": tokens, "num_codebooks": cn,
-                      "codebook_size": a.codebook_size, "usage": s["usage"], "perplexity": s["perplexity"]}))  # fmt: skip
+                      "codebook_size": a.codebook_size, "usage": s["codebook_usage"],
+                      "perplexity": s["code_perplexity"]}))  # fmt: skip
     return 0
 
 

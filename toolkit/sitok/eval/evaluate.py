@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from sitok.data.kaldi import read_table
+from sitok.eval.asr import word_error_rate
 from sitok.eval.judges import build_judge, parse_judges
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.infer.sets import encode_mels
@@ -53,7 +54,7 @@ def _load_set(dump_dir: str, max_utts: int, sample_rate: int):
                        lacking[0])  # fmt: skip
     utts = sorted(u for u in feats if u in wavs and u in texts)
     if max_utts:  # evenly spaced over the sorted set (every speaker, not the first few)
-        utts = [utts[i] for i in np.linspace(0, len(utts) - 1, min(max_utts, len(utts))).round().astype(int)]
+        utts = example_utts(utts, max_utts)
     if not utts:
         raise ValueError(f"{dump_dir}: no utterance with features, audio and text")
     mels = {u: torch.from_numpy(kaldiio.load_mat(feats[u]).copy()) for u in utts}
@@ -90,7 +91,6 @@ def ctc_asr(tok, codes: dict, texts: dict) -> dict | None:
     """Greedy CTC decoding of the tokenizer's own CTC head on the codes -> WER (paper "CTC ASR")."""
     import sentencepiece as spm
 
-    from sitok.eval.asr import word_error_rate
     from sitok.infer.sets import length_batches
     from sitok.layers import lengths_to_mask
 
@@ -143,8 +143,6 @@ def _score(judges: dict, ref: dict, hyp: dict, texts: dict, sr: int, progress: b
 
 def _summarise(rows: list[dict], texts: dict) -> dict:
     """Means of the per-utterance scores; corpus-level WER from the hypotheses."""
-    from sitok.eval.asr import word_error_rate
-
     out = {}
     if rows and "hyp" in rows[0]:
         out["wer"] = 100 * word_error_rate([texts[r["utt"]] for r in rows], [r["hyp"] for r in rows])
@@ -245,8 +243,6 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
                 r = {"setting": key, "utt": u, **scores[u]}
                 r["mel_l1"] = 0.0 if source == "groundtruth" else mel_l1(vt, hyp_mels[u], mels[u])
                 if "hyp" in r:
-                    from sitok.eval.asr import word_error_rate
-
                     r["ref"] = texts[u]
                     r["utt_wer"] = 100 * word_error_rate([texts[u]], [r["hyp"]])
                 urows.append(r)
@@ -272,7 +268,7 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
 
 
 def example_utts(utts: list[str], n: int) -> list[str]:
-    """``n`` evenly spaced utterances of a sorted set (the report's mel-spectrogram figures)."""
+    """``n`` evenly spaced utterances of a sorted set (``--max-utts``; the report's mel figures)."""
     if n <= 0 or not utts:
         return []
     return [utts[i] for i in sorted(set(np.linspace(0, len(utts) - 1, min(n, len(utts))).round().astype(int)))]
