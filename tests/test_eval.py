@@ -246,3 +246,36 @@ def test_ctc_greedy_merges_repeats_and_drops_blank_id_zero():
 
     assert ctc_greedy([0, 5, 5, 0, 5, 7, 7, 0, 0, 3]) == [5, 5, 7, 3]  # SentencePiece ids as trained (no offset)
     assert ctc_greedy([0, 0]) == [] and ctc_greedy([]) == []
+
+
+def test_report_table2_merges_probe_results_and_continuous_baselines(tmp_path):
+    from sitok.report.build import write_report
+
+    root = str(tmp_path / "exp")
+    dirs = write_fixtures(root)[:2]  # tokenizer_abl_base (CTC 0.1), tokenizer_abl_ctc0
+    for d, er in zip(dirs, (61.0, 55.0)):
+        with open(os.path.join(d, "eval", "test", "summary.json")) as fh:
+            s = json.load(fh)
+        s["model"]["model_dir"] = os.path.join(d, "model")  # the probes sit beside the model dir
+        with open(os.path.join(d, "eval", "test", "summary.json"), "w") as fh:
+            json.dump(s, fh)
+        os.makedirs(os.path.join(d, "probes"))
+        with open(os.path.join(d, "probes", "summary.json"), "w") as fh:
+            json.dump({"format": "sitok-probes-1", "name": os.path.basename(d), "features": "tokens", "er_accuracy": er,
+                       "sv_eer": 20.0, "sv_min_dcf": 0.9, "ks_accuracy": 80.0, "asr_wer": 50.0, "asr_wer_beam": 49.0,
+                       "ctc_asr_wer": 80.0, "ctc_asr_wer_beam": 79.5}, fh)  # fmt: skip
+    mel = os.path.join(root, "features_mel50")
+    os.makedirs(os.path.join(mel, "probes"))
+    with open(os.path.join(mel, "probes", "summary.json"), "w") as fh:
+        json.dump({"format": "sitok-probes-1", "name": "features_mel50", "features": "mel50", "fps": 50.0, "tps": None,
+                   "cn": None, "cs": None, "kbps": None, "er_accuracy": 90.0, "sv_eer": 5.0, "ks_accuracy": 95.0,
+                   "asr_wer": 30.0, "ctc_asr_wer": None}, fh)  # fmt: skip
+    t2 = write_report(dirs + [mel], str(tmp_path / "r"), set_name="test")["table2_understanding"].set_index("experiment")
+    assert list(t2.index) == ["tokenizer_abl_base", "tokenizer_abl_ctc0", "features_mel50"]
+    base, ctc0, cont = t2.loc["tokenizer_abl_base"], t2.loc["tokenizer_abl_ctc0"], t2.loc["features_mel50"]
+    assert (base["ER"], base["SV"], base["KS"], base["ASR"], base["ASR (beam)"]) == (61.0, 20.0, 80.0, 50.0, 49.0)
+    assert (base["CTC Reg."], base["CTC ASR (beam)"], base["paper ER"]) == ("Yes (0.1)", 79.5, 63.5)
+    assert ctc0["CTC Reg."] == "No" and pd.isna(ctc0["CTC ASR"]) and pd.isna(ctc0["CTC ASR (beam)"])
+    assert ctc0["ER"] == 55.0 and pd.isna(ctc0["paper ER"])
+    assert cont["model"] == "Mel (continuous, 50 Hz)" and cont["CN/CS"] == "-" and cont["FPS/TPS"] == "50/-"
+    assert (cont["ER"], cont["SV"], cont["KS"], cont["ASR"]) == (90.0, 5.0, 95.0, 30.0) and pd.isna(cont["paper ER"])

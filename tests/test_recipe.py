@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from sitok.data.kaldi import read_table, validate_data_dir
+from sitok.probes.data import read_trials
 
 from conftest import ROOT, have
 
@@ -21,7 +22,8 @@ REFINE = ["--refine_args", "--number_of_epochs 1 --batch_seconds 8 --max_train_m
           "--vocoder_eval_utts", "2", "--eval_steps", "1 2", "--eval_cfg_scales", "1 2", "--eval_wer_steps", "1",
           "--evaluate_steps", "1 2", "--evaluate_cfg_scales", "1 2", "--evaluate_vocoders", "vocos griffin_lim",
           "--evaluate_utts", "3"]  # fmt: skip
-TINY = "--train_minutes 0.6 --dev_minutes 0.2 --test_minutes 0.2 --unseen_minutes 0.2 --ks_per_class '1 1 1'"
+PROBES = ["--probe_args", "--number_of_epochs 1 --batch_size 4"]
+TINY = "--train_minutes 0.6 --dev_minutes 0.2 --test_minutes 0.2 --unseen_minutes 0.5 --ks_per_class '1 1 1'"
 
 pytestmark = pytest.mark.skipif(not have("flite", "espeak-ng"), reason="flite/espeak-ng missing (tools/install.sh)")
 
@@ -88,10 +90,10 @@ def test_every_stage_and_rerun(tmp_path):
     assert set(res[res.model == "ground truth"]["vocoder"]) == {"griffin_lim", "vocos"}
     assert res[(res.model == "shortcut") & (res.steps == 1)]["wer"].notna().all()
 
-    # stages 12-13: every model scored by every judge, then the paper-style report
-    r = run(tmp, "--stage", "12", "--stop_stage", "13", *REFINE)
+    # stages 12-14: every model scored by every judge, the probes, then the paper-style report
+    r = run(tmp, "--stage", "12", "--stop_stage", "14", *REFINE, *PROBES)
     log = r.stdout + r.stderr
-    assert "Stage 12:" in log and "Stage 13:" in log
+    assert "Stage 12:" in log and "Stage 13:" in log and "Stage 14:" in log
     for name, d in [("tokenizer_tiny", exp)] + [(f"refine_tiny_{k}", f"{tmp}/exp/refine_tiny_{k}") for k in
                                                 ("decoder_ft", "token_cfg")]:  # fmt: skip
         summary = json.load(open(f"{d}/eval/test/summary.json"))
@@ -108,6 +110,20 @@ def test_every_stage_and_rerun(tmp_path):
     t1 = pd.read_csv(f"{report}/table1_reconstruction.csv")
     assert len(t1) == 1 + 5 and t1["WER"].notna().all()  # ground truth + base + 4 refinements
     assert os.path.exists(f"{report}/fig2_steps.png") and [f for f in os.listdir(report) if f.startswith("mels_")]
+    # stage 13: four probes on the tokens and on each continuous feature set, results in Table 2
+    for pexp in (exp, f"{tmp}/exp/features_mel12.5", f"{tmp}/exp/features_mel50"):
+        s = json.load(open(f"{pexp}/probes/summary.json"))
+        for key in ("er_accuracy", "ks_accuracy", "sv_eer", "sv_min_dcf", "asr_wer", "asr_wer_beam"):
+            assert s[key] is not None, (pexp, key)
+        assert 0 <= s["er_accuracy"] <= 100 and 0 <= s["sv_eer"] <= 100
+        assert read_trials(f"{pexp}/probes/sv/trials") == read_trials(f"{tmp}/data/test_unseen/trials")
+    s = json.load(open(f"{exp}/probes/summary.json"))
+    assert s["ctc_asr_wer"] is not None and s["ctc_asr_wer_beam"] is not None and s["kbps"] == 0.075
+    fit = json.load(open(f"{exp}/probes/asr/results.json"))["target_fit"]  # every target checked against its input
+    assert fit["test"]["of"] == len(read_table(f"{tmp}/dump/test/text")) and "targets_too_long" in fit["train"]
+    t2 = pd.read_csv(f"{report}/table2_understanding.csv").set_index("experiment")
+    assert {"tokenizer_tiny", "features_mel12.5", "features_mel50"} <= set(t2.index)
+    assert t2[["ER", "SV", "KS", "ASR"]].notna().all().all()
 
     # the ablation script on two variants (+ R + D), sharing the prepared data
     abl = subprocess.run(["bash", ABLATIONS, "--stage", "2", "--ablations", "base R", "--tokenizer_config", "tiny",
@@ -123,12 +139,13 @@ def test_every_stage_and_rerun(tmp_path):
     assert t5.loc["refine_abl_R_diffusion", "paper WER"] == 5.73
 
     before = snapshot(tmp)
-    r = run(tmp, "--stage", "0", "--stop_stage", "12", *REFINE)
+    r = run(tmp, "--stage", "0", "--stop_stage", "13", *REFINE, *PROBES)
     log = r.stdout + r.stderr
     assert "already synthesised" in log and log.count("already done, skipping") >= 1 + len(sets) + 1 + len(sets)
     assert log.count("already exported, skipping") == 1 + 4 + 1  # tokenizer, 4 refinements, vocoder
     assert "is up to date" in log and "refine_eval_tiny/test already done" in log
     assert "Stage 12: refine_tiny_light_head on test" in log
+    assert log.count("probe on features_mel50 (mel50): ") == 4 and log.count("already done, skipping (delete it to run") == 12
     assert snapshot(tmp) == before  # nothing rewritten
 
 

@@ -59,6 +59,15 @@ evaluate_judge_opts=    # stage 12: judge options, e.g. "asr.model=/models/whisp
 evaluate_groundtruth=true  # stage 12: also score ground-truth mel -> vocoder (with the first model)
 evaluate_utts=0         # stage 12: score this many evenly spaced utterances of each set (0: all)
 eval_models=            # stage 12: more models to score, "NAME=MODEL_DIR ..." (e.g. the R + D ablation)
+probe_tasks="er sv ks asr"  # stage 13: DASB-style probes to run (a task whose sets have no dump is skipped, logged)
+probe_features="tokens mel12.5 mel50"  # stage 13: tokens = this recipe's tokenizer (+ --probe_models); mel*: continuous baselines
+probe_models=           # stage 13: more tokenizers to probe, "NAME=MODEL_DIR ..." (codes dumped to <model>/../codes once)
+probe_config=mini       # stage 13: recipes/probes/<task>/hparams/<name>.yaml
+probe_args=             # stage 13: extra hparams overrides for every probe, e.g. "--number_of_epochs 2"
+probe_er_sets=          # stage 13: "TRAIN VALID TEST" of each probe (default: train, valid, first test set;
+probe_sv_sets=          #   SV: train, valid, last test set = held-out speakers; KS: ks_train ks_dev ks_test)
+probe_ks_sets="ks_train ks_dev ks_test"
+probe_asr_sets=
 judge_check_utts=100    # stage 3: ASR-judge WER on this many ground-truth utterances of the first test set (0: skip)
 progress=true           # progress bars
 
@@ -85,7 +94,11 @@ Stages:
                   at --eval_wer_steps, vocoder vs Griffin-Lim on ground truth; exp/refine_eval_<tag>/
  12  evaluate     every model (base, refinements, --eval_models) on the eval sets with every judge
                   (WER, SIM, DNSMOS, PESQ, STOI, mel L1, CTC ASR, codebook use, RTF): <exp>/eval/<set>/
- 13  report       sitok report: the paper's tables (markdown + CSV) and figures -> exp/report_<tag>/
+ 13  probes       DASB-style probes on frozen features (recipes/probes/<task>/train.py): ER, SV (EER,
+                  minDCF), KS, ASR (BiLSTM + CTC) for the tokenizer's codes, --probe_models and
+                  continuous mel (12.5 / 50 Hz); CTC ASR of each tokenizer's own head (greedy + beam)
+                  -> <exp>/probes/<task>/results.json, <exp>/probes/summary.json
+ 14  report       sitok report: the paper's tables (markdown + CSV) and figures -> exp/report_<tag>/
 EOF
 )
 
@@ -349,13 +362,94 @@ if run_stage 12; then
     done
 fi
 
-# ---- stage 13: report --------------------------------------------------------------------------
+# ---- stage 13: downstream probes --------------------------------------------------------------
+probe_sets() {  # TRAIN VALID TEST of a task
+    case $1 in
+        er) echo "${probe_er_sets:-${train_set} ${valid_set} ${test_sets%% *}}" ;;
+        sv) echo "${probe_sv_sets:-${train_set} ${valid_set} ${test_sets##* }}" ;;
+        ks) echo "${probe_ks_sets}" ;;
+        asr) echo "${probe_asr_sets:-${train_set} ${valid_set} ${test_sets%% *}}" ;;
+        *) log "ERROR: unknown probe task '$1' (er sv ks asr)"; exit 1 ;;
+    esac
+}
+probe_list() {  # NAME=FEATURES=MODEL_DIR of every probed feature set
+    for f in ${probe_features}; do
+        case ${f} in
+            tokens) echo "$(basename "${tok_exp}")=tokens=${model_dir}" ;;
+            mel12.5|mel50) echo "features_${f}=${f}=" ;;
+            *) log "ERROR: unknown probe feature '${f}' (tokens mel12.5 mel50)"; exit 1 ;;
+        esac
+    done
+    for m in ${probe_models}; do echo "${m%%=*}=tokens=${m#*=}"; done
+}
 if run_stage 13; then
+    for entry in $(probe_list); do
+        name=${entry%%=*}; rest=${entry#*=}; feats=${rest%%=*}; mdir=${rest#*=}
+        if [ "${feats}" = tokens ]; then
+            pexp=$(dirname "${mdir}"); codes_root="${pexp}/codes"
+            [ -f "${mdir}/config.json" ] || { log "ERROR: ${mdir}/config.json not found (probe model ${name})"; exit 1; }
+        else
+            pexp="${expdir}/${name}"; codes_root=
+        fi
+        ran=false
+        for task in ${probe_tasks}; do
+            read -r p_train p_valid p_test <<< "$(probe_sets ${task})"
+            out="${pexp}/probes/${task}"
+            missing=; labels=utt2label
+            case ${task} in sv) labels=utt2spk ;; asr) labels=text ;; esac
+            for dset in ${p_train} ${p_valid} ${p_test}; do
+                [ -f "${dumpdir}/${dset}/feats.scp" ] && [ -f "${dumpdir}/${dset}/${labels}" ] || missing="${missing} ${dset}"
+            done
+            if [ -n "${missing}" ]; then
+                log "Stage 13: ${task} probe skipped for ${name}: no feature dump or no ${labels} for${missing} in ${dumpdir}/"
+                continue
+            fi
+            if [ -f "${out}/.done" ]; then
+                log "Stage 13: ${task} probe on ${name} (${feats}): ${out} already done, skipping (delete it to run again)"
+                continue
+            fi
+            if [ "${feats}" = tokens ]; then  # tokens are extracted once, then read from disk by the probe
+                for dset in ${p_train} ${p_valid} ${p_test}; do
+                    [ -f "${codes_root}/${dset}/.done" ] && continue
+                    "${sitok[@]}" dump-codes "${dumpdir}/${dset}" "${codes_root}/${dset}" -m "${mdir}" "${no_progress[@]}"
+                    touch "${codes_root}/${dset}/.done"
+                done
+            fi
+            probe_yaml=${probe_config}; [ -f "${probe_yaml}" ] || probe_yaml="${toolkit_root}/recipes/probes/${task}/hparams/${probe_config}.yaml"
+            extra=()
+            [ "${task}" = sv ] && [ -f "${datadir}/${p_test}/trials" ] && extra=(--trials_file "${datadir}/${p_test}/trials")
+            [ "${task}" = asr ] && extra=(--sp_model "${lang_dir}/sp.model")
+            log "Stage 13: ${task} probe on ${name} (${feats}; ${p_train}/${p_valid}/${p_test}) -> ${out}"
+            mkdir -p "${pexp}/probes"
+            # shellcheck disable=SC2086
+            "${python}" "${toolkit_root}/recipes/probes/${task}/train.py" "${probe_yaml}" --features "${feats}" \
+                --model_dir "${mdir:-none}" --codes_root "${codes_root:-none}" --dump_dir "${dumpdir}" \
+                --train_set "${p_train}" --valid_set "${p_valid}" --test_set "${p_test}" --exp_dir "${out}" \
+                ${extra[@]+"${extra[@]}"} ${probe_args} > "${out}.log" 2>&1 \
+                || { log "ERROR: ${task} probe on ${name} failed; see ${out}.log"; tail -n 20 "${out}.log" >&2; exit 1; }
+            grep "probe ${task} on" "${out}.log" | tail -1 | while read -r line; do log "  ${line}"; done
+            touch "${out}/.done"; ran=true
+        done
+        if ${ran} || [ ! -f "${pexp}/probes/summary.json" ]; then  # + CTC ASR of the tokenizer's own head
+            test_set=$(probe_sets asr | awk '{print $3}')
+            "${sitok[@]}" probe-summary "${pexp}" --name "${name}" --features "${feats}" \
+                ${mdir:+--model-dir "${mdir}" --codes-dir "${codes_root}/${test_set}"} --dump-dir "${dumpdir}/${test_set}"
+        fi
+    done
+fi
+
+# ---- stage 14: report --------------------------------------------------------------------------
+if run_stage 14; then
     report_out="${expdir}/report_${tok_tag}"
     report_set=${eval_sets:-${test_sets}}; report_set=${report_set%% *}
     exps=()
     for entry in $(eval_model_list); do exps+=("$(dirname "${entry#*=}")"); done
-    log "Stage 13: sitok report ${exps[*]} -> ${report_out}"
+    for entry in $(probe_list); do  # probe-only experiments (continuous features, --probe_models)
+        rest=${entry#*=}; feats=${rest%%=*}; mdir=${rest#*=}
+        if [ "${feats}" = tokens ]; then p=$(dirname "${mdir}"); else p="${expdir}/${entry%%=*}"; fi
+        [[ " ${exps[*]} " == *" ${p} "* ]] || [ ! -f "${p}/probes/summary.json" ] || exps+=("${p}")
+    done
+    log "Stage 14: sitok report ${exps[*]} -> ${report_out}"
     "${sitok[@]}" report "${exps[@]}" --out "${report_out}" --set "${report_set}" --dump-dir "${dumpdir}/${report_set}"
 fi
 

@@ -18,6 +18,7 @@
     sitok export           model directory from a training run's latest checkpoint
     sitok dump-codes       codes of a whole feature dump dir (stage 5)
     sitok resynth-set      decode a set's codes / vocode its ground truth to wavs (stage 5)
+    sitok probe-summary    probe results + CTC ASR (greedy, beam) -> <exp>/probes/summary.json (stage 13)
 """
 
 from __future__ import annotations
@@ -63,25 +64,36 @@ def cmd_synth_mini(a) -> int:
 
 
 def cmd_prep(a) -> int:
-    from sitok.data.prep import READERS, make_data_dir
+    from sitok.data.prep import get_reader, make_data_dir
 
-    entries = READERS[a.corpus](a.root, a.split)
+    opts = {"iemocap": {"test_session": a.test_session, "valid_session": a.valid_session},
+            "voxceleb1": {"dev_per_speaker": a.dev_per_speaker},
+            "speech_commands": {"out_dir": a.out, "silence_per_split": a.silence_per_split}}.get(a.corpus, {})  # fmt: skip
+    entries = get_reader(a.corpus)(a.root, a.split, **opts)
     make_data_dir(entries, a.out, min_duration=a.min_duration, max_duration=a.max_duration)
+    if a.corpus == "voxceleb1" and a.split == "test":  # the official trial list, as utterance ids
+        from sitok.data.dasb_prep import voxceleb_trials
+
+        voxceleb_trials(a.root, a.out)
     return 0
 
 
 def cmd_make_trials(a) -> int:
+    """Balanced speaker-verification trials over a data dir's speakers -> DATA_DIR/trials."""
     from sitok.data.kaldi import read_table
-    from sitok.data.synth import make_trials
-    from sitok.fileio import atomic_open
+    from sitok.probes.data import make_trials, write_trials
 
     utt2spk = read_table(os.path.join(a.data_dir, "utt2spk"))
-    trials = make_trials(utt2spk, seed=a.seed, per_utt=a.per_utt)
-    with atomic_open(os.path.join(a.data_dir, "trials")) as fh:
-        for u, v, lab in trials:
-            fh.write(f"{u} {v} {lab}\n")
-    n_t = sum(1 for t in trials if t[2] == "target")
-    logger.info("%s/trials: %d trials (%d target, %d nontarget)", a.data_dir, len(trials), n_t, len(trials) - n_t)
+    exclude = set(read_table(os.path.join(a.train_dir, "utt2spk")).values()) if a.train_dir else set()
+    try:
+        trials = make_trials(utt2spk, n_trials=a.n_trials, seed=a.seed, exclude_speakers=exclude)
+    except ValueError as exc:  # too few held-out utterances: the SV probe reports it when it runs
+        logger.warning("%s: no trial list written: %s", a.data_dir, exc)
+        return 0
+    write_trials(os.path.join(a.data_dir, "trials"), trials)
+    n_t = sum(lab for lab, _, _ in trials)
+    logger.info("%s/trials: %d trials (%d target, %d nontarget) over %d held-out speakers", a.data_dir, len(trials),
+                n_t, len(trials) - n_t, len(set(utt2spk.values())))  # fmt: skip
     return 0
 
 
@@ -296,6 +308,14 @@ def cmd_resynth(a) -> int:
     return 0
 
 
+def cmd_probe_summary(a) -> int:
+    from sitok.probes.summary import collect
+
+    collect(a.exp_dir, a.name or os.path.basename(os.path.normpath(a.exp_dir)), a.features, a.model_dir,
+            a.codes_dir, a.dump_dir, a.beam_size)  # fmt: skip
+    return 0
+
+
 def cmd_codes_stats(a) -> int:
     """Codebook usage and perplexity of a set's codes (codes.scp of stage 5)."""
     import kaldiio
@@ -414,18 +434,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth_mini)
 
     s = sub.add_parser("prep", help="corpus -> Kaldi-style data dir")
-    s.add_argument("--corpus", required=True, choices=["mini", "librispeech", "libritts"])
+    s.add_argument("--corpus", required=True, help="mini, librispeech, libritts, iemocap, voxceleb1, speech_commands "
+                   "(or any reader added to sitok.data.prep.READERS)")
     s.add_argument("--root", required=True, help="corpus root (mini: the synthesised corpus dir)")
     s.add_argument("--split", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--min-duration", type=float, default=0.1)
     s.add_argument("--max-duration", type=float, default=60.0)
+    s.add_argument("--test-session", type=int, default=5, help="iemocap: the test session")
+    s.add_argument("--valid-session", type=int, default=4, help="iemocap: the validation session")
+    s.add_argument("--dev-per-speaker", type=int, default=2, help="voxceleb1: dev utterances per training speaker")
+    s.add_argument("--silence-per-split", type=int, default=None,
+                   help="speech_commands: _silence_ clips per split (default: as many as the mean keyword class)")
     s.set_defaults(func=cmd_prep)
 
     s = sub.add_parser("make-trials", help="speaker-verification trials for a data dir")
     s.add_argument("data_dir")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--per-utt", type=int, default=4)
+    s.add_argument("--n-trials", type=int, default=2000, help="half same-speaker, half different")
+    s.add_argument("--train-dir", default=None, help="the probe's training data dir: its speakers must not appear")
     s.set_defaults(func=cmd_make_trials)
 
     s = sub.add_parser("compute-feats", help="log-mel features + CMVN stats")
@@ -491,6 +518,16 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--vocoder", default="auto", choices=VOCODERS, help=VOCODER_HELP)
         s.add_argument("--device", default="cpu")
         s.set_defaults(func=fn)
+
+    s = sub.add_parser("probe-summary", help="probe results + CTC ASR -> <exp>/probes/summary.json")
+    s.add_argument("exp_dir", help="the experiment whose probes/<task>/results.json are collected")
+    s.add_argument("--name", default=None)
+    s.add_argument("--features", default="tokens", choices=["tokens", "mel12.5", "mel50"])
+    s.add_argument("--model-dir", default=None, help="tokens: the tokenizer model directory")
+    s.add_argument("--codes-dir", default=None, help="tokens: codes of the CTC-ASR test split")
+    s.add_argument("--dump-dir", default=None, help="the CTC-ASR test split's dump dir (transcripts)")
+    s.add_argument("--beam-size", type=int, default=10)
+    s.set_defaults(func=cmd_probe_summary)
 
     s = sub.add_parser("codes-stats", help="codebook usage / perplexity of a set's codes")
     s.add_argument("codes_dir")

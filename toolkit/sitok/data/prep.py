@@ -10,7 +10,9 @@ Readers:
 * :func:`read_librispeech` — ``<root>/LibriSpeech/<split>/<spk>/<chapter>/*.flac`` with
   ``<spk>-<chapter>.trans.txt``;
 * :func:`read_libritts` — ``<root>/LibriTTS/<split>/<spk>/<chapter>/<utt>.wav`` with
-  ``<utt>.normalized.txt``.
+  ``<utt>.normalized.txt``;
+* ``iemocap``, ``voxceleb1``, ``speech_commands`` — the DASB probe corpora (``sitok.data.dasb_prep``).
+A reader may also yield :class:`Skip` rows for items it leaves out on purpose; they are counted.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def summarize_skips(skips: list[Skip]) -> str:
 
 
 def make_data_dir(
-    entries: Iterable[Entry],
+    entries: Iterable[Entry | Skip],
     out_dir: str,
     *,
     min_duration: float = 0.1,
@@ -78,6 +80,9 @@ def make_data_dir(
     skips: list[Skip] = []
     n_non_ascii = 0
     for e in entries:
+        if isinstance(e, Skip):  # left out by the reader itself (e.g. a label not used): counted here
+            skips.append(e)
+            continue
         if not _UTT_ID.match(e.utt) or not e.utt.startswith(e.speaker):
             skips.append(Skip(e.utt, e.path, "bad-utt-id", "ids need [A-Za-z0-9_.-] and the speaker id as prefix"))
             continue
@@ -193,3 +198,14 @@ def read_libritts(root: str, split: str) -> Iterator[Entry]:
 
 
 READERS = {"mini": read_mini, "librispeech": read_librispeech, "libritts": read_libritts}
+
+
+
+def get_reader(corpus: str):
+    """The reader of ``corpus``: READERS above or a DASB probe corpus (sitok.data.dasb_prep)."""
+    from sitok.data.dasb_prep import READERS as DASB
+
+    readers = {**READERS, **DASB}
+    if corpus not in readers:
+        raise ValueError(f"unknown corpus {corpus!r}; expected one of {sorted(readers)}")
+    return readers[corpus]

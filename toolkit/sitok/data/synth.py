@@ -340,25 +340,6 @@ def read_metadata(root: str) -> list[dict]:
     return rows
 
 
-def make_trials(utt2spk: dict[str, str], seed: int = 0, per_utt: int = 4) -> list[tuple[str, str, str]]:
-    """Speaker-verification trials (target / nontarget, balanced) over the given utterances."""
-    rng = random.Random(seed)
-    by_spk: dict[str, list[str]] = {}
-    for u in sorted(utt2spk):
-        by_spk.setdefault(utt2spk[u], []).append(u)
-    utts = sorted(utt2spk)
-    trials = set()
-    for u in utts:
-        same = [v for v in by_spk[utt2spk[u]] if v != u]
-        other = [v for v in utts if utt2spk[v] != utt2spk[u]]
-        for _ in range(per_utt // 2):
-            if same:
-                trials.add((u, rng.choice(same), "target"))
-            if other:
-                trials.add((u, rng.choice(other), "nontarget"))
-    return sorted(trials)
-
-
 def total_hours(seconds: dict[str, float]) -> str:
     return ", ".join(f"{k} {v / 60:.1f} min" for k, v in sorted(seconds.items())) if seconds else "nothing"
 

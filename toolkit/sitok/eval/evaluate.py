@@ -87,28 +87,39 @@ def ctc_greedy(ids: list[int], blank: int = 0) -> list[int]:
 
 
 @torch.no_grad()
-def ctc_asr(tok, codes: dict, texts: dict) -> dict | None:
-    """Greedy CTC decoding of the tokenizer's own CTC head on the codes -> WER (paper "CTC ASR")."""
+def ctc_asr(tok, codes: dict, texts: dict, beam_size: int = 0) -> dict | None:
+    """The tokenizer's own CTC head on the codes -> WER (paper "CTC ASR"): greedy, and with
+    ``beam_size`` > 0 also speechbrain's CTC prefix beam search (no LM)."""
     import sentencepiece as spm
 
     from sitok.infer.sets import length_batches
     from sitok.layers import lengths_to_mask
+    from sitok.probes.brain import ctc_beam_searcher
 
     sp_path = os.path.join(tok.model_dir or "", "sp.model")
     if tok.model.ctc is None or tok.model.config.ctc_weight == 0 or not os.path.exists(sp_path):
         return None  # no CTC head, or one never trained (weight 0): the paper's "-"
     sp = spm.SentencePieceProcessor(model_file=sp_path)
-    hyps = {}
+    searcher = ctc_beam_searcher(sp, beam_size) if beam_size > 0 else None
+    hyps, beam_hyps = {}, {}
     for batch in length_batches({u: c.shape[1] for u, c in codes.items()}):
         lengths = torch.tensor([codes[u].shape[1] for u in batch])
         c = torch.nn.utils.rnn.pad_sequence([codes[u].T for u in batch], batch_first=True).transpose(1, 2)
         mask = lengths_to_mask(lengths, c.shape[2]).to(tok.device)
-        best = tok.model.ctc_logits(c.to(tok.device), mask).argmax(-1).cpu()  # causal: padding never leaks back
+        log_probs = tok.model.ctc_logits(c.to(tok.device), mask).log_softmax(-1).cpu()  # causal: no leak back
+        best = log_probs.argmax(-1)
         for i, u in enumerate(batch):
             hyps[u] = sp.decode(ctc_greedy(best[i, : lengths[i]].tolist()))
+        if searcher is not None:
+            for u, h in zip(batch, searcher(log_probs, lengths.float() / log_probs.shape[1])):
+                beam_hyps[u] = h[0].text
     utts = sorted(codes)
-    return {"ctc_asr_wer": 100 * word_error_rate([texts[u] for u in utts], [hyps[u] for u in utts]),
-            "ctc_decoding": "greedy"}
+    refs = [texts[u] for u in utts]
+    out = {"ctc_asr_wer": 100 * word_error_rate(refs, [hyps[u] for u in utts]), "ctc_decoding": "greedy"}
+    if searcher is not None:
+        out.update({"ctc_asr_wer_beam": 100 * word_error_rate(refs, [beam_hyps[u] for u in utts]),
+                    "ctc_beam_size": beam_size, "ctc_decoding": "greedy + beam"})  # fmt: skip
+    return out
 
 
 def _score(judges: dict, ref: dict, hyp: dict, texts: dict, sr: int, progress: bool, desc: str) -> tuple[dict, dict]:

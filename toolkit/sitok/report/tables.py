@@ -1,7 +1,8 @@
 """Evaluation summaries -> tables in the layout of the paper's Tables 1, 2, 3, 5, 6 and 9.
 
 Input: the ``summary.json`` files of the evaluate stage (``<exp>/eval/<set>/summary.json``),
-optionally the probe results of an experiment (``<exp>/probes/summary.json``: ER, SV, KS, ASR).
+optionally the probe results of an experiment (``<exp>/probes/summary.json``: ER, SV, KS, ASR);
+experiments with probe results only (continuous features) add rows to Table 2.
 Each model contributes one row, at its *reported setting* (Euler steps, token-CFG scale,
 vocoder; chosen by the caller, never by the test scores). Every table carries our numbers and,
 in columns labelled "paper", the paper's numbers for the row that matches the configuration.
@@ -110,10 +111,34 @@ def model_rows(summaries: list[dict], steps: int | None = None, cfg_scale: float
             "mos_judge": "UTMOS" if r.get("utmos") is not None else "DNSMOS OVRL",
             "pesq": r.get("pesq"), "stoi": r.get("stoi"), "mel_l1": r.get("mel_l1"), "decoder_rtf": r.get("decoder_rtf"),
             "ctc_asr": m.get("ctc_asr_wer") if cfg["ctc_weight"] > 0 else None,  # untrained head: "-"
-            "asr": probes.get("asr_wer"), "er": probes.get("er_accuracy"),
-            "sv": probes.get("sv_eer"), "ks": probes.get("ks_accuracy"),
+            **probe_columns(probes),
         })  # fmt: skip
+        if rows[-1]["ctc_asr"] is None or cfg["ctc_weight"] == 0:
+            rows[-1]["ctc_asr_beam"] = None
     return pd.DataFrame(rows)
+
+
+def probe_columns(probes: dict) -> dict:
+    """The understanding columns of one ``<exp>/probes/summary.json`` (empty dict: all None)."""
+    cols = {"asr": probes.get("asr_wer"), "asr_beam": probes.get("asr_wer_beam"), "er": probes.get("er_accuracy"),
+            "sv": probes.get("sv_eer"), "sv_min_dcf": probes.get("sv_min_dcf"), "ks": probes.get("ks_accuracy"),
+            "ctc_asr_beam": probes.get("ctc_asr_wer_beam")}  # fmt: skip
+    return cols
+
+
+def find_probe_summaries(paths: list[str]) -> list[dict]:
+    """``<path>/probes/summary.json`` of experiments that have probe results but no evaluation
+    summary (continuous-feature baselines, tokenizers only probed)."""
+    out = []
+    for p in paths:
+        f = os.path.join(p, "probes", "summary.json")
+        if os.path.isdir(p) and os.path.isfile(f) and not glob.glob(os.path.join(p, "eval", "*", "summary.json")):
+            with open(f, encoding="utf-8") as fh:
+                s = json.load(fh)
+            if s.get("format") != "sitok-probes-1":
+                raise ValueError(f"{f}: not a sitok probe summary (format {s.get('format')!r})")
+            out.append(s)
+    return out
 
 
 def groundtruth_row(summaries: list[dict], vocoder: str | None = None) -> dict | None:
@@ -163,22 +188,40 @@ def table1(df: pd.DataFrame, gt: dict | None) -> pd.DataFrame:
 
 
 UNDERSTANDING = [("ctc_asr", "CTC ASR"), ("asr", "ASR"), ("er", "ER"), ("sv", "SV"), ("ks", "KS")]
+EXTRA_UNDERSTANDING = [("ctc_asr_beam", "CTC ASR (beam)"), ("asr_beam", "ASR (beam)"), ("sv_min_dcf", "SV minDCF")]
+FEATURE_LABELS = {"mel12.5": "Mel (continuous, 12.5 Hz stacked)", "mel50": "Mel (continuous, 50 Hz)"}
 
 
-def table2(df: pd.DataFrame) -> pd.DataFrame:
-    """Understanding: compression figures, CTC ASR and the probes (ER, SV, KS, ASR)."""
+def table2(df: pd.DataFrame, probe_only: list[dict] = ()) -> pd.DataFrame:
+    """Understanding: compression figures, CTC ASR and the probes (ER, SV, KS, ASR; greedy and
+    beam WER, SV minDCF). Rows: every base model of ``df``, then probe-only experiments
+    (continuous features as the upper baseline; their CN/CS/bit-rate are "-")."""
     out = []
     for _, r in df[df["refine"].isna()].iterrows():
         p = next((x for x in paper.TABLE2 if x["row"] == f"SiTok (CN = {r['cn']})"), None)
         if r["loss"] != "D" or r["ctc_weight"] == 0 or r["quantizer"] == "fsq" or r["light_head"]:
             p = None
-        row = {"model": f"SiTok (CN = {r['cn']})", "experiment": r["experiment"], "FPS/TPS": _fps_tps(r),
-               "CN/CS": f"{r['cn']}/{r['cs']}", "BR (kbps)": r["kbps"]}  # fmt: skip
-        row.update({label: r[k] for k, label in UNDERSTANDING})
+        row = {"model": f"SiTok (CN = {r['cn']})", "experiment": r["experiment"], "CTC Reg.": _ctc_label(r["ctc_weight"]),
+               "FPS/TPS": _fps_tps(r), "CN/CS": f"{r['cn']}/{r['cs']}", "BR (kbps)": r["kbps"]}  # fmt: skip
+        row.update({label: r.get(k) for k, label in UNDERSTANDING + EXTRA_UNDERSTANDING})
         row["paper row"] = p["row"] if p else ""
         row.update({f"paper {label}": (p[k] if p else None) for k, label in UNDERSTANDING})
         out.append(row)
+    for s in probe_only:
+        tokens = s["features"] == "tokens"
+        row = {"model": f"SiTok (CN = {s['cn']})" if tokens else FEATURE_LABELS.get(s["features"], s["features"]),
+               "experiment": s["name"], "CTC Reg.": "", "FPS/TPS": f"{s['fps']:g}/{s['tps']:g}" if tokens else f"{s['fps']:g}/-",
+               "CN/CS": f"{s['cn']}/{s['cs']}" if tokens else "-", "BR (kbps)": s["kbps"]}  # fmt: skip
+        cols = {"ctc_asr": s.get("ctc_asr_wer"), **probe_columns(s)}
+        row.update({label: cols.get(k) for k, label in UNDERSTANDING + EXTRA_UNDERSTANDING})
+        row["paper row"] = ""
+        row.update({f"paper {label}": None for _, label in UNDERSTANDING})
+        out.append(row)
     return pd.DataFrame(out)
+
+
+def _ctc_label(weight) -> str:
+    return f"Yes ({weight:g})" if weight and weight > 0 else "No"
 
 
 def table3(df: pd.DataFrame) -> pd.DataFrame:

@@ -13,4 +13,4 @@ for split in train dev test test_unseen ks_train ks_dev ks_test; do
     "${python}" -m sitok.cli prep --corpus mini --root "${corpus_dir}" --split "${split}" --out "${datadir}/${split}" \
         --min-duration "${min_duration}" --max-duration "${max_duration}"
 done
-"${python}" -m sitok.cli make-trials "${datadir}/test_unseen"
+"${python}" -m sitok.cli make-trials "${datadir}/test_unseen" --train-dir "${datadir}/train"

@@ -1,0 +1,1 @@
+"""DASB-style downstream probes on frozen tokens or continuous features (issue: Table 2)."""

@@ -1,0 +1,361 @@
+"""DASB-style probes on frozen features: the SpeechBrain Brains and the recipe body.
+
+    front end (tokens | mel)  ->  head  ->  loss
+    ER, KS:  ECAPA-TDNN -> cosine classifier, additive angular margin (AAM) softmax -> accuracy
+    SV:      the same, trained on the training speakers -> embeddings of held-out speakers ->
+             cosine scores of a trial list -> EER, minDCF (speechbrain.utils.metric_stats)
+    ASR:     (upsample) -> 2-layer BiLSTM -> linear -> CTC -> greedy and beam WER
+
+The best checkpoint by validation error (classification error or greedy WER) is the one tested.
+Each probe writes ``<exp_dir>/results.json`` (metrics, counts, wall time) and, for SV, the trial
+list and its scores; ASR writes the hypotheses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import speechbrain as sb
+import torch
+
+from sitok.eval.evaluate import ctc_greedy
+from sitok.fileio import atomic_open, write_text_atomic
+from sitok.probes.data import (FeatureReader, feature_paths, load_set, make_dataset, make_trials, read_trials,
+                               write_trials)  # fmt: skip
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("er", "ks", "sv", "asr")
+LABEL_FILES = {"er": "utt2label", "ks": "utt2label", "sv": "utt2spk", "asr": "text"}
+
+
+def _targets(batch, device) -> torch.Tensor:
+    return batch.target.data.to(device) if hasattr(batch.target, "data") else torch.as_tensor(batch.target, device=device)
+
+
+class _Budget:
+    """Stop before an epoch that would end past ``max_train_minutes`` (judged by the mean epoch
+    time so far; 0: no budget). The number of epochs done goes to results.json."""
+
+    def check_budget(self, epoch) -> None:
+        self.epochs_done = epoch
+        budget = float(getattr(self.hparams, "max_train_minutes", 0) or 0)
+        elapsed = time.time() - self.t_start
+        per_epoch = (time.time() - self.t_fit) / max(1, epoch - self.first_epoch + 1)
+        if budget and elapsed + per_epoch > 60 * budget and epoch < self.hparams.epoch_counter.limit:
+            logger.info("training budget of %g min: %.1f min used, an epoch takes %.1f min: stopping after "
+                        "epoch %d of %d", budget, elapsed / 60, per_epoch / 60, epoch,
+                        self.hparams.epoch_counter.limit)  # fmt: skip
+            self.hparams.epoch_counter.limit = epoch
+
+    def on_fit_start(self):
+        super().on_fit_start()  # recovers the last checkpoint: the epoch counter resumes
+        self.t_fit, self.first_epoch = time.time(), self.hparams.epoch_counter.current + 1
+
+
+class ClassifierProbe(_Budget, sb.Brain):
+    """ER / KS / SV: front end -> ECAPA-TDNN embedding -> cosine classifier (AAM loss)."""
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        feats, lens = batch.feats
+        x = self.modules.frontend(feats)
+        emb = self.modules.encoder(x, lens)  # [B, 1, E]
+        return self.modules.classifier(emb), emb
+
+    def compute_objectives(self, predictions, batch, stage):
+        cosine, _ = predictions  # [B, 1, C]
+        target = _targets(batch, self.device).long().view(-1, 1)  # [B, 1]
+        loss = self.hparams.compute_cost(cosine, target)
+        if stage != sb.Stage.TRAIN:
+            pred = cosine.squeeze(1).argmax(dim=-1)
+            self.n_correct += int((pred == target[:, 0]).sum())
+            self.n_seen += int(target.shape[0])
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        self.n_correct, self.n_seen = 0, 0
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        acc = self.n_correct / max(1, self.n_seen)
+        stats = {"loss": stage_loss, "error": 1.0 - acc, "accuracy": acc}
+        if stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats({"epoch": epoch}, train_stats={"loss": self.train_loss},
+                                                valid_stats=stats)  # fmt: skip
+            self.checkpointer.save_and_keep_only(meta={"error": stats["error"]}, min_keys=["error"])
+            self.check_budget(epoch)
+        else:
+            self.test_stats = stats
+
+    @torch.no_grad()
+    def embeddings(self, dataset) -> dict:
+        """utt -> L2-normalised embedding, for every utterance of ``dataset`` (eval mode)."""
+        self.modules.eval()
+        loader = sb.dataio.dataloader.make_dataloader(dataset, batch_size=self.hparams.batch_size)
+        out = {}
+        for batch in loader:
+            _, emb = self.compute_forward(batch, sb.Stage.TEST)
+            emb = torch.nn.functional.normalize(emb.squeeze(1), dim=-1).cpu()
+            out.update(zip(batch.id, emb))
+        return out
+
+
+class CTCProbe(_Budget, sb.Brain):
+    """ASR: front end -> (x upsample) -> BiLSTM -> linear -> CTC over the recipe's SentencePiece units."""
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        feats, lens = batch.feats
+        x = self.modules.frontend(feats)  # [B, T, D]
+        up = int(self.hparams.upsample)
+        if up > 1:
+            x = x.repeat_interleave(up, dim=1)
+        T = x.shape[1]
+        n = torch.clamp(torch.round(lens * T).long(), 1, T).cpu()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, n, batch_first=True, enforce_sorted=False)
+        h, _ = self.modules.lstm(packed)
+        h, _ = torch.nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=T)
+        return self.modules.ctc_lin(h).log_softmax(dim=-1), n  # [B, T, V], [B]
+
+    def compute_objectives(self, predictions, batch, stage):
+        log_probs, n = predictions
+        tokens, tok_lens = batch.target
+        loss = torch.nn.functional.ctc_loss(
+            log_probs.transpose(0, 1), tokens.to(self.device).long(), n.to(self.device),
+            torch.round(tok_lens * tokens.shape[1]).long().to(self.device), blank=0, zero_infinity=True,
+        )  # fmt: skip
+        if stage != sb.Stage.TRAIN:
+            best = log_probs.argmax(-1).cpu()
+            for i, u in enumerate(batch.id):
+                self.hyps["greedy"][u] = self.sp.decode(ctc_greedy(best[i, : n[i]].tolist()))
+            if stage == sb.Stage.TEST and self.beam_searcher is not None:
+                lens = n.float() / log_probs.shape[1]
+                for u, hyp in zip(batch.id, self.beam_searcher(log_probs.cpu(), lens)):
+                    self.hyps["beam"][u] = hyp[0].text
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        self.hyps = {"greedy": {}, "beam": {}}
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        wer = self.wer(self.hyps["greedy"])
+        stats = {"loss": stage_loss, "wer": wer}
+        if stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats({"epoch": epoch}, train_stats={"loss": self.train_loss},
+                                                valid_stats=stats)  # fmt: skip
+            self.checkpointer.save_and_keep_only(meta={"wer": wer}, min_keys=["wer"])
+            self.check_budget(epoch)
+        else:
+            if self.hyps["beam"]:
+                stats["wer_beam"] = self.wer(self.hyps["beam"])
+            self.test_stats = stats
+
+    def wer(self, hyps: dict) -> float:
+        from sitok.eval.asr import word_error_rate
+
+        utts = sorted(hyps)
+        return 100 * word_error_rate([self.refs[u] for u in utts], [hyps[u] for u in utts])
+
+
+def ctc_beam_searcher(sp, beam_size: int = 10):
+    """speechbrain's CTC prefix beam search over SentencePiece units (blank = id 0), no LM."""
+    from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
+
+    vocab = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    return CTCPrefixBeamSearcher(blank_index=0, vocab_list=vocab, beam_size=beam_size)
+
+
+def ctc_frames_needed(ids: list[int]) -> int:
+    """Frames a CTC alignment of ``ids`` needs: one per unit + one blank between equal neighbours."""
+    return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
+
+
+# ---------------------------------------------------------------------------------------
+# recipe body
+# ---------------------------------------------------------------------------------------
+def _datasets(hparams, encode, label_file):
+    """train / valid / test datasets of the probe's sets, with their counts."""
+    sets, counts = {}, {}
+    for split in ("train", "valid", "test"):
+        name = hparams[f"{split}_set"]
+        scp, cmvn = feature_paths(hparams["features"], name, hparams["dump_dir"], hparams.get("codes_root"),
+                                  hparams["cmvn"])  # fmt: skip
+        items, counts[split] = load_set(hparams["dump_dir"], name, label_file, scp)
+        sets[split] = (items, FeatureReader(scp, cmvn))
+    return sets, counts
+
+
+def _finish(hparams, results: dict, t0: float) -> None:
+    results["wall_seconds"] = round(time.time() - t0, 1)
+    path = os.path.join(hparams["exp_dir"], "results.json")
+    write_text_atomic(path, json.dumps(results, indent=1) + "\n")
+    logger.info("probe %s on %s: %s -> %s", hparams["task"], hparams["features"],
+                {k: v for k, v in results.items() if k in ("accuracy", "eer", "min_dcf", "wer", "wer_beam")}, path)  # fmt: skip
+
+
+def _fit(brain, hparams, train, valid, t0):
+    brain.t_start, brain.epochs_done = t0, None
+    brain.fit(brain.hparams.epoch_counter, train, valid,
+              train_loader_kwargs={"batch_size": hparams["batch_size"], "shuffle": True, "num_workers": 0},
+              valid_loader_kwargs={"batch_size": hparams["batch_size"], "num_workers": 0})  # fmt: skip
+
+
+def run_classifier(hparams, run_opts, t0) -> None:
+    task, label_file = hparams["task"], LABEL_FILES[hparams["task"]]
+    sets, counts = _datasets(hparams, None, label_file)
+    train_items = sets["train"][0]
+    classes = sorted(set(train_items.values()))
+    index = {c: i for i, c in enumerate(classes)}
+    results = {"task": task, "features": hparams["features"], "classes": len(classes), "counts": counts}
+    if task == "sv":  # validation: the training speakers' held-out utterances (classification error)
+        left = {u: s for u, s in sets["valid"][0].items() if s not in index}
+        sets["valid"] = ({u: s for u, s in sets["valid"][0].items() if s in index}, sets["valid"][1])
+        counts["valid"]["not_a_training_speaker"] = len(left)
+    else:
+        unknown = sorted({lab for split in ("valid", "test") for lab in sets[split][0].values()} - set(classes))
+        if unknown:
+            raise ValueError(f"{hparams['dump_dir']}: labels {unknown[:5]} of the valid/test sets are not in the "
+                             f"training set {hparams['train_set']}")  # fmt: skip
+    ds = {s: make_dataset(items, reader, index.get) for s, (items, reader) in sets.items() if s != "test"}
+    modules = hparams["modules"]
+    modules["classifier"] = hparams["classifier_class"](out_neurons=len(classes))
+    hparams["checkpointer"].add_recoverable("classifier", modules["classifier"])
+    brain = ClassifierProbe(modules=modules, opt_class=hparams["opt_class"], hparams=hparams, run_opts=run_opts,
+                            checkpointer=hparams["checkpointer"])  # fmt: skip
+    results["parameters"] = sum(p.numel() for p in brain.modules.parameters())
+    _fit(brain, hparams, ds["train"], ds["valid"], t0)
+    results.update({"epochs": brain.epochs_done, "epoch_limit": hparams["number_of_epochs"]})
+    if task != "sv":
+        test = make_dataset(sets["test"][0], sets["test"][1], index.get)
+        brain.evaluate(test, min_key="error", test_loader_kwargs={"batch_size": hparams["batch_size"]})
+        results.update({"accuracy": 100 * brain.test_stats["accuracy"], "n_test": brain.n_seen})
+        return _finish(hparams, results, t0)
+    # SV: held-out speakers only; trial list generated once (or given), saved with the results
+    test_items = sets["test"][0]
+    trials_path = os.path.join(hparams["exp_dir"], "trials")
+    if hparams.get("trials_file"):
+        trials = read_trials(hparams["trials_file"])
+    elif os.path.exists(trials_path):
+        trials = read_trials(trials_path)
+    else:
+        trials = make_trials(test_items, hparams["n_trials"], hparams["seed"], exclude_speakers=classes)
+    bad = sorted({u for _, a, b in trials for u in (a, b) if u not in test_items})
+    if bad:
+        raise ValueError(f"trial list uses {len(bad)} utterances without features in {hparams['test_set']}: {bad[:3]}")
+    overlap = sorted({test_items[u] for _, a, b in trials for u in (a, b)} & set(classes))
+    if overlap:
+        raise ValueError(f"trial speakers {overlap[:5]} are training speakers: trials must use held-out speakers")
+    write_trials(trials_path, trials)
+    brain.checkpointer.recover_if_possible(min_key="error")
+    emb = brain.embeddings(make_dataset({u: 0 for u in test_items}, sets["test"][1]))
+    scores = [(lab, a, b, float((emb[a] * emb[b]).sum())) for lab, a, b in trials]
+    with atomic_open(os.path.join(hparams["exp_dir"], "scores.txt")) as fh:
+        for lab, a, b, s in scores:
+            fh.write(f"{lab} {a} {b} {s:.6f}\n")
+    eer, dcf = sv_metrics([s for lab, _, _, s in scores if lab == 1], [s for lab, _, _, s in scores if lab == 0])
+    results.update({"eer": eer, "min_dcf": dcf, "n_trials": len(trials), "trials": trials_path,
+                    "trial_speakers": len({test_items[u] for _, a, b in trials for u in (a, b)})})  # fmt: skip
+    _finish(hparams, results, t0)
+
+
+def sv_metrics(positive: list[float], negative: list[float], p_target: float = 0.01) -> tuple[float, float]:
+    """EER (%) and normalised minDCF (p_target, c_miss = c_fa = 1) with speechbrain.utils.metric_stats.
+
+    speechbrain's minDCF is the raw detection cost; it is divided by the cost of the best trivial
+    system, min(p_target, 1 - p_target), as in the NIST/VoxCeleb convention (1.0 = no better than
+    always rejecting)."""
+    from speechbrain.utils.metric_stats import EER, minDCF
+
+    pos, neg = torch.tensor(positive), torch.tensor(negative)
+    eer, _ = EER(pos, neg)
+    dcf, _ = minDCF(pos, neg, c_miss=1.0, c_fa=1.0, p_target=p_target)
+    return 100 * float(eer), float(dcf) / min(p_target, 1 - p_target)
+
+
+def run_asr(hparams, run_opts, t0) -> None:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=hparams["sp_model"])
+    sets, counts = _datasets(hparams, None, "text")
+    for split, (items, reader) in list(sets.items()):  # non-speech markers (<silence>, <no_transcript>)
+        markers = [u for u, t in items.items() if t.startswith("<")]
+        if markers:
+            logger.warning("%s: %d utterances with a non-speech marker instead of a transcript: left out",
+                           hparams[f"{split}_set"], len(markers))  # fmt: skip
+            counts[split]["no_transcript"] = len(markers)
+            sets[split] = ({u: t for u, t in items.items() if not t.startswith("<")}, reader)
+            if not sets[split][0]:
+                raise ValueError(f"{hparams[f'{split}_set']}: no transcribed utterance for the ASR probe")
+    up = int(hparams["upsample"])
+    rate = hparams["modules"]["frontend"].frame_rate * up
+    fits = {}
+    for split, (items, reader) in sets.items():  # every target must fit its CTC input length
+        dur = _durations(hparams["dump_dir"], hparams[f"{split}_set"])
+        bad = [u for u, t in items.items() if ctc_frames_needed(sp.encode(t)) > int(dur[u] * rate)]
+        fits[split] = {"targets_too_long": len(bad), "of": len(items)}
+        if bad and split != "test":  # train/valid: left out (counted); test: kept and scored as they come
+            logger.warning("%s: %d of %d targets need more CTC frames than %.1f frames/s give: left out (%s ...)",
+                           hparams[f"{split}_set"], len(bad), len(items), rate, bad[:3])  # fmt: skip
+            sets[split] = ({u: t for u, t in items.items() if u not in set(bad)}, reader)
+        elif bad:
+            logger.warning("%s: %d of %d test targets cannot fit (scored anyway)", hparams["test_set"], len(bad),
+                           len(items))  # fmt: skip
+    encode = lambda t: torch.tensor(sp.encode(t), dtype=torch.long)  # noqa: E731
+    ds = {s: make_dataset(items, reader, encode) for s, (items, reader) in sets.items()}
+    modules = hparams["modules"]
+    modules["ctc_lin"] = hparams["ctc_lin_class"](n_neurons=sp.get_piece_size())
+    hparams["checkpointer"].add_recoverable("ctc_lin", modules["ctc_lin"])
+    brain = CTCProbe(modules=modules, opt_class=hparams["opt_class"], hparams=hparams, run_opts=run_opts,
+                     checkpointer=hparams["checkpointer"])  # fmt: skip
+    brain.sp, brain.beam_searcher = sp, None
+    brain.refs = {u: t for items, _ in sets.values() for u, t in items.items()}
+    results = {"task": "asr", "features": hparams["features"], "units": f"sentencepiece:{sp.get_piece_size()}",
+               "upsample": up, "ctc_frame_rate": rate, "target_fit": fits, "counts": counts,
+               "parameters": sum(p.numel() for p in brain.modules.parameters())}  # fmt: skip
+    _fit(brain, hparams, ds["train"], ds["valid"], t0)
+    results.update({"epochs": brain.epochs_done, "epoch_limit": hparams["number_of_epochs"]})
+    brain.beam_searcher = ctc_beam_searcher(sp, hparams["beam_size"])
+    brain.evaluate(ds["test"], min_key="wer", test_loader_kwargs={"batch_size": hparams["batch_size"]})
+    with atomic_open(os.path.join(hparams["exp_dir"], "hyps.txt")) as fh:
+        for u in sorted(brain.hyps["greedy"]):
+            fh.write(f"{u}\tgreedy\t{brain.hyps['greedy'][u]}\n{u}\tbeam\t{brain.hyps['beam'].get(u, '')}\n")
+    results.update({"wer": brain.test_stats["wer"], "wer_beam": brain.test_stats.get("wer_beam"),
+                    "beam_size": hparams["beam_size"], "n_test": len(brain.hyps["greedy"])})  # fmt: skip
+    _finish(hparams, results, t0)
+
+
+def _durations(dump_dir: str, set_name: str) -> dict:
+    from sitok.data.kaldi import read_table
+
+    return {u: float(d) for u, d in read_table(os.path.join(dump_dir, set_name, "utt2dur")).items()}
+
+
+def run_probe(argv: list[str]) -> None:
+    """The body of recipes/probes/<task>/train.py: hparams + overrides -> experiment dir -> probe."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    t0 = time.time()
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as fh:
+        hparams = load_hyperpyyaml(fh, overrides)
+    if hparams["task"] not in TASKS:
+        raise ValueError(f"{hparams_file}: task must be one of {TASKS}, got {hparams['task']!r}")
+    sb.create_experiment_directory(experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file,
+                                   overrides=overrides)  # fmt: skip
+    source = hparams["codes_root"] if hparams["features"] == "tokens" else f"{hparams['dump_dir']}/*/feats.scp"
+    logger.info("probe %s on %s features (%s) -> %s", hparams["task"], hparams["features"], source, hparams["exp_dir"])
+    (run_asr if hparams["task"] == "asr" else run_classifier)(hparams, run_opts, t0)
+
+
+if __name__ == "__main__":
+    run_probe(sys.argv[1:])

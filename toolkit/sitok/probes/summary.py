@@ -1,0 +1,89 @@
+"""One experiment's understanding results: ``<exp>/probes/summary.json`` (report Table 2).
+
+Collects each probe's ``<exp>/probes/<task>/results.json`` and, for token features, the
+tokenizer's own CTC head on the test split (greedy and beam WER, paper's "CTC ASR"), with the
+compression facts of the features (FPS, TPS, CN, CS, bit-rate). Keys read by the report:
+``er_accuracy``, ``sv_eer``, ``ks_accuracy``, ``asr_wer`` (+ ``asr_wer_beam``, ``sv_min_dcf``,
+``ctc_asr_wer``, ``ctc_asr_wer_beam``) and ``<task>_wall_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+from sitok.fileio import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+METRICS = {"er": {"accuracy": "er_accuracy"}, "ks": {"accuracy": "ks_accuracy"},
+           "sv": {"eer": "sv_eer", "min_dcf": "sv_min_dcf"}, "asr": {"wer": "asr_wer", "wer_beam": "asr_wer_beam"}}  # fmt: skip
+
+
+def feature_facts(features: str, model_dir: str | None = None) -> dict:
+    """FPS, TPS, CN, CS and bit-rate of the probed features (continuous features: no CN/CS/rate)."""
+    if features == "tokens":
+        from sitok.cli import load_model_config
+
+        cfg = load_model_config(model_dir)
+        fps = cfg["mel_rate"] / cfg["stack"]
+        cn, cs = cfg["num_codebooks"], cfg["codebook_size"]
+        return {"fps": fps, "tps": fps * cn, "cn": cn, "cs": cs, "kbps": fps * cn * math.log2(cs) / 1000}
+    fps = {"mel12.5": 12.5, "mel50": 50.0}[features]
+    return {"fps": fps, "tps": None, "cn": None, "cs": None, "kbps": None}
+
+
+def collect(exp_dir: str, name: str, features: str, model_dir: str | None = None, codes_dir: str | None = None,
+            dump_dir: str | None = None, beam_size: int = 10) -> dict:  # fmt: skip
+    """Write ``<exp_dir>/probes/summary.json`` from the finished probes (+ CTC ASR for tokens)."""
+    probes_dir = os.path.join(exp_dir, "probes")
+    out = {"format": "sitok-probes-1", "name": name, "features": features, "model_dir": model_dir,
+           **feature_facts(features, model_dir), "tasks": {}}  # fmt: skip
+    for task, keys in METRICS.items():
+        path = os.path.join(probes_dir, task, "results.json")
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as fh:
+            res = json.load(fh)
+        out["tasks"][task] = res
+        for k, key in keys.items():
+            out[key] = res.get(k)
+        out[f"{task}_wall_seconds"] = res.get("wall_seconds")
+    if features == "tokens" and codes_dir and dump_dir:
+        out.update(ctc_asr_on_codes(model_dir, codes_dir, dump_dir, beam_size))
+    path = os.path.join(probes_dir, "summary.json")
+    write_text_atomic(path, json.dumps(out, indent=1) + "\n")
+    logger.info("%s: %s", path, {k: out.get(k) for k in ("er_accuracy", "sv_eer", "ks_accuracy", "asr_wer",
+                                                          "ctc_asr_wer", "ctc_asr_wer_beam")})  # fmt: skip
+    return out
+
+
+def ctc_asr_on_codes(model_dir: str, codes_dir: str, dump_dir: str, beam_size: int = 10) -> dict:
+    """Greedy + beam WER of the tokenizer's CTC head on the dumped codes of one split."""
+    import kaldiio
+    import torch
+
+    from sitok.data.kaldi import read_table
+    from sitok.eval.evaluate import ctc_asr
+    from sitok.infer import Tokenizer
+
+    t0 = time.time()
+    tok = Tokenizer.from_pretrained(model_dir, vocoder="griffin_lim")
+    scp = read_table(os.path.join(codes_dir, "codes.scp"))
+    texts = read_table(os.path.join(dump_dir, "text"))
+    texts = {u: t for u, t in texts.items() if not t.startswith("<")}  # markers, not transcripts
+    codes = {u: torch.from_numpy(kaldiio.load_mat(p).copy()).long() for u, p in scp.items() if u in texts}
+    if not codes:
+        return {"ctc_asr_wer": None, "ctc_asr_wer_beam": None, "ctc_asr_note": f"{dump_dir}: no transcripts"}
+    missing = len(scp) - len(codes)
+    if missing:
+        logger.warning("%s: %d utterances of %s have no transcript: left out of CTC ASR", dump_dir, missing, codes_dir)
+    res = ctc_asr(tok, codes, texts, beam_size=beam_size)
+    if res is None:
+        return {"ctc_asr_wer": None, "ctc_asr_wer_beam": None, "ctc_asr_note": "no trained CTC head (weight 0)"}
+    res.update({"ctc_asr_utts": len(codes), "ctc_asr_seconds": round(time.time() - t0, 1),
+                "ctc_asr_set": os.path.basename(os.path.normpath(dump_dir))})  # fmt: skip
+    return res
