@@ -23,7 +23,7 @@ from sitok.infer.vocoder import (
     load_vocoder,
 )
 from sitok.models.vocos import Vocos, VocosConfig
-from sitok.train.vocoder import read_train_stats
+from sitok.train.vocoder import SegmentCropper, load_generator_weights, read_train_stats
 from test_train import tiny_dump  # noqa: F401  (the module-scoped tiny corpus + dump fixture)
 
 TRAIN = os.path.join(ROOT, "recipes", "vocoder", "train.py")
@@ -232,6 +232,60 @@ def test_train_export_kill_and_resume(tiny_dump):  # noqa: F811
     sa = torch.load(ref / "model" / "model.pt", weights_only=True)
     sb = torch.load(exp / "model" / "model.pt", weights_only=True)
     assert all(torch.allclose(sa[k], sb[k], rtol=1e-5, atol=1e-6) for k in sa)
+
+
+def test_init_from_and_checkpoint_interval(tiny_dump, tmp_path):  # noqa: F811
+    """--init_from starts the generator from an exported vocoder; checkpoint_every_epochs=2 over
+    3 epochs saves after epoch 2 and at the last epoch only."""
+    root, _ = tiny_dump
+    export_vocoder(tiny_generator(seed=5), str(tmp_path / "init"))
+    exp = tmp_path / "exp"
+    r = run(train_args(root, exp, epochs=3) + ["--init_from", str(tmp_path / "init"), "--checkpoint_every_epochs", "2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (exp / "log.txt").read_text()
+    assert "generator initialised from " + str(tmp_path / "init" / "model.pt") in log
+    saved = [ln for ln in log.splitlines() if "Saved an end-of-epoch checkpoint" in ln]
+    assert len(saved) == 2, saved
+    assert [s["epoch"] for s in read_train_stats(str(exp))] == [1, 2, 3]
+
+
+def test_load_generator_weights(tmp_path):
+    export_vocoder(tiny_generator(seed=5), str(tmp_path / "model" / "vocoder"))
+    g = tiny_generator(seed=6)
+    assert not all(torch.equal(a, b) for a, b in zip(g.state_dict().values(), tiny_generator(seed=5).state_dict().values()))
+    load_generator_weights(g, str(tmp_path / "model"))  # a model directory holding vocoder/
+    ref = tiny_generator(seed=5).state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in g.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_generator_weights(g, str(tmp_path / "nowhere"))
+    with pytest.raises(RuntimeError):  # another architecture
+        load_generator_weights(Vocos(VocosConfig(dim=48, intermediate=64, layers=1)), str(tmp_path / "model"))
+
+
+class _Crops(torch.utils.data.Dataset):
+    def __init__(self, cropper):
+        self.cropper = cropper
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return self.cropper.start_frame(f"utt{i}", 500)
+
+
+def test_cropper_epoch_reaches_persistent_workers():
+    """Persistent data-loader workers hold a copy of the cropper made when they were forked:
+    the epoch set in the main process must still change their crops."""
+    cropper = SegmentCropper(seed=1, segment_frames=50, hop=480)
+    loader = torch.utils.data.DataLoader(_Crops(cropper), batch_size=8, num_workers=1, persistent_workers=True)
+    seen = []
+    for epoch in (0, 1, 2):
+        cropper.epoch = epoch
+        seen.append(next(iter(loader)).tolist())
+    for epoch, starts in enumerate(seen):
+        cropper.epoch = epoch
+        assert starts == [cropper.start_frame(f"utt{i}", 500) for i in range(8)]
+    assert seen[0] != seen[1] != seen[2]
 
 
 def test_evaluate_script(tiny_dump, tmp_path):  # noqa: F811

@@ -19,7 +19,7 @@ import sys
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from sitok.infer.vocoder import export_vocoder
-from sitok.train.vocoder import VocoderBrain, dataio_prepare
+from sitok.train.vocoder import VocoderBrain, dataio_prepare, load_generator_weights
 
 
 def main(argv):
@@ -31,8 +31,12 @@ def main(argv):
     datasets, cropper, stats = dataio_prepare(hparams)
     sampler = sb.dataio.sampler.ReproducibleRandomSampler(datasets["train"], seed=hparams["seed"])
     stats["train_batches_per_epoch"] = len(datasets["train"]) // hparams["batch_size"]
+    # workers are forked once, not every epoch (short epochs on a fast device spent seconds on it)
+    workers = {"num_workers": hparams["num_workers"], "persistent_workers": hparams["num_workers"] > 0}
     brain = VocoderBrain(modules=hparams["modules"], hparams=hparams, run_opts=run_opts,
                          checkpointer=hparams["checkpointer"])  # fmt: skip
+    if hparams.get("init_from"):  # start the generator from an exported vocoder (a resumed run's checkpoint wins)
+        load_generator_weights(brain.modules.generator, hparams["init_from"])
     brain.data_stats = stats
     brain.train_cropper = cropper  # crops depend on (seed, epoch, utterance) only
     brain.train_sampler = sampler  # Brain calls set_epoch(): the order depends on (seed, epoch) only
@@ -41,8 +45,8 @@ def main(argv):
         datasets["train"],
         datasets["valid"],
         train_loader_kwargs={"batch_size": hparams["batch_size"], "sampler": sampler, "drop_last": True,
-                             "num_workers": hparams["num_workers"]},  # fmt: skip
-        valid_loader_kwargs={"batch_size": hparams["batch_size"], "num_workers": hparams["num_workers"]},
+                             **workers},  # fmt: skip
+        valid_loader_kwargs={"batch_size": hparams["batch_size"], **workers},
     )
     if sb.utils.distributed.if_main_process():
         export_vocoder(brain.modules.generator, os.path.join(hparams["exp_dir"], "model"),

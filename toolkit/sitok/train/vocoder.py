@@ -159,7 +159,17 @@ class SegmentCropper:
 
     def __init__(self, seed: int, segment_frames: int, hop: int):
         self.seed, self.segment_frames, self.hop = int(seed), int(segment_frames), int(hop)
-        self.epoch = 0
+        # The epoch lives in shared memory, so that persistent data-loader workers (forked
+        # once, holding a copy of this object) see the main process's update.
+        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch[0] = int(value)
 
     def start_frame(self, uid: str, num_frames: int) -> int:
         slack = num_frames - self.segment_frames
@@ -228,6 +238,17 @@ def dataio_prepare(hparams: dict):
         stats[f"{name}_skipped"] = len(bad)
         datasets[name] = ds
     return datasets, croppers["train"], stats
+
+
+def load_generator_weights(generator: nn.Module, vocoder_dir: str) -> None:
+    """Copy an exported vocoder's weights (``<dir>/model.pt``, or ``<dir>/vocoder/model.pt``
+    for a model directory) into ``generator``; the architectures must match."""
+    for cand in (os.path.join(vocoder_dir, "model.pt"), os.path.join(vocoder_dir, "vocoder", "model.pt")):
+        if os.path.exists(cand):
+            generator.load_state_dict(torch.load(cand, map_location="cpu", weights_only=True))  # strict
+            logger.info("generator initialised from %s", cand)
+            return
+    raise FileNotFoundError(f"init_from: no model.pt in {vocoder_dir} (nor in {vocoder_dir}/vocoder)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -409,11 +430,17 @@ class VocoderBrain(sb.Brain):
                 "lr_d": self.optimizer_d.param_groups[0]["lr"], "optimizer_step": self.optimizer_step,
                 "minutes": minutes}  # fmt: skip
         self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=self.train_stats, valid_stats=summary)
-        self.checkpointer.save_and_keep_only(meta={"mel_l1": summary["mel_l1"], "epoch": epoch}, num_to_keep=2)
+        limit = float(self.hparams.max_train_minutes or 0)
+        stop = limit > 0 and minutes > limit
+        # Short epochs (a small set, a fast device) would spend much of their time writing the
+        # generator + discriminator + both optimisers: checkpoint every N epochs, and always at
+        # the last epoch or when the time budget stops the run.
+        every = max(1, int(getattr(self.hparams, "checkpoint_every_epochs", 1) or 1))
+        if stop or epoch % every == 0 or epoch >= self.hparams.epoch_counter.limit:
+            self.checkpointer.save_and_keep_only(meta={"mel_l1": summary["mel_l1"], "epoch": epoch}, num_to_keep=2)
         if sb.utils.distributed.if_main_process():
             with open(os.path.join(self.hparams.exp_dir, "train_stats.jsonl"), "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({**meta, "train": self.train_stats, "valid": summary}) + "\n")
-        limit = float(self.hparams.max_train_minutes or 0)
-        if limit > 0 and minutes > limit:
+        if stop:
             logger.info("max_train_minutes=%g reached after epoch %d: stopping", limit, epoch)
             self.hparams.epoch_counter.current = self.hparams.epoch_counter.limit
