@@ -279,3 +279,26 @@ def test_report_table2_merges_probe_results_and_continuous_baselines(tmp_path):
     assert ctc0["ER"] == 55.0 and pd.isna(ctc0["paper ER"])
     assert cont["model"] == "Mel (continuous, 50 Hz)" and cont["CN/CS"] == "-" and cont["FPS/TPS"] == "50/-"
     assert (cont["ER"], cont["SV"], cont["KS"], cont["ASR"]) == (90.0, 5.0, 95.0, 30.0) and pd.isna(cont["paper ER"])
+
+
+def test_report_from_probe_summaries_alone(tmp_path):
+    """Stage 13 without stage 12: the report is Table 2 alone; a token row takes its CTC label
+    from the model directory's config."""
+    from sitok.report.build import write_report
+
+    tok = tmp_path / "tokenizer_x"
+    (tok / "model").mkdir(parents=True)
+    (tok / "model" / "config.json").write_text(json.dumps({"model": {"ctc_weight": 0.1}}))
+    (tok / "probes").mkdir()
+    (tok / "probes" / "summary.json").write_text(json.dumps(
+        {"format": "sitok-probes-1", "name": "tokenizer_x", "features": "tokens", "model_dir": str(tok / "model"),
+         "fps": 12.5, "tps": 12.5, "cn": 1, "cs": 1024, "kbps": 0.125, "er_accuracy": 70.0, "sv_eer": 12.0,
+         "ks_accuracy": 75.0, "asr_wer": 60.0, "ctc_asr_wer": 85.0}))  # fmt: skip
+    built = write_report([str(tok)], str(tmp_path / "r"))
+    assert list(built) == ["table2_understanding"]
+    row = built["table2_understanding"].set_index("experiment").loc["tokenizer_x"]
+    got = (row["CTC Reg."], row["ER"], row["SV"], row["KS"], row["ASR"], row["CTC ASR"])
+    assert got == ("Yes (0.1)", 70.0, 12.0, 75.0, 60.0, 85.0)
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "## Table 2: understanding" in report and "Table 1" not in report
+    assert (tmp_path / "r" / "table2_understanding.csv").exists()

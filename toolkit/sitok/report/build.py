@@ -17,6 +17,7 @@ import logging
 import os
 
 import numpy as np
+import pandas as pd
 
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.report import paper
@@ -140,6 +141,22 @@ def mel_figures(summaries: list[dict], df, dump_dir: str | None, out_dir: str, m
     return written
 
 
+def _write_probe_only_report(probe_only: list[dict], out_dir: str) -> dict:
+    """Table 2 from probe summaries alone (stage 13 ran, stage 12 did not)."""
+    os.makedirs(out_dir, exist_ok=True)
+    built = {"table2_understanding": T.table2(pd.DataFrame(columns=["refine"]), probe_only)}
+    parts = ["# SiTok report", "",
+             f"Probe summaries only ({', '.join(s['name'] for s in probe_only)}): no evaluation summary was found "
+             "(run the evaluate stage, e.g. stage 12, for the reconstruction tables).",
+             f"Columns labelled \"paper\" are the paper's own numbers ({paper.JUDGES}).", ""]  # fmt: skip
+    for stem, title, note in TABLES:
+        if stem in built:
+            parts += [f"## {title}", "", note, "", _save_table(built[stem], out_dir, stem), ""]
+    write_text_atomic(os.path.join(out_dir, "report.md"), "\n".join(parts))
+    logger.info("report: Table 2 from %d probe summaries -> %s", len(probe_only), out_dir)
+    return built
+
+
 def write_report(paths: list[str], out_dir: str, set_name: str | None = None, dump_dir: str | None = None,
                  steps: int | None = None, cfg_scale: float | None = None, vocoder: str | None = None) -> dict:  # fmt: skip
     """Build every table and figure; returns {stem: DataFrame}."""
@@ -147,6 +164,8 @@ def write_report(paths: list[str], out_dir: str, set_name: str | None = None, du
     probe_paths = {os.path.normpath(p) for p in paths if os.path.isfile(os.path.join(p, "probes", "summary.json"))}
     files = T.find_summaries([p for p in paths if os.path.normpath(p) not in probe_paths or
                               glob.glob(os.path.join(p, "eval", "*", "summary.json"))], set_name)  # fmt: skip
+    if not files and probe_only:  # probes without the evaluate stage: Table 2 alone
+        return _write_probe_only_report(probe_only, out_dir)
     if not files:
         raise FileNotFoundError(f"report: no evaluation summary under {paths} (run the evaluate stage, e.g. stage 12)")
     summaries = [T.load_summary(f) for f in files]
