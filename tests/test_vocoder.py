@@ -234,6 +234,25 @@ def test_train_export_kill_and_resume(tiny_dump):  # noqa: F811
     assert all(torch.allclose(sa[k], sb[k], rtol=1e-5, atol=1e-6) for k in sa)
 
 
+@pytest.mark.parametrize("name", ["tiny", "mini", "mini_gpu", "paper"])
+def test_every_vocoder_config_loads(name, tmp_path):
+    """Each hparams file builds its generator and discriminator; mini_gpu trains the mini
+    generator (the same architecture, so either drops into the mini recipe)."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    def load(n):
+        with open(os.path.join(ROOT, "recipes", "vocoder", "hparams", f"{n}.yaml"), encoding="utf-8") as fh:
+            return load_hyperpyyaml(fh, {"exp_dir": str(tmp_path / n)})
+
+    hp = load(name)
+    assert isinstance(hp["generator"], Vocos) and hp["discriminator"] is not None
+    for key in ("init_from", "checkpoint_every_epochs", "gan_start_step", "max_train_minutes", "num_workers"):
+        assert key in hp, key
+    if name == "mini_gpu":
+        assert hp["generator_config"] == load("mini")["generator_config"]
+        assert hp["gan_start_step"] < hp["number_of_epochs"] * 27  # the GAN joins within the measured run
+
+
 def test_init_from_and_checkpoint_interval(tiny_dump, tmp_path):  # noqa: F811
     """--init_from starts the generator from an exported vocoder; checkpoint_every_epochs=2 over
     3 epochs saves after epoch 2 and at the last epoch only."""
