@@ -210,7 +210,8 @@ def table2(df: pd.DataFrame, probe_only: list[dict] = ()) -> pd.DataFrame:
     for s in probe_only:
         tokens = s["features"] == "tokens"
         row = {"model": f"SiTok (CN = {s['cn']})" if tokens else FEATURE_LABELS.get(s["features"], s["features"]),
-               "experiment": s["name"], "CTC Reg.": _probe_ctc_label(s) if tokens else "", "FPS/TPS": f"{s['fps']:g}/{s['tps']:g}" if tokens else f"{s['fps']:g}/-",
+               "experiment": s["name"], "CTC Reg.": _probe_ctc_label(s) if tokens else "",
+               "FPS/TPS": f"{s['fps']:g}/{s['tps']:g}" if tokens else f"{s['fps']:g}/-",
                "CN/CS": f"{s['cn']}/{s['cs']}" if tokens else "-", "BR (kbps)": s["kbps"]}  # fmt: skip
         cols = {"ctc_asr": s.get("ctc_asr_wer"), **probe_columns(s)}
         row.update({label: cols.get(k) for k, label in UNDERSTANDING + EXTRA_UNDERSTANDING})
