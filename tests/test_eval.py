@@ -282,17 +282,15 @@ def test_report_table2_merges_probe_results_and_continuous_baselines(tmp_path):
 
 
 def test_report_from_probe_summaries_alone(tmp_path):
-    """Stage 13 without stage 12: the report is Table 2 alone; a token row takes its CTC label
-    from the model directory's config."""
+    """Stage 13 without stage 12: the report is Table 2 alone; a token row's CTC label comes
+    from the CTC weight that the probe summary recorded."""
     from sitok.report.build import write_report
 
     tok = tmp_path / "tokenizer_x"
-    (tok / "model").mkdir(parents=True)
-    (tok / "model" / "config.json").write_text(json.dumps({"model": {"ctc_weight": 0.1}}))
-    (tok / "probes").mkdir()
+    (tok / "probes").mkdir(parents=True)
     (tok / "probes" / "summary.json").write_text(json.dumps(
         {"format": "sitok-probes-1", "name": "tokenizer_x", "features": "tokens", "model_dir": str(tok / "model"),
-         "fps": 12.5, "tps": 12.5, "cn": 1, "cs": 1024, "kbps": 0.125, "er_accuracy": 70.0, "sv_eer": 12.0,
+         "fps": 12.5, "tps": 12.5, "cn": 1, "cs": 1024, "kbps": 0.125, "ctc_weight": 0.1, "er_accuracy": 70.0, "sv_eer": 12.0,
          "ks_accuracy": 75.0, "asr_wer": 60.0, "ctc_asr_wer": 85.0}))  # fmt: skip
     built = write_report([str(tok)], str(tmp_path / "r"))
     assert list(built) == ["table2_understanding"]

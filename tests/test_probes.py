@@ -126,3 +126,17 @@ def test_ctc_frames_needed():
     assert ctc_frames_needed([5, 6, 7]) == 3
     assert ctc_frames_needed([5, 5, 7, 7, 7]) == 8  # a blank between each equal neighbour
     assert ctc_frames_needed([]) == 0
+
+
+def test_feature_facts_record_rate_and_ctc_weight(tmp_path):
+    """The probe summary's compression figures and CTC weight come from the model directory's config."""
+    import json
+
+    from sitok.probes.summary import feature_facts
+
+    model = {"mel_rate": 50.0, "stack": 4, "num_codebooks": 2, "codebook_size": 1024, "ctc_weight": 0.1}
+    (tmp_path / "config.json").write_text(json.dumps({"format": "sitok-model-1", "model": model}))
+    facts = feature_facts("tokens", str(tmp_path))
+    assert (facts["fps"], facts["tps"], facts["cn"], facts["cs"]) == (12.5, 25.0, 2, 1024)
+    assert facts["kbps"] == pytest.approx(0.25) and facts["ctc_weight"] == 0.1
+    assert feature_facts("mel50")["ctc_weight"] is None and feature_facts("mel12.5")["fps"] == 12.5

@@ -24,16 +24,17 @@ METRICS = {"er": {"accuracy": "er_accuracy"}, "ks": {"accuracy": "ks_accuracy"},
 
 
 def feature_facts(features: str, model_dir: str | None = None) -> dict:
-    """FPS, TPS, CN, CS and bit-rate of the probed features (continuous features: no CN/CS/rate)."""
+    """FPS, TPS, CN, CS, bit-rate and CTC weight of the probed features (continuous: no CN/CS/rate/CTC)."""
     if features == "tokens":
         from sitok.cli import load_model_config
 
         cfg = load_model_config(model_dir)
         fps = cfg["mel_rate"] / cfg["stack"]
         cn, cs = cfg["num_codebooks"], cfg["codebook_size"]
-        return {"fps": fps, "tps": fps * cn, "cn": cn, "cs": cs, "kbps": fps * cn * math.log2(cs) / 1000}
+        return {"fps": fps, "tps": fps * cn, "cn": cn, "cs": cs, "kbps": fps * cn * math.log2(cs) / 1000,
+                "ctc_weight": cfg["ctc_weight"]}  # fmt: skip
     fps = {"mel12.5": 12.5, "mel50": 50.0}[features]
-    return {"fps": fps, "tps": None, "cn": None, "cs": None, "kbps": None}
+    return {"fps": fps, "tps": None, "cn": None, "cs": None, "kbps": None, "ctc_weight": None}
 
 
 def collect(exp_dir: str, name: str, features: str, model_dir: str | None = None, codes_dir: str | None = None,

@@ -149,9 +149,8 @@ def _write_probe_only_report(probe_only: list[dict], out_dir: str) -> dict:
              f"Probe summaries only ({', '.join(s['name'] for s in probe_only)}): no evaluation summary was found "
              "(run the evaluate stage, e.g. stage 12, for the reconstruction tables).",
              f"Columns labelled \"paper\" are the paper's own numbers ({paper.JUDGES}).", ""]  # fmt: skip
-    for stem, title, note in TABLES:
-        if stem in built:
-            parts += [f"## {title}", "", note, "", _save_table(built[stem], out_dir, stem), ""]
+    stem, title, note = next(t for t in TABLES if t[0] == "table2_understanding")
+    parts += [f"## {title}", "", note, "", _save_table(built[stem], out_dir, stem), ""]
     write_text_atomic(os.path.join(out_dir, "report.md"), "\n".join(parts))
     logger.info("report: Table 2 from %d probe summaries -> %s", len(probe_only), out_dir)
     return built

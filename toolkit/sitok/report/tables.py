@@ -210,7 +210,7 @@ def table2(df: pd.DataFrame, probe_only: list[dict] = ()) -> pd.DataFrame:
     for s in probe_only:
         tokens = s["features"] == "tokens"
         row = {"model": f"SiTok (CN = {s['cn']})" if tokens else FEATURE_LABELS.get(s["features"], s["features"]),
-               "experiment": s["name"], "CTC Reg.": _probe_ctc_label(s) if tokens else "",
+               "experiment": s["name"], "CTC Reg.": _ctc_label(s["ctc_weight"]) if s.get("ctc_weight") is not None else "",
                "FPS/TPS": f"{s['fps']:g}/{s['tps']:g}" if tokens else f"{s['fps']:g}/-",
                "CN/CS": f"{s['cn']}/{s['cs']}" if tokens else "-", "BR (kbps)": s["kbps"]}  # fmt: skip
         cols = {"ctc_asr": s.get("ctc_asr_wer"), **probe_columns(s)}
@@ -219,15 +219,6 @@ def table2(df: pd.DataFrame, probe_only: list[dict] = ()) -> pd.DataFrame:
         row.update({f"paper {label}": None for _, label in UNDERSTANDING})
         out.append(row)
     return pd.DataFrame(out)
-
-
-def _probe_ctc_label(summary: dict) -> str:
-    """CTC label of a probed tokenizer from its model directory's config ('' when unreadable)."""
-    try:
-        with open(os.path.join(summary.get("model_dir") or "", "config.json"), encoding="utf-8") as fh:
-            return _ctc_label(json.load(fh)["model"]["ctc_weight"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return ""
 
 
 def _ctc_label(weight) -> str:

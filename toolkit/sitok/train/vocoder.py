@@ -240,15 +240,16 @@ def dataio_prepare(hparams: dict):
     return datasets, croppers["train"], stats
 
 
-def load_generator_weights(generator: nn.Module, vocoder_dir: str) -> None:
-    """Copy an exported vocoder's weights (``<dir>/model.pt``, or ``<dir>/vocoder/model.pt``
-    for a model directory) into ``generator``; the architectures must match."""
-    for cand in (os.path.join(vocoder_dir, "model.pt"), os.path.join(vocoder_dir, "vocoder", "model.pt")):
-        if os.path.exists(cand):
-            generator.load_state_dict(torch.load(cand, map_location="cpu", weights_only=True))  # strict
-            logger.info("generator initialised from %s", cand)
-            return
-    raise FileNotFoundError(f"init_from: no model.pt in {vocoder_dir} (nor in {vocoder_dir}/vocoder)")
+def load_generator_weights(generator: nn.Module, path: str) -> None:
+    """Copy an exported vocoder's weights into ``generator`` (``path``: a vocoder directory, or a
+    model directory holding ``vocoder/``); the architectures must match."""
+    from sitok.infer.vocoder import VocosVocoder, vocoder_dir
+
+    found = vocoder_dir(path)
+    if found is None:
+        raise FileNotFoundError(f"init_from: no exported vocoder (config.json + model.pt) at {path} nor {path}/vocoder")
+    generator.load_state_dict(VocosVocoder.from_pretrained(found).model.state_dict())  # strict
+    logger.info("generator initialised from %s", os.path.join(found, "model.pt"))
 
 
 # ---------------------------------------------------------------------------------------
