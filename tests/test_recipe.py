@@ -18,6 +18,7 @@ from conftest import ROOT, have
 
 RUN = os.path.join(ROOT, "egs", "mini", "sitok", "run.sh")
 ABLATIONS = os.path.join(ROOT, "egs", "mini", "sitok", "run_ablations.sh")
+SHORTCUT = os.path.join(ROOT, "egs", "mini", "sitok", "run_shortcut.sh")
 REFINE = ["--refine_args", "--number_of_epochs 1 --batch_seconds 8 --max_train_minutes 0", "--vocoder_config", "tiny",
           "--vocoder_eval_utts", "2", "--eval_steps", "1 2", "--eval_cfg_scales", "1 2", "--eval_wer_steps", "1",
           "--evaluate_steps", "1 2", "--evaluate_cfg_scales", "1 2", "--evaluate_vocoders", "vocos griffin_lim",
@@ -137,6 +138,23 @@ def test_every_stage_and_rerun(tmp_path):
     t5 = pd.read_csv(f"{tmp}/exp/report_ablations/table5_ablations.csv").set_index("experiment")
     assert list(t5["Loss"]) == ["D", "R", "R + D"] and t5["WER"].notna().all()
     assert t5.loc["refine_abl_R_diffusion", "paper WER"] == 5.73
+
+    # the shortcut comparison script: re-parameterised base, shortcut + control, scored (tiny is a
+    # velocity model, so the test re-parameterises it the other way)
+    one = "--number_of_epochs 1 --batch_seconds 8 --max_train_minutes 0"
+    sc_args = ["--base_model", f"{exp}/model", "--codes_dir", f"{exp}/codes", "--tag", "tiny",
+               "--overrides", "{prediction: x, x_skip: False}", "--base_args", one, "--ft_args", one,
+               "--eval_steps", "1 2", "--eval_wer_steps", "1", "--eval_args", "--max-utts 3",
+               "--lang_dir", f"{tmp}/data/lang_unigram64", "--expdir", f"{tmp}/exp", "--dumpdir", f"{tmp}/dump",
+               "--python", sys.executable]  # fmt: skip
+    sc = subprocess.run(["bash", SHORTCUT, *sc_args], capture_output=True, text=True)
+    assert sc.returncode == 0, sc.stdout[-3000:] + sc.stderr[-3000:]
+    res = pd.read_csv(f"{tmp}/exp/refine_eval_tiny_velocity/test/results.csv")
+    assert set(res["model"]) >= {"base", "velocity", "velocity_ft", "velocity_shortcut"}
+    assert json.load(open(f"{tmp}/exp/refine_tiny_velocity/model/config.json"))["model"]["prediction"] == "x"
+    assert res[(res.model == "velocity_shortcut") & (res.steps == 1)]["wer"].notna().all()
+    sc = subprocess.run(["bash", SHORTCUT, *sc_args], capture_output=True, text=True)  # a re-run does nothing
+    assert sc.returncode == 0 and sc.stdout.count("already exported, skipping") == 3 and "already done" in sc.stdout
 
     before = snapshot(tmp)
     r = run(tmp, "--stage", "0", "--stop_stage", "13", *REFINE, *PROBES)

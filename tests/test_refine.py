@@ -228,6 +228,38 @@ def test_r_plus_d_starts_as_the_regression_decoder_and_learns_x_t(tmp_path):
         load_for_refinement(d, "decoder_ft")
 
 
+def test_reparameterised_decoder_starts_with_the_x_prediction_velocity_at_t0(tmp_path):
+    """refine=reparam with decoder_overrides on a diffusion model: an x-prediction decoder
+    re-trains as the paper's velocity decoder. Every decoder weight carries over, the new skip
+    starts at -I, so at t = 0 the new velocity equals the x-prediction model's (x_hat - x_t)."""
+    base = tiny(prediction="x", x_skip=False).eval()
+    d = export(base, tmp_path / "X")
+    vp = load_for_refinement(d, "reparam", decoder_overrides={"prediction": "velocity", "x_skip": True}).eval()
+    assert vp.config.prediction == "velocity" and vp.config.x_skip and vp.config.decoder == "diffusion"
+    bs, vs = base.state_dict(), vp.state_dict()
+    assert all(torch.equal(bs[k], vs[k]) for k in bs)  # encoder, VQ, CTC and the whole decoder
+    codes = torch.randint(0, 64, (2, 1, 9))
+    x_t = torch.randn(2, 9, 512)
+    with torch.no_grad():
+        cond = base.cond_from_codes(codes)
+        t0 = torch.zeros(2)
+        want = base.velocity(x_t, t0, base.decoder.condition(cond))
+        got = vp.velocity(x_t, t0, vp.decoder.condition(cond))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        t = torch.full((2,), 0.5)  # later t the two parameterisations differ until trained
+        assert not torch.allclose(vp.velocity(x_t, t, vp.decoder.condition(cond)),
+                                  base.velocity(x_t, t, base.decoder.condition(cond)))  # fmt: skip
+    with pytest.raises(ValueError, match="decoder_overrides that change"):
+        load_for_refinement(d, "reparam", decoder_overrides={"prediction": "x"})  # changes nothing
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_for_refinement(d, "reparam", decoder_overrides={"hidden": 64})
+    with pytest.raises(ValueError, match="diffusion decoder"):
+        load_for_refinement(export(tiny(decoder="regression", prediction="x", x_skip=False), tmp_path / "R"), "reparam",
+                            decoder_overrides={"prediction": "velocity"})  # fmt: skip
+    with pytest.raises(ValueError, match="refine=diffusion.reparam only"):
+        load_for_refinement(d, "shortcut", decoder_overrides={"prediction": "velocity"})
+
+
 def test_eval_refine_batches_and_table():
     import pandas as pd
 
@@ -239,11 +271,32 @@ def test_eval_refine_batches_and_table():
     assert all(max(lengths[u] for u in b) * len(b) <= 100 for b in batches)
     assert [lengths[b[0]] for b in batches] == sorted(lengths[b[0]] for b in batches)  # sorted by length
     md = results_markdown(pd.DataFrame([
-        {"model": "ground truth", "steps": 0, "cfg_scale": 1.0, "vocoder": "vocos", "mel_l1": 0.0, "wer": 4.5,
-         "decoder_rtf": 0.0},
-        {"model": "shortcut", "steps": 2, "cfg_scale": 1.5, "vocoder": "vocos", "mel_l1": 0.25, "wer": None,
-         "decoder_rtf": 0.01}]))  # fmt: skip
+        {"model": "ground truth", "steps": 0, "cfg_scale": 1.0, "vocoder": "vocos", "mel_l1": 0.0, "fmd": 0.0,
+         "wer": 4.5, "decoder_rtf": 0.0},
+        {"model": "shortcut", "steps": 2, "cfg_scale": 1.5, "vocoder": "vocos", "mel_l1": 0.25, "fmd": None,
+         "wer": None, "decoder_rtf": 0.01}]))  # fmt: skip
     lines = md.splitlines()
     assert lines[0].startswith("| model | vocoder | steps | CFG w |") and len(lines) == 4
-    assert lines[2] == "| ground truth | vocos | — | 1 | 0.0000 | 4.50 | 0.0000 |"
-    assert lines[3] == "| shortcut | vocos | 2 | 1.5 | 0.2500 |  | 0.0100 |"
+    assert lines[2] == "| ground truth | vocos | — | 1 | 0.0000 | 0.000 | 4.50 | 0.0000 |"
+    assert lines[3] == "| shortcut | vocos | 2 | 1.5 | 0.2500 |  |  | 0.0100 |"
+
+
+def test_frechet_distance_known_values_and_what_it_sees_that_l1_does_not():
+    import numpy as np
+
+    from sitok.eval.refine import frechet_distance
+
+    rng = np.random.default_rng(0)
+    d, n = 8, 200_000
+    a = rng.standard_normal((n, d))
+    assert abs(frechet_distance(a, a)) < 1e-6
+    m = np.arange(d) / d
+    b = m + 2.0 * rng.standard_normal((n, d))  # N(m, 4 I): |m|^2 + tr(I + 4 I - 2 * 2 I) = |m|^2 + d
+    assert frechet_distance(a, b) == pytest.approx(float((m**2).sum()) + d, rel=0.02)
+    # one reference draw per frame: the conditional mean has the lower L1, a fresh sample the
+    # lower Frechet distance (the mean's frames have no spread)
+    cond = rng.standard_normal((n, d))
+    ref = cond + rng.standard_normal((n, d))
+    mean, sample = cond, cond + rng.standard_normal((n, d))
+    assert np.abs(mean - ref).mean() < np.abs(sample - ref).mean()
+    assert frechet_distance(sample, ref) < 0.05 < frechet_distance(mean, ref)

@@ -2,7 +2,10 @@
 
 For every model x Euler steps x token-CFG scale: decode the set's codes, score the normalised
 log-mel L1 distance to the ground truth (the training space of the decoder; lower is better)
-and the decoder's real-time factor; at the steps in ``wer_steps`` also vocode and score the
+and the Fréchet mel distance (FMD: the Fréchet distance between the Gaussians fitted to all
+decoded and all ground-truth normalised log-mel frames of the set; a distribution distance,
+like the FID by which shortcut models are judged, where L1 to one reference rewards the
+conditional mean), and the decoder's real-time factor; at the steps in ``wer_steps`` also vocode and score the
 offline ASR judge's WER, for w = 1 and (token-CFG models) the scale with the lowest mean mel
 distance. Ground-truth mel through each available vocoder gives the reference
 rows. Writes ``per_utt.csv``, ``results.csv``, ``results.md`` and ``summary.json``.
@@ -49,6 +52,29 @@ def mel_l1(tok, hyp: torch.Tensor, ref: torch.Tensor) -> float:
     """Mean |cmvn(hyp) - cmvn(ref)| over the frames both have (normalised log-mel L1)."""
     n = min(hyp.shape[0], ref.shape[0])
     return float((tok.cmvn(hyp[:n].to(tok.device)) - tok.cmvn(ref[:n].to(tok.device))).abs().mean())
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to the rows of ``a`` [N, D] and ``b`` [M, D]:
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), in float64."""
+    from scipy import linalg
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(s_a @ s_b)
+    root = root.real if np.iscomplexobj(root) else root  # numerical noise in the imaginary part
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2.0 * root))
+
+
+def frechet_mel_distance(tok, hyp: dict, ref: dict) -> float:
+    """FMD of a decoded set: frames of cmvn(log-mel), each utterance cut to the frames both have."""
+    hs, rs = [], []
+    for u in sorted(hyp):
+        n = min(hyp[u].shape[0], ref[u].shape[0])
+        hs.append(tok.cmvn(hyp[u][:n].to(tok.device)).cpu())
+        rs.append(tok.cmvn(ref[u][:n].to(tok.device)).cpu())
+    return frechet_distance(torch.cat(hs).numpy(), torch.cat(rs).numpy())
 
 
 def _wer(tok, asr, mels: dict, texts: dict, progress: bool) -> tuple[float, list]:
@@ -125,7 +151,7 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
         wer, hyp_rows = _wer(tok, asr, ref, texts, progress)
         _write_hyps(out_dir, key, hyp_rows)
         keep(key, {"model": "ground truth", "steps": 0, "cfg_scale": 1.0, "vocoder": voc, "mel_l1": 0.0,
-                   "wer": 100 * wer, "decoder_rtf": 0.0})  # fmt: skip
+                   "fmd": 0.0, "wer": 100 * wer, "decoder_rtf": 0.0})  # fmt: skip
         logger.info("ground-truth mel -> %s: WER %.2f %% (%.0f s)", voc, 100 * wer, time.time() - t0)
     # 1) mel distance and decoder RTF of every setting; 2) WER for w = 1 at wer_steps, and for
     # token-CFG models also at the scale w != 1 with the lowest mean mel distance
@@ -142,13 +168,13 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
                     mels, dec_s = decode_set(tok, codes, frames, s, w)
                     dists = {u: mel_l1(tok, mels[u], ref[u]) for u in utts}
                     row = {"model": name, "steps": s, "cfg_scale": w, "vocoder": voc,
-                           "mel_l1": float(np.mean(list(dists.values()))), "wer": None,
-                           "decoder_rtf": dec_s / audio_s}  # fmt: skip
+                           "mel_l1": float(np.mean(list(dists.values()))), "fmd": frechet_mel_distance(tok, mels, ref),
+                           "wer": None, "decoder_rtf": dec_s / audio_s}  # fmt: skip
                     c = {"row": row, "per_utt": [{"model": name, "steps": s, "cfg_scale": w, "utt": u, "mel_l1": d}
                                                  for u, d in dists.items()]}  # fmt: skip
                     write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps(c))
-                    logger.info("%s steps=%d cfg=%g: mel L1 %.4f, decoder RTF %.4f (%.0f s)", name, s, w,
-                                row["mel_l1"], row["decoder_rtf"], time.time() - t0)  # fmt: skip
+                    logger.info("%s steps=%d cfg=%g: mel L1 %.4f, FMD %.3f, decoder RTF %.4f (%.0f s)", name, s, w,
+                                row["mel_l1"], row["fmd"], row["decoder_rtf"], time.time() - t0)  # fmt: skip
                 l1[(w, s)] = c
         wer_scales = [1.0]
         guided = [w for w in scales if w != 1.0]
@@ -183,14 +209,17 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
 
 
 def results_markdown(df) -> str:
-    """The rows as a markdown table: model, vocoder, steps, CFG scale, mel L1, WER, decoder RTF."""
-    lines = ["| model | vocoder | steps | CFG w | normalised log-mel L1 | judge WER (%) | decoder RTF |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    """The rows as a markdown table: model, vocoder, steps, CFG scale, mel L1, FMD, WER, decoder RTF."""
+    lines = ["| model | vocoder | steps | CFG w | normalised log-mel L1 | FMD | judge WER (%) | decoder RTF |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def num(v, fmt):  # rows cached before a column existed hold None (NaN in a frame)
+        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
+
     for r in df.to_dict("records"):
-        wer = "" if r["wer"] is None or (isinstance(r["wer"], float) and np.isnan(r["wer"])) else f"{r['wer']:.2f}"
         steps = "—" if r["steps"] == 0 else str(int(r["steps"]))
-        lines.append(f"| {r['model']} | {r['vocoder']} | {steps} | {r['cfg_scale']:g} | {r['mel_l1']:.4f} | {wer} | "
-                     f"{r['decoder_rtf']:.4f} |")  # fmt: skip
+        lines.append(f"| {r['model']} | {r['vocoder']} | {steps} | {r['cfg_scale']:g} | {r['mel_l1']:.4f} | "
+                     f"{num(r.get('fmd'), '.3f')} | {num(r['wer'], '.2f')} | {r['decoder_rtf']:.4f} |")  # fmt: skip
     return "\n".join(lines)
 
 

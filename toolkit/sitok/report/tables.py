@@ -24,7 +24,8 @@ from sitok.report import paper
 logger = logging.getLogger(__name__)
 
 REFINE_LABELS = {"decoder_ft": "+ Decoder Finetuning", "token_cfg": "+ Token CFG", "shortcut": "+ Shortcut FT",
-                 "light_head": "+ Light head (FT)", "diffusion": "R + D"}  # fmt: skip
+                 "light_head": "+ Light head (FT)", "diffusion": "R + D",
+                 "reparam": "+ Decoder re-parameterised"}  # fmt: skip
 
 
 # ---- loading -----------------------------------------------------------------------------------

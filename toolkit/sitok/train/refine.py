@@ -8,6 +8,10 @@ One Brain, five kinds of run (``refine:`` in recipes/refine/hparams/*.yaml):
     light_head   as decoder_ft, with the decoder split into a main body (run once) and a head
     diffusion    the paper's "R + D" (Table 5): a regression ("R") model's decoder becomes a
                  diffusion decoder and is trained with the flow-matching loss on frozen tokens
+    reparam      a diffusion model's decoder re-trains under another parameterisation
+                 (``decoder_overrides``, e.g. {prediction: velocity}: the paper's) or geometry
+                 (dec_hidden, dec_layers), warm-started from every trained layer whose shape still
+                 fits (egs/mini/sitok/run_shortcut.sh; docs/RESULTS.md)
 
 Every run starts from an exported model directory (``init_model``); parameters the new
 architecture adds (null condition, d embedding) start as no-ops, and the light head's layers
@@ -29,19 +33,40 @@ from sitok.train.tokenizer import TokenizerBrain
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("decoder_ft", "token_cfg", "shortcut", "light_head", "diffusion")
+KINDS = ("decoder_ft", "token_cfg", "shortcut", "light_head", "diffusion", "reparam")
 
 
-def refined_config(base: dict, refine: str, light_head_layers: int = 0, keep_cfg: bool = True) -> dict:
+# decoder keys a refine=diffusion|reparam run may set (the decoder trains anew under them)
+DECODER_OVERRIDES = ("prediction", "x_skip", "loss", "dec_hidden", "dec_layers", "dec_intermediate")
+
+
+def refined_config(base: dict, refine: str, light_head_layers: int = 0, keep_cfg: bool = True,
+                   decoder_overrides: dict | None = None) -> dict:
     """The model config of a refinement run of kind ``refine`` from the base config."""
     if refine not in KINDS:
         raise ValueError(f"refine must be one of {KINDS}, got {refine!r}")
     cfg = dict(base)
     regression = cfg.get("decoder", "diffusion") != "diffusion"
+    overrides = dict(decoder_overrides or {})
+    if overrides and refine not in ("diffusion", "reparam"):
+        raise ValueError(f"decoder_overrides apply to refine=diffusion|reparam only (got refine={refine})")
+    bad = sorted(set(overrides) - set(DECODER_OVERRIDES))
+    if bad:
+        raise ValueError(f"decoder_overrides: unknown keys {bad} (allowed: {list(DECODER_OVERRIDES)})")
     if refine == "diffusion":
         if not regression:
-            raise ValueError("refine=diffusion (R + D) starts from a regression model (decoder: regression)")
+            raise ValueError("refine=diffusion (R + D) starts from a regression model (decoder: regression); "
+                             "refine=reparam re-trains a diffusion decoder under decoder_overrides")
         cfg["decoder"] = "diffusion"
+        cfg.update(overrides)
+        return cfg
+    if refine == "reparam":
+        if regression:
+            raise ValueError("refine=reparam needs a diffusion decoder (refine=diffusion turns an R model into one)")
+        if not {k: v for k, v in overrides.items() if cfg.get(k) != v}:
+            raise ValueError("refine=reparam: give decoder_overrides that change the decoder, "
+                             f"e.g. {{prediction: velocity}} (got {overrides or 'none'})")
+        cfg.update(overrides)
         return cfg
     if regression:
         raise ValueError(f"refine={refine} needs a diffusion decoder (this model is a regression 'R' baseline; "
@@ -93,17 +118,25 @@ def _remap_regression(state: dict) -> dict:
     return out
 
 
-def load_for_refinement(init_model: str, refine: str, light_head_layers: int = 0, keep_cfg: bool = True) -> SiTok:
+def load_for_refinement(init_model: str, refine: str, light_head_layers: int = 0, keep_cfg: bool = True,
+                        decoder_overrides: dict | None = None) -> SiTok:
     """Build the refinement model from a model directory; logs what is new and what is left out."""
     cfg_path = os.path.join(init_model, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"init_model: {cfg_path} not found (export a tokenizer first: recipe stage 4)")
     with open(cfg_path, encoding="utf-8") as fh:
         base = json.load(fh)["model"]
-    cfg = refined_config(base, refine, light_head_layers, keep_cfg)
+    cfg = refined_config(base, refine, light_head_layers, keep_cfg, decoder_overrides)
     model = SiTok(cfg)
     state = torch.load(os.path.join(init_model, "model.pt"), map_location="cpu", weights_only=True)
-    if refine == "diffusion":
+    if refine == "reparam":
+        # re-parameterisation: the decoder keeps its trained layers (warm start); a new x_t -> velocity
+        # skip starts at -I, so at t = 0 the velocity begins as x_hat - x_t (x prediction's there)
+        if model.decoder.skip is not None and not any(k.startswith("decoder.skip.") for k in state):
+            torch.nn.init.zeros_(model.decoder.skip.bias)
+            with torch.no_grad():
+                model.decoder.skip.weight.copy_(-torch.eye(model.decoder.skip.weight.shape[0]))
+    elif refine == "diffusion":
         state = _remap_regression(state)
         # x_t enters through a zero projection: the new decoder starts as the regression
         # function of cond (x prediction), and learns to use x_t and t from there

@@ -311,6 +311,8 @@ def export_model_dir(brain: TokenizerBrain, hparams: dict, out_dir: str) -> str:
         }
         if hparams.get("refine"):  # lineage, read by ``sitok report`` (e.g. R + D = refine "diffusion")
             config["refine"] = {"kind": hparams["refine"], "init_model": hparams.get("init_model")}
+            if hparams.get("decoder_overrides"):
+                config["refine"]["decoder_overrides"] = dict(hparams["decoder_overrides"])
         write_text_atomic(os.path.join(tmp, "config.json"), json.dumps(config, indent=1) + "\n")
     logger.info("exported %s", out_dir)
     return out_dir
