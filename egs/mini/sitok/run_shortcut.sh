@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Shortcut fine-tuning in the paper's parameterisation (issue 4; docs/RESULTS.md).
 #
-# The mini tokenizer's decoder predicts clean x (SPEC 5). Its one-step Euler output is already
-# the regression estimate, so shortcut fine-tuning of that decoder cannot lower the few-step
-# distance (measured, docs/RESULTS.md). The paper's decoder predicts the velocity x - eps; this
-# script re-trains the mini decoder that way on the frozen tokens, then compares, from that
-# velocity base, shortcut fine-tuning with the same minutes of plain flow-matching fine-tuning:
+# The mini tokenizer's decoder predicts clean x (SPEC 5); the paper's predicts the velocity
+# x - eps. This script re-trains the mini decoder the paper's way on the frozen tokens, then
+# fine-tunes it two ways with the same epochs, batches and learning rate: shortcut fine-tuning,
+# and plain flow-matching fine-tuning (decoder_ft, the equal-compute control). Stage 3 scores
+# all of them and the x-prediction base: mel L1, Fréchet mel distance (FMD), judge WER.
 #
 #   1  velocity base:  refine "reparam" with --overrides on exp/tokenizer_mini (encoder + VQ frozen)
 #   2  from it, side by side: shortcut fine-tuning and decoder_ft (the equal-compute control)
 #   3  sitok eval-refine: log-mel L1 at --eval_steps, judge WER at --eval_wer_steps, on --eval_set
 #
 #   ./run_shortcut.sh --train_args "--device cuda --num_workers 4"   # 4.6 min of training on one H100
-#   ./run_shortcut.sh                 # the same on CPU: ~4 h of training on the 2-core project machine
-#   ./run_shortcut.sh --stage 3       # score only (~30 min on one core)
+#   ./run_shortcut.sh                 # the same on CPU: ~4 h of training on the 2-core machine (estimated)
+#   ./run_shortcut.sh --stage 3       # score only (34 min on one core)
 # Every step is resumable: run the same command again (exported models are kept).
 set -euo pipefail
 cd "$(dirname "$0")"
