@@ -90,6 +90,7 @@ def test_every_stage_and_rerun(tmp_path):
     assert set(res[res.model == "token_cfg"]["cfg_scale"]) == {1.0, 2.0}
     assert set(res[res.model == "ground truth"]["vocoder"]) == {"griffin_lim", "vocos"}
     assert res[(res.model == "shortcut") & (res.steps == 1)]["wer"].notna().all()
+    assert res[res.model != "ground truth"]["fmd"].gt(0).all()  # the Frechet mel distance of every decode
 
     # stages 12-14: every model scored by every judge, the probes, then the paper-style report
     r = run(tmp, "--stage", "12", "--stop_stage", "14", *REFINE, *PROBES)
@@ -153,6 +154,7 @@ def test_every_stage_and_rerun(tmp_path):
     assert set(res["model"]) >= {"base", "velocity", "velocity_ft", "velocity_shortcut"}
     assert json.load(open(f"{tmp}/exp/refine_tiny_velocity/model/config.json"))["model"]["prediction"] == "x"
     assert res[(res.model == "velocity_shortcut") & (res.steps == 1)]["wer"].notna().all()
+    assert res["fmd"].notna().all()
     sc = subprocess.run(["bash", SHORTCUT, *sc_args], capture_output=True, text=True)  # a re-run does nothing
     assert sc.returncode == 0 and sc.stdout.count("already exported, skipping") == 3 and "already done" in sc.stdout
 
