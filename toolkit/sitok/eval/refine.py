@@ -1,11 +1,11 @@
 """Reconstruction of a set by several models and decode settings (recipe stage 11).
 
 For every model x Euler steps x token-CFG scale: decode the set's codes, score the normalised
-log-mel L1 distance to the ground truth (the training space of the decoder; lower is better)
-and the Fréchet mel distance (FMD: the Fréchet distance between the Gaussians fitted to all
-decoded and all ground-truth normalised log-mel frames of the set; a distribution distance,
-like the FID by which shortcut models are judged, where L1 to one reference rewards the
-conditional mean), and the decoder's real-time factor; at the steps in ``wer_steps`` also vocode and score the
+log-mel L1 distance to the ground truth (the training space of the decoder; lower is better),
+the Fréchet mel distance (FMD: the Fréchet distance between the Gaussians fitted to all decoded
+and all ground-truth normalised log-mel frames of the set; a distribution distance, like the FID
+by which shortcut models are judged, where L1 to one reference rewards the conditional mean)
+and the decoder's real-time factor; at the steps in ``wer_steps`` also vocode and score the
 offline ASR judge's WER, for w = 1 and (token-CFG models) the scale with the lowest mean mel
 distance. Ground-truth mel through each available vocoder gives the reference
 rows. Writes ``per_utt.csv``, ``results.csv``, ``results.md`` and ``summary.json``.

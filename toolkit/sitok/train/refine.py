@@ -1,6 +1,6 @@
 """Decoder refinement on a trained tokenizer (paper sections 2.3, 2.4, Appendix C.1).
 
-One Brain, five kinds of run (``refine:`` in recipes/refine/hparams/*.yaml):
+One Brain, six kinds of run (``refine:`` in recipes/refine/hparams/*.yaml):
 
     decoder_ft   encoder + VQ frozen; the decoder trains further with the flow-matching loss
     token_cfg    as decoder_ft, plus whole-utterance token drop (p = 0.1) to a learned null cond
