@@ -67,9 +67,8 @@ refine() {  # refine KIND INIT OUT ARGS...
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     [ -f "${base_model}/config.json" ] || { log "ERROR: ${base_model}/config.json missing: run ./run.sh --stop_stage 4 first"; exit 1; }
     log "Stage 1: velocity base: the decoder of ${base_model} re-trained with ${overrides} on frozen tokens"
-    eval "args=(${base_args})"
-    eval "targs=(${train_args})"
-    refine reparam "${base_model}" "${vbase}" --decoder_overrides "${overrides}" ${args[@]+"${args[@]}"} ${targs[@]+"${targs[@]}"}
+    eval "args=(${base_args} ${train_args})"
+    refine reparam "${base_model}" "${vbase}" --decoder_overrides "${overrides}" ${args[@]+"${args[@]}"}
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then

@@ -54,27 +54,21 @@ def mel_l1(tok, hyp: torch.Tensor, ref: torch.Tensor) -> float:
     return float((tok.cmvn(hyp[:n].to(tok.device)) - tok.cmvn(ref[:n].to(tok.device))).abs().mean())
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to the rows of ``a`` [N, D] and ``b`` [M, D]:
-    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), in float64."""
+def gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the rows of ``x`` [N, D], in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+def frechet_distance(a, b) -> float:
+    """Fréchet distance between two Gaussians, each given as rows [N, D] or as (mean, cov):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))."""
     from scipy import linalg
 
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    (mu_a, s_a), (mu_b, s_b) = (g if isinstance(g, tuple) else gaussian(g) for g in (a, b))
     root = linalg.sqrtm(s_a @ s_b)
     root = root.real if np.iscomplexobj(root) else root  # numerical noise in the imaginary part
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2.0 * root))
-
-
-def frechet_mel_distance(tok, hyp: dict, ref: dict) -> float:
-    """FMD of a decoded set: frames of cmvn(log-mel), each utterance cut to the frames both have."""
-    hs, rs = [], []
-    for u in sorted(hyp):
-        n = min(hyp[u].shape[0], ref[u].shape[0])
-        hs.append(tok.cmvn(hyp[u][:n].to(tok.device)).cpu())
-        rs.append(tok.cmvn(ref[u][:n].to(tok.device)).cpu())
-    return frechet_distance(torch.cat(hs).numpy(), torch.cat(rs).numpy())
 
 
 def _wer(tok, asr, mels: dict, texts: dict, progress: bool) -> tuple[float, list]:
@@ -159,6 +153,7 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
         tok = Tokenizer.from_pretrained(model_dir, vocoder=vocoder)
         voc = getattr(tok.vocoder, "name", "custom")
         scales = [w for w in cfg_scales if w == 1.0 or tok.model.config.token_cfg] or [1.0]
+        ref_n = None  # the set in this model's CMVN and its frame Gaussian: once per model, when needed
         l1 = {}
         for w in scales:
             for s in steps:
@@ -166,10 +161,16 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
                 if (c := cached(key)) is None:
                     t0 = time.time()
                     mels, dec_s = decode_set(tok, codes, frames, s, w)
-                    dists = {u: mel_l1(tok, mels[u], ref[u]) for u in utts}
+                    if ref_n is None:
+                        ref_n = {u: tok.cmvn(ref[u].to(tok.device)).cpu() for u in utts}
+                        ref_gauss = gaussian(torch.cat([ref_n[u] for u in utts]).numpy())
+                    hyp_n = {u: tok.cmvn(mels[u].to(tok.device)).cpu() for u in utts}  # normalised once, used twice
+                    cut = {u: min(len(hyp_n[u]), len(ref_n[u])) for u in utts}
+                    dists = {u: float((hyp_n[u][: cut[u]] - ref_n[u][: cut[u]]).abs().mean()) for u in utts}
+                    fmd = frechet_distance(torch.cat([hyp_n[u][: cut[u]] for u in utts]).numpy(), ref_gauss)
                     row = {"model": name, "steps": s, "cfg_scale": w, "vocoder": voc,
-                           "mel_l1": float(np.mean(list(dists.values()))), "fmd": frechet_mel_distance(tok, mels, ref),
-                           "wer": None, "decoder_rtf": dec_s / audio_s}  # fmt: skip
+                           "mel_l1": float(np.mean(list(dists.values()))), "fmd": fmd, "wer": None,
+                           "decoder_rtf": dec_s / audio_s}  # fmt: skip
                     c = {"row": row, "per_utt": [{"model": name, "steps": s, "cfg_scale": w, "utt": u, "mel_l1": d}
                                                  for u, d in dists.items()]}  # fmt: skip
                     write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps(c))
