@@ -146,6 +146,7 @@ def test_every_stage_and_rerun(tmp_path):
     sc_args = ["--base_model", f"{exp}/model", "--codes_dir", f"{exp}/codes", "--tag", "tiny",
                "--overrides", "{prediction: x, x_skip: False}", "--base_args", one, "--ft_args", one,
                "--eval_steps", "1 2", "--eval_wer_steps", "1", "--eval_args", "--max-utts 3",
+               "--eval_temperatures", "0 1",
                "--lang_dir", f"{tmp}/data/lang_unigram64", "--expdir", f"{tmp}/exp", "--dumpdir", f"{tmp}/dump",
                "--python", sys.executable]  # fmt: skip
     sc = subprocess.run(["bash", SHORTCUT, *sc_args], capture_output=True, text=True)
@@ -153,10 +154,21 @@ def test_every_stage_and_rerun(tmp_path):
     res = pd.read_csv(f"{tmp}/exp/refine_eval_tiny_velocity/test/results.csv")
     assert set(res["model"]) >= {"base", "velocity", "velocity_ft", "velocity_shortcut"}
     assert json.load(open(f"{tmp}/exp/refine_tiny_velocity/model/config.json"))["model"]["prediction"] == "x"
-    assert res[(res.model == "velocity_shortcut") & (res.steps == 1)]["wer"].notna().all()
-    assert res["fmd"].notna().all()
+    assert res[(res.model == "velocity_shortcut") & (res.steps == 1)]["wer"].notna().all()  # temperatures 0 and 1
+    assert sorted(set(res[res.model != "ground truth"]["temperature"])) == [0.0, 1.0] and res["fmd"].notna().all()
+    dev = pd.read_csv(f"{tmp}/exp/refine_eval_tiny_velocity/dev/results.csv")  # the temperature is selected on dev
+    assert len(dev) == 4 * 2 * 2 and dev["wer"].isna().all() and "(selected on " in sc.stdout + sc.stderr
     sc = subprocess.run(["bash", SHORTCUT, *sc_args], capture_output=True, text=True)  # a re-run does nothing
-    assert sc.returncode == 0 and sc.stdout.count("already exported, skipping") == 3 and "already done" in sc.stdout
+    assert sc.returncode == 0 and sc.stdout.count("already exported, skipping") == 3
+    assert sc.stdout.count("already done, skipping") == 2
+    # --overrides "": the pair fine-tunes the base model itself
+    sc = subprocess.run(["bash", SHORTCUT, *sc_args, "--name", "x", "--overrides", "", "--eval_temperatures", "1"],
+                        capture_output=True, text=True)  # fmt: skip
+    assert sc.returncode == 0, sc.stdout[-3000:] + sc.stderr[-3000:]
+    assert "no --overrides: stage 2 fine-tunes" in sc.stdout and not os.path.exists(f"{tmp}/exp/refine_tiny_x")
+    res = pd.read_csv(f"{tmp}/exp/refine_eval_tiny_x/test/results.csv")
+    assert set(res["model"]) == {"ground truth", "base", "x_ft", "x_shortcut"}
+    assert json.load(open(f"{tmp}/exp/refine_tiny_x_shortcut/model/config.json"))["refine"]["init_model"] == f"{exp}/model"
 
     before = snapshot(tmp)
     r = run(tmp, "--stage", "0", "--stop_stage", "13", *REFINE, *PROBES)

@@ -88,6 +88,11 @@ def test_train_export_and_load(tiny_dump):
     assert sf.info(str(root / "out.wav")).samplerate == 24000 and sf.info(str(root / "out.wav")).frames == 13 * 4 * 480
     assert run([*cli, "resynth", wav, "-m", str(exp / "model"), "-o", str(root / "re.wav")]).returncode == 0
     assert sf.info(str(root / "re.wav")).frames == 24000
+    assert run([*cli, "resynth", wav, "-m", str(exp / "model"), "-o", str(root / "re0.wav"),
+                "--temperature", "0"]).returncode == 0  # fmt: skip
+    r = run([*cli, "decode", str(root / "codes.npy"), "-m", str(exp / "model"), "-o", str(root / "hot.wav"),
+             "--temperature", "-1"])  # fmt: skip
+    assert r.returncode == 1 and "temperature must be a finite number >= 0" in r.stderr
     np.save(root / "bad.npy", codes + 1000)
     r = run([*cli, "decode", str(root / "bad.npy"), "-m", str(exp / "model"), "-o", str(root / "bad.wav")])
     assert r.returncode == 1 and "codes must lie in [0, 64)" in r.stderr

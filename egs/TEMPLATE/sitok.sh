@@ -51,6 +51,9 @@ eval_sets=              # stage 11: sets to evaluate (default: the first test se
 eval_steps="1 2 4 8 16" # stage 11: Euler steps to score
 eval_cfg_scales="1 1.25 1.5 2"  # stage 11: token-CFG scales to score (models trained with token drop)
 eval_wer_steps="1 2 4"  # stage 11: steps that also get vocoded and ASR-judged (WER)
+eval_temperatures=1     # stage 11: start-noise temperatures to score, e.g. "0 0.5 1"
+eval_select_set=        # stage 11: set whose mel L1 selects the judged CFG scale / temperature
+                        #           (scored first, without the judge; default: each eval set itself)
 evaluate_steps="1 4"    # stage 12: Euler steps at which every model is scored by every judge
 evaluate_cfg_scales="1 1.25"  # stage 12: token-CFG scales (models trained with token drop; others use 1)
 evaluate_vocoders=auto  # stage 12: vocoders to score (auto: the model directory's own, else Griffin-Lim)
@@ -90,8 +93,9 @@ Stages:
                   (stages 6-9 run the kinds listed in --refine_kinds; each resumes from its checkpoint)
  10  vocoder      train the Vocos-style vocoder (recipes/vocoder/train.py) and put it into every
                   model directory of this recipe (<model>/vocoder), so decode uses it
- 11  refine eval  log-mel distance of every model x steps x CFG scale on the eval sets, judge WER
-                  at --eval_wer_steps, vocoder vs Griffin-Lim on ground truth; exp/refine_eval_<tag>/
+ 11  refine eval  log-mel distance of every model x steps x CFG scale x temperature on the eval
+                  sets, judge WER at --eval_wer_steps (plain setting and the best other one, chosen
+                  on --eval_select_set), vocoder vs Griffin-Lim on ground truth; exp/refine_eval_<tag>/
  12  evaluate     every model (base, refinements, --eval_models) on the eval sets with every judge
                   (WER, SIM, DNSMOS, PESQ, STOI, mel L1, CTC ASR, codebook use, RTF): <exp>/eval/<set>/
  13  probes       DASB-style probes on frozen features (recipes/probes/<task>/train.py): ER, SV (EER,
@@ -313,16 +317,28 @@ if run_stage 11; then
     for k in ${refine_kinds}; do
         [ -f "$(refine_exp ${k})/model/config.json" ] && models+=("${k}=$(refine_exp ${k})/model")
     done
+    grid=(--models "${models[@]}" --steps ${eval_steps} --cfg-scales ${eval_cfg_scales} --temperatures ${eval_temperatures})
     for dset in ${eval_sets:-${test_sets%% *}}; do
         if [ -f "${eval_out}/${dset}/.done" ]; then
             log "Stage 11: ${eval_out}/${dset} already done, skipping (delete it to score again)"
             continue
         fi
-        log "Stage 11: refinement evaluation on ${dset}: ${models[*]} -> ${eval_out}/${dset}"
         [ -f "${tok_exp}/codes/${dset}/.done" ] || { log "ERROR: ${tok_exp}/codes/${dset} missing: run stage 5 first"; exit 1; }
-        "${sitok[@]}" eval-refine "${dumpdir}/${dset}" "${tok_exp}/codes/${dset}" "${eval_out}/${dset}" \
-            --models "${models[@]}" --steps ${eval_steps} --cfg-scales ${eval_cfg_scales} \
-            --wer-steps ${eval_wer_steps} --lm "${lang_dir}/judge_lm.arpa" "${no_progress[@]}"
+        select=()
+        if [ -n "${eval_select_set}" ] && [ "${eval_select_set}" != "${dset}" ]; then
+            sel_out="${eval_out}/${eval_select_set}_select"
+            if [ ! -f "${sel_out}/.done" ]; then
+                log "Stage 11: mel L1 on ${eval_select_set} (no judge), to select the judged settings -> ${sel_out}"
+                [ -f "${tok_exp}/codes/${eval_select_set}/.done" ] || { log "ERROR: ${tok_exp}/codes/${eval_select_set} missing: run stage 5 first"; exit 1; }
+                "${sitok[@]}" eval-refine "${dumpdir}/${eval_select_set}" "${tok_exp}/codes/${eval_select_set}" "${sel_out}" \
+                    "${grid[@]}" "${no_progress[@]}"
+                touch "${sel_out}/.done"
+            fi
+            select=(--select-from "${sel_out}")
+        fi
+        log "Stage 11: refinement evaluation on ${dset}: ${models[*]} -> ${eval_out}/${dset}"
+        "${sitok[@]}" eval-refine "${dumpdir}/${dset}" "${tok_exp}/codes/${dset}" "${eval_out}/${dset}" "${grid[@]}" \
+            --wer-steps ${eval_wer_steps} --lm "${lang_dir}/judge_lm.arpa" ${select[@]+"${select[@]}"} "${no_progress[@]}"
         log "  $(head -1 "${eval_out}/${dset}/results.md")"
         tail -n +3 "${eval_out}/${dset}/results.md" | while read -r line; do log "  ${line}"; done
         touch "${eval_out}/${dset}/.done"

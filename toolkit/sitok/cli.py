@@ -44,6 +44,7 @@ def setup_logging(level: str = "INFO") -> None:
 # ---------------------------------------------------------------------------------------
 VOCODERS = ("auto", "vocos", "griffin_lim")
 VOCODER_HELP = "auto: the model directory's trained vocoder when it has one, else Griffin-Lim"
+TEMPERATURE_HELP = "start-noise scale tau (1: sample; 0: deterministic decode from the noise mode)"
 
 
 def cmd_synth_mini(a) -> int:
@@ -291,7 +292,7 @@ def cmd_decode(a) -> int:
     from sitok.data.audio import write_wav_atomic
 
     tok = _tokenizer(a)
-    wav, sr = tok.decode(np.load(a.input), steps=a.steps, seed=a.seed, cfg_scale=a.cfg_scale)
+    wav, sr = tok.decode(np.load(a.input), steps=a.steps, seed=a.seed, cfg_scale=a.cfg_scale, temperature=a.temperature)
     write_wav_atomic(a.output, wav, sr)
     logger.info("%s -> %s: %.2f s at %d Hz (%d steps)", a.input, a.output, wav.shape[-1] / sr, sr, a.steps)
     return 0
@@ -302,7 +303,7 @@ def cmd_resynth(a) -> int:
 
     tok = _tokenizer(a)
     wav, sr = tok.resynth(load_audio(a.input, tok.sample_rate), tok.sample_rate, steps=a.steps, seed=a.seed,
-                          cfg_scale=a.cfg_scale)  # fmt: skip
+                          cfg_scale=a.cfg_scale, temperature=a.temperature)  # fmt: skip
     write_wav_atomic(a.output, wav, sr)
     logger.info("%s -> %s (%d steps)", a.input, a.output, a.steps)
     return 0
@@ -356,7 +357,7 @@ def cmd_resynth_set(a) -> int:
     tok = _tokenizer(a)
     if a.codes_dir:
         resynth_set(tok, a.dump_dir, a.codes_dir, a.out_dir, steps=a.steps, seed=a.seed, progress=not a.no_progress,
-                    cfg_scale=a.cfg_scale)  # fmt: skip
+                    cfg_scale=a.cfg_scale, temperature=a.temperature)  # fmt: skip
     else:
         vocode_set(tok, a.dump_dir, a.out_dir, progress=not a.no_progress)
     return 0
@@ -372,7 +373,8 @@ def cmd_eval_refine(a) -> int:
             raise ValueError(f"--models: expected NAME=MODEL_DIR, got {item!r}")
         models[name] = path
     evaluate_refinement(a.dump_dir, a.codes_dir, a.out_dir, models, a.steps, a.cfg_scales, a.wer_steps, a.lm,
-                        max_utts=a.max_utts, progress=not a.no_progress, vocoder=a.vocoder)  # fmt: skip
+                        max_utts=a.max_utts, progress=not a.no_progress, vocoder=a.vocoder,
+                        temperatures=a.temperatures, select_from=a.select_from)  # fmt: skip
     return 0
 
 
@@ -515,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--steps", type=int, default=16)
             s.add_argument("--seed", type=int, default=0)
             s.add_argument("--cfg-scale", type=float, default=1.0, help="token CFG scale w (1: plain conditional)")
+            s.add_argument("--temperature", type=float, default=1.0, help=TEMPERATURE_HELP)
         s.add_argument("--vocoder", default="auto", choices=VOCODERS, help=VOCODER_HELP)
         s.add_argument("--device", default="cpu")
         s.set_defaults(func=fn)
@@ -555,19 +558,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--cfg-scale", type=float, default=1.0, help="token CFG scale w (1: plain conditional)")
+    s.add_argument("--temperature", type=float, default=1.0, help=TEMPERATURE_HELP)
     s.add_argument("--vocoder", default="auto", choices=VOCODERS, help=VOCODER_HELP)
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_resynth_set)
 
-    s = sub.add_parser("eval-refine", help="mel distance / WER / RTF of models x steps x CFG scales on a set")
+    s = sub.add_parser("eval-refine", help="mel distance / WER / RTF of models x steps x CFG scales x temperatures on a set")
     s.add_argument("dump_dir")
     s.add_argument("codes_dir", help="the set's codes (refined models share the base model's encoder and VQ)")
     s.add_argument("out_dir")
     s.add_argument("--models", nargs="+", required=True, help="NAME=MODEL_DIR ...")
     s.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     s.add_argument("--cfg-scales", nargs="+", type=float, default=[1.0])
+    s.add_argument("--temperatures", nargs="+", type=float, default=[1.0], help="start-noise scales tau to score")
     s.add_argument("--wer-steps", nargs="*", type=int, default=[], help="steps that also get the ASR judge")
+    s.add_argument("--select-from", default=None,
+                   help="an earlier eval-refine output dir (e.g. on dev) whose mel L1 selects the judged setting")
     s.add_argument("--lm", default=None, help="judge LM (ARPA); default: pocketsphinx's generic LM")
     s.add_argument("--max-utts", type=int, default=0)
     s.add_argument("--vocoder", default="auto", choices=VOCODERS, help=VOCODER_HELP)

@@ -2,18 +2,24 @@
 # Shortcut fine-tuning in the paper's parameterisation (issue 4; docs/RESULTS.md).
 #
 # The mini tokenizer's decoder predicts clean x (SPEC 5); the paper's predicts the velocity
-# x - eps. This script re-trains the mini decoder the paper's way on the frozen tokens, then
-# fine-tunes it two ways with the same epochs, batches and learning rate: shortcut fine-tuning,
-# and plain flow-matching fine-tuning (decoder_ft, the equal-compute control). Stage 3 scores
-# all of them and the x-prediction base: mel L1, Fréchet mel distance (FMD), judge WER.
+# x - eps. By default this script re-trains the mini decoder the paper's way on the frozen
+# tokens, then fine-tunes it two ways with the same epochs, batches and learning rate: shortcut
+# fine-tuning, and plain flow-matching fine-tuning (decoder_ft, the equal-compute control).
+# With --overrides "" it fine-tunes the mini decoder itself (x prediction) the same two ways.
+# Stage 3 scores all of them and the mini base: mel L1, Fréchet mel distance (FMD), judge WER,
+# at every start-noise temperature of --eval_temperatures; the judge hears the plain setting
+# (temperature 1) and the temperature with the lowest mean mel L1 on --select_set.
 #
-#   1  velocity base:  refine "reparam" with --overrides on exp/tokenizer_mini (encoder + VQ frozen)
+#   1  re-parameterised base: refine "reparam" with --overrides on exp/tokenizer_mini (encoder + VQ
+#      frozen); skipped when --overrides is empty (the base model is then the starting point)
 #   2  from it, side by side: shortcut fine-tuning and decoder_ft (the equal-compute control)
-#   3  sitok eval-refine: log-mel L1 at --eval_steps, judge WER at --eval_wer_steps, on --eval_set
+#   3  sitok eval-refine on --select_set (mel L1 and FMD only), then on --eval_set: log-mel L1 at
+#      --eval_steps, judge WER at --eval_wer_steps
 #
 #   ./run_shortcut.sh --train_args "--device cuda --num_workers 4"   # 4.6 min of training on one H100
 #   ./run_shortcut.sh                 # the same on CPU: ~4 h of training on the 2-core machine (estimated)
-#   ./run_shortcut.sh --stage 3       # score only (34 min on one core)
+#   ./run_shortcut.sh --stage 3       # score only
+#   ./run_shortcut.sh --name x --overrides ""   # the x-prediction pair: exp/refine_mini_x_{shortcut,ft}
 # Every step is resumable: run the same command again (exported models are kept).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,7 +29,7 @@ stop_stage=100
 base_model=exp/tokenizer_mini/model   # the trained tokenizer (run.sh stage 4)
 codes_dir=exp/tokenizer_mini/codes    # its codes (run.sh stage 5)
 tag=mini
-name=velocity                          # the velocity base is exp/refine_<tag>_<name>
+name=velocity                          # the fine-tunes are exp/refine_<tag>_<name>_{shortcut,ft}
 # the paper's parameterisation (velocity, no x_t skip) at a width that can carry the 512-dim noise (SPEC 5)
 overrides="{prediction: velocity, x_skip: False, dec_hidden: 512, dec_layers: 2}"
 base_args="--lr 0.001 --warmup_steps 200 --batch_seconds 128 --number_of_epochs 90"
@@ -33,12 +39,14 @@ refine_config=mini
 eval_set=test
 eval_steps="1 2 4 8 16"
 eval_wer_steps="1 2 4"
+eval_temperatures="0 0.5 1"  # start-noise scales; 1 alone scores plain sampling only
+select_set=dev               # the set whose mel L1 selects the judged temperature ("" : eval_set itself)
 eval_args=               # more eval-refine options, e.g. "--max-utts 50"
 lang_dir=data/lang_unigram256
 expdir=exp
 dumpdir=dump
 python=
-help_message="Usage: $0 [--stage N] [--stop_stage N] [--base_model DIR] [--name velocity] [--overrides '{...}'] [--base_args '...'] [--ft_args '...'] [--train_args '--device cuda'] [--eval_set test] [--eval_steps '1 2 4'] [--eval_args '...']"
+help_message="Usage: $0 [--stage N] [--stop_stage N] [--base_model DIR] [--name velocity] [--overrides '{...}'] [--base_args '...'] [--ft_args '...'] [--train_args '--device cuda'] [--eval_set test] [--eval_steps '1 2 4'] [--eval_temperatures '0 1'] [--select_set dev] [--eval_args '...']"
 
 toolkit_root="$(cd ../../.. && pwd)"
 . "${toolkit_root}/tools/parse_options.sh"
@@ -47,6 +55,8 @@ python=${python:-${toolkit_root}/.venv/bin/python}
 config="${toolkit_root}/recipes/refine/hparams/${refine_config}.yaml"
 [ -f "${refine_config}" ] && config=${refine_config}
 vbase="${expdir}/refine_${tag}_${name}"
+start="${vbase}/model"                 # what stage 2 fine-tunes
+[ -n "${overrides}" ] || start=${base_model}
 SECONDS=0
 log "$0 $*"
 
@@ -66,39 +76,54 @@ refine() {  # refine KIND INIT OUT ARGS...
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     [ -f "${base_model}/config.json" ] || { log "ERROR: ${base_model}/config.json missing: run ./run.sh --stop_stage 4 first"; exit 1; }
-    log "Stage 1: velocity base: the decoder of ${base_model} re-trained with ${overrides} on frozen tokens"
+fi
+if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ] && [ -z "${overrides}" ]; then
+    log "Stage 1: no --overrides: stage 2 fine-tunes ${base_model} itself"
+elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+    log "Stage 1: re-parameterised base: the decoder of ${base_model} re-trained with ${overrides} on frozen tokens"
     eval "args=(${base_args} ${train_args})"
     refine reparam "${base_model}" "${vbase}" --decoder_overrides "${overrides}" ${args[@]+"${args[@]}"}
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     threads=$(( $(nproc) / 2 )); [ "${threads}" -ge 1 ] || threads=1
-    log "Stage 2: from ${vbase}: shortcut fine-tuning and the decoder_ft control (${ft_args}), ${threads} thread(s) each"
+    log "Stage 2: from ${start}: shortcut fine-tuning and the decoder_ft control (${ft_args}), ${threads} thread(s) each"
     eval "args=(${ft_args} ${train_args})"
-    OMP_NUM_THREADS=${threads} refine shortcut "${vbase}/model" "${vbase}_shortcut" ${args[@]+"${args[@]}"} &
+    OMP_NUM_THREADS=${threads} refine shortcut "${start}" "${vbase}_shortcut" ${args[@]+"${args[@]}"} &
     p1=$!
-    OMP_NUM_THREADS=${threads} refine decoder_ft "${vbase}/model" "${vbase}_ft" ${args[@]+"${args[@]}"} &
+    OMP_NUM_THREADS=${threads} refine decoder_ft "${start}" "${vbase}_ft" ${args[@]+"${args[@]}"} &
     p2=$!
     wait ${p1} || exit 1
     wait ${p2} || exit 1
 fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
-    out="${expdir}/refine_eval_${tag}_${name}/${eval_set}"
-    if [ -f "${out}/.done" ]; then
-        log "Stage 3: ${out} already done, skipping (delete it to score again)"
-    else
-        [ -f "${codes_dir}/${eval_set}/.done" ] || { log "ERROR: ${codes_dir}/${eval_set} missing: run ./run.sh --stage 5 --stop_stage 5"; exit 1; }
-        models=("base=${base_model}" "${name}=${vbase}/model" "${name}_ft=${vbase}_ft/model" "${name}_shortcut=${vbase}_shortcut/model")
-        log "Stage 3: log-mel L1 at steps ${eval_steps}, judge WER at ${eval_wer_steps}: ${models[*]} -> ${out}"
-        lm=()
-        [ -f "${lang_dir}/judge_lm.arpa" ] && lm=(--lm "${lang_dir}/judge_lm.arpa")
-        eval "more=(${eval_args})"
-        "${python}" -m sitok.cli eval-refine "${dumpdir}/${eval_set}" "${codes_dir}/${eval_set}" "${out}" \
-            --models "${models[@]}" --steps ${eval_steps} --wer-steps ${eval_wer_steps} --vocoder griffin_lim \
-            ${lm[@]+"${lm[@]}"} ${more[@]+"${more[@]}"}
+    models=("base=${base_model}")
+    [ -n "${overrides}" ] && models+=("${name}=${vbase}/model")
+    models+=("${name}_ft=${vbase}_ft/model" "${name}_shortcut=${vbase}_shortcut/model")
+    lm=()
+    [ -f "${lang_dir}/judge_lm.arpa" ] && lm=(--lm "${lang_dir}/judge_lm.arpa")
+    eval "more=(${eval_args})"
+    score() {  # score SET OUT ARGS...: sitok eval-refine of every model on SET, once
+        local set=$1 out=$2
+        shift 2
+        if [ -f "${out}/.done" ]; then
+            log "Stage 3: ${out} already done, skipping (delete it to score again)"
+            return 0
+        fi
+        [ -f "${codes_dir}/${set}/.done" ] || { log "ERROR: ${codes_dir}/${set} missing: run ./run.sh --stage 5 --stop_stage 5"; return 1; }
+        log "Stage 3: ${set}: ${models[*]} at steps ${eval_steps}, temperatures ${eval_temperatures} -> ${out}"
+        "${python}" -m sitok.cli eval-refine "${dumpdir}/${set}" "${codes_dir}/${set}" "${out}" --models "${models[@]}" \
+            --steps ${eval_steps} --temperatures ${eval_temperatures} --vocoder griffin_lim ${more[@]+"${more[@]}"} "$@"
         while read -r line; do log "  ${line}"; done < "${out}/results.md"
         touch "${out}/.done"
+    }
+    out="${expdir}/refine_eval_${tag}_${name}"
+    select=()
+    if [ -n "${select_set}" ] && [ "${select_set}" != "${eval_set}" ] && [ "${eval_temperatures}" != "1" ]; then
+        score "${select_set}" "${out}/${select_set}"
+        select=(--select-from "${out}/${select_set}")
     fi
+    score "${eval_set}" "${out}/${eval_set}" --wer-steps ${eval_wer_steps} ${lm[@]+"${lm[@]}"} ${select[@]+"${select[@]}"}
 fi
 log "Finished in ${SECONDS} s"

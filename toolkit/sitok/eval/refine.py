@@ -1,18 +1,24 @@
 """Reconstruction of a set by several models and decode settings (recipe stage 11).
 
-For every model x Euler steps x token-CFG scale: decode the set's codes, score the normalised
-log-mel L1 distance to the ground truth (the training space of the decoder; lower is better),
-the Fréchet mel distance (FMD: the Fréchet distance between the Gaussians fitted to all decoded
-and all ground-truth normalised log-mel frames of the set; a distribution distance, like the FID
-by which shortcut models are judged, where L1 to one reference rewards the conditional mean)
-and the decoder's real-time factor; at the steps in ``wer_steps`` also vocode and score the
-offline ASR judge's WER, for w = 1 and (token-CFG models) the scale with the lowest mean mel
-distance. Ground-truth mel through each available vocoder gives the reference
-rows. Writes ``per_utt.csv``, ``results.csv``, ``results.md`` and ``summary.json``.
+For every model x Euler steps x token-CFG scale x start-noise temperature: decode the set's
+codes, score the normalised log-mel L1 distance to the ground truth (the training space of the
+decoder; lower is better), the Fréchet mel distance (FMD: the Fréchet distance between the
+Gaussians fitted to all decoded and all ground-truth normalised log-mel frames of the set; a
+distribution distance, like the FID by which shortcut models are judged, where L1 to one
+reference rewards the conditional mean) and the decoder's real-time factor; at the steps in
+``wer_steps`` also vocode and score the offline ASR judge's WER, for the plain setting (w = 1,
+temperature 1) and for the other setting with the lowest mean mel distance over the steps (the
+CFG scale of a token-CFG model, a temperature), selected on this set or, with ``select_from``,
+on an earlier run's results (a dev set's). Ground-truth mel through each available vocoder
+gives the reference rows. Writes ``per_utt.csv``, ``results.csv``, ``results.md`` and ``summary.json``.
 
     sitok eval-refine dump/test exp/tokenizer_mini/codes/test exp/refine_eval_mini/test \
         --models base=exp/tokenizer_mini/model shortcut=exp/refine_mini_shortcut/model \
         --steps 1 2 4 --cfg-scales 1 2 --wer-steps 1 4 --lm data/lang_unigram256/judge_lm.arpa
+    # tune the temperature on dev (no judge), score test at the dev-selected one:
+    sitok eval-refine dump/dev ... exp/refine_eval_mini/dev --models ... --temperatures 0 0.5 1
+    sitok eval-refine dump/test ... exp/refine_eval_mini/test --models ... --temperatures 0 0.5 1 \
+        --wer-steps 1 2 4 --select-from exp/refine_eval_mini/dev
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def decode_set(tok, codes: dict, frames: dict, steps: int, cfg_scale: float = 1.0, seed: int = 0):
+def decode_set(tok, codes: dict, frames: dict, steps: int, cfg_scale: float = 1.0, seed: int = 0,
+               temperature: float = 1.0):  # fmt: skip
     """Decode every utterance (batched); returns ({utt: log-mel [frames, 128]}, decoder seconds)."""
     out, seconds = {}, 0.0
     for batch in length_batches({u: codes[u].shape[1] for u in codes}):
@@ -41,7 +48,7 @@ def decode_set(tok, codes: dict, frames: dict, steps: int, cfg_scale: float = 1.
                                             batch_first=True).transpose(1, 2)  # [B, CN, T]  # fmt: skip
         lengths = torch.tensor([codes[u].shape[1] for u in batch])
         t0 = time.perf_counter()
-        mel = tok.decode_mel(c, steps=steps, seed=seed, lengths=lengths, cfg_scale=cfg_scale)
+        mel = tok.decode_mel(c, steps=steps, seed=seed, lengths=lengths, cfg_scale=cfg_scale, temperature=temperature)
         seconds += time.perf_counter() - t0
         for i, u in enumerate(batch):
             out[u] = mel[i, : frames[u]].cpu()
@@ -87,15 +94,52 @@ def _wer(tok, asr, mels: dict, texts: dict, progress: bool) -> tuple[float, list
     return word_error_rate(refs, hyps), list(zip(utts, refs, hyps))
 
 
+def setting_key(name: str, vocoder: str, steps: int, cfg_scale: float, temperature: float) -> str:
+    """File name of a scored setting (temperature 1 keeps the name it had before temperatures)."""
+    key = f"{name}_{vocoder}_steps{steps}_cfg{cfg_scale:g}"
+    return key if temperature == 1.0 else f"{key}_temp{temperature:g}"
+
+
+def select_setting(rows: list[dict], name: str, settings: list[tuple], steps: list[int], source: str):
+    """The (cfg_scale, temperature) of ``settings`` other than the plain (1, 1) with the lowest mean
+    mel L1 among ``rows`` of model ``name``, over those of ``steps`` that ``rows`` have; None when
+    there is no other setting. ``source`` names the rows' origin in errors."""
+    candidates = [st for st in settings if st != (1.0, 1.0)]
+    if not candidates:
+        return None
+    mine = [r for r in rows if r["model"] == name]
+    use = [s for s in steps if any(r["steps"] == s for r in mine)]
+    if not use:
+        raise ValueError(f"{source}: no results of model {name!r} at any of steps {list(steps)}")
+    mean = {}
+    for w, tau in candidates:
+        vals = [r["mel_l1"] for r in mine if r["steps"] in use and r["cfg_scale"] == w
+                and r.get("temperature", 1.0) == tau]  # fmt: skip
+        if len(vals) != len(use):
+            raise ValueError(f"{source}: model {name!r} lacks mel L1 at cfg_scale={w:g}, temperature={tau:g} for "
+                             f"some of steps {use}; score that setting there first")  # fmt: skip
+        mean[(w, tau)] = float(np.mean(vals))
+    return min(candidates, key=lambda st: mean[st])
+
+
 def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dict[str, str], steps: list[int],
                         cfg_scales: list[float] = (1.0,), wer_steps: list[int] = (), lm: str | None = None,
-                        max_utts: int = 0, progress: bool = True, vocoder: str = "auto") -> list[dict]:  # fmt: skip
+                        max_utts: int = 0, progress: bool = True, vocoder: str = "auto",
+                        temperatures: list[float] = (1.0,), select_from: str | None = None) -> list[dict]:  # fmt: skip
     """Score ``models`` (name -> model dir) on a set; see the module docstring. Returns the rows."""
     import kaldiio
     import pandas as pd
 
     from sitok.infer import Tokenizer
 
+    if any(not 0.0 <= tau < float("inf") for tau in temperatures):
+        raise ValueError(f"temperatures must be finite numbers >= 0, got {list(temperatures)}")
+    selection_rows = None
+    if select_from:
+        path = os.path.join(select_from, "results.csv")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no eval-refine results to select settings from")
+        selection_rows = pd.read_csv(path).to_dict("records")
     feats = read_table(os.path.join(dump_dir, "feats.scp"))
     texts = read_table(os.path.join(dump_dir, "text"))
     frames = {u: int(n) for u, n in read_table(os.path.join(dump_dir, "utt2num_frames")).items()}
@@ -144,23 +188,24 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
         t0 = time.time()
         wer, hyp_rows = _wer(tok, asr, ref, texts, progress)
         _write_hyps(out_dir, key, hyp_rows)
-        keep(key, {"model": "ground truth", "steps": 0, "cfg_scale": 1.0, "vocoder": voc, "mel_l1": 0.0,
-                   "fmd": 0.0, "wer": 100 * wer, "decoder_rtf": 0.0})  # fmt: skip
+        keep(key, {"model": "ground truth", "steps": 0, "cfg_scale": 1.0, "temperature": 1.0, "vocoder": voc,
+                   "mel_l1": 0.0, "fmd": 0.0, "wer": 100 * wer, "decoder_rtf": 0.0})  # fmt: skip
         logger.info("ground-truth mel -> %s: WER %.2f %% (%.0f s)", voc, 100 * wer, time.time() - t0)
-    # 1) mel distance and decoder RTF of every setting; 2) WER for w = 1 at wer_steps, and for
-    # token-CFG models also at the scale w != 1 with the lowest mean mel distance
+    # 1) mel distance and decoder RTF of every setting; 2) WER at wer_steps for the plain setting
+    # (w = 1, temperature 1) and the other setting with the lowest mean mel distance
     for name, model_dir in models.items():
         tok = Tokenizer.from_pretrained(model_dir, vocoder=vocoder)
         voc = getattr(tok.vocoder, "name", "custom")
         scales = [w for w in cfg_scales if w == 1.0 or tok.model.config.token_cfg] or [1.0]
+        settings = [(float(w), float(tau)) for w in scales for tau in temperatures]
         ref_n = None  # the set in this model's CMVN and its frame Gaussian: once per model, when needed
         l1 = {}
-        for w in scales:
+        for w, tau in settings:
             for s in steps:
-                key = f"{name}_{voc}_steps{s}_cfg{w:g}"
+                key = setting_key(name, voc, s, w, tau)
                 if (c := cached(key)) is None:
                     t0 = time.time()
-                    mels, dec_s = decode_set(tok, codes, frames, s, w)
+                    mels, dec_s = decode_set(tok, codes, frames, s, w, temperature=tau)
                     if ref_n is None:
                         ref_n = {u: tok.cmvn(ref[u].to(tok.device)).cpu() for u in utts}
                         ref_gauss = gaussian(torch.cat([ref_n[u] for u in utts]).numpy())
@@ -168,33 +213,37 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
                     cut = {u: min(len(hyp_n[u]), len(ref_n[u])) for u in utts}
                     dists = {u: float((hyp_n[u][: cut[u]] - ref_n[u][: cut[u]]).abs().mean()) for u in utts}
                     fmd = frechet_distance(torch.cat([hyp_n[u][: cut[u]] for u in utts]).numpy(), ref_gauss)
-                    row = {"model": name, "steps": s, "cfg_scale": w, "vocoder": voc,
+                    row = {"model": name, "steps": s, "cfg_scale": w, "temperature": tau, "vocoder": voc,
                            "mel_l1": float(np.mean(list(dists.values()))), "fmd": fmd, "wer": None,
                            "decoder_rtf": dec_s / audio_s}  # fmt: skip
-                    c = {"row": row, "per_utt": [{"model": name, "steps": s, "cfg_scale": w, "utt": u, "mel_l1": d}
-                                                 for u, d in dists.items()]}  # fmt: skip
+                    c = {"row": row, "per_utt": [{"model": name, "steps": s, "cfg_scale": w, "temperature": tau,
+                                                  "utt": u, "mel_l1": d} for u, d in dists.items()]}  # fmt: skip
                     write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps(c))
-                    logger.info("%s steps=%d cfg=%g: mel L1 %.4f, FMD %.3f, decoder RTF %.4f (%.0f s)", name, s, w,
-                                row["mel_l1"], row["fmd"], row["decoder_rtf"], time.time() - t0)  # fmt: skip
-                l1[(w, s)] = c
-        wer_scales = [1.0]
-        guided = [w for w in scales if w != 1.0]
-        if guided:
-            best = min(guided, key=lambda w: np.mean([l1[(w, s)]["row"]["mel_l1"] for s in steps]))
-            wer_scales.append(best)
-            logger.info("%s: CFG scale with the lowest mean mel distance: %g", name, best)
-        for (w, s), c in l1.items():
+                    logger.info("%s steps=%d cfg=%g temperature=%g: mel L1 %.4f, FMD %.3f, decoder RTF %.4f (%.0f s)",
+                                name, s, w, tau, row["mel_l1"], row["fmd"], row["decoder_rtf"], time.time() - t0)  # fmt: skip
+                for r in (c["row"], *c["per_utt"]):
+                    r.setdefault("temperature", 1.0)  # rows cached before temperatures existed
+                l1[(w, tau, s)] = c
+        if selection_rows is None:
+            best = select_setting([c["row"] for c in l1.values()], name, settings, list(steps), out_dir)
+        else:
+            best = select_setting(selection_rows, name, settings, list(steps), select_from)
+        wer_settings = [(1.0, 1.0)] + ([best] if best is not None else [])
+        if best is not None:
+            logger.info("%s: setting with the lowest mean mel distance (selected on %s): cfg_scale %g, temperature %g",
+                        name, select_from or dump_dir, *best)  # fmt: skip
+        for (w, tau, s), c in l1.items():
             row = c["row"]
-            if asr is not None and s in wer_steps and w in wer_scales and row["wer"] is None:
-                key = f"{name}_{voc}_steps{s}_cfg{w:g}"
+            if asr is not None and s in wer_steps and (w, tau) in wer_settings and row["wer"] is None:
+                key = setting_key(name, voc, s, w, tau)
                 t0 = time.time()
-                mels, _ = decode_set(tok, codes, frames, s, w)
+                mels, _ = decode_set(tok, codes, frames, s, w, temperature=tau)
                 wer, hyp_rows = _wer(tok, asr, mels, texts, progress)
                 row["wer"] = 100 * wer
                 _write_hyps(out_dir, key, hyp_rows)
                 write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps(c))
-                logger.info("%s steps=%d cfg=%g (%s): WER %.2f %% (%.0f s)", name, s, w, voc, row["wer"],
-                            time.time() - t0)  # fmt: skip
+                logger.info("%s steps=%d cfg=%g temperature=%g (%s): WER %.2f %% (%.0f s)", name, s, w, tau, voc,
+                            row["wer"], time.time() - t0)  # fmt: skip
             rows.append(row)
             per_utt.extend(c["per_utt"])
     df = pd.DataFrame(rows)
@@ -210,16 +259,20 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
 
 
 def results_markdown(df) -> str:
-    """The rows as a markdown table: model, vocoder, steps, CFG scale, mel L1, FMD, WER, decoder RTF."""
-    lines = ["| model | vocoder | steps | CFG w | normalised log-mel L1 | FMD | judge WER (%) | decoder RTF |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """The rows as a markdown table: model, vocoder, steps, CFG scale, temperature, mel L1, FMD, WER,
+    decoder RTF."""
+    lines = ["| model | vocoder | steps | CFG w | temperature | normalised log-mel L1 | FMD | judge WER (%) | decoder RTF |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def num(v, fmt):  # rows cached before a column existed hold None (NaN in a frame)
         return "" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
 
     for r in df.to_dict("records"):
         steps = "—" if r["steps"] == 0 else str(int(r["steps"]))
-        lines.append(f"| {r['model']} | {r['vocoder']} | {steps} | {r['cfg_scale']:g} | {r['mel_l1']:.4f} | "
+        tau = r.get("temperature")
+        tau = 1.0 if tau is None or np.isnan(tau) else tau  # rows cached before temperatures: 1
+        tau = "—" if r["steps"] == 0 else f"{tau:g}"
+        lines.append(f"| {r['model']} | {r['vocoder']} | {steps} | {r['cfg_scale']:g} | {tau} | {r['mel_l1']:.4f} | "
                      f"{num(r.get('fmd'), '.3f')} | {num(r['wer'], '.2f')} | {r['decoder_rtf']:.4f} |")  # fmt: skip
     return "\n".join(lines)
 

@@ -118,7 +118,7 @@ def _write_set(items, out_dir: str, render, desc: str, progress: bool) -> dict:
 
 @torch.no_grad()
 def resynth_set(tok, dump_dir: str, codes_dir: str, out_dir: str, steps: int = 16, seed: int = 0,
-                progress: bool = True, cfg_scale: float = 1.0) -> int:  # fmt: skip
+                progress: bool = True, cfg_scale: float = 1.0, temperature: float = 1.0) -> int:  # fmt: skip
     """Decode ``codes_dir/codes.scp`` to wavs, cut to each utterance's original frame count."""
     import kaldiio
 
@@ -128,7 +128,7 @@ def resynth_set(tok, dump_dir: str, codes_dir: str, out_dir: str, steps: int = 1
 
     def render(u):
         c = torch.from_numpy(kaldiio.load_mat(codes[u]).astype(np.int64))
-        wav, sr = tok.decode(c, steps=steps, seed=seed, cfg_scale=cfg_scale)
+        wav, sr = tok.decode(c, steps=steps, seed=seed, cfg_scale=cfg_scale, temperature=temperature)
         return wav[: frames[u] * hop], sr
 
     wav_scp = _write_set([(u, u) for u in sorted(codes)], out_dir, render, f"resynth {steps} steps", progress)

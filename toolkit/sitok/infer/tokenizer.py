@@ -133,14 +133,19 @@ class Tokenizer:
 
     @torch.no_grad()
     def decode_mel(self, codes, steps: int = 16, seed: int | None = 0, lengths: torch.Tensor | None = None,
-                   cfg_scale: float = 1.0) -> torch.Tensor:  # fmt: skip
+                   cfg_scale: float = 1.0, temperature: float = 1.0) -> torch.Tensor:  # fmt: skip
         """codes [CN, T] or [B, CN, T] -> un-normalised log-mel [B, 4T, 128] (Euler ODE, ``steps``).
 
         ``cfg_scale`` w != 1 applies token classifier-free guidance (needs a model trained with
         token drop); w = 1 is the plain conditional decoder. Shortcut models take d = 1/steps.
+        ``temperature`` tau scales the start noise, x_0 = tau * eps: 1 samples the decoder's
+        distribution, 0 decodes deterministically from the noise mode (the seed no longer
+        matters), values between trade diversity for closeness to the centre of that distribution.
         """
         if cfg_scale != 1.0 and not self.model.config.token_cfg:
             raise ValueError(f"decode: cfg_scale={cfg_scale} needs a model trained for token CFG (token_cfg: true)")
+        if not 0.0 <= temperature < float("inf"):
+            raise ValueError(f"decode: temperature must be a finite number >= 0, got {temperature}")
         codes = self.check_codes(codes)
         b, _, t = codes.shape
         mask = None if lengths is None else lengths_to_mask(lengths.to(self.device), t)
@@ -151,24 +156,25 @@ class Tokenizer:
         else:
             gen.seed()
         if self.model.config.decoder == "diffusion":
-            noise = torch.randn(b, t, self.model.config.frame_dim, generator=gen, device=self.device)
+            noise = temperature * torch.randn(b, t, self.model.config.frame_dim, generator=gen, device=self.device)
             x = euler_sample(self.model.velocity_fn(cond, mask, steps, cfg_scale), noise, steps)
         else:
             x = self.model.decoder(cond, mask)
         return self.cmvn.inverse(self.model.unstack(x))
 
     @torch.no_grad()
-    def decode(self, codes, steps: int = 16, seed: int | None = 0, cfg_scale: float = 1.0) -> tuple[torch.Tensor, int]:
+    def decode(self, codes, steps: int = 16, seed: int | None = 0, cfg_scale: float = 1.0,
+               temperature: float = 1.0) -> tuple[torch.Tensor, int]:  # fmt: skip
         """codes [CN, T] -> (waveform [N] at 24 kHz, 24000); [B, CN, T] -> ([B, N], 24000)."""
         batched = np.ndim(codes) == 3
-        wav = self.vocoder(self.decode_mel(codes, steps, seed, cfg_scale=cfg_scale)).cpu()
+        wav = self.vocoder(self.decode_mel(codes, steps, seed, cfg_scale=cfg_scale, temperature=temperature)).cpu()
         return (wav if batched else wav[0]), self.sample_rate
 
     @torch.no_grad()
-    def resynth(self, wav, sample_rate: int, steps: int = 16, seed: int | None = 0,
-                cfg_scale: float = 1.0) -> tuple[torch.Tensor, int]:  # fmt: skip
+    def resynth(self, wav, sample_rate: int, steps: int = 16, seed: int | None = 0, cfg_scale: float = 1.0,
+                temperature: float = 1.0) -> tuple[torch.Tensor, int]:  # fmt: skip
         """Encode then decode; the output is cut to the input's duration."""
         x = _as_mono_tensor(wav)
-        out, sr = self.decode(self.encode(x, sample_rate), steps, seed, cfg_scale)
+        out, sr = self.decode(self.encode(x, sample_rate), steps, seed, cfg_scale, temperature)
         n = int(round(x.numel() * sr / sample_rate))
         return out[:n], sr
