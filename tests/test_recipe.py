@@ -21,6 +21,7 @@ ABLATIONS = os.path.join(ROOT, "egs", "mini", "sitok", "run_ablations.sh")
 SHORTCUT = os.path.join(ROOT, "egs", "mini", "sitok", "run_shortcut.sh")
 REFINE = ["--refine_args", "--number_of_epochs 1 --batch_seconds 8 --max_train_minutes 0", "--vocoder_config", "tiny",
           "--vocoder_eval_utts", "2", "--eval_steps", "1 2", "--eval_cfg_scales", "1 2", "--eval_wer_steps", "1",
+          "--eval_temperatures", "0 1", "--eval_select_set", "dev",
           "--evaluate_steps", "1 2", "--evaluate_cfg_scales", "1 2", "--evaluate_vocoders", "vocos griffin_lim",
           "--evaluate_utts", "3"]  # fmt: skip
 PROBES = ["--probe_args", "--number_of_epochs 1 --batch_size 4"]
@@ -91,6 +92,9 @@ def test_every_stage_and_rerun(tmp_path):
     assert set(res[res.model == "ground truth"]["vocoder"]) == {"griffin_lim", "vocos"}
     assert res[(res.model == "shortcut") & (res.steps == 1)]["wer"].notna().all()
     assert res[res.model != "ground truth"]["fmd"].gt(0).all()  # the Frechet mel distance of every decode
+    sel = pd.read_csv(f"{tmp}/exp/refine_eval_tiny/dev_select/results.csv")  # judged settings chosen on dev
+    assert set(sel["temperature"]) == {0.0, 1.0} and sel["wer"].isna().all() and "ground truth" not in set(sel.model)
+    assert res[(res.model == "shortcut") & (res.steps == 1) & (res.temperature == 0)]["wer"].notna().all()
 
     # stages 12-14: every model scored by every judge, the probes, then the paper-style report
     r = run(tmp, "--stage", "12", "--stop_stage", "14", *REFINE, *PROBES)
@@ -158,6 +162,11 @@ def test_every_stage_and_rerun(tmp_path):
     assert sorted(set(res[res.model != "ground truth"]["temperature"])) == [0.0, 1.0] and res["fmd"].notna().all()
     dev = pd.read_csv(f"{tmp}/exp/refine_eval_tiny_velocity/dev/results.csv")  # the temperature is selected on dev
     assert len(dev) == 4 * 2 * 2 and dev["wer"].isna().all() and "(selected on " in sc.stdout + sc.stderr
+    cmp = subprocess.run([sys.executable, "-m", "sitok.cli", "compare-refine", f"{tmp}/exp/refine_eval_tiny_velocity/test",
+                          "velocity_shortcut@0", "base@1", "velocity_ft@0", "--steps", "1", "2"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert cmp.returncode == 0, cmp.stderr
+    assert len([ln for ln in cmp.stdout.splitlines() if ln.startswith("| velocity_shortcut@0 |")]) == 4
     sc = subprocess.run(["bash", SHORTCUT, *sc_args], capture_output=True, text=True)  # a re-run does nothing
     assert sc.returncode == 0 and sc.stdout.count("already exported, skipping") == 3
     assert sc.stdout.count("already done, skipping") == 2

@@ -186,6 +186,35 @@ def test_eval_refine_scores_temperatures_and_selects_on_another_set(tmp_path, ca
                             select_from=str(tmp_path / "nowhere"), **run)  # fmt: skip
 
 
+def test_paired_mel_l1_compares_settings_utterance_by_utterance():
+    import numpy as np
+    import pandas as pd
+
+    from sitok.eval.refine import paired_mel_l1, parse_setting
+
+    assert parse_setting("sc") == ("sc", 1.0, 1.0) and parse_setting("cfg@0.5@2") == ("cfg", 0.5, 2.0)
+    for bad in ("", "a@b", "a@1@2@3", "@1"):
+        with pytest.raises(ValueError, match="NAME"):
+            parse_setting(bad)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.3, 50)
+    noise = rng.normal(0, 0.01, 50)
+    rows = []
+    for name, tau, vals in (("base", 1.0, base), ("sc", 0.0, base - 0.02 + noise), ("sc", 1.0, base + 0.05)):
+        rows += [{"model": name, "steps": 1, "cfg_scale": 1.0, "temperature": tau, "utt": f"u{i}", "mel_l1": v}
+                 for i, v in enumerate(vals)]  # fmt: skip
+    rows = rows[:-1]  # sc@1 lacks one utterance: the comparison uses the 49 both have
+    df = pd.DataFrame(rows)
+    (r,) = paired_mel_l1(df, "sc@0", "base", [1])
+    assert r["utterances"] == 50 and r["mean_diff"] == pytest.approx((noise - 0.02).mean())
+    assert r["ci95"][0] < r["mean_diff"] < r["ci95"][1] < 0 and r["a_lower_share"] == pytest.approx(
+        ((noise - 0.02) < 0).mean())  # fmt: skip
+    (r,) = paired_mel_l1(df, "sc@1", "base@1", [1])
+    assert r["utterances"] == 49 and r["ci95"] == pytest.approx([0.05, 0.05]) and r["a_lower_share"] == 0
+    with pytest.raises(ValueError, match="no rows for sc@0.5 at 1 steps"):
+        paired_mel_l1(df, "sc@0.5", "base", [1])
+
+
 def test_shortcut_target_is_the_average_of_two_half_steps_on_a_toy_field():
     def field(x, t, d, rows):  # any smooth function of (x, t, d)
         return torch.sin(3 * x) * (1 + t.view(-1, 1, 1)) - x * d.view(-1, 1, 1)

@@ -378,6 +378,22 @@ def cmd_eval_refine(a) -> int:
     return 0
 
 
+def cmd_compare_refine(a) -> int:
+    from sitok.eval.refine import paired_mel_l1
+
+    path = os.path.join(a.eval_dir, "per_utt.csv")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not an eval-refine output directory (run sitok eval-refine first)")
+    print("| A | B | steps | utts | mel L1 A | mel L1 B | A - B | 95 % CI | A lower on |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for b in a.b:
+        for r in paired_mel_l1(path, a.a, b, a.steps, seed=a.seed):
+            lo, hi = r["ci95"]
+            print(f"| {r['a']} | {r['b']} | {r['steps']} | {r['utterances']} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | "
+                  f"{r['mean_diff']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {100 * r['a_lower_share']:.0f} % |")  # fmt: skip
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 def _judge_opts(items) -> dict:
     """``["asr.model=/models/whisper", "asr.language=en"]`` -> {"asr": {"model": ..., "language": ...}}."""
@@ -580,6 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocoder", default="auto", choices=VOCODERS, help=VOCODER_HELP)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_eval_refine)
+
+    s = sub.add_parser("compare-refine", help="paired per-utterance mel L1 of two eval-refine settings, bootstrap CI")
+    s.add_argument("eval_dir", help="an eval-refine output directory (its per_utt.csv)")
+    s.add_argument("a", help="NAME[@TEMPERATURE[@CFG_SCALE]], e.g. shortcut@0")
+    s.add_argument("b", nargs="+", help="one or more settings to compare A with, e.g. base@0 base@1")
+    s.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4])
+    s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    s.set_defaults(func=cmd_compare_refine)
     _add_evaluate(sub)
     return p
 

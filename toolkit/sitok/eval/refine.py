@@ -258,6 +258,50 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
     return rows
 
 
+def parse_setting(spec: str) -> tuple[str, float, float]:
+    """``NAME[@TEMPERATURE[@CFG_SCALE]]`` -> (name, temperature, cfg_scale); both default to 1."""
+    name, *rest = spec.split("@")
+    if not name or len(rest) > 2:
+        raise ValueError(f"expected NAME[@TEMPERATURE[@CFG_SCALE]], got {spec!r}")
+    try:
+        vals = [float(v) for v in rest] + [1.0] * (2 - len(rest))
+    except ValueError:
+        raise ValueError(f"expected NAME[@TEMPERATURE[@CFG_SCALE]] with numbers, got {spec!r}") from None
+    return name, vals[0], vals[1]
+
+
+def paired_mel_l1(per_utt, a: str, b: str, steps: list[int], n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """Per-utterance comparison of two scored settings (``NAME[@TEMPERATURE[@CFG_SCALE]]``) from an
+    eval-refine ``per_utt.csv`` (path or frame): for each of ``steps``, the mean of
+    mel_l1(a) - mel_l1(b) over the utterances both have, its 95 % paired-bootstrap interval
+    (``n_boot`` resamples of utterances) and the share of utterances where ``a`` is lower."""
+    import pandas as pd
+
+    df = pd.read_csv(per_utt) if isinstance(per_utt, str) else per_utt
+    if "temperature" not in df:
+        df = df.assign(temperature=1.0)
+    df = df.fillna({"temperature": 1.0})
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in steps:
+        side = []
+        for spec in (a, b):
+            name, tau, w = parse_setting(spec)
+            sel = df[(df.model == name) & (df.steps == s) & (df.temperature == tau) & (df.cfg_scale == w)]
+            if sel.empty:
+                raise ValueError(f"{per_utt if isinstance(per_utt, str) else 'per_utt'}: no rows for {spec} at "
+                                 f"{s} steps (scored: {sorted(set(df.model))})")  # fmt: skip
+            side.append(sel.set_index("utt")["mel_l1"])
+        utts = side[0].index.intersection(side[1].index)
+        diff = (side[0][utts] - side[1][utts]).to_numpy()
+        boot = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
+        out.append({"a": a, "b": b, "steps": s, "utterances": len(diff), "mean_a": float(side[0][utts].mean()),
+                    "mean_b": float(side[1][utts].mean()), "mean_diff": float(diff.mean()),
+                    "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+                    "a_lower_share": float((diff < 0).mean())})  # fmt: skip
+    return out
+
+
 def results_markdown(df) -> str:
     """The rows as a markdown table: model, vocoder, steps, CFG scale, temperature, mel L1, FMD, WER,
     decoder RTF."""
