@@ -186,16 +186,18 @@ def test_eval_refine_scores_temperatures_and_selects_on_another_set(tmp_path, ca
                             select_from=str(tmp_path / "nowhere"), **run)  # fmt: skip
 
 
-def test_paired_mel_l1_compares_settings_utterance_by_utterance():
+def test_paired_comparison_of_two_settings_utterance_by_utterance(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from sitok.eval.refine import paired_mel_l1, parse_setting
+    from sitok.eval.asr import word_error_rate
+    from sitok.eval.refine import paired_comparison, parse_setting
 
     assert parse_setting("sc") == ("sc", 1.0, 1.0) and parse_setting("cfg@0.5@2") == ("cfg", 0.5, 2.0)
     for bad in ("", "a@b", "a@1@2@3", "@1"):
         with pytest.raises(ValueError, match="NAME"):
             parse_setting(bad)
+    # mel L1 from per_utt.csv
     rng = np.random.default_rng(0)
     base = rng.uniform(0.2, 0.3, 50)
     noise = rng.normal(0, 0.01, 50)
@@ -203,16 +205,31 @@ def test_paired_mel_l1_compares_settings_utterance_by_utterance():
     for name, tau, vals in (("base", 1.0, base), ("sc", 0.0, base - 0.02 + noise), ("sc", 1.0, base + 0.05)):
         rows += [{"model": name, "steps": 1, "cfg_scale": 1.0, "temperature": tau, "utt": f"u{i}", "mel_l1": v}
                  for i, v in enumerate(vals)]  # fmt: skip
-    rows = rows[:-1]  # sc@1 lacks one utterance: the comparison uses the 49 both have
-    df = pd.DataFrame(rows)
-    (r,) = paired_mel_l1(df, "sc@0", "base", [1])
-    assert r["utterances"] == 50 and r["mean_diff"] == pytest.approx((noise - 0.02).mean())
-    assert r["ci95"][0] < r["mean_diff"] < r["ci95"][1] < 0 and r["a_lower_share"] == pytest.approx(
-        ((noise - 0.02) < 0).mean())  # fmt: skip
-    (r,) = paired_mel_l1(df, "sc@1", "base@1", [1])
-    assert r["utterances"] == 49 and r["ci95"] == pytest.approx([0.05, 0.05]) and r["a_lower_share"] == 0
+    pd.DataFrame(rows[:-1]).to_csv(tmp_path / "per_utt.csv", index=False)  # sc@1 lacks one utterance
+    (r,) = paired_comparison(str(tmp_path), "sc@0", "base", [1])
+    assert r["utterances"] == 50 and r["diff"] == pytest.approx((noise - 0.02).mean())
+    assert r["ci95"][0] < r["diff"] < r["ci95"][1] < 0
+    assert r["a_better_share"] == pytest.approx(((noise - 0.02) < 0).mean()) and r["a_worse_share"] == pytest.approx(
+        ((noise - 0.02) > 0).mean())  # fmt: skip
+    (r,) = paired_comparison(str(tmp_path), "sc@1", "base@1", [1])  # the 49 utterances both have
+    assert r["utterances"] == 49 and r["ci95"] == pytest.approx([0.05, 0.05]) and r["a_better_share"] == 0
     with pytest.raises(ValueError, match="no rows for sc@0.5 at 1 steps"):
-        paired_mel_l1(df, "sc@0.5", "base", [1])
+        paired_comparison(str(tmp_path), "sc@0.5", "base", [1])
+    # WER from the judge's transcripts: the corpus WER of each side, as word_error_rate computes it
+    refs = ["the cat sat", "a dog ran far away", "hello there", ""]
+    hyp_a = ["the cat sat", "a dog ran far away", "hello", "noise"]
+    hyp_b = ["the bat sat down", "a frog ran far away", "hello there", ""]
+    (tmp_path / "hyps").mkdir()
+    for key, hyps in (("sc_griffin_lim_steps2_cfg1_temp0", hyp_a), ("base_vocos_steps2_cfg1", hyp_b)):
+        body = "utt\tref\thyp\n" + "".join(f"u{i}\t{r}\t{h}\n" for i, (r, h) in enumerate(zip(refs, hyps)))
+        (tmp_path / "hyps" / f"{key}.tsv").write_text(body)
+    (r,) = paired_comparison(str(tmp_path), "sc@0", "base", [2], metric="wer")
+    assert r["utterances"] == 3  # the empty reference is left out, as in word_error_rate
+    assert r["a_value"] == pytest.approx(100 * word_error_rate(refs, hyp_a))
+    assert r["b_value"] == pytest.approx(100 * word_error_rate(refs, hyp_b)) and r["b_value"] == pytest.approx(300 / 10)
+    assert r["a_better_share"] == pytest.approx(2 / 3) and r["a_worse_share"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="no judge output for base@0"):
+        paired_comparison(str(tmp_path), "sc@0", "base@0", [2], metric="wer")
 
 
 def test_shortcut_target_is_the_average_of_two_half_steps_on_a_toy_field():

@@ -379,18 +379,18 @@ def cmd_eval_refine(a) -> int:
 
 
 def cmd_compare_refine(a) -> int:
-    from sitok.eval.refine import paired_mel_l1
+    from sitok.eval.refine import paired_comparison
 
-    path = os.path.join(a.eval_dir, "per_utt.csv")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: not an eval-refine output directory (run sitok eval-refine first)")
-    print("| A | B | steps | utts | mel L1 A | mel L1 B | A - B | 95 % CI | A lower on |")
+    unit = " (%)" if a.metric == "wer" else ""
+    print(f"| A | B | steps | utts | {a.metric}{unit} A | {a.metric}{unit} B | A - B | 95 % CI | A better / worse on |")
     print("|---|---|---|---|---|---|---|---|---|")
+    fmt = ".2f" if a.metric == "wer" else ".4f"
     for b in a.b:
-        for r in paired_mel_l1(path, a.a, b, a.steps, seed=a.seed):
+        for r in paired_comparison(a.eval_dir, a.a, b, a.steps, a.metric, seed=a.seed):
             lo, hi = r["ci95"]
-            print(f"| {r['a']} | {r['b']} | {r['steps']} | {r['utterances']} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | "
-                  f"{r['mean_diff']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {100 * r['a_lower_share']:.0f} % |")  # fmt: skip
+            print(f"| {r['a']} | {r['b']} | {r['steps']} | {r['utterances']} | {r['a_value']:{fmt}} | "
+                  f"{r['b_value']:{fmt}} | {r['diff']:+{fmt}} | [{lo:+{fmt}}, {hi:+{fmt}}] | "
+                  f"{100 * r['a_better_share']:.0f} / {100 * r['a_worse_share']:.0f} % |")  # fmt: skip
     return 0
 
 
@@ -597,11 +597,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_eval_refine)
 
-    s = sub.add_parser("compare-refine", help="paired per-utterance mel L1 of two eval-refine settings, bootstrap CI")
+    s = sub.add_parser("compare-refine", help="paired per-utterance mel L1 or WER of eval-refine settings, bootstrap CI")
     s.add_argument("eval_dir", help="an eval-refine output directory (its per_utt.csv)")
     s.add_argument("a", help="NAME[@TEMPERATURE[@CFG_SCALE]], e.g. shortcut@0")
     s.add_argument("b", nargs="+", help="one or more settings to compare A with, e.g. base@0 base@1")
     s.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4])
+    s.add_argument("--metric", default="mel_l1", choices=["mel_l1", "wer"],
+                   help="mel_l1 (per_utt.csv) or wer (the judge's hyps/*.tsv: scored settings at --wer-steps)")
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     s.set_defaults(func=cmd_compare_refine)
     _add_evaluate(sub)

@@ -270,35 +270,77 @@ def parse_setting(spec: str) -> tuple[str, float, float]:
     return name, vals[0], vals[1]
 
 
-def paired_mel_l1(per_utt, a: str, b: str, steps: list[int], n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    """Per-utterance comparison of two scored settings (``NAME[@TEMPERATURE[@CFG_SCALE]]``) from an
-    eval-refine ``per_utt.csv`` (path or frame): for each of ``steps``, the mean of
-    mel_l1(a) - mel_l1(b) over the utterances both have, its 95 % paired-bootstrap interval
-    (``n_boot`` resamples of utterances) and the share of utterances where ``a`` is lower."""
+def utterance_errors(hyps_tsv: str) -> dict[str, tuple[int, int]]:
+    """{utt: (word errors, reference words)} of a judge's ``hyps/<setting>.tsv`` (utt, ref, hyp),
+    after the shared text normalisation; utterances with an empty reference are left out, as in
+    :func:`sitok.eval.asr.word_error_rate`."""
+    import jiwer
     import pandas as pd
 
-    df = pd.read_csv(per_utt) if isinstance(per_utt, str) else per_utt
-    if "temperature" not in df:
-        df = df.assign(temperature=1.0)
-    df = df.fillna({"temperature": 1.0})
+    from sitok.data.text import normalize_text
+
+    df = pd.read_csv(hyps_tsv, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    out = {}
+    for u, r, h in zip(df["utt"], df["ref"], df["hyp"]):
+        r, h = normalize_text(r), normalize_text(h)
+        if r:
+            m = jiwer.process_words(r, h)
+            out[u] = (m.substitutions + m.deletions + m.insertions, len(r.split()))
+    return out
+
+
+def paired_comparison(eval_dir: str, a: str, b: str, steps: list[int], metric: str = "mel_l1", n_boot: int = 2000,
+                      seed: int = 0) -> list[dict]:  # fmt: skip
+    """Two settings of one eval-refine output (``NAME[@TEMPERATURE[@CFG_SCALE]]`` each) compared
+    utterance by utterance, for each of ``steps``: the set's value for each (``mel_l1``: mean of
+    the per-utterance distances, from per_utt.csv; ``wer``: corpus WER in %, from the judge's
+    hyps/*.tsv), the difference a - b, its 95 % paired-bootstrap interval (``n_boot`` resamples of
+    the utterances both have) and the shares of utterances where ``a`` is better and worse."""
+    import pandas as pd
+
+    if metric not in ("mel_l1", "wer"):
+        raise ValueError(f"metric must be mel_l1|wer, got {metric!r}")
+    per_utt = None
+    if metric == "mel_l1":
+        path = os.path.join(eval_dir, "per_utt.csv")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: not an eval-refine output directory (run sitok eval-refine first)")
+        per_utt = pd.read_csv(path)
+        per_utt = per_utt.assign(temperature=per_utt["temperature"].fillna(1.0) if "temperature" in per_utt else 1.0)
+
+    def values(spec: str, s: int) -> tuple[dict, dict]:  # {utt: numerator}, {utt: denominator}
+        name, tau, w = parse_setting(spec)
+        if metric == "mel_l1":
+            sel = per_utt[(per_utt.model == name) & (per_utt.steps == s) & (per_utt.temperature == tau)
+                          & (per_utt.cfg_scale == w)]  # fmt: skip
+            if sel.empty:
+                raise ValueError(f"{eval_dir}/per_utt.csv: no rows for {spec} at {s} steps "
+                                 f"(scored: {sorted(set(per_utt.model))})")  # fmt: skip
+            num = dict(zip(sel["utt"], sel["mel_l1"]))
+            return num, dict.fromkeys(num, 1.0)
+        found = [f for f in (os.path.join(eval_dir, "hyps", setting_key(name, v, s, w, tau) + ".tsv")
+                             for v in ("griffin_lim", "vocos", "custom")) if os.path.exists(f)]  # fmt: skip
+        if len(found) != 1:
+            raise ValueError(f"{eval_dir}/hyps: {'no' if not found else 'more than one'} judge output for {spec} at "
+                             f"{s} steps (the judge runs at --wer-steps, for the plain and the selected setting)")  # fmt: skip
+        errs = utterance_errors(found[0])
+        return {u: e for u, (e, _) in errs.items()}, {u: n for u, (_, n) in errs.items()}
+
     rng = np.random.default_rng(seed)
+    scale = 100.0 if metric == "wer" else 1.0
     out = []
     for s in steps:
-        side = []
-        for spec in (a, b):
-            name, tau, w = parse_setting(spec)
-            sel = df[(df.model == name) & (df.steps == s) & (df.temperature == tau) & (df.cfg_scale == w)]
-            if sel.empty:
-                raise ValueError(f"{per_utt if isinstance(per_utt, str) else 'per_utt'}: no rows for {spec} at "
-                                 f"{s} steps (scored: {sorted(set(df.model))})")  # fmt: skip
-            side.append(sel.set_index("utt")["mel_l1"])
-        utts = side[0].index.intersection(side[1].index)
-        diff = (side[0][utts] - side[1][utts]).to_numpy()
-        boot = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
-        out.append({"a": a, "b": b, "steps": s, "utterances": len(diff), "mean_a": float(side[0][utts].mean()),
-                    "mean_b": float(side[1][utts].mean()), "mean_diff": float(diff.mean()),
+        (na, da), (nb, db) = values(a, s), values(b, s)
+        utts = sorted(set(na) & set(nb))
+        xa, xb = np.array([na[u] for u in utts]), np.array([nb[u] for u in utts])
+        d = np.array([da[u] for u in utts])  # mel: ones (a mean); WER: reference words (a corpus rate)
+        idx = rng.integers(0, len(utts), (n_boot, len(utts)))
+        boot = scale * (xa[idx].sum(1) - xb[idx].sum(1)) / d[idx].sum(1)
+        va, vb = scale * xa.sum() / d.sum(), scale * xb.sum() / d.sum()
+        out.append({"a": a, "b": b, "metric": metric, "steps": s, "utterances": len(utts), "a_value": float(va),
+                    "b_value": float(vb), "diff": float(va - vb),
                     "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-                    "a_lower_share": float((diff < 0).mean())})  # fmt: skip
+                    "a_better_share": float((xa < xb).mean()), "a_worse_share": float((xa > xb).mean())})  # fmt: skip
     return out
 
 
