@@ -18,7 +18,7 @@
 #
 #   ./run_shortcut.sh --train_args "--device cuda --num_workers 4"   # 4.6 min of training on one H100
 #   ./run_shortcut.sh                 # the same on CPU: ~4 h of training on the 2-core machine (estimated)
-#   ./run_shortcut.sh --stage 3       # score only
+#   ./run_shortcut.sh --stage 3       # score only (~1.5 h on one core: dev grid, then test with the judge)
 #   ./run_shortcut.sh --name x --overrides ""   # the x-prediction pair: exp/refine_mini_x_{shortcut,ft}
 # Every step is resumable: run the same command again (exported models are kept).
 set -euo pipefail
