@@ -330,7 +330,7 @@ def paired_comparison(eval_dir: str, a: str, b: str, steps: list[int], metric: s
     scale = 100.0 if metric == "wer" else 1.0
     out = []
     for s in steps:
-        (na, da), (nb, db) = values(a, s), values(b, s)
+        (na, da), (nb, _) = values(a, s), values(b, s)  # same utterances, same reference words
         utts = sorted(set(na) & set(nb))
         xa, xb = np.array([na[u] for u in utts]), np.array([nb[u] for u in utts])
         d = np.array([da[u] for u in utts])  # mel: ones (a mean); WER: reference words (a corpus rate)
