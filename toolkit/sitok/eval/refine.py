@@ -131,9 +131,10 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
     import pandas as pd
 
     from sitok.infer import Tokenizer
+    from sitok.infer.tokenizer import check_temperature
 
-    if any(not 0.0 <= tau < float("inf") for tau in temperatures):
-        raise ValueError(f"temperatures must be finite numbers >= 0, got {list(temperatures)}")
+    for tau in temperatures:  # before any work, not at the first decode
+        check_temperature(tau)
     selection_rows = None
     if select_from:
         path = os.path.join(select_from, "results.csv")
@@ -272,20 +273,17 @@ def parse_setting(spec: str) -> tuple[str, float, float]:
 
 def utterance_errors(hyps_tsv: str) -> dict[str, tuple[int, int]]:
     """{utt: (word errors, reference words)} of a judge's ``hyps/<setting>.tsv`` (utt, ref, hyp),
-    after the shared text normalisation; utterances with an empty reference are left out, as in
-    :func:`sitok.eval.asr.word_error_rate`."""
+    counted as :func:`sitok.eval.asr.word_error_rate` counts them (:func:`scored_pairs`)."""
     import jiwer
     import pandas as pd
 
-    from sitok.data.text import normalize_text
+    from sitok.eval.asr import scored_pairs
 
     df = pd.read_csv(hyps_tsv, sep="\t", dtype=str, keep_default_na=False, quoting=3)
     out = {}
-    for u, r, h in zip(df["utt"], df["ref"], df["hyp"]):
-        r, h = normalize_text(r), normalize_text(h)
-        if r:
-            m = jiwer.process_words(r, h)
-            out[u] = (m.substitutions + m.deletions + m.insertions, len(r.split()))
+    for i, r, h in scored_pairs(list(df["ref"]), list(df["hyp"])):
+        m = jiwer.process_words(r, h)
+        out[df["utt"][i]] = (m.substitutions + m.deletions + m.insertions, len(r.split()))
     return out
 
 

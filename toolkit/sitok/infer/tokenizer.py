@@ -24,6 +24,13 @@ from sitok.layers import lengths_to_mask
 from sitok.models import SiTok
 
 
+def check_temperature(temperature: float) -> float:
+    """A start-noise temperature must be a finite number >= 0; returns it."""
+    if not 0.0 <= temperature < float("inf"):
+        raise ValueError(f"decode: temperature must be a finite number >= 0, got {temperature}")
+    return temperature
+
+
 def _as_mono_tensor(wav) -> torch.Tensor:
     """[N], [C, N] (torch convention) or [N, C] (soundfile convention) -> float32 [N]."""
     x = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav).float()
@@ -144,8 +151,7 @@ class Tokenizer:
         """
         if cfg_scale != 1.0 and not self.model.config.token_cfg:
             raise ValueError(f"decode: cfg_scale={cfg_scale} needs a model trained for token CFG (token_cfg: true)")
-        if not 0.0 <= temperature < float("inf"):
-            raise ValueError(f"decode: temperature must be a finite number >= 0, got {temperature}")
+        check_temperature(temperature)
         codes = self.check_codes(codes)
         b, _, t = codes.shape
         mask = None if lengths is None else lengths_to_mask(lengths.to(self.device), t)
