@@ -37,6 +37,18 @@ def test_corpus_design():
     assert all(it.utt.startswith(it.speaker.id + "-") for it in items)
 
 
+@pytest.mark.parametrize("seed", [1, 1234])  # 1234: the recipe's seed, where train once shared sentences
+def test_no_sentence_shared_between_splits(seed):
+    text = {}
+    for it in synth.plan_corpus(seed=seed):
+        if not it.split.startswith("ks_"):
+            text.setdefault(it.split, set()).add(it.text)
+    for a in ("dev", "test", "test_unseen"):
+        for b in text:
+            if a != b:
+                assert not text[a] & text[b], (a, b)
+
+
 def test_plan_is_a_function_of_the_seed():
     assert synth.plan_corpus(seed=7, **TINY) == synth.plan_corpus(seed=7, **TINY)
     assert synth.plan_corpus(seed=7, **TINY) != synth.plan_corpus(seed=8, **TINY)

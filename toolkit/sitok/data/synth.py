@@ -253,7 +253,7 @@ def plan_corpus(
     held = [s for s in SPEAKERS if s.held_out]
     flite_seen = [s for s in seen if s.engine == "flite"]
     items: list[Item] = []
-    used_text: set[str] = set()
+    eval_text: set[str] = set()  # every sentence of test, test_unseen and dev: never in another split
 
     def count(minutes: float) -> int:
         return max(1, int(round(minutes * 60 / MEAN_SENTENCE_SECONDS)))
@@ -263,18 +263,23 @@ def plan_corpus(
         for i in range(n):
             spk = speakers[i % len(speakers)]
             text = make_sentence(rng)
-            while split != "train" and text in used_text:  # eval text unseen in training
+            while text in eval_text:  # a sentence of an evaluation split occurs in no other split
                 text = make_sentence(rng)
-            used_text.add(text)
+            if split != "train":
+                eval_text.add(text)
             style = rng.choices(STYLES, STYLE_WEIGHTS)[0]
             utt = f"{spk.id}-{split}-{i:05d}"
             items.append(Item(utt, split, spk, text, style, style, rng.randrange(2**31)))
 
-    # test sentences first so that their text is kept out of train
+    # evaluation splits first: their sentences are then kept out of every later split
     sentences("test", test_minutes, flite_seen)
     sentences("test_unseen", unseen_minutes, held)
     sentences("dev", dev_minutes, seen)
     sentences("train", train_minutes, seen)
+
+    shared = {i.text for i in items if i.split == "train"} & eval_text
+    if shared:  # the loop above makes this impossible; a change that breaks it must not pass silently
+        raise AssertionError(f"plan_corpus: {len(shared)} sentences in train and an evaluation split")
 
     classes = list(KEYWORDS) + [UNKNOWN, SILENCE]
     for split, per_class in zip(("ks_train", "ks_dev", "ks_test"), ks_per_class):
