@@ -477,3 +477,85 @@ def test_model_drops_quantizer_kwargs_that_do_not_apply():
     assert m.quantizer.codebook_size == 1024
     with pytest.raises(ValueError, match="1024"):
         SiTok(SiTokConfig(**{**cfg.to_dict(), "codebook_size": 512}))
+
+
+def _clustered(k: int, per: int, dim: int = 4, seed: int = 0):
+    """k well-separated centres and ``per`` frames around each: [k * per, dim], centres [k, dim]."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 10 * torch.randn(k, dim, generator=g)
+    frames = centres.repeat_interleave(per, 0) + 0.05 * torch.randn(k * per, dim, generator=g)
+    return frames[torch.randperm(k * per, generator=g)], centres
+
+
+def test_kmeans_finds_separated_clusters_and_handles_few_frames():
+    from sitok.quantizers.vq import kmeans
+
+    frames, centres = _clustered(16, 50)
+    c, stats = kmeans(frames, 16, iters=20, seed=0)
+    nearest_centre = torch.cdist(centres, c).min(dim=1).values
+    assert stats["used"] == 1.0 and stats["frames"] == 800
+    assert int((nearest_centre < 0.1).sum()) >= 15  # random starts can merge at most a pair of clusters
+    assert stats["mse"] < 0.1 * frames.var(0).sum()
+    few, _ = kmeans(frames[:10], 16, iters=3, seed=0)  # fewer frames than entries: all kept, no NaN
+    assert few.shape == (16, 4) and torch.isfinite(few).all()
+    with pytest.raises(ValueError, match="kmeans needs frames"):
+        kmeans(frames[:0], 4)
+
+
+def test_init_kmeans_starts_a_fully_used_codebook():
+    frames, _ = _clustered(32, 30)
+    q = EMAVectorQuantizer(4, 32, decay=0.99)
+    assert not bool(q.initted)
+    q.init_kmeans(frames, iters=20)
+    assert bool(q.initted) and torch.equal(q.embed, q.embed_avg) and bool((q.cluster_size == 1).all())
+    out = q(frames[None])  # training step: no data-init overwrite, every entry is somebody's nearest
+    assert out.stats["usage"] >= 0.9 and out.stats["restarted"] == 0
+    rvq = ResidualVQ(4, num_codebooks=2, codebook_size=32)
+    stats = rvq.init_kmeans(frames, iters=10)
+    assert all(bool(s.initted) for s in rvq.stages) and stats["mse_1"] < stats["mse_0"]
+
+
+def test_relative_restart_threshold_does_not_churn_live_entries():
+    """64 clusters used with Zipf frequencies (as codes are), 45 frames per step, 64 entries: ~0.7
+    frames per entry per step on average, the rarest cluster ~0.15. An absolute threshold of 0.5
+    restarts those live entries again and again; the relative one restarts none."""
+    frames, centres = _clustered(64, 50, seed=1)
+    zipf = 1.0 / torch.arange(1, 65, dtype=torch.float)
+
+    def restarts(**kw):
+        torch.manual_seed(0)
+        q = EMAVectorQuantizer(4, 64, decay=0.99, **kw)
+        q.init_kmeans(frames, iters=20)
+        g = torch.Generator().manual_seed(2)
+        total = 0
+        for _ in range(300):
+            idx = torch.multinomial(zipf, 45, replacement=True, generator=g)
+            batch = centres[idx] + 0.05 * torch.randn(45, 4, generator=g)
+            total += q(batch[None]).stats["restarted"]
+        return total, q
+
+    churn, _ = restarts(dead_threshold=0.5)
+    calm, q = restarts(dead_threshold=1e-3, dead_relative=0.03)
+    assert churn > 30 and calm == 0
+    q.unused_frames.zero_()
+    q.unused_frames[:3] = 64 / 0.03 + 1  # unchosen for longer than K / r frames: dead
+    q.unused_frames[3] = 64 / 0.03 - 1
+    assert q.dead_entries().nonzero().flatten().tolist() == [0, 1, 2]
+    # an entry nobody chooses is restarted after ~K / r frames, not after its EMA count has decayed
+    far = 100 + torch.randn(1, 45, 4)
+    q.init_kmeans(torch.cat([frames, far[0]]), iters=20)
+    steps = 0
+    while q(frames[torch.randperm(len(frames))[:45]][None]).stats["restarted"] == 0:
+        steps += 1
+    assert 64 / 0.03 / 45 - 2 <= steps <= 64 / 0.03 / 45 + 2
+    with pytest.raises(ValueError, match="dead_relative"):
+        EMAVectorQuantizer(4, 8, dead_relative=1.5)
+
+
+def test_models_saved_before_the_unused_counter_still_load():
+    q = EMAVectorQuantizer(4, 8)
+    state = {k: v for k, v in q.state_dict().items() if k != "unused_frames"}
+    fresh = EMAVectorQuantizer(4, 8)
+    fresh.unused_frames.fill_(5.0)
+    fresh.load_state_dict(state)  # strict: no missing-key error
+    assert torch.equal(fresh.embed, q.embed) and not fresh.unused_frames.any()

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from sitok.quantizers.base import Quantizer, QuantizerOutput
-from sitok.quantizers.vq import EMAVectorQuantizer
+from sitok.quantizers.vq import EMAVectorQuantizer, nearest
 
 
 class ResidualVQ(Quantizer):
@@ -43,6 +43,16 @@ class ResidualVQ(Quantizer):
         for key in ("usage", "perplexity", "ema_usage"):
             stats[key] = sum(stats[f"{key}_{c}"] for c in range(self.num_codebooks)) / self.num_codebooks
         return QuantizerOutput(z_q=z_q, codes=codes, loss=loss, stats=stats)
+
+    @torch.no_grad()
+    def init_kmeans(self, frames: Tensor, iters: int = 10, seed: int = 0) -> dict[str, float]:
+        """Residual k-means: stage c is fitted to what stages < c leave of ``frames`` [N, D]."""
+        residual, stats = frames.detach().float(), {}
+        for c, stage in enumerate(self.stages):
+            fit = stage.init_kmeans(residual, iters=iters, seed=seed + c)
+            stats.update({f"{k}_{c}": v for k, v in fit.items()})
+            residual = residual - stage.embed[nearest(residual.to(stage.embed.device), stage.embed)].to(residual.device)
+        return stats
 
     @torch.no_grad()
     def encode(self, z: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -22,6 +22,21 @@ ln(1000) / -ln(0.99) ~ 690 steps without use. For reference, with 8k valid frame
 65,536 entries a uniformly used entry has cluster_size ~ 0.12, two orders of magnitude above the
 threshold, so live-but-rare entries are not churned. dead_threshold must be < 1.
 
+Relative threshold. A fixed threshold means a different thing at every batch size and codebook
+size: with ~700 frames per step and 1,024 entries the uniform rate is ~0.7 frames per entry per
+step, so a threshold of 0.5 restarts live entries that are merely a little rarer than average.
+``dead_relative`` = r > 0 declares an entry dead when no frame has chosen it among the last K / r
+valid frames (counted over all ranks), whatever the batch and codebook size: with r = 0.03 an
+entry used at 1/3 of the uniform rate survives that window with probability 1 - e^-11, one used
+at 1/30 of it is likely restarted, and an entry nobody uses is restarted after K / r frames
+(~50 steps of the mini recipe) rather than the hundreds of steps an EMA count needs to decay.
+Both tests apply when both are set.
+
+k-means initialisation. ``init_kmeans(frames)`` sets the codebook to the k-means centroids of a
+sample of encoder outputs (Lloyd iterations, empty clusters re-seeded from random frames), the
+usual start for EMA VQ (SoundStream, Encodec): every entry starts where data is, so usage is high
+from the first step and no entry has to be restarted into place.
+
 Nearest-neighbour search runs in float32 (autocast off) over fixed-size chunks of frames, each
 zero-padded to the same number of rows, so every matmul has one shape [R, D] x [D, K] whatever
 the batch: the code of a frame cannot depend on the batch composition, and memory stays at
@@ -48,7 +63,8 @@ class EMAVectorQuantizer(Quantizer):
     """dim: D; codebook_size: K; decay: EMA decay; eps: Laplace smoothing of the counts;
     beta: commitment weight (loss = beta * mean over valid frames and dims of (z - sg(q))^2, the usual MSE);
     normalize: cosine-similarity VQ (z and the entries are l2-normalised; usage stays higher early on);
-    dead_threshold: restart entries whose EMA count is below it; restart_every: check every n
+    dead_threshold: restart entries whose EMA count is below it; dead_relative: also restart those
+    no frame chose among the last codebook_size / dead_relative frames (0: off); restart_every: check every n
     training steps (0 = never); init_from_data: codebook <- frames of the first training batch
     (with fewer frames than entries, every frame once and then repeats); chunk_elements: max
     elements of one [R, K] distance chunk (R capped at 256 frames: a fixed [256, K] matmul per chunk, little padding on short batches)."""
@@ -61,6 +77,7 @@ class EMAVectorQuantizer(Quantizer):
         eps: float = 1e-5,
         beta: float = 0.25,
         dead_threshold: float = 1e-3,
+        dead_relative: float = 0.0,
         restart_every: int = 1,
         init_from_data: bool = True,
         chunk_elements: int = 2**24,
@@ -71,11 +88,14 @@ class EMAVectorQuantizer(Quantizer):
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         if not 0.0 <= dead_threshold < 1.0:
             raise ValueError(f"dead_threshold must be in [0, 1) (entries restart with count 1), got {dead_threshold}")
+        if not 0.0 <= dead_relative < 1.0:
+            raise ValueError(f"dead_relative must be in [0, 1) (a fraction of the mean EMA count), got {dead_relative}")
         if restart_every < 0:
             raise ValueError(f"restart_every must be >= 0 (0 = never), got {restart_every}")
         self.decay, self.eps, self.beta = float(decay), float(eps), float(beta)
         self.normalize = bool(normalize)  # cosine-similarity VQ: z and every entry on the unit sphere
         self.dead_threshold, self.restart_every = float(dead_threshold), int(restart_every)
+        self.dead_relative = float(dead_relative)
         self.chunk_rows = max(1, min(256, chunk_elements // codebook_size))  # R frames per distance chunk
         K, D = codebook_size, dim
         embed = torch.randn(K, D)
@@ -83,8 +103,14 @@ class EMAVectorQuantizer(Quantizer):
         self.register_buffer("embed_avg", embed.clone())  # [K, D] EMA of per-entry frame sums
         self.register_buffer("cluster_size", torch.ones(K))  # [K] EMA of per-entry frame counts (+ restart credit)
         self.register_buffer("usage_ema", torch.zeros(K))  # [K] EMA of counts only (for the running usage stat)
+        self.register_buffer("unused_frames", torch.zeros(K))  # [K] valid frames seen since the entry was last chosen
         self.register_buffer("initted", torch.tensor(not init_from_data))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # models saved before unused_frames existed load with the counter at zero
+        state_dict.setdefault(prefix + "unused_frames", torch.zeros_like(self.unused_frames))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---- lookup ----
 
@@ -195,6 +221,7 @@ class EMAVectorQuantizer(Quantizer):
         self.cluster_size.mul_(d).add_(counts, alpha=1 - d)
         self.embed_avg.mul_(d).add_(sums, alpha=1 - d)
         self.usage_ema.mul_(d).add_(counts, alpha=1 - d)
+        self.unused_frames.add_(counts.sum()).masked_fill_(counts > 0, 0.0)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (n + K * self.eps) * n  # [K], Laplace smoothing
         embed = self.embed_avg / smoothed[:, None]
@@ -204,9 +231,38 @@ class EMAVectorQuantizer(Quantizer):
             return self._restart_dead(x)
         return 0
 
+    def dead_entries(self) -> Tensor:
+        """[K] bool: entries whose EMA count is below the absolute or the relative threshold."""
+        dead = self.cluster_size < self.dead_threshold
+        if self.dead_relative > 0:
+            dead |= self.unused_frames > self.codebook_size / self.dead_relative
+        return dead
+
+    @torch.no_grad()
+    def init_kmeans(self, frames: Tensor, iters: int = 10, seed: int = 0) -> dict[str, float]:
+        """Codebook <- k-means centroids of ``frames`` [N, D] (encoder outputs, rank 0's when
+        distributed, broadcast); EMA sums and counts restart from them. Returns the fit's stats."""
+        x = frames.detach().float().to(self.embed.device)
+        if self.normalize:
+            x = F.normalize(x, dim=-1)
+        stats = {}
+        if not _distributed() or dist.get_rank() == 0:
+            centroids, stats = kmeans(x, self.codebook_size, iters=iters, seed=seed, normalize=self.normalize)
+        else:
+            centroids = torch.zeros_like(self.embed)
+        if _distributed():
+            centroids = centroids.contiguous()
+            dist.broadcast(centroids, src=0)
+        self.embed.copy_(centroids)
+        self.embed_avg.copy_(centroids)
+        self.cluster_size.fill_(1.0)
+        self.unused_frames.zero_()
+        self.initted.fill_(True)
+        return stats
+
     @torch.no_grad()
     def _restart_dead(self, x: Tensor) -> int:
-        dead = self.cluster_size < self.dead_threshold  # [K], identical on every rank
+        dead = self.dead_entries()  # [K], identical on every rank
         n_dead = int(dead.sum())
         if n_dead == 0:
             return 0
@@ -216,6 +272,7 @@ class EMAVectorQuantizer(Quantizer):
         self.embed[dead] = rows
         self.embed_avg[dead] = rows
         self.cluster_size[dead] = 1.0
+        self.unused_frames[dead] = 0.0
         return n_dead
 
     def _running_stats(self) -> dict[str, float]:
@@ -233,5 +290,62 @@ class EMAVectorQuantizer(Quantizer):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, codebook_size={self.codebook_size}, decay={self.decay}, beta={self.beta}, "
-            f"dead_threshold={self.dead_threshold}, restart_every={self.restart_every}"
+            f"dead_threshold={self.dead_threshold}, dead_relative={self.dead_relative}, "
+            f"restart_every={self.restart_every}"
         )
+
+
+@torch.no_grad()
+def nearest(x: Tensor, centroids: Tensor, rows: int = 256) -> Tensor:
+    """x [N, D], centroids [K, D] -> index [N] of the nearest centroid (squared Euclidean),
+    computed in chunks of ``rows`` frames so memory stays at rows x K."""
+    e2 = centroids.pow(2).sum(dim=1)
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    for s in range(0, x.shape[0], rows):
+        out[s : s + rows] = torch.addmm(e2, x[s : s + rows], centroids.t(), alpha=-2.0).argmin(dim=1)
+    return out
+
+
+@torch.no_grad()
+def kmeans(x: Tensor, k: int, iters: int = 10, seed: int = 0, normalize: bool = False) -> tuple[Tensor, dict]:
+    """Lloyd's k-means: x [N, D] -> (centroids [k, D], stats). Starts from k-means++ seeds (each
+    next seed drawn with probability proportional to its squared distance from the seeds so far;
+    one pass over the frames per seed, about the cost of one Lloyd iteration); with N < k, from
+    all frames and then random repeats with a little noise. A cluster left empty is re-seeded
+    from a random frame. ``normalize``: centroids on the unit sphere (cosine VQ). Stats: frames,
+    iterations, mean squared distance to the nearest centroid, share of centroids with a frame."""
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"kmeans needs frames [N, D] with N > 0, got {tuple(x.shape)}")
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    n, d = x.shape
+    x = x.float()
+    if n >= k:
+        c = torch.empty(k, d, device=x.device)
+        c[0] = x[int(torch.randint(n, (1,), generator=g))]
+        d2 = (x - c[0]).pow(2).sum(1)  # [N] squared distance to the nearest seed so far
+        for i in range(1, k):
+            w = d2.double().cpu()
+            if float(w.sum()) > 0:
+                j = int(torch.multinomial(w, 1, generator=g))
+            else:  # every frame is already a seed's copy
+                j = int(torch.randint(n, (1,), generator=g))
+            c[i] = x[j]
+            d2 = torch.minimum(d2, (x - c[i]).pow(2).sum(1))
+    else:
+        extra = torch.randint(n, (k - n,), generator=g).to(x.device)
+        jitter = 1e-3 * x.std() * torch.randn(k - n, d, generator=g).to(x.device)
+        c = torch.cat([x[torch.randperm(n, generator=g).to(x.device)], x[extra] + jitter])
+    for _ in range(iters):
+        idx = nearest(x, c)
+        counts = torch.bincount(idx, minlength=k).float()
+        sums = torch.zeros(k, d, device=x.device).index_add_(0, idx, x)
+        empty = counts == 0
+        c = torch.where(empty[:, None], c, sums / counts.clamp(min=1)[:, None])
+        if bool(empty.any()):
+            c[empty] = x[torch.randint(n, (int(empty.sum()),), generator=g).to(x.device)]
+        if normalize:
+            c = F.normalize(c, dim=-1)
+    idx = nearest(x, c)
+    dist2 = (x - c[idx]).pow(2).sum(dim=1).mean()
+    used = torch.bincount(idx, minlength=k) > 0
+    return c, {"frames": n, "iterations": iters, "mse": float(dist2), "used": float(used.float().mean())}
