@@ -74,6 +74,37 @@ def test_ctc_counts_targets_that_cannot_fit():
     torch.testing.assert_close(loss, loss_one)
 
 
+def test_ctc_upsampling_fits_character_rate_targets():
+    """12 units in 10 tokens (a character rate at 12.5 Hz) cannot align; x3 CTC frames can. Token t
+    owns CTC frames 3t .. 3t + 2, so the causal CTC branch still sees no future token."""
+    mel, lengths, _, _ = batch(b=2, t=40)
+    lengths = torch.tensor([40, 40])
+    targets, tl = torch.randint(1, 20, (2, 12), generator=torch.Generator().manual_seed(1)), torch.tensor([12, 12])
+    assert tiny()(mel, lengths, targets, tl)["ctc_not_fitting"] == 2
+    m = tiny(ctc_upsample=3)
+    out = m(mel, lengths, targets, tl)
+    assert out["ctc_not_fitting"] == 0 and torch.isfinite(out["ctc"])
+    codes = m.eval().encode(mel, lengths)
+    logits = m.ctc_logits(codes)
+    assert logits.shape == (2, 30, 20) and m.ctc_lengths(m.token_lengths(lengths)).tolist() == [30, 30]
+    cut = m.ctc_logits(codes[:, :, :6])  # the first 6 tokens alone give the same first 18 frames
+    torch.testing.assert_close(cut, logits[:, :18])
+    with pytest.raises(ValueError, match="ctc_upsample"):
+        tiny(ctc_upsample=0)
+
+
+def test_continuous_phase_bypasses_the_codebook():
+    m = tiny()
+    mel, lengths, tg, tl = batch()
+    before = m.quantizer.embed.clone()
+    out = m(mel, lengths, tg, tl, continuous=True, ctc_weight=2.0)
+    assert out["codes"] is None and float(out["vq"]) == 0.0
+    torch.testing.assert_close(out["loss"], out["diff"] + 2.0 * out["ctc"])
+    assert torch.equal(m.quantizer.embed, before) and not bool(m.quantizer.initted)  # no EMA step, no data init
+    out["loss"].backward()
+    assert m.to_latent.weight.grad.abs().sum() > 0  # the encoder learns through the continuous latents
+
+
 def test_causal_encoder_ignores_the_future():
     m = tiny().eval()
     mel = torch.randn(1, 40, 128)

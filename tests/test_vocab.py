@@ -47,6 +47,25 @@ def test_fit_report_and_cli(tmp_path):
     char = train_sentencepiece(SENTS, str(tmp_path / "char"), vocab_size=30, model_type="char")
     assert ctc_fit_report(char, d)["not_fitting"] == len(text)
     assert ctc_fit_report(char, d)["ratio_max"] > 1
+    # ... but they fit once the CTC head gives 3 frames per token (37.5 Hz), at a real speaking rate
+    write_table(f"{d}/utt2dur", {u: "1.5" for u in text})  # 19-27 characters per second
+    assert ctc_fit_report(char, d)["not_fitting"] == len(text)
+    assert ctc_fit_report(char, d, token_rate=37.5)["not_fitting"] == 0
+    r = run_cli("train-vocab", d, "--out", str(tmp_path / "char3"), "--model-type", "char", "--ctc-upsample", "3")
+    assert "CTC fit at 37.50 Hz (12.5 Hz tokens x 3)" in r.stderr and "0 utterances do not fit" in r.stderr
+    import json
+
+    assert json.load(open(tmp_path / "char3" / "ctc_fit.json"))["ctc_upsample"] == 3
+
+
+def test_character_units(tmp_path):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=train_sentencepiece(SENTS, str(tmp_path / "c"), model_type="char"))
+    letters = set("".join(SENTS).replace(" ", ""))
+    assert sp.get_piece_size() == len(letters) + 3  # letters, the word boundary, <blank>, <unk>
+    ids = sp.encode(SENTS[0])
+    assert len(ids) == len(SENTS[0]) + 1 and sp.decode(ids) == SENTS[0]  # one unit per character (+ leading boundary)
 
 
 def test_judge_lm_is_valid_arpa(tmp_path):

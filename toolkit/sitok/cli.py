@@ -120,18 +120,20 @@ def cmd_train_vocab(a) -> int:
     data_dir = a.data_dir
     texts = [t for t in read_table(os.path.join(data_dir, "text")).values() if not t.startswith("<")]
     model = train_sentencepiece(texts, a.out, vocab_size=a.vocab_size, model_type=a.model_type, num_threads=a.nj)
-    report = ctc_fit_report(model, data_dir, token_rate=a.token_rate)
+    rate = a.token_rate * a.ctc_upsample
+    report = ctc_fit_report(model, data_dir, token_rate=rate)
+    report["ctc_upsample"] = a.ctc_upsample
     write_report(report, os.path.join(a.out, "ctc_fit.json"))
     logger.info(
-        "%s: %d pieces (%s) from %d transcripts; %.2f units/s; CTC fit at %.2f Hz: worst %.3f, p99 %.3f, "
-        "mean %.3f, %d utterances do not fit",
-        model, report["vocab_size"], a.model_type, len(texts), report["units_per_second"], a.token_rate,
-        report["ratio_max"], report["ratio_p99"], report["ratio_mean"], report["not_fitting"],
+        "%s: %d pieces (%s) from %d transcripts; %.2f units/s; CTC fit at %.2f Hz (%g Hz tokens x %d): worst "
+        "%.3f, p99 %.3f, mean %.3f, %d utterances do not fit",
+        model, report["vocab_size"], a.model_type, len(texts), report["units_per_second"], rate, a.token_rate,
+        a.ctc_upsample, report["ratio_max"], report["ratio_p99"], report["ratio_mean"], report["not_fitting"],
     )  # fmt: skip
     if report["not_fitting"]:
         logger.warning(
             "%d training targets are longer than their token sequence (worst: %s); use a coarser "
-            "vocabulary (larger --vocab_size) or a higher token rate; see %s/ctc_fit.json",
+            "vocabulary (larger --vocab_size) or a larger --ctc-upsample; see %s/ctc_fit.json",
             report["not_fitting"], report["worst"][0], a.out,
         )  # fmt: skip
     return 0
@@ -378,6 +380,14 @@ def cmd_eval_refine(a) -> int:
     return 0
 
 
+def cmd_best_decoding(a) -> int:
+    from sitok.eval.refine import best_decoding
+
+    steps, temperature = best_decoding(os.path.join(a.eval_dir, "results.csv"), a.model)
+    print(f"{steps} {temperature:g}")
+    return 0
+
+
 def cmd_compare_refine(a) -> int:
     from sitok.eval.refine import paired_comparison
 
@@ -489,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab-size", type=int, default=256)
     s.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "word", "char"])
     s.add_argument("--token-rate", type=float, default=12.5)
+    s.add_argument("--ctc-upsample", type=int, default=1, help="CTC frames per token (the fit is checked at rate x N)")
     s.add_argument("--nj", type=int, default=1)
     s.set_defaults(func=cmd_train_vocab)
 
@@ -596,6 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocoder", default="auto", choices=VOCODERS, help=VOCODER_HELP)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_eval_refine)
+
+    s = sub.add_parser("best-decoding", help="print 'STEPS TEMPERATURE' with the lowest mel L1 in an eval-refine dir")
+    s.add_argument("eval_dir", help="an eval-refine output directory (its results.csv)")
+    s.add_argument("--model", default="base", help="the model's NAME in that evaluation")
+    s.set_defaults(func=cmd_best_decoding)
 
     s = sub.add_parser("compare-refine", help="paired per-utterance mel L1 or WER of eval-refine settings, bootstrap CI")
     s.add_argument("eval_dir", help="an eval-refine output directory (its per_utt.csv)")

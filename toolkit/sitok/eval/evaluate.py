@@ -107,6 +107,7 @@ def ctc_asr(tok, codes: dict, texts: dict, beam_size: int = 0) -> dict | None:
         c = torch.nn.utils.rnn.pad_sequence([codes[u].T for u in batch], batch_first=True).transpose(1, 2)
         mask = lengths_to_mask(lengths, c.shape[2]).to(tok.device)
         log_probs = tok.model.ctc_logits(c.to(tok.device), mask).log_softmax(-1).cpu()  # causal: no leak back
+        lengths = tok.model.ctc_lengths(lengths)
         best = log_probs.argmax(-1)
         for i, u in enumerate(batch):
             hyps[u] = sp.decode(ctc_greedy(best[i, : lengths[i]].tolist()))

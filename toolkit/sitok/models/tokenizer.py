@@ -48,6 +48,7 @@ class SiTokConfig:
     quantizer_kwargs: dict = field(default_factory=dict)
     vocab_size: int = 256  # CTC vocabulary incl. blank = 0; 0 disables the CTC branch
     ctc_weight: float = 0.1
+    ctc_upsample: int = 1  # CTC frames per token: characters or phones (10-17/s) need 2-3 at 12.5 Hz
     decoder: str = "diffusion"  # diffusion | regression
     loss: str = "l1"  # l1 | l2
     prediction: str = "velocity"  # velocity (v = x - eps) | x (predict clean x; v = (x_hat - x_t) / (1 - t))
@@ -207,6 +208,8 @@ class SiTok(nn.Module):
             qkw.setdefault("levels", [2] * cfg.codebook_dim)
         qkw = _accepted_kwargs(kind, qkw)
         self.quantizer = build_quantizer(kind, cfg.codebook_dim, **qkw)
+        if cfg.ctc_upsample < 1:
+            raise ValueError(f"ctc_upsample must be a positive integer, got {cfg.ctc_upsample}")
         if (self.quantizer.codebook_size, self.quantizer.num_codebooks) != (cfg.codebook_size, cfg.num_codebooks):
             raise ValueError(
                 f"config says {cfg.num_codebooks} x {cfg.codebook_size} codes but the {kind} quantizer has "
@@ -217,7 +220,8 @@ class SiTok(nn.Module):
         self.ctc = None
         if cfg.vocab_size > 0 and cfg.ctc_layers > 0:
             self.ctc = LlamaStack(cfg.ctc_layers, cfg.hidden, cfg.intermediate, cfg.heads, causal=True)
-            self.ctc_head = nn.Linear(cfg.hidden, cfg.vocab_size)
+            # U CTC frames per token: one linear map to U x vocab logits, read as U consecutive frames
+            self.ctc_head = nn.Linear(cfg.hidden, cfg.vocab_size * cfg.ctc_upsample)
         self.decoder = Decoder(cfg)
         self.apply(self._init_weights)
 
@@ -304,9 +308,13 @@ class SiTok(nn.Module):
             return self.cond_from_codes(codes), mask, codes
 
     def forward(self, mel, mel_lengths, targets=None, target_lengths=None, *, frozen_tokens: bool = False,
-                cfg_drop_prob: float = 0.0, shortcut: dict | None = None, teacher=None) -> dict:  # fmt: skip
+                continuous: bool = False, ctc_weight: float | None = None, cfg_drop_prob: float = 0.0,
+                shortcut: dict | None = None, teacher=None) -> dict:  # fmt: skip
         """Losses for one batch. mel [B, T50, 128] normalised; targets [B, U] CTC ids (0 = blank).
 
+        ``continuous``: the VQ is bypassed (cond from the continuous latents z, no VQ loss, no
+        codebook update): the first phase of the content-first schedule. ``ctc_weight``
+        overrides the configured CTC weight for this batch (a weight schedule).
         Refinement options: ``frozen_tokens`` (encoder + VQ give cond without gradients or
         codebook updates; no VQ/CTC loss), ``cfg_drop_prob`` (token CFG: whole utterances get the
         null condition), ``shortcut`` (kwargs of ``shortcut_loss``; ``teacher`` is the decoder
@@ -320,6 +328,13 @@ class SiTok(nn.Module):
             cond, mask, codes = self.frozen_cond(mel, mel_lengths)
             zero = torch.zeros((), device=mel.device)
             out = {"vq": zero, "stats": {}, "codes": codes, "token_mask": mask}
+        elif continuous:
+            z, mask = self.encode_latents(mel, mel_lengths)
+            if getattr(self.quantizer, "normalize", False):  # cosine VQ: the latents it will see lie on the sphere
+                z = nn.functional.normalize(z, dim=-1)
+            cond = self.from_latent(z)
+            zero = torch.zeros((), device=mel.device)
+            out = {"vq": zero, "stats": {}, "codes": None, "token_mask": mask}
         else:
             z, mask = self.encode_latents(mel, mel_lengths)
             q = self.quantizer(z, mask)
@@ -346,17 +361,27 @@ class SiTok(nn.Module):
             out["diff"] = flow_matching_loss(lambda x_t, t: self.decoder.step(h, mask, x_t, t), x, mask, cfg.loss,
                                              prediction=cfg.prediction)  # fmt: skip
         loss = out["diff"] + out["vq"]
-        if self.ctc is not None and targets is not None and cfg.ctc_weight > 0 and not frozen_tokens:
-            logits = self.ctc_head(self.ctc(cond, mask))  # [B, T, V]
-            lengths = self.token_lengths(mel_lengths)
+        weight = cfg.ctc_weight if ctc_weight is None else ctc_weight
+        if self.ctc is not None and targets is not None and weight > 0 and not frozen_tokens:
+            logits = self.ctc_from_cond(cond, mask)  # [B, T * U, V]
+            lengths = self.ctc_lengths(self.token_lengths(mel_lengths))
             out["ctc"], out["ctc_not_fitting"] = ctc_loss(logits, lengths, targets, target_lengths)
-            loss = loss + cfg.ctc_weight * out["ctc"]
+            loss = loss + weight * out["ctc"]
         out["loss"] = loss
         return out
 
+    # ---- CTC branch ---------------------------------------------------------------------
+    def ctc_from_cond(self, cond: torch.Tensor, mask=None) -> torch.Tensor:
+        """cond [B, T, hidden] -> CTC logits [B, T * U, V]: token t gives frames tU .. tU + U - 1."""
+        b, t, _ = cond.shape
+        return self.ctc_head(self.ctc(cond, mask)).reshape(b, t * self.config.ctc_upsample, self.config.vocab_size)
+
+    def ctc_lengths(self, token_lengths: torch.Tensor) -> torch.Tensor:
+        return token_lengths * self.config.ctc_upsample
+
     def ctc_logits(self, codes: torch.Tensor, mask=None) -> torch.Tensor:
-        cond = self.cond_from_codes(codes)
-        return self.ctc_head(self.ctc(cond, mask))
+        """codes [B, CN, T] -> CTC logits [B, T * U, V] (lengths: ``ctc_lengths``)."""
+        return self.ctc_from_cond(self.cond_from_codes(codes), mask)
 
     def unstack(self, x: torch.Tensor, mel_len: int | None = None) -> torch.Tensor:
         return unstack_frames(x, self.config.stack, mel_len)
