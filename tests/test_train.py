@@ -133,3 +133,80 @@ def test_ddp_two_cpu_processes_agree(tiny_dump):
     log = open(exp / "log.txt").read()
     assert "2 ranks, weights and codebooks identical across ranks: True" in log
     assert (exp / "model" / "config.json").exists()
+
+
+def _kill_after(cmd, exp, records: int):
+    """Start training, SIGKILL it once ``records`` epochs are logged; returns the epochs logged."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and len(read_train_stats(str(exp))) < records:
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    return len(read_train_stats(str(exp)))
+
+
+def test_content_first_schedule_resumes_in_both_phases(tiny_dump):
+    """Phase A (VQ bypassed) for half of 6 epochs, k-means codebook start, phase B; a run killed in
+    phase A and one killed in phase B resume to the uninterrupted run's losses."""
+    root, n = tiny_dump
+    extra = ["--phase_a_fraction", "0.5", "--kmeans_init", "True", "--dead_relative", "0.03"]
+    ref = root / "exp_phases_ref"
+    r = run(args(root, n, ref, epochs=6) + extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = read_train_stats(str(ref))
+    assert [s["phase"] for s in a] == ["A"] * 3 + ["B"] * 3
+    assert all("codebook_usage" not in s["valid"] and s["train"]["vq"] == 0 for s in a[:3])
+    assert all(s["valid"]["codebook_usage"] > 0 and s["train"]["vq"] > 0 for s in a[3:])
+    with open(ref / "log.txt") as fh:
+        assert fh.read().count("k-means codebook start before step") == 1
+    for kill_at, phase in ((1, "A"), (4, "B")):
+        exp = root / f"exp_phases_killed_{phase}"
+        done = _kill_after(args(root, n, exp, epochs=6) + extra, exp, kill_at)
+        assert kill_at <= done < 6, "the kill came too late to test resuming"
+        assert a[done]["phase"] == phase  # the epoch that was running when killed
+        r = run(args(root, n, exp, epochs=6) + extra)
+        assert r.returncode == 0, r.stderr[-3000:]
+        b = read_train_stats(str(exp))
+        assert [s["epoch"] for s in b] == [1, 2, 3, 4, 5, 6]
+        for x, y in zip(a, b):
+            for key in ("loss", "diff", "ctc"):
+                assert x["train"][key] == pytest.approx(y["train"][key], rel=1e-6, abs=1e-7), (phase, x["epoch"], key)
+            assert x["valid"]["loss"] == pytest.approx(y["valid"]["loss"], rel=1e-6)
+
+
+def test_learning_rate_decay_ends_at_the_last_planned_step(tiny_dump):
+    root, n = tiny_dump
+    exp = root / "exp_plan"
+    r = run(args(root, n, exp, epochs=3) + ["--max_train_minutes", "30", "--lr_decay_factor", "0.1"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = read_train_stats(str(exp))
+    assert [s["epoch"] for s in stats] == [1, 2, 3]  # a 30-minute cap does not cut a 3-epoch run
+    assert stats[-1]["lr"] == pytest.approx(0.001 * 0.1, rel=1e-6)  # the last step trains at lr * factor
+    with open(exp / "log.txt") as fh:
+        assert "plan:" in fh.read()
+
+
+def test_plan_fits_the_time_cap():
+    """The plan's arithmetic with a fake clock: 90 s epochs under a 10-minute cap -> 6 epochs, phase A
+    on the first 30 % of their steps, the decay stretched to the last of them."""
+    from types import SimpleNamespace
+
+    import speechbrain as sb
+    from sitok.train.tokenizer import TokenizerBrain, TrainingPlan
+
+    plan = TrainingPlan(epochs=100, phase_a_fraction=0.3, batches_per_epoch=50)
+    assert plan.phase_a_steps > 10**9  # the first epoch is phase A until the plan exists
+    sched = sb.nnet.schedulers.WarmAndExpDecayLRSchedule(lr=1.0, n_warmup_steps=10, total_steps=5000)
+    counter = SimpleNamespace(limit=100)
+    fake = SimpleNamespace(hparams=SimpleNamespace(max_train_minutes=10, number_of_epochs=100, epoch_counter=counter),
+                           plan=plan, lr_schedule=sched, global_step=50, train_start=time.time() - 90)  # fmt: skip
+    fake.set_decay = lambda: TokenizerBrain.set_decay(fake)
+    TokenizerBrain.make_plan(fake, epoch=1)
+    assert plan.planned and plan.epochs == counter.limit == 6 and plan.total_steps == 300
+    assert plan.phase_a_steps == 90 and sched.decay_steps == 300 - 1 - 10
+    plan2 = TrainingPlan(epochs=100, phase_a_fraction=0.01, batches_per_epoch=50)
+    fake.plan = plan2
+    TokenizerBrain.make_plan(fake, epoch=1)
+    assert plan2.phase_a_steps == 50  # never shorter than the epoch already trained without the VQ

@@ -7,6 +7,20 @@ into dynamic batches of ``batch_seconds`` of audio by speechbrain's DynamicBatch
 Logged every epoch (``train_log.txt`` and the console): every loss part, codebook usage and
 perplexity, learning rate, throughput in audio-seconds per second, CTC targets that did not
 fit, non-finite losses skipped.
+
+Schedule. With ``max_train_minutes`` > 0 the run is planned in steps: the first epoch is timed
+(training, validation and checkpoint together), then the number of epochs that fits the cap
+(at most ``number_of_epochs``) is fixed and the learning-rate decay is stretched to end exactly at
+the last planned step. The plan is part of the checkpoint, so a resumed run keeps it. The
+schedule sets the rate before each optimiser step (step k trains at lr(k)).
+
+Content-first schedule (``phase_a_fraction`` > 0): the first share of the planned steps trains
+with the VQ bypassed (decoder and CTC head read the continuous latents; CTC weight
+``phase_a_ctc_weight``, 0 when ``ctc_weight`` is 0); then the codebook is set by k-means on
+encoder outputs and the whole model trains with the VQ (CTC weight ``ctc_weight``). With
+``kmeans_init`` the codebook starts
+from k-means at the first quantised step in either schedule. The paper trains jointly from the
+first step: ``phase_a_fraction: 0``.
 """
 
 from __future__ import annotations
@@ -100,31 +114,135 @@ class RNGState:
         random.setstate(state["random"])
 
 
+@register_checkpoint_hooks
+class TrainingPlan:
+    """The step plan of a run: epochs that fit the time cap and the last step of phase A.
+    ``planned`` is False until the first epoch has been timed."""
+
+    def __init__(self, epochs: int, phase_a_fraction: float, batches_per_epoch: int):
+        self.epochs, self.fraction, self.batches = int(epochs), float(phase_a_fraction), int(batches_per_epoch)
+        self.planned = False
+        self.phase_a_steps = self._phase_a(0)
+
+    def _phase_a(self, done: int) -> int:
+        if self.fraction <= 0:
+            return 0
+        if not self.planned:  # the first epoch is phase A whatever the plan turns out to be
+            return 2**62
+        return max(done, round(self.fraction * self.epochs * self.batches))
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.epochs * self.batches)
+
+    def fix(self, epochs: int, done_steps: int) -> None:
+        self.epochs, self.planned = int(epochs), True
+        self.phase_a_steps = self._phase_a(done_steps)
+
+    @mark_as_saver
+    def save(self, path):
+        torch.save({"epochs": self.epochs, "planned": self.planned, "phase_a_steps": self.phase_a_steps}, path)
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=True):
+        state = torch.load(path, weights_only=True)
+        self.epochs, self.planned, self.phase_a_steps = state["epochs"], state["planned"], state["phase_a_steps"]
+
+
+def quantizer_initialised(q: torch.nn.Module) -> bool:
+    """False while an EMA codebook (or any RVQ stage) still waits for its data initialisation."""
+    stages = getattr(q, "stages", [q])
+    return all(bool(getattr(s, "initted", True)) for s in stages)
+
+
 # ---------------------------------------------------------------------------------------
 # Brain
 # ---------------------------------------------------------------------------------------
 class TokenizerBrain(sb.Brain):
     data_stats: dict = {}
+    kmeans_data = None  # the training dataset: frames for the k-means codebook start
 
     def on_fit_start(self):
         self.checkpointer.add_recoverable("rng", RNGState())
+        hp = self.hparams
         n_batches = self.data_stats.get("train_batches_per_epoch", 1)
-        total = max(1, n_batches * self.hparams.number_of_epochs)
+        self.plan = TrainingPlan(hp.number_of_epochs, float(getattr(hp, "phase_a_fraction", 0.0)), n_batches)
+        self.checkpointer.add_recoverable("plan", self.plan)
         self.lr_schedule = sb.nnet.schedulers.WarmAndExpDecayLRSchedule(
-            lr=self.hparams.lr, n_warmup_steps=self.hparams.warmup_steps, total_steps=total,
-            decay_factor=self.hparams.lr_decay_factor,
+            lr=hp.lr, n_warmup_steps=hp.warmup_steps, total_steps=self.plan.total_steps,
+            decay_factor=hp.lr_decay_factor,
         )  # fmt: skip
+        self.set_decay()
         self.checkpointer.add_recoverable("lr_schedule", self.lr_schedule)
-        super().on_fit_start()
-        model = self.modules.model
-        model = getattr(model, "module", model)
+        super().on_fit_start()  # recovers the last checkpoint: plan, schedule, counter
+        if self.plan.planned:
+            hp.epoch_counter.limit = self.plan.epochs
+        model = self.model
         cfg = model.config
         logger.info(
-            "SiTok: %.2f M parameters; %.2f tokens/s, %d x %d codes, %.1f bit/s; %s",
+            "SiTok: %.2f M parameters; %.2f tokens/s, %d x %d codes, %.1f bit/s; %d torch threads; %s",
             model.num_parameters() / 1e6, cfg.token_rate, cfg.num_codebooks, cfg.codebook_size,
-            cfg.bits_per_second, json.dumps(self.data_stats),
+            cfg.bits_per_second, torch.get_num_threads(), json.dumps(self.data_stats),
         )  # fmt: skip
+        if self.plan.fraction > 0:
+            logger.info("content-first schedule: the first %.0f %% of the steps train without the VQ",
+                        100 * self.plan.fraction)  # fmt: skip
         self.train_start = time.time()
+
+    # ---- schedule ------------------------------------------------------------------------
+    @property
+    def global_step(self) -> int:
+        """Optimiser steps started so far (the schedule is called at the start of each step)."""
+        return int(self.lr_schedule.current_step)
+
+    def in_phase_a(self) -> bool:
+        """Whether the current (or, between epochs, the last) training step is in phase A; the
+        validation after an epoch runs in the phase of the epoch's last step."""
+        return max(0, self.global_step - 1) < self.plan.phase_a_steps
+
+    def set_decay(self) -> None:
+        """The decay ends at the last planned step: step index total - 1 trains at lr * decay_factor."""
+        self.lr_schedule.decay_steps = max(1, self.plan.total_steps - 1 - self.lr_schedule.n_warmup_steps)
+
+    def make_plan(self, epoch: int) -> None:
+        """After the first timed epoch: the epochs that fit ``max_train_minutes`` fix the decay."""
+        limit = float(self.hparams.max_train_minutes or 0)
+        per_epoch = (time.time() - self.train_start) / max(1, epoch)
+        epochs = self.hparams.number_of_epochs
+        if limit > 0:
+            epochs = max(epoch, min(epochs, int(limit * 60 // per_epoch)))
+        self.plan.fix(epochs, self.global_step)
+        self.hparams.epoch_counter.limit = epochs
+        self.set_decay()
+        logger.info("plan: %.1f s per epoch -> %d epochs (%d steps) within max_train_minutes=%g; phase A %s",
+                    per_epoch, epochs, self.plan.total_steps, limit,
+                    f"until step {self.plan.phase_a_steps}" if self.plan.fraction > 0 else "off")  # fmt: skip
+
+    @torch.no_grad()
+    def kmeans_codebook(self) -> None:
+        """Codebook <- k-means of ``kmeans_frames`` encoder outputs of random training utterances."""
+        from speechbrain.dataio.batch import PaddedBatch
+
+        q, hp = self.model.quantizer, self.hparams
+        if not hasattr(q, "init_kmeans") or self.kmeans_data is None:
+            return
+        want, ds = int(getattr(hp, "kmeans_frames", 20000)), self.kmeans_data
+        order = random.Random(hp.seed).sample(range(len(ds)), len(ds))
+        frames, n = [], 0
+        self.modules.eval()
+        for s in range(0, len(order), 16):
+            batch = PaddedBatch([ds[i] for i in order[s : s + 16]]).to(self.device)
+            mel, rel = batch.mel
+            z, mask = self.model.encode_latents(mel, (rel * mel.shape[1]).round().long())
+            frames.append(z[mask].float())
+            n += int(mask.sum())
+            if n >= want:
+                break
+        self.modules.train()
+        t0 = time.time()
+        stats = q.init_kmeans(torch.cat(frames)[:want], iters=int(getattr(hp, "kmeans_iters", 10)), seed=hp.seed)
+        logger.info("k-means codebook start before step %d (%.1f s): %s", self.global_step - 1, time.time() - t0,
+                    json.dumps(stats))  # fmt: skip
 
     @property
     def model(self):
@@ -137,7 +255,15 @@ class TokenizerBrain(sb.Brain):
         mel_lengths = (rel * mel.shape[1]).round().long()
         tokens, trel = batch.tokens
         token_lengths = (trel * tokens.shape[1]).round().long()
-        return self.modules.model(mel, mel_lengths, tokens, token_lengths)
+        continuous = self.in_phase_a()
+        kmeans = stage == sb.Stage.TRAIN and not continuous and getattr(self.hparams, "kmeans_init", False)
+        if kmeans and not quantizer_initialised(self.model.quantizer):
+            self.kmeans_codebook()
+        ctc_weight = float(getattr(self.hparams, "phase_a_ctc_weight", self.model.config.ctc_weight))
+        if self.model.config.ctc_weight == 0:  # CTC off (the ablation) is off in both phases
+            ctc_weight = 0.0
+        return self.modules.model(mel, mel_lengths, tokens, token_lengths, continuous=continuous,
+                                  ctc_weight=ctc_weight if continuous else None)  # fmt: skip
 
     def compute_objectives(self, out, batch, stage):
         parts = {k: float(v.detach()) for k, v in out.items() if k in ("diff", "vq", "ctc")}
@@ -152,8 +278,8 @@ class TokenizerBrain(sb.Brain):
             self._acc["nonfinite"] += 1
         return out["loss"]
 
-    def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        if should_step:
+    def on_fit_batch_start(self, batch, should_step):
+        if should_step:  # the rate of this step, set before the optimiser uses it
             self.lr_schedule(self.optimizer)
 
     def on_stage_start(self, stage, epoch=None):
@@ -169,7 +295,8 @@ class TokenizerBrain(sb.Brain):
     def evaluate_batch(self, batch, stage):
         out = self.compute_forward(batch, stage)
         loss = self.compute_objectives(out, batch, stage)
-        self._usage.update(out["codes"], out["token_mask"])  # eval mode: the same codes encode() gives
+        if out["codes"] is not None:  # phase A has no codes
+            self._usage.update(out["codes"], out["token_mask"])  # eval mode: the same codes encode() gives
         return loss.detach().cpu()
 
     def _summary(self, stage_loss) -> dict:
@@ -188,20 +315,24 @@ class TokenizerBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self.train_stats = summary
             return
-        usage = self._usage.summary()
-        summary["codebook_usage"] = usage["usage"]
-        summary["code_perplexity"] = usage["perplexity"]
+        if self._usage.frames > 0:  # none in phase A (no VQ)
+            usage = self._usage.summary()
+            summary["codebook_usage"] = usage["usage"]
+            summary["code_perplexity"] = usage["perplexity"]
         if stage == sb.Stage.VALID:
+            phase = "A" if self.in_phase_a() else "B"
+            if not self.plan.planned:
+                self.make_plan(epoch)
             lr = self.optimizer.param_groups[0]["lr"]
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": lr, "minutes": (time.time() - self.train_start) / 60},
-                train_stats=self.train_stats, valid_stats=summary,
-            )  # fmt: skip
+            minutes = (time.time() - self.train_start) / 60
+            meta = {"epoch": epoch, "lr": lr, "minutes": minutes, "step": self.global_step}
+            if self.plan.fraction > 0:
+                meta["phase"] = phase
+            self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=self.train_stats, valid_stats=summary)
             self.checkpointer.save_and_keep_only(meta={"loss": stage_loss, "epoch": epoch}, min_keys=["loss"],
                                                  num_to_keep=2)  # fmt: skip
             if sb.utils.distributed.if_main_process():  # full-precision curve, one JSON line per epoch
-                record = {"epoch": epoch, "lr": lr, "minutes": (time.time() - self.train_start) / 60,
-                          "train": self.train_stats, "valid": summary}  # fmt: skip
+                record = {**meta, "train": self.train_stats, "valid": summary}
                 with open(os.path.join(self.hparams.exp_dir, "train_stats.jsonl"), "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(record) + "\n")
             limit = float(self.hparams.max_train_minutes or 0)
@@ -227,6 +358,7 @@ def run_recipe(argv: list[str], brain_class: type) -> None:
     brain = brain_class(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
                         run_opts=run_opts, checkpointer=hparams["checkpointer"])  # fmt: skip
     brain.data_stats = stats
+    brain.kmeans_data = datasets["train"]
     brain.train_sampler = train_sampler  # Brain calls set_epoch(): batches depend on (seed, epoch) only
     brain.fit(
         brain.hparams.epoch_counter,
