@@ -14,7 +14,7 @@ import pytest
 from sitok.data.kaldi import read_table, validate_data_dir
 from sitok.probes.data import read_trials
 
-from conftest import ROOT, have
+from conftest import ROOT, have, run_cli
 
 RUN = os.path.join(ROOT, "egs", "mini", "sitok", "run.sh")
 ABLATIONS = os.path.join(ROOT, "egs", "mini", "sitok", "run_ablations.sh")
@@ -34,7 +34,8 @@ def run(tmp, *args, check=True, **kw):
     cmd = ["bash", RUN, "--corpus_dir", f"{tmp}/corpus", "--datadir", f"{tmp}/data", "--dumpdir", f"{tmp}/dump",
            "--expdir", f"{tmp}/exp", "--python", sys.executable, "--local_corpus_opts", TINY, "--progress", "false",
            "--vocab_size", "64", "--judge_check_utts", "5", "--tokenizer_config", "tiny",
-           "--tokenizer_args", "--number_of_epochs 1 --batch_seconds 8", "--decode_steps", "2", *args]  # fmt: skip
+           "--tokenizer_args", "--number_of_epochs 1 --batch_seconds 8", "--decode_steps", "1 2",
+           "--decode_temperatures", "0 1", "--decode_select_utts", "3", *args]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"run.sh failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
@@ -61,8 +62,8 @@ def test_every_stage_and_rerun(tmp_path):
         assert validate_data_dir(f"{tmp}/dump/{s}", need=("utt2dur", "feats.scp", "utt2num_frames")) == []
         assert read_table(f"{tmp}/dump/{s}/wav.scp").keys() == read_table(f"{tmp}/dump/{s}/feats.scp").keys()
     assert os.path.exists(f"{tmp}/dump/train/cmvn.json")
-    assert os.path.exists(f"{tmp}/data/lang_unigram64/sp.model")
-    assert "WER" in log and "CTC fit at 12.50 Hz" in log
+    assert os.path.exists(f"{tmp}/data/lang_char/sp.model")  # the mini recipe: character CTC units
+    assert "WER" in log and "CTC fit at 37.50 Hz (12.5 Hz tokens x 3)" in log
     assert os.path.exists(f"{tmp}/data/test_unseen/trials")
     # stage 4: a model directory; stage 5: codes for every set, resynthesis + judge WER of the tests
     exp = f"{tmp}/exp/tokenizer_tiny"
@@ -70,8 +71,11 @@ def test_every_stage_and_rerun(tmp_path):
     assert '"bits_per_second": 75.0' in log
     for s in sets:
         assert read_table(f"{exp}/codes/{s}/codes.scp").keys() == read_table(f"{tmp}/dump/{s}/feats.scp").keys()
+    # the decoding setting was chosen on dev (lowest mel L1 over 1/2 steps x temperature 0/1)
+    dec_steps, dec_temp = run_cli("best-decoding", f"{exp}/decode_select_dev").stdout.split()
+    assert dec_steps in ("1", "2") and dec_temp in ("0", "1") and f"resynthesis at {dec_steps} steps" in log
     for s in ("test", "test_unseen"):
-        for d in (f"{s}_groundtruth", f"{s}_steps2"):
+        for d in (f"{s}_groundtruth", f"{s}_steps{dec_steps}_temp{dec_temp}"):
             assert validate_data_dir(f"{exp}/resynth/{d}", check_files=True) == []
             assert open(f"{exp}/resynth/{d}/judge_wer.tsv").readline().startswith("# pocketsphinx")
 
@@ -151,7 +155,7 @@ def test_every_stage_and_rerun(tmp_path):
                "--overrides", "{prediction: x, x_skip: False}", "--base_args", one, "--ft_args", one,
                "--eval_steps", "1 2", "--eval_wer_steps", "1", "--eval_args", "--max-utts 3",
                "--eval_temperatures", "0 1",
-               "--lang_dir", f"{tmp}/data/lang_unigram64", "--expdir", f"{tmp}/exp", "--dumpdir", f"{tmp}/dump",
+               "--lang_dir", f"{tmp}/data/lang_char", "--expdir", f"{tmp}/exp", "--dumpdir", f"{tmp}/dump",
                "--python", sys.executable]  # fmt: skip
     sc = subprocess.run(["bash", SHORTCUT, *sc_args], capture_output=True, text=True)
     assert sc.returncode == 0, sc.stdout[-3000:] + sc.stderr[-3000:]

@@ -32,14 +32,17 @@ expdir=exp
 min_duration=0.1        # seconds; shorter audio is skipped (and listed)
 max_duration=60         # seconds; longer audio is skipped (and listed)
 cmvn_mode=global        # global (paper: one mean/var) | per_bin
-vocab_type=unigram      # SentencePiece model type for the CTC targets
+vocab_type=unigram      # SentencePiece model type for the CTC targets (unigram|bpe|word|char)
 vocab_size=256          # paper scale 32100; mini a few hundred
 token_rate=12.5         # tokens per second of the tokenizer (CTC fit check)
+ctc_upsample=1          # CTC frames per token (characters/phones at 12.5 Hz need 2-3); passed to training
 tokenizer_config=mini   # recipes/tokenizer/hparams/<name>.yaml (tiny|mini|S|B|L|XL) or a path to a YAML
 tokenizer_tag=          # experiment name (default: the config name): exp/tokenizer_<tag>
 tokenizer_args=         # extra hparams overrides, e.g. "--number_of_epochs 10 --ctc_weight 0"
 ngpu=0                  # > 1: torchrun --nproc_per_node ngpu (DDP)
-decode_steps=16         # stage 5: Euler steps when resynthesising the test sets
+decode_steps="1 4 16"   # stage 5: candidate Euler steps for resynthesising the test sets ...
+decode_temperatures="0 1"  # ... and start-noise temperatures: the pair with the lowest mel L1 on
+decode_select_utts=100  #     this many utterances of the valid set is used (one candidate each: no selection)
 resynth_sets=           # stage 5: sets to resynthesise and ASR-judge (default: the test sets; "none": none)
 refine_config=mini      # stages 6-9: recipes/refine/hparams/<name>.yaml or a path to a YAML
 refine_kinds="decoder_ft token_cfg shortcut light_head"  # which refinement runs stages 6-9 make
@@ -120,6 +123,7 @@ sitok=("${python}" -m sitok.cli)
 no_progress=(); ${progress} || no_progress=(--no-progress)
 all_sets="${train_set} ${valid_set} ${test_sets} ${extra_sets}"
 lang_dir="${datadir}/lang_${vocab_type}${vocab_size}"
+[ "${vocab_type}" = char ] && lang_dir="${datadir}/lang_char"  # one unit per character: no size to choose
 export PYTHONUNBUFFERED=1
 
 run_stage() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
@@ -173,7 +177,7 @@ if run_stage 3; then
     else
         log "Stage 3: SentencePiece ${vocab_type} ${vocab_size} on ${dumpdir}/${train_set}/text -> ${lang_dir}"
         "${sitok[@]}" train-vocab "${dumpdir}/${train_set}" --out "${lang_dir}" --vocab-size "${vocab_size}" \
-            --model-type "${vocab_type}" --token-rate "${token_rate}" --nj "${nj}"
+            --model-type "${vocab_type}" --token-rate "${token_rate}" --ctc-upsample "${ctc_upsample}" --nj "${nj}"
         "${sitok[@]}" judge-lm --text "${dumpdir}/${train_set}/text" --out "${lang_dir}/judge_lm.arpa"
         if [ "${judge_check_utts}" -gt 0 ] && [ -n "${test_sets}" ]; then
             first_test=${test_sets%% *}
@@ -203,14 +207,15 @@ if run_stage 4; then
         eval "tok_args=(${tokenizer_args})"
         "${launcher[@]}" "${toolkit_root}/recipes/tokenizer/train.py" "${tokenizer_config_file}" \
             --exp_dir "${tok_exp}" --dump_dir "${dumpdir}" --train_set "${train_set}" --valid_set "${valid_set}" \
-            --lang_dir "${lang_dir}" --vocab_size "${n_pieces}" ${tok_args[@]+"${tok_args[@]}"}
+            --lang_dir "${lang_dir}" --vocab_size "${n_pieces}" --ctc_upsample "${ctc_upsample}" \
+            ${tok_args[@]+"${tok_args[@]}"}
         "${sitok[@]}" info -m "${model_dir}"
     fi
 fi
 
 # ---- stage 5: tokens and resynthesis ---------------------------------------------------------
 if run_stage 5; then
-    log "Stage 5: codes for every set -> ${tok_exp}/codes/<set>; resynthesis of ${test_sets} (${decode_steps} steps)"
+    log "Stage 5: codes for every set -> ${tok_exp}/codes/<set>; resynthesis of ${test_sets}"
     for dset in ${all_sets}; do
         if [ -f "${tok_exp}/codes/${dset}/.done" ]; then
             log "  codes of ${dset} already done, skipping"
@@ -220,8 +225,23 @@ if run_stage 5; then
         touch "${tok_exp}/codes/${dset}/.done"
     done
     resynth=${resynth_sets:-${test_sets}}; [ "${resynth}" = none ] && resynth=
+    read -r -a cand_steps <<< "${decode_steps}"
+    read -r -a cand_temps <<< "${decode_temperatures}"
+    if [ -z "${resynth}" ]; then
+        dec_steps=; dec_temp=
+    elif [ ${#cand_steps[@]} -gt 1 ] || [ ${#cand_temps[@]} -gt 1 ]; then
+        select_dir="${tok_exp}/decode_select_${valid_set}"
+        log "  decoding setting: lowest mel L1 on ${decode_select_utts} utterances of ${valid_set} over steps {${decode_steps}} x temperature {${decode_temperatures}}"
+        "${sitok[@]}" eval-refine "${dumpdir}/${valid_set}" "${tok_exp}/codes/${valid_set}" "${select_dir}" \
+            --models "base=${model_dir}" --steps "${cand_steps[@]}" --temperatures "${cand_temps[@]}" \
+            --max-utts "${decode_select_utts}" "${no_progress[@]}"
+        read -r dec_steps dec_temp <<< "$("${sitok[@]}" best-decoding "${select_dir}")"
+    else
+        dec_steps=${cand_steps[0]}; dec_temp=${cand_temps[0]}
+    fi
+    [ -n "${resynth}" ] && log "  resynthesis at ${dec_steps} steps, temperature ${dec_temp}"
     for dset in ${resynth}; do
-        out="${tok_exp}/resynth/${dset}_steps${decode_steps}"
+        out="${tok_exp}/resynth/${dset}_steps${dec_steps}_temp${dec_temp}"
         gt="${tok_exp}/resynth/${dset}_groundtruth"
         if [ ! -f "${gt}/.done" ]; then
             "${sitok[@]}" resynth-set "${dumpdir}/${dset}" "${gt}" -m "${model_dir}" "${no_progress[@]}"
@@ -229,7 +249,7 @@ if run_stage 5; then
         fi
         if [ ! -f "${out}/.done" ]; then
             "${sitok[@]}" resynth-set "${dumpdir}/${dset}" "${out}" -m "${model_dir}" --codes-dir "${tok_exp}/codes/${dset}" \
-                --steps "${decode_steps}" "${no_progress[@]}"
+                --steps "${dec_steps}" --temperature "${dec_temp}" "${no_progress[@]}"
             touch "${out}/.done"
         fi
         for d in "${gt}" "${out}"; do

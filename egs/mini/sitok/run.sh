@@ -14,6 +14,6 @@ extra_sets="ks_train ks_dev ks_test"  # 1 s keyword clips (12 classes) for the k
     --valid_set "${valid_set}" \
     --test_sets "${test_sets}" \
     --extra_sets "${extra_sets}" \
-    --vocab_type unigram \
-    --vocab_size 256 \
+    --vocab_type char \
+    --ctc_upsample 3 \
     "$@"

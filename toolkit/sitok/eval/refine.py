@@ -122,6 +122,21 @@ def select_setting(rows: list[dict], name: str, settings: list[tuple], steps: li
     return min(candidates, key=lambda st: mean[st])
 
 
+def best_decoding(results_csv: str, name: str) -> tuple[int, float]:
+    """(steps, temperature) of model ``name`` with the lowest mean mel L1 in an eval-refine
+    ``results.csv`` (plain CFG scale): how stage 5 picks its resynthesis setting on dev."""
+    import pandas as pd
+
+    if not os.path.exists(results_csv):
+        raise FileNotFoundError(f"{results_csv}: no eval-refine results")
+    df = pd.read_csv(results_csv)
+    df = df[(df["model"] == name) & (df["cfg_scale"] == 1.0)]
+    if df.empty:
+        raise ValueError(f"{results_csv}: no rows of model {name!r}")
+    best = df.loc[df["mel_l1"].idxmin()]
+    return int(best["steps"]), float(best["temperature"])
+
+
 def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dict[str, str], steps: list[int],
                         cfg_scales: list[float] = (1.0,), wer_steps: list[int] = (), lm: str | None = None,
                         max_utts: int = 0, progress: bool = True, vocoder: str = "auto",
