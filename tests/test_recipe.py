@@ -74,6 +74,13 @@ def test_every_stage_and_rerun(tmp_path):
     # the decoding setting was chosen on dev (lowest mel L1 over 1/2 steps x temperature 0/1)
     dec_steps, dec_temp = run_cli("best-decoding", f"{exp}/decode_select_dev").stdout.split()
     assert dec_steps in ("1", "2") and dec_temp in ("0", "1") and f"resynthesis at {dec_steps} steps" in log
+    # sitok evaluate at the chosen temperature: its own setting name, never another temperature's rows
+    ev = f"{exp}/eval_temp/test"
+    run_cli("evaluate", f"{tmp}/dump/test", ev, "-m", f"{exp}/model", "--steps", "1", "--temperature", "0",
+            "--vocoders", "griffin_lim", "--judges", "asr=none", "sim=none", "mos=none", "pesq=none", "stoi=none",
+            "--no-groundtruth", "--max-utts", "2", "--no-progress")  # fmt: skip
+    rows = json.load(open(f"{ev}/summary.json"))["settings"]
+    assert [(r["setting"], r["temperature"]) for r in rows] == [("steps1_cfg1_griffin_lim_temp0", 0.0)]
     for s in ("test", "test_unseen"):
         for d in (f"{s}_groundtruth", f"{s}_steps{dec_steps}_temp{dec_temp}"):
             assert validate_data_dir(f"{exp}/resynth/{d}", check_files=True) == []

@@ -13,6 +13,8 @@ from sitok.losses import bootstrap_target, shortcut_loss
 from sitok.models import SiTok, SiTokConfig
 from sitok.train.refine import freeze_all_but_decoder, load_for_refinement
 
+from conftest import run_cli
+
 TINY = dict(hidden=32, intermediate=64, heads=2, enc_layers=1, dec_layers=4, ctc_layers=1, codebook_size=64,
             codebook_dim=8, vocab_size=20)  # fmt: skip
 
@@ -143,7 +145,7 @@ def test_eval_refine_scores_temperatures_and_selects_on_another_set(tmp_path, ca
     import numpy as np
     import pandas as pd
 
-    from sitok.eval.refine import evaluate_refinement
+    from sitok.eval.refine import best_decoding, evaluate_refinement
 
     model, model_dir = tiny(), tmp_path / "model"
     model_dir.mkdir()
@@ -174,6 +176,13 @@ def test_eval_refine_scores_temperatures_and_selects_on_another_set(tmp_path, ca
     dev_rows = res.to_dict("records")
     want = min([(1.0, 0.0), (1.0, 0.5)], key=lambda st: np.mean([r["mel_l1"] for r in dev_rows
                                                                  if r["temperature"] == st[1]]))  # fmt: skip
+    # stage 5's choice: the (steps, temperature) of the lowest mel L1, printed by sitok best-decoding
+    best = res.loc[res["mel_l1"].idxmin()]
+    assert best_decoding(f"{dev}/results.csv", "m") == (int(best["steps"]), float(best["temperature"]))
+    assert run_cli("best-decoding", dev, "--model", "m").stdout.split() == [str(int(best["steps"])),
+                                                                             f"{best['temperature']:g}"]  # fmt: skip
+    with pytest.raises(ValueError, match="no rows of model 'x'"):
+        best_decoding(f"{dev}/results.csv", "x")
     test = str(tmp_path / "eval" / "test")
     caplog.set_level(logging.INFO, logger="sitok.eval.refine")
     evaluate_refinement(str(tmp_path / "dump/test"), str(tmp_path / "codes/test"), test, select_from=dev, **run)

@@ -424,7 +424,8 @@ def cmd_evaluate(a) -> int:
     torch_threads(a.threads)
     evaluate(a.model_dir, a.dump_dir, a.out_dir, steps=a.steps, cfg_scales=a.cfg_scales, vocoders=a.vocoders,
              judges=parse_judges(a.judges), judge_opts=_judge_opts(a.judge_opt), lm=a.lm,
-             groundtruth=not a.no_groundtruth, max_utts=a.max_utts, progress=not a.no_progress, name=a.name)  # fmt: skip
+             groundtruth=not a.no_groundtruth, max_utts=a.max_utts, progress=not a.no_progress, name=a.name,
+             temperature=a.temperature)  # fmt: skip
     return 0
 
 
@@ -633,6 +634,7 @@ def _add_evaluate(sub) -> None:
     s.add_argument("-m", "--model-dir", required=True)
     s.add_argument("--steps", type=int, nargs="+", default=[1], help="Euler steps to score")
     s.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0], help="token-CFG scales (CFG models)")
+    s.add_argument("--temperature", type=float, default=1.0, help=TEMPERATURE_HELP)
     s.add_argument("--vocoders", nargs="+", default=["auto"], help="auto | vocos | griffin_lim (each is scored)")
     s.add_argument("--judges", nargs="*", default=None, metavar="KIND=BACKEND",
                    help="e.g. asr=whisper sim=wavlm mos=utmos; KIND=none leaves one out (default: the offline ones)")

@@ -63,10 +63,10 @@ def _load_set(dump_dir: str, max_utts: int, sample_rate: int):
 
 
 @torch.no_grad()
-def _decode(tok, codes: dict, frames: dict, steps: int, cfg_scale: float) -> tuple[dict, float]:
+def _decode(tok, codes: dict, frames: dict, steps: int, cfg_scale: float, temperature: float) -> tuple[dict, float]:
     from sitok.eval.refine import decode_set
 
-    return decode_set(tok, {u: c.numpy() for u, c in codes.items()}, frames, steps, cfg_scale)
+    return decode_set(tok, {u: c.numpy() for u, c in codes.items()}, frames, steps, cfg_scale, temperature=temperature)
 
 
 def code_statistics(codes: dict, num_codebooks: int, codebook_size: int) -> dict:
@@ -170,9 +170,16 @@ def _summarise(rows: list[dict], texts: dict) -> dict:
 def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_scales=(1.0,), vocoders=("auto",),
              judges: dict | None = None, judge_opts: dict | None = None, lm: str | None = None,
              groundtruth: bool = True, max_utts: int = 0, seed: int = 0, progress: bool = True,
-             name: str | None = None, examples: int = 3) -> dict:  # fmt: skip
-    """Score one model on one split (see the module docstring); returns the summary."""
+             name: str | None = None, examples: int = 3, temperature: float = 1.0) -> dict:  # fmt: skip
+    """Score one model on one split (see the module docstring); returns the summary. Every decode
+    starts from noise scaled by ``temperature`` (settings at another value than 1 are named
+    ``..._temp<t>``, so they never reuse rows of another temperature)."""
     import pandas as pd
+
+    from sitok.infer.tokenizer import check_temperature
+
+    check_temperature(temperature)
+    temp_tag = "" if temperature == 1.0 else f"_temp{temperature:g}"
 
     from sitok.eval.refine import mel_l1
     from sitok.infer import Tokenizer
@@ -231,7 +238,7 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
     os.makedirs(os.path.join(out_dir, "settings"), exist_ok=True)
     rows, per_utt = [], []
     for source, s, w, v in settings:
-        key = f"groundtruth_{v}" if source == "groundtruth" else f"steps{s}_cfg{w:g}_{v}"
+        key = f"groundtruth_{v}" if source == "groundtruth" else f"steps{s}_cfg{w:g}_{v}{temp_tag}"
         path = os.path.join(out_dir, "settings", f"{key}.json")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
@@ -243,7 +250,7 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
             if source == "groundtruth":
                 hyp_mels, dec_s = mels, 0.0
             else:
-                hyp_mels, dec_s = _decode(vt, codes, frames, s, w)
+                hyp_mels, dec_s = _decode(vt, codes, frames, s, w, temperature)
             _save_examples(out_dir, key, hyp_mels, utts, examples)
             t1 = time.perf_counter()
             hop = vt.mel_cfg.hop_length
@@ -259,6 +266,7 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
                     r["utt_wer"] = 100 * word_error_rate([texts[u]], [r["hyp"]])
                 urows.append(r)
             row = {"setting": key, "source": source, "steps": s, "cfg_scale": w, "vocoder": v,
+                   "temperature": 1.0 if source == "groundtruth" else temperature,
                    **_summarise(urows, texts), "decoder_rtf": dec_s / audio_s, "vocoder_rtf": voc_s / audio_s,
                    "judge_seconds": {k: round(x, 2) for k, x in judge_s.items()}, "seconds": time.time() - t0}  # fmt: skip
             done = {"row": row, "per_utt": urows}
