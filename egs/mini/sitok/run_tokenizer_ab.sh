@@ -4,12 +4,12 @@
 # (judge WER and SIM through Griffin-Lim at 1 step, the CTC head's greedy WER, codebook use) and
 # the last epoch's dev losses. Arms run two at a time, one thread each.
 #
-#   ./run_tokenizer_ab.sh --epochs 6 --arms "base; vqfix --kmeans_init=True --quantizer_kwargs={dead_relative:0.03}"
+#   ./run_tokenizer_ab.sh --epochs 6 --arms "default; joint --phase_a_fraction=0; cos --vq_normalize=True"
 #
 # Arms are separated by ';': a name, then hparams overrides of recipes/tokenizer/hparams/mini.yaml
-# written --key=value; "lang=DIR" picks another CTC vocabulary (default data/lang_unigram256).
+# written --key=value; "lang=DIR" picks another CTC vocabulary (default data/lang_char, the recipe's).
 # Results: exp/ab_<NAME>/eval_test/summary.json, and a table on stdout (also exp/ab_summary.tsv).
-# Run stages 0-3 of ./run.sh first (and `sitok train-vocab ... --model-type char` for char arms).
+# Run stages 0-3 of ./run.sh first (and `sitok train-vocab` for other vocabularies, e.g. unigram 256).
 set -euo pipefail
 cd "$(dirname "$0")"
 epochs=6
@@ -23,7 +23,7 @@ sitok=("${python}" -m sitok.cli)
 
 train_arm() {  # NAME OVERRIDES...
     local name=$1; shift
-    local exp=exp/ab_${name} lang=data/lang_unigram256 args=()
+    local exp=exp/ab_${name} lang=data/lang_char args=()
     for o in "$@"; do
         case "${o}" in
             lang=*) lang=${o#lang=} ;;
@@ -41,7 +41,7 @@ train_arm() {  # NAME OVERRIDES...
     if [ ! -f "${exp}/eval_test/summary.json" ]; then
         OMP_NUM_THREADS=1 "${sitok[@]}" evaluate dump/test "${exp}/eval_test" -m "${exp}/model" --steps 1 \
             --vocoders griffin_lim --judges mos=none pesq=none stoi=none --no-groundtruth --max-utts "${utts}" \
-            --lm data/lang_unigram256/judge_lm.arpa --threads 1 --no-progress >> "${exp}.log" 2>&1
+            --lm data/lang_char/judge_lm.arpa --threads 1 --no-progress >> "${exp}.log" 2>&1
     fi
     log "${name}: done"
 }
