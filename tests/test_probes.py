@@ -140,3 +140,16 @@ def test_feature_facts_record_rate_and_ctc_weight(tmp_path):
     assert (facts["fps"], facts["tps"], facts["cn"], facts["cs"]) == (12.5, 25.0, 2, 1024)
     assert facts["kbps"] == pytest.approx(0.25) and facts["ctc_weight"] == 0.1
     assert feature_facts("mel50")["ctc_weight"] is None and feature_facts("mel12.5")["fps"] == 12.5
+
+
+def test_asr_probe_upsamples_to_the_ctc_rate_its_units_need():
+    from types import SimpleNamespace
+
+    from sitok.probes.brain import probe_upsample
+
+    def up(frame_rate, upsample=1, min_ctc_rate=37.5):
+        frontend = SimpleNamespace(frame_rate=frame_rate)
+        return probe_upsample({"modules": {"frontend": frontend}, "upsample": upsample, "min_ctc_rate": min_ctc_rate})
+
+    assert up(12.5) == 3 and up(50.0) == 1 and up(25.0) == 2  # characters: >= 37.5 CTC frames per second
+    assert up(12.5, min_ctc_rate=0) == 1 and up(12.5, upsample=4) == 4

@@ -107,6 +107,17 @@ class ClassifierProbe(_Budget, sb.Brain):
         return out
 
 
+def probe_upsample(hparams: dict) -> int:
+    """Front-end frames are repeated ``upsample`` times, or more when ``min_ctc_rate`` (CTC frames
+    per second) asks for it: characters (~16/s) need 37.5 Hz from 12.5 Hz tokens but nothing
+    more from 50 Hz mel."""
+    import math
+
+    frame_rate = hparams["modules"]["frontend"].frame_rate
+    need = float(hparams.get("min_ctc_rate", 0) or 0)
+    return max(int(hparams["upsample"]), math.ceil(need / frame_rate - 1e-9) if need > 0 else 1)
+
+
 class CTCProbe(_Budget, sb.Brain):
     """ASR: front end -> (x upsample) -> BiLSTM -> linear -> CTC over the recipe's SentencePiece units."""
 
@@ -114,7 +125,7 @@ class CTCProbe(_Budget, sb.Brain):
         batch = batch.to(self.device)
         feats, lens = batch.feats
         x = self.modules.frontend(feats)  # [B, T, D]
-        up = int(self.hparams.upsample)
+        up = self.upsample
         if up > 1:
             x = x.repeat_interleave(up, dim=1)
         T = x.shape[1]
@@ -296,7 +307,7 @@ def run_asr(hparams, run_opts, t0) -> None:
             sets[split] = ({u: t for u, t in items.items() if not t.startswith("<")}, reader)
             if not sets[split][0]:
                 raise ValueError(f"{hparams[f'{split}_set']}: no transcribed utterance for the ASR probe")
-    up = int(hparams["upsample"])
+    up = probe_upsample(hparams)
     rate = hparams["modules"]["frontend"].frame_rate * up
     fits = {}
     for split, (items, reader) in sets.items():  # every target must fit its CTC input length
@@ -317,7 +328,7 @@ def run_asr(hparams, run_opts, t0) -> None:
     hparams["checkpointer"].add_recoverable("ctc_lin", modules["ctc_lin"])
     brain = CTCProbe(modules=modules, opt_class=hparams["opt_class"], hparams=hparams, run_opts=run_opts,
                      checkpointer=hparams["checkpointer"])  # fmt: skip
-    brain.sp, brain.beam_searcher = sp, None
+    brain.sp, brain.beam_searcher, brain.upsample = sp, None, up
     brain.refs = {u: t for items, _ in sets.values() for u, t in items.items()}
     results = {"task": "asr", "features": hparams["features"], "units": f"sentencepiece:{sp.get_piece_size()}",
                "upsample": up, "ctc_frame_rate": rate, "target_fit": fits, "counts": counts,
