@@ -209,8 +209,8 @@ class TokenizerBrain(sb.Brain):
         limit = float(self.hparams.max_train_minutes or 0)
         per_epoch = (time.time() - self.train_start) / max(1, epoch)
         epochs = self.hparams.number_of_epochs
-        if limit > 0:
-            epochs = max(epoch, min(epochs, int(limit * 60 // per_epoch)))
+        if limit > 0:  # 3 % of the cap kept for epochs that run slower than the first
+            epochs = max(epoch, min(epochs, int(0.97 * limit * 60 // per_epoch)))
         self.plan.fix(epochs, self.global_step)
         self.hparams.epoch_counter.limit = epochs
         self.set_decay()
