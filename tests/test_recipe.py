@@ -77,7 +77,7 @@ def test_every_stage_and_rerun(tmp_path):
     # sitok evaluate at the chosen temperature: its own setting name, never another temperature's rows
     ev = f"{exp}/eval_temp/test"
     run_cli("evaluate", f"{tmp}/dump/test", ev, "-m", f"{exp}/model", "--steps", "1", "--temperature", "0",
-            "--vocoders", "griffin_lim", "--judges", "asr=none", "sim=none", "mos=none", "pesq=none", "stoi=none",
+            "--vocoders", "griffin_lim", "--judges", "asr=none", "sim=none", "mos=none", "pesq=none",
             "--no-groundtruth", "--max-utts", "2", "--no-progress")  # fmt: skip
     rows = json.load(open(f"{ev}/summary.json"))["settings"]
     assert [(r["setting"], r["temperature"]) for r in rows] == [("steps1_cfg1_griffin_lim_temp0", 0.0)]
