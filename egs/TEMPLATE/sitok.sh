@@ -231,10 +231,15 @@ if run_stage 5; then
         dec_steps=; dec_temp=
     elif [ ${#cand_steps[@]} -gt 1 ] || [ ${#cand_temps[@]} -gt 1 ]; then
         select_dir="${tok_exp}/decode_select_${valid_set}"
-        log "  decoding setting: lowest mel L1 on ${decode_select_utts} utterances of ${valid_set} over steps {${decode_steps}} x temperature {${decode_temperatures}}"
-        "${sitok[@]}" eval-refine "${dumpdir}/${valid_set}" "${tok_exp}/codes/${valid_set}" "${select_dir}" \
-            --models "base=${model_dir}" --steps "${cand_steps[@]}" --temperatures "${cand_temps[@]}" \
-            --max-utts "${decode_select_utts}" "${no_progress[@]}"
+        if [ -f "${select_dir}/.done" ]; then
+            log "  decoding setting: ${select_dir} already done, skipping"
+        else
+            log "  decoding setting: lowest mel L1 on ${decode_select_utts} utterances of ${valid_set} over steps {${decode_steps}} x temperature {${decode_temperatures}}"
+            "${sitok[@]}" eval-refine "${dumpdir}/${valid_set}" "${tok_exp}/codes/${valid_set}" "${select_dir}" \
+                --models "base=${model_dir}" --steps "${cand_steps[@]}" --temperatures "${cand_temps[@]}" \
+                --max-utts "${decode_select_utts}" "${no_progress[@]}"
+            touch "${select_dir}/.done"
+        fi
         read -r dec_steps dec_temp <<< "$("${sitok[@]}" best-decoding "${select_dir}")"
     else
         dec_steps=${cand_steps[0]}; dec_temp=${cand_temps[0]}
