@@ -176,13 +176,12 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
     ``..._temp<t>``, so they never reuse rows of another temperature)."""
     import pandas as pd
 
+    from sitok.eval.refine import mel_l1
+    from sitok.infer import Tokenizer
     from sitok.infer.tokenizer import check_temperature
 
     check_temperature(temperature)
     temp_tag = "" if temperature == 1.0 else f"_temp{temperature:g}"
-
-    from sitok.eval.refine import mel_l1
-    from sitok.infer import Tokenizer
 
     t_start = time.time()
     judges = parse_judges(None) if judges is None else dict(judges)

@@ -208,8 +208,6 @@ class SiTok(nn.Module):
             qkw.setdefault("levels", [2] * cfg.codebook_dim)
         qkw = _accepted_kwargs(kind, qkw)
         self.quantizer = build_quantizer(kind, cfg.codebook_dim, **qkw)
-        if cfg.ctc_upsample < 1:
-            raise ValueError(f"ctc_upsample must be a positive integer, got {cfg.ctc_upsample}")
         if (self.quantizer.codebook_size, self.quantizer.num_codebooks) != (cfg.codebook_size, cfg.num_codebooks):
             raise ValueError(
                 f"config says {cfg.num_codebooks} x {cfg.codebook_size} codes but the {kind} quantizer has "
@@ -218,6 +216,8 @@ class SiTok(nn.Module):
         self.from_latent = nn.Linear(cfg.codebook_dim, cfg.hidden)
         # CTC branch on the quantised latents
         self.ctc = None
+        if cfg.ctc_upsample < 1:
+            raise ValueError(f"ctc_upsample must be a positive integer, got {cfg.ctc_upsample}")
         if cfg.vocab_size > 0 and cfg.ctc_layers > 0:
             self.ctc = LlamaStack(cfg.ctc_layers, cfg.hidden, cfg.intermediate, cfg.heads, causal=True)
             # U CTC frames per token: one linear map to U x vocab logits, read as U consecutive frames

@@ -63,8 +63,8 @@ class EMAVectorQuantizer(Quantizer):
     """dim: D; codebook_size: K; decay: EMA decay; eps: Laplace smoothing of the counts;
     beta: commitment weight (loss = beta * mean over valid frames and dims of (z - sg(q))^2, the usual MSE);
     normalize: cosine-similarity VQ (z and the entries are l2-normalised; usage stays higher early on);
-    dead_threshold: restart entries whose EMA count is below it; dead_relative: also restart those
-    no frame chose among the last codebook_size / dead_relative frames (0: off); restart_every: check every n
+    dead_threshold: restart entries whose EMA count is below it; dead_relative: also restart those no
+    frame chose among the last codebook_size / dead_relative frames (0: off); restart_every: check every n
     training steps (0 = never); init_from_data: codebook <- frames of the first training batch
     (with fewer frames than entries, every frame once and then repeats); chunk_elements: max
     elements of one [R, K] distance chunk (R capped at 256 frames: a fixed [256, K] matmul per chunk, little padding on short batches)."""
@@ -89,7 +89,7 @@ class EMAVectorQuantizer(Quantizer):
         if not 0.0 <= dead_threshold < 1.0:
             raise ValueError(f"dead_threshold must be in [0, 1) (entries restart with count 1), got {dead_threshold}")
         if not 0.0 <= dead_relative < 1.0:
-            raise ValueError(f"dead_relative must be in [0, 1) (a fraction of the mean EMA count), got {dead_relative}")
+            raise ValueError(f"dead_relative must be in [0, 1) (dead after K / r unused frames), got {dead_relative}")
         if restart_every < 0:
             raise ValueError(f"restart_every must be >= 0 (0 = never), got {restart_every}")
         self.decay, self.eps, self.beta = float(decay), float(eps), float(beta)
@@ -116,19 +116,10 @@ class EMAVectorQuantizer(Quantizer):
 
     @torch.no_grad()
     def _nearest(self, x: Tensor) -> Tensor:
-        """x [N, D] -> codes [N] of the nearest entries (squared Euclidean distance)."""
-        N, R = x.shape[0], self.chunk_rows
-        codes = torch.empty(N, dtype=torch.long, device=x.device)
+        """x [N, D] -> codes [N] of the nearest entries (squared Euclidean distance), in float32
+        over fixed-shape chunks (a frame's code cannot depend on its batch mates)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x, embed = x.float(), self.embed.float()
-            e2 = embed.pow(2).sum(dim=1)  # [K]; ||x||^2 is the same for every entry
-            for s in range(0, N, R):
-                chunk = x[s : s + R]  # [n, D]
-                n = chunk.shape[0]
-                chunk = F.pad(chunk, (0, 0, 0, R - n))  # [R, D], fixed shape
-                dist2 = torch.addmm(e2, chunk, embed.t(), alpha=-2.0)  # [R, K] = ||e||^2 - 2 x.e
-                codes[s : s + n] = dist2.argmin(dim=1)[:n]
-        return codes
+            return nearest(x.float(), self.embed.float(), rows=self.chunk_rows, fixed_shape=True)
 
     def _codes(self, x: Tensor, mask: Tensor) -> Tensor:
         """Valid frames x [N, D] (= z[mask]), mask [B, T] -> codes [B, T]; padded frames get code 0."""
@@ -232,7 +223,8 @@ class EMAVectorQuantizer(Quantizer):
         return 0
 
     def dead_entries(self) -> Tensor:
-        """[K] bool: entries whose EMA count is below the absolute or the relative threshold."""
+        """[K] bool: entries whose EMA count is below dead_threshold or, with dead_relative, that no
+        frame chose among the last codebook_size / dead_relative frames."""
         dead = self.cluster_size < self.dead_threshold
         if self.dead_relative > 0:
             dead |= self.unused_frames > self.codebook_size / self.dead_relative
@@ -296,13 +288,18 @@ class EMAVectorQuantizer(Quantizer):
 
 
 @torch.no_grad()
-def nearest(x: Tensor, centroids: Tensor, rows: int = 256) -> Tensor:
+def nearest(x: Tensor, centroids: Tensor, rows: int = 256, fixed_shape: bool = False) -> Tensor:
     """x [N, D], centroids [K, D] -> index [N] of the nearest centroid (squared Euclidean),
-    computed in chunks of ``rows`` frames so memory stays at rows x K."""
-    e2 = centroids.pow(2).sum(dim=1)
+    computed in chunks of ``rows`` frames so memory stays at rows x K; ``fixed_shape`` zero-pads
+    every chunk to ``rows`` so each matmul has one shape whatever N."""
+    e2 = centroids.pow(2).sum(dim=1)  # [K]; ||x||^2 is the same for every centroid
     out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     for s in range(0, x.shape[0], rows):
-        out[s : s + rows] = torch.addmm(e2, x[s : s + rows], centroids.t(), alpha=-2.0).argmin(dim=1)
+        chunk = x[s : s + rows]
+        n = chunk.shape[0]
+        if fixed_shape:
+            chunk = F.pad(chunk, (0, 0, 0, rows - n))
+        out[s : s + n] = torch.addmm(e2, chunk, centroids.t(), alpha=-2.0).argmin(dim=1)[:n]
     return out
 
 

@@ -18,9 +18,8 @@ Content-first schedule (``phase_a_fraction`` > 0): the first share of the planne
 with the VQ bypassed (decoder and CTC head read the continuous latents; CTC weight
 ``phase_a_ctc_weight``, 0 when ``ctc_weight`` is 0); then the codebook is set by k-means on
 encoder outputs and the whole model trains with the VQ (CTC weight ``ctc_weight``). With
-``kmeans_init`` the codebook starts
-from k-means at the first quantised step in either schedule. The paper trains jointly from the
-first step: ``phase_a_fraction: 0``.
+``kmeans_init`` the codebook starts from k-means at the first quantised step in either schedule.
+The paper trains jointly from the first step: ``phase_a_fraction: 0``.
 """
 
 from __future__ import annotations
@@ -259,11 +258,12 @@ class TokenizerBrain(sb.Brain):
         kmeans = stage == sb.Stage.TRAIN and not continuous and getattr(self.hparams, "kmeans_init", False)
         if kmeans and not quantizer_initialised(self.model.quantizer):
             self.kmeans_codebook()
-        ctc_weight = float(getattr(self.hparams, "phase_a_ctc_weight", self.model.config.ctc_weight))
-        if self.model.config.ctc_weight == 0:  # CTC off (the ablation) is off in both phases
-            ctc_weight = 0.0
+        ctc_weight = None  # phase B: the configured weight
+        if continuous:  # phase A's own weight; CTC off (the ablation) stays off
+            on = self.model.config.ctc_weight > 0
+            ctc_weight = float(getattr(self.hparams, "phase_a_ctc_weight", 1.0)) if on else 0.0
         return self.modules.model(mel, mel_lengths, tokens, token_lengths, continuous=continuous,
-                                  ctc_weight=ctc_weight if continuous else None)  # fmt: skip
+                                  ctc_weight=ctc_weight)  # fmt: skip
 
     def compute_objectives(self, out, batch, stage):
         parts = {k: float(v.detach()) for k, v in out.items() if k in ("diff", "vq", "ctc")}
