@@ -31,6 +31,63 @@ class DataDirError(ValueError):
     pass
 
 
+# ---- feature tables (feats.scp, codes.scp) --------------------------------------------------
+# A Kaldi rxspecifier may be a command: kaldiio runs an entry such as ``utt1 gunzip -c x.gz |``
+# (or ``| cmd``, also behind an ``ark:`` prefix, a ``:offset`` or a ``[range]``) through the shell.
+# Data dirs are shared between people, so such entries are refused unless the user opts in:
+# ``allow_pipes(True)`` (the CLI's --allow-pipes, the recipes' ``allow_pipes: true``) or
+# SITOK_ALLOW_PIPES=1 in the environment (inherited by data-loader workers and subprocesses).
+ALLOW_PIPES_ENV = "SITOK_ALLOW_PIPES"
+PIPE_REFUSED = "piped entries run shell commands; refused (allow with --allow-pipes / allow_pipes: true)"
+
+
+class PipeRefused(DataDirError):
+    """A table entry that kaldiio would run as a shell command."""
+
+
+def allow_pipes(on: bool = True) -> None:
+    """Let piped entries run, in this process and the processes it starts (or stop them again)."""
+    if on:
+        os.environ[ALLOW_PIPES_ENV] = "1"
+    else:
+        os.environ.pop(ALLOW_PIPES_ENV, None)
+
+
+def pipes_allowed() -> bool:
+    return os.environ.get(ALLOW_PIPES_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def is_pipe(spec: str) -> bool:
+    """Whether kaldiio could run ``spec`` as a command. Any "|" counts: kaldiio cuts a ``:offset``
+    and a ``[range]`` off before it looks for a leading or trailing "|", so "cmd |:0" runs too;
+    a file name with a "|" inside is refused along with them."""
+    return "|" in str(spec)
+
+
+def check_rxspec(spec: str, where: str | None = None) -> str:
+    """``spec`` unchanged, or PipeRefused naming ``where`` (e.g. "dump/dev/feats.scp: utterance u1")."""
+    if is_pipe(spec) and not pipes_allowed():
+        raise PipeRefused(f"{where or repr(spec)}: {PIPE_REFUSED}")
+    return spec
+
+
+def read_scp(path: str) -> OrderedDict[str, str]:
+    """A feats.scp / codes.scp table (utt -> rxspecifier); a piped entry is refused naming the
+    file and the utterance before anything is read from it."""
+    table = read_table(path)
+    for utt, spec in table.items():
+        check_rxspec(spec, f"{path}: utterance {utt}")
+    return table
+
+
+def read_mat(spec: str, where: str | None = None):
+    """``kaldiio.load_mat(spec)``: the matrix an scp entry points at. Piped entries are refused
+    (PipeRefused naming ``where``) unless the user allowed them."""
+    import kaldiio
+
+    return kaldiio.load_mat(check_rxspec(spec, where))
+
+
 def read_table(path: str, *, allow_empty_value: bool = False) -> "OrderedDict[str, str]":
     """Read ``key value...`` lines. Raises DataDirError naming file and line on bad input."""
     table: OrderedDict[str, str] = OrderedDict()

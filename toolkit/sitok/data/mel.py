@@ -48,7 +48,24 @@ class MelConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "MelConfig":
-        return cls(**(d or {}))
+        """A mel config from plain data (a model directory's config.json), range-checked."""
+        from dataclasses import fields
+
+        from sitok.checks import check_fields
+
+        d = d or {}
+        if not isinstance(d, dict) or set(d) - {f.name for f in fields(cls)}:
+            raise ValueError(f"MelConfig: expected a mapping of {[f.name for f in fields(cls)]}, got {d!r}")
+        cfg = cls(**d)
+        sizes = (1, 65536)
+        check_fields("MelConfig", cfg, ints={"sample_rate": (1, 768000), "n_fft": (2, 65536), "win_length": sizes,
+                                             "hop_length": sizes, "n_mels": (1, 4096)},
+                     floats={"f_min": (0.0, 384000.0), "f_max": (0.0, 384000.0), "power": (0.1, 10.0),
+                             "log_floor": (1e-30, 1.0)},
+                     choices={"mel_scale": ("slaney", "htk"), "mel_norm": ("slaney", None)})  # fmt: skip
+        if cfg.win_length > cfg.n_fft:
+            raise ValueError(f"MelConfig: win_length {cfg.win_length} must not exceed n_fft {cfg.n_fft}")
+        return cfg
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -204,7 +221,15 @@ class GlobalCMVN(torch.nn.Module):
 
     @classmethod
     def load(cls, path: str) -> "GlobalCMVN":
+        """Read a cmvn.json; a malformed one is a ValueError naming the file."""
         with open(path, encoding="utf-8") as fh:
-            d = json.load(fh)
-        stats = CMVNStats.from_dict(d["stats"]) if "stats" in d else None
-        return cls(np.asarray(d["mean"]), np.asarray(d["var"]), d.get("mode", "global"), stats)
+            try:
+                d = json.load(fh)
+            except ValueError as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        try:
+            stats = CMVNStats.from_dict(d["stats"]) if "stats" in d else None
+            mean, var = np.asarray(d["mean"], dtype=np.float64), np.asarray(d["var"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: not CMVN statistics (mean, var): {exc!r}") from None
+        return cls(mean, var, d.get("mode", "global"), stats)

@@ -78,20 +78,22 @@ class VocosVocoder(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, map_location="cpu") -> VocosVocoder:
+        """config.json and model.pt are checked as a tokenizer's are (``sitok.models.loading``): format
+        version, field ranges, every weight's name and shape before the generator is built."""
+        from sitok.models.loading import build_checked, load_weights, mel_config, parse_config, read_config
         from sitok.models.vocos import Vocos, VocosConfig
 
         config_path = os.path.join(path, "config.json")
         if not os.path.exists(config_path):
             raise FileNotFoundError(f"vocoder directory {path}: no config.json")
-        with open(config_path, encoding="utf-8") as fh:
-            config = json.load(fh)
-        if config.get("format") != VOCODER_FORMAT or config.get("type") != "vocos":
+        config = read_config(config_path, VOCODER_FORMAT)
+        if config.get("type") != "vocos" or "model" not in config:
             raise ValueError(f"{config_path}: not a Vocos vocoder (format {config.get('format')!r}, "
                              f"type {config.get('type')!r})")  # fmt: skip
-        model = Vocos(VocosConfig.from_dict(config["model"]))
-        state = torch.load(os.path.join(path, "model.pt"), map_location=map_location, weights_only=True)
-        model.load_state_dict(state)
-        return cls(model, MelConfig.from_dict(config.get("mel")))
+        model_cfg = parse_config(VocosConfig.from_dict, config["model"], config_path)
+        weights = os.path.join(path, "model.pt")
+        model = build_checked(lambda: Vocos(model_cfg), load_weights(weights), weights, config_path)
+        return cls(model.to(map_location), mel_config(config, config_path))
 
     def num_parameters(self) -> int:
         return self.model.num_parameters()
@@ -130,9 +132,11 @@ def _is_vocoder_dir(path: str) -> bool:
         return False
     try:
         with open(config, encoding="utf-8") as fh:
-            return json.load(fh).get("format") == VOCODER_FORMAT
+            data = json.load(fh)
     except (OSError, ValueError):
         return False
+    # any version counts: a newer one is then refused by name when loaded, not silently skipped
+    return isinstance(data, dict) and str(data.get("format", "")).startswith("sitok-vocoder-")
 
 
 def vocoder_dir(model_dir: str | None) -> str | None:

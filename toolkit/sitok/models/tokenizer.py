@@ -77,11 +77,38 @@ class SiTokConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SiTokConfig":
+        """A config from plain data (config.json, hparams), range-checked by ``validate``."""
+        if not isinstance(d, dict):
+            raise ValueError(f"SiTokConfig: expected a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"SiTokConfig: unknown fields {sorted(unknown)}")
-        return cls(**d)
+        return cls(**d).validate()
+
+    def validate(self) -> SiTokConfig:
+        """Every field within plausible bounds (ValueError naming the first that is not); returns self.
+        The bounds keep a config read from a file from asking for absurd allocations; the weights'
+        shapes are checked against the model before it is built (``sitok.models.loading``)."""
+        from sitok.checks import check_fields
+
+        check_fields("SiTokConfig", self, ints=_CONFIG_INTS, floats=_CONFIG_FLOATS, choices=_CONFIG_CHOICES,
+                     bools=("x_skip", "checkpointing", "token_cfg", "shortcut"))  # fmt: skip
+        if not isinstance(self.quantizer_kwargs, dict) or not all(isinstance(k, str) for k in self.quantizer_kwargs):
+            raise ValueError(f"SiTokConfig: quantizer_kwargs must be a mapping with string keys, got "
+                             f"{self.quantizer_kwargs!r}")  # fmt: skip
+        return self
+
+
+_DIM, _LAYERS = (1, 65536), (0, 1024)
+_CONFIG_INTS = {"n_mels": (1, 4096), "stack": (1, 64), "hidden": _DIM, "intermediate": _DIM, "heads": (1, 1024),
+                "enc_layers": _LAYERS, "dec_layers": (1, 1024), "ctc_layers": _LAYERS, "dec_hidden": _DIM,
+                "dec_intermediate": _DIM, "codebook_size": (2, 2**20), "codebook_dim": _DIM, "num_codebooks": (1, 1024),
+                "vocab_size": (0, 2**20), "ctc_upsample": (1, 64), "time_embed_dim": _DIM,
+                "light_head_layers": _LAYERS}  # fmt: skip
+_CONFIG_FLOATS = {"mel_rate": (1e-3, 1e5), "ctc_weight": (0.0, 1e6)}
+_CONFIG_CHOICES = {"quantizer": ("vq", "rvq", "fsq", "bsq"), "decoder": ("diffusion", "regression"),
+                   "loss": ("l1", "l2"), "prediction": ("velocity", "x")}  # fmt: skip
 
 
 class Decoder(nn.Module):
@@ -261,7 +288,8 @@ class SiTok(nn.Module):
         return self.quantizer.encode(z, mask)
 
     def cond_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.from_latent(self.quantizer.decode(codes))  # [B, T, hidden]
+        z_q = self.quantizer.decode(codes)  # FSQ / BSQ give float32 whatever the model's dtype
+        return self.from_latent(z_q.to(self.from_latent.weight.dtype))  # [B, T, hidden]
 
     # ---- decoder side -------------------------------------------------------------------
     def velocity(self, x_t, t, h, mask=None, d=None):

@@ -46,7 +46,22 @@ class VocosConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> VocosConfig:
-        return cls(**d)
+        """A config from plain data (a vocoder directory's config.json), range-checked."""
+        from dataclasses import fields
+
+        from sitok.checks import check_fields
+
+        known = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or set(d) - known:
+            unknown = sorted(set(d) - known) if isinstance(d, dict) else d
+            raise ValueError(f"VocosConfig: unknown fields {unknown!r}")
+        cfg = cls(**d)
+        dim = (1, 65536)
+        check_fields("VocosConfig", cfg, ints={"n_mels": (1, 4096), "dim": dim, "intermediate": dim,
+                                               "layers": (1, 1024), "kernel": (1, 1023), "n_fft": (2, 65536),
+                                               "hop": dim},
+                     floats={"max_magnitude": (1e-6, 1e30)}, bools=("magnitude_prior", "integrate_phase"))  # fmt: skip
+        return cfg
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,8 +140,12 @@ class Vocos(nn.Module):
         if cfg.magnitude_prior:  # the least-squares inverse of our mel filterbank (as Griffin-Lim uses)
             from sitok.data.mel import MelConfig, mel_filterbank
 
-            fbank = mel_filterbank(MelConfig(n_fft=cfg.n_fft, win_length=cfg.n_fft, hop_length=cfg.hop, n_mels=cfg.n_mels))
-            self.register_buffer("mel_pinv", torch.linalg.pinv(fbank), persistent=False)  # [n_mels, F]
+            if torch.empty(0).is_meta:  # a shape-only build (sitok.models.loading): nothing to compute
+                pinv = torch.empty(cfg.n_mels, cfg.n_fft // 2 + 1)
+            else:
+                mel = MelConfig(n_fft=cfg.n_fft, win_length=cfg.n_fft, hop_length=cfg.hop, n_mels=cfg.n_mels)
+                pinv = torch.linalg.pinv(mel_filterbank(mel))
+            self.register_buffer("mel_pinv", pinv, persistent=False)  # [n_mels, F]
         else:
             self.mel_pinv = None
 

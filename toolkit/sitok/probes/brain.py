@@ -53,6 +53,9 @@ class _Budget:
             self.hparams.epoch_counter.limit = epoch
 
     def on_fit_start(self):
+        from sitok.train.checkpoints import use_weights_only_loaders
+
+        use_weights_only_loaders()  # checkpoints are read as data, never unpickled objects
         super().on_fit_start()  # recovers the last checkpoint: the epoch counter resumes
         self.t_fit, self.first_epoch = time.time(), self.hparams.epoch_counter.current + 1
 
@@ -363,6 +366,10 @@ def run_probe(argv: list[str]) -> None:
         raise ValueError(f"{hparams_file}: task must be one of {TASKS}, got {hparams['task']!r}")
     sb.create_experiment_directory(experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file,
                                    overrides=overrides)  # fmt: skip
+    if hparams.get("allow_pipes"):  # codes.scp / feats.scp entries that are shell commands ("cmd |") may run
+        from sitok.data.kaldi import allow_pipes
+
+        allow_pipes(True)
     source = hparams["codes_root"] if hparams["features"] == "tokens" else f"{hparams['dump_dir']}/*/feats.scp"
     logger.info("probe %s on %s features (%s) -> %s", hparams["task"], hparams["features"], source, hparams["exp_dir"])
     (run_asr if hparams["task"] == "asr" else run_classifier)(hparams, run_opts, t0)

@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import torch
 
-from sitok.data.kaldi import read_table
+from sitok.data.kaldi import read_mat, read_scp, read_table
 from sitok.fileio import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class FeatureReader:
         if not os.path.exists(scp):
             raise FileNotFoundError(f"{scp}: no feature list (run the stage that extracts the features first)")
         self.scp = scp
-        self.table = read_table(scp)
+        self.table = read_scp(scp)
         self.cmvn = None
         if cmvn is not None:
             from sitok.data.mel import GlobalCMVN
@@ -37,10 +37,8 @@ class FeatureReader:
             self.cmvn = GlobalCMVN.load(cmvn)
 
     def __call__(self, utt: str) -> torch.Tensor:
-        import kaldiio
-
         try:
-            x = torch.from_numpy(kaldiio.load_mat(self.table[utt]).copy())
+            x = torch.from_numpy(read_mat(self.table[utt], f"{self.scp}: utterance {utt}").copy())
         except KeyError:
             raise KeyError(f"{self.scp}: no entry for utterance {utt}") from None
         if self.cmvn is None:  # codes [CN, T] -> [T, CN]

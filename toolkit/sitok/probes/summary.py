@@ -64,19 +64,18 @@ def collect(exp_dir: str, name: str, features: str, model_dir: str | None = None
 
 def ctc_asr_on_codes(model_dir: str, codes_dir: str, dump_dir: str, beam_size: int = 10) -> dict:
     """Greedy + beam WER of the tokenizer's CTC head on the dumped codes of one split."""
-    import kaldiio
     import torch
 
-    from sitok.data.kaldi import read_table
+    from sitok.data.kaldi import read_mat, read_scp, read_table
     from sitok.eval.evaluate import ctc_asr
     from sitok.infer import Tokenizer
 
     t0 = time.time()
     tok = Tokenizer.from_pretrained(model_dir, vocoder="griffin_lim")
-    scp = read_table(os.path.join(codes_dir, "codes.scp"))
+    scp = read_scp(os.path.join(codes_dir, "codes.scp"))
     texts = read_table(os.path.join(dump_dir, "text"))
     texts = {u: t for u, t in texts.items() if not t.startswith("<")}  # markers, not transcripts
-    codes = {u: torch.from_numpy(kaldiio.load_mat(p).copy()).long() for u, p in scp.items() if u in texts}
+    codes = {u: torch.from_numpy(read_mat(p).copy()).long() for u, p in scp.items() if u in texts}
     if not codes:
         return {"ctc_asr_wer": None, "ctc_asr_wer_beam": None, "ctc_asr_note": f"{dump_dir}: no transcripts"}
     missing = len(scp) - len(codes)

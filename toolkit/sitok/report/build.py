@@ -101,15 +101,14 @@ def mel_figures(summaries: list[dict], df, dump_dir: str | None, out_dir: str, m
     import matplotlib
 
     matplotlib.use("Agg")
-    import kaldiio
     import matplotlib.pyplot as plt
 
-    from sitok.data.kaldi import read_table
+    from sitok.data.kaldi import read_mat, read_scp
 
     if not dump_dir or not os.path.exists(os.path.join(dump_dir, "feats.scp")):
         logger.warning("report: no --dump-dir with feats.scp: mel-spectrogram figures left out")
         return []
-    feats = read_table(os.path.join(dump_dir, "feats.scp"))
+    feats = read_scp(os.path.join(dump_dir, "feats.scp"))
     chosen = {r["experiment"]: r for r in df.to_dict("records")}
     panels = []  # (name, setting key, eval dir)
     for s in summaries[:max_models]:
@@ -124,7 +123,7 @@ def mel_figures(summaries: list[dict], df, dump_dir: str | None, out_dir: str, m
     for u in utts:
         if u not in feats:
             continue
-        rows = [("ground truth", kaldiio.load_mat(feats[u]))]
+        rows = [("ground truth", read_mat(feats[u]))]
         rows += [(name, np.load(os.path.join(d, f"{u}.npy"))) for name, d in panels
                  if os.path.exists(os.path.join(d, f"{u}.npy"))]  # fmt: skip
         fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.6 * len(rows)), squeeze=False)

@@ -22,13 +22,12 @@ encoder, VQ (codebook buffers included) and CTC branch stay bit-identical.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 
 import torch
 
-from sitok.models import SiTok
+from sitok.models import SiTok, SiTokConfig
 from sitok.train.tokenizer import TokenizerBrain
 
 logger = logging.getLogger(__name__)
@@ -120,15 +119,22 @@ def _remap_regression(state: dict) -> dict:
 
 def load_for_refinement(init_model: str, refine: str, light_head_layers: int = 0, keep_cfg: bool = True,
                         decoder_overrides: dict | None = None) -> SiTok:
-    """Build the refinement model from a model directory; logs what is new and what is left out."""
+    """Build the refinement model from a model directory; logs what is new and what is left out.
+    The directory's config.json and model.pt are checked against each other first (format, ranges,
+    every weight's name and shape: ``sitok.models.loading``)."""
+    from sitok.models.loading import MODEL_FORMAT, check_state, load_weights, parse_config, read_config
+
     cfg_path = os.path.join(init_model, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"init_model: {cfg_path} not found (export a tokenizer first: recipe stage 4)")
-    with open(cfg_path, encoding="utf-8") as fh:
-        base = json.load(fh)["model"]
+    base = read_config(cfg_path, MODEL_FORMAT, missing_ok=True).get("model")
+    weights = os.path.join(init_model, "model.pt")
+    state = load_weights(weights)
+    with torch.device("meta"):
+        base_model = SiTok(parse_config(SiTokConfig.from_dict, base, cfg_path))
+    check_state(base_model.state_dict(), state, weights)
     cfg = refined_config(base, refine, light_head_layers, keep_cfg, decoder_overrides)
     model = SiTok(cfg)
-    state = torch.load(os.path.join(init_model, "model.pt"), map_location="cpu", weights_only=True)
     if refine == "reparam":
         # re-parameterisation: the decoder keeps its trained layers (warm start); a new x_t -> velocity
         # skip starts at -I, so at t = 0 the velocity begins as x_hat - x_t (x prediction's there)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 import time
@@ -40,8 +41,10 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 
+from sitok.data.kaldi import allow_pipes, check_rxspec, read_mat
 from sitok.data.mel import GlobalCMVN, MelConfig
 from sitok.fileio import atomic_dir, write_text_atomic
+from sitok.train.checkpoints import use_weights_only_loaders
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +53,10 @@ logger = logging.getLogger(__name__)
 # data
 # ---------------------------------------------------------------------------------------
 def dataio_prepare(hparams: dict):
-    """Datasets for train/valid and the training batch sampler. Returns (datasets, sampler, stats)."""
-    import kaldiio
+    """Datasets for train/valid and the training batch sampler. Returns (datasets, sampler, stats).
+
+    A manifest entry that is a shell command ("cmd |") is refused before training starts, unless the
+    hparams (``allow_pipes: true``) or the environment allow them (``sitok.data.kaldi``)."""
     import sentencepiece as spm
     from speechbrain.dataio.dataset import DynamicItemDataset
     from speechbrain.dataio.sampler import DynamicBatchSampler
@@ -62,10 +67,10 @@ def dataio_prepare(hparams: dict):
     cmvn = GlobalCMVN.load(hparams["cmvn_file"])
     sp = spm.SentencePieceProcessor(model_file=hparams["sp_model"])
 
-    @sb.utils.data_pipeline.takes("feats")
+    @sb.utils.data_pipeline.takes("id", "feats")
     @sb.utils.data_pipeline.provides("mel")
-    def mel_pipeline(feats):
-        return cmvn(torch.from_numpy(kaldiio.load_mat(feats).copy()))
+    def mel_pipeline(uid, feats):
+        return cmvn(torch.from_numpy(read_mat(feats, f"utterance {uid}").copy()))
 
     @sb.utils.data_pipeline.takes("wrd")
     @sb.utils.data_pipeline.provides("tokens")
@@ -76,6 +81,8 @@ def dataio_prepare(hparams: dict):
     for name in ("train", "valid"):
         ds = DynamicItemDataset.from_csv(hparams[f"{name}_csv"], dynamic_items=[mel_pipeline, text_pipeline],
                                          output_keys=["id", "mel", "tokens", "duration"])  # fmt: skip
+        for uid in ds.data_ids:
+            check_rxspec(ds.data[uid]["feats"], f"{hparams[f'{name}_csv']}: utterance {uid}")
         n = len(ds)
         ds = ds.filtered_sorted(key_max_value={"duration": hparams["max_duration"]})
         stats[f"{name}_utterances"] = len(ds)
@@ -96,21 +103,42 @@ def dataio_prepare(hparams: dict):
 # ---------------------------------------------------------------------------------------
 # recoverables
 # ---------------------------------------------------------------------------------------
+def _numpy_array_globals() -> list:
+    """What a pickled numpy array needs: plain-data constructors (no other code), allowed for
+    reading the rng.ckpt files written before RNGState stored lists."""
+    core = np._core if hasattr(np, "_core") else np.core
+    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype]
+    if hasattr(np, "dtypes"):  # numpy >= 1.25 pickles the dtype's class
+        allowed.append(np.dtypes.UInt32DType)
+    return allowed
+
+
 @register_checkpoint_hooks
 class RNGState:
     """torch / numpy / random generator states in the checkpoint, so that a resumed run draws the
-    same noise, timesteps and batches as an uninterrupted one."""
+    same noise, timesteps and batches as an uninterrupted one. Stored as a uint8 tensor, ints and
+    floats, loaded with ``weights_only=True``: a checkpoint cannot run code."""
 
     @mark_as_saver
     def save(self, path):
-        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}, path)
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        torch.save({"torch": torch.get_rng_state(),
+                    "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
+                    "random": [version, list(internal), gauss_next]}, path)  # fmt: skip
 
     @mark_as_loader
     def load(self, path, end_of_epoch=True):
-        state = torch.load(path, weights_only=False)
+        try:
+            state = torch.load(path, weights_only=True)
+        except pickle.UnpicklingError:  # written before the list format: numpy arrays, still data only
+            with torch.serialization.safe_globals(_numpy_array_globals()):
+                state = torch.load(path, weights_only=True)
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        version, internal, gauss_next = state["random"]
         torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
-        random.setstate(state["random"])
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        random.setstate((version, tuple(internal), gauss_next))
 
 
 @register_checkpoint_hooks
@@ -162,6 +190,7 @@ class TokenizerBrain(sb.Brain):
     kmeans_data = None  # the training dataset: frames for the k-means codebook start
 
     def on_fit_start(self):
+        use_weights_only_loaders()  # before super() recovers the last checkpoint
         self.checkpointer.add_recoverable("rng", RNGState())
         hp = self.hparams
         n_batches = self.data_stats.get("train_batches_per_epoch", 1)
@@ -354,6 +383,10 @@ def run_recipe(argv: list[str], brain_class: type) -> None:
         hparams = load_hyperpyyaml(fh, overrides)
     sb.create_experiment_directory(experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file,
                                    overrides=overrides)  # fmt: skip
+    if hparams.get("allow_pipes"):  # feats entries that are shell commands ("cmd |") may run
+        allow_pipes(True)
+    if sb.utils.distributed.if_main_process():
+        write_train_config(hparams)
     datasets, train_sampler, stats = dataio_prepare(hparams)
     brain = brain_class(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
                         run_opts=run_opts, checkpointer=hparams["checkpointer"])  # fmt: skip
@@ -405,21 +438,62 @@ def check_ranks_agree(model: torch.nn.Module) -> None:
 # ---------------------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------------------
+TRAIN_CONFIG = "train_config.json"
+TRAIN_CONFIG_FORMAT = "sitok-train-1"
+
+
+def write_train_config(hparams: dict) -> str:
+    """``<exp_dir>/train_config.json``: what ``export_checkpoint`` needs, as plain data: the model's
+    config, its checkpoint folder (relative to the experiment dir), the CMVN, SentencePiece model
+    and training manifest (paths as the recipe resolved them), the refinement lineage."""
+    exp_dir = hparams["exp_dir"]
+    config = {
+        "format": TRAIN_CONFIG_FORMAT,
+        "model": hparams["model"].config.to_dict(),
+        "save_folder": os.path.relpath(str(hparams["checkpointer"].checkpoints_dir), exp_dir),
+        **{k: str(hparams[k]) for k in ("cmvn_file", "sp_model", "train_csv")},
+    }
+    if hparams.get("refine"):
+        config.update(refine=hparams["refine"], init_model=hparams.get("init_model"),
+                      decoder_overrides=dict(hparams.get("decoder_overrides") or {}))  # fmt: skip
+    path = os.path.join(exp_dir, TRAIN_CONFIG)
+    write_text_atomic(path, json.dumps(config, indent=1) + "\n")
+    return path
+
+
 def export_checkpoint(exp_dir: str, out_dir: str | None = None) -> str:
     """Export the latest checkpoint of a (possibly still running) training experiment as a
-    model directory: ``sitok export exp/tokenizer_mini -o /tmp/model_epoch9``."""
-    from hyperpyyaml import load_hyperpyyaml
+    model directory: ``sitok export exp/tokenizer_mini -o /tmp/model_epoch9``.
 
-    with open(os.path.join(exp_dir, "hyperparams.yaml"), encoding="utf-8") as fh:
-        hparams = load_hyperpyyaml(fh, {"exp_dir": exp_dir})
-    ckpt = hparams["checkpointer"].recover_if_possible()
+    Reads ``train_config.json`` (plain data, written when the training started) and the
+    checkpoint's ``model.ckpt`` (weights only, checked against that config), never the experiment's
+    hyperparams.yaml: its tags (``!new:``, ``!apply:``, ``!name:``) run code, and an experiment
+    directory may come from someone else."""
+    from types import SimpleNamespace
+
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    from sitok.models import SiTok, SiTokConfig
+    from sitok.models.loading import build_checked, load_weights, parse_config, read_config
+
+    path = os.path.join(exp_dir, TRAIN_CONFIG)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not found; export reads this plain-data file (written when training "
+                                "starts), never hyperparams.yaml, whose tags run code; re-running the training "
+                                "command on this experiment writes it")  # fmt: skip
+    config = read_config(path, TRAIN_CONFIG_FORMAT)
+    model_cfg = parse_config(SiTokConfig.from_dict, config.get("model"), path)
+    for key in ("save_folder", "cmvn_file", "sp_model", "train_csv"):
+        if not isinstance(config.get(key), str):
+            raise ValueError(f"{path}: {key} must be a path, got {config.get(key)!r}")
+    save_dir = os.path.join(exp_dir, config["save_folder"])
+    ckpt = Checkpointer(save_dir).find_checkpoint() if os.path.isdir(save_dir) else None  # the most recent
     if ckpt is None:
-        raise FileNotFoundError(f"{exp_dir}/save: no checkpoint to export")
-
-    class _Holder:  # the part of a Brain that export_model_dir reads
-        model = hparams["model"]
-
-    out = export_model_dir(_Holder(), hparams, out_dir or os.path.join(exp_dir, "model"))
+        raise FileNotFoundError(f"{save_dir}: no checkpoint to export")
+    weights = os.path.join(ckpt.path, "model.ckpt")
+    model = build_checked(lambda: SiTok(model_cfg), load_weights(weights), weights, path)
+    holder = SimpleNamespace(model=model)  # the part of a Brain that export_model_dir reads
+    out = export_model_dir(holder, config, out_dir or os.path.join(exp_dir, "model"))
     logger.info("exported checkpoint %s (epoch %s)", ckpt.path, ckpt.meta.get("epoch"))
     return out
 

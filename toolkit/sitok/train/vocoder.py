@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sitok.data.mel import MelConfig, MelFrontend
+from sitok.train.checkpoints import use_weights_only_loaders
 from sitok.train.tokenizer import RNGState, read_train_stats  # noqa: F401  (read_train_stats: the same train_stats.jsonl format)
 
 logger = logging.getLogger(__name__)
@@ -278,6 +279,7 @@ class VocoderBrain(sb.Brain):
 
     def on_fit_start(self):
         hp = self.hparams
+        use_weights_only_loaders()  # before super() recovers the last checkpoint
         self.checkpointer.add_recoverable("rng", RNGState())
         cfg = MelConfig()
         self.frontend_mel_loss = MultiResolutionMelLoss([(cfg.n_fft, cfg.hop_length, cfg.n_mels)]).to(self.device)
