@@ -78,7 +78,7 @@ def measure(tok: Tokenizer, seconds: float, steps_list, repeats: int, vocoder: b
     res["decoder_rtf"] = {s: best_time(lambda s=s: tok.decode_mel(codes, steps=s), repeats) / seconds for s in steps_list}
     res["step_seconds"] = step_seconds(tok, codes.shape[-1], repeats)
     if vocoder:
-        mel = tok.decode_mel(codes, steps=1)
+        mel = tok.decode_mel(codes, steps=1, keep_device=True)  # the vocoder's input, on its device
         res["vocoder_rtf"] = best_time(lambda: tok.vocoder(mel), repeats) / seconds
         res["decode_rtf"] = {s: r + res["vocoder_rtf"] for s, r in res["decoder_rtf"].items()}
     return res

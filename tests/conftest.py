@@ -23,7 +23,7 @@ def write(path, data, sr=24000, **kw):
 
 
 def make_bad_files(d):
-    """Every bad-input case of SPEC 11: name -> (path, expected outcome)."""
+    """Every bad-audio case: name -> path (the expected reasons are in BAD_REASONS)."""
     os.makedirs(d, exist_ok=True)
     files = {}
     files["good"] = write(f"{d}/good.wav", tone(1.0))
@@ -71,5 +71,44 @@ def have(*tools):
     return all(shutil.which(t) for t in tools)
 
 
+def on_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_runtest_setup(item):
+    """``@pytest.mark.tools("flite", ...)``: a test that needs programs is skipped where they are
+    missing, but fails under CI=true, where tools/install.sh must have installed them."""
+    for mark in item.iter_markers("tools"):
+        missing = [t for t in mark.args if not shutil.which(t)]
+        if missing and on_ci():
+            pytest.fail(f"CI=true and {', '.join(missing)} not on PATH: tools/install.sh must install them")
+        if missing:
+            pytest.skip(f"{', '.join(missing)} missing (tools/install.sh)")
+
+
 def run_cli(*args, cwd=None, check=True):
     return subprocess.run([sys.executable, "-m", "sitok.cli", *args], cwd=cwd, check=check, capture_output=True, text=True)
+
+
+TINY_MODEL = {"hidden": 32, "intermediate": 64, "heads": 2, "enc_layers": 1, "dec_layers": 2, "ctc_layers": 1,
+              "codebook_size": 64, "codebook_dim": 8, "vocab_size": 20}  # fmt: skip
+
+
+def write_model_dir(path, seed=0, **kw):
+    """A model directory of an untrained tiny SiTok (config.json, model.pt, cmvn.json), as export writes it."""
+    import json
+
+    import torch
+    from sitok.data.mel import GlobalCMVN, MelConfig
+    from sitok.models import SiTok, SiTokConfig
+
+    os.makedirs(path, exist_ok=True)
+    torch.manual_seed(seed)
+    model = SiTok(SiTokConfig(**{**TINY_MODEL, **kw}))
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(path, "model.pt"))
+    config = {"format": "sitok-model-1", "model": model.config.to_dict(), "mel": MelConfig().to_dict(),
+              "parameters": model.num_parameters()}  # fmt: skip
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as fh:
+        json.dump(config, fh)
+    GlobalCMVN.paper().save(os.path.join(path, "cmvn.json"))
+    return str(path)

@@ -92,10 +92,10 @@ def test_train_export_and_load(tiny_dump):
                 "--temperature", "0"]).returncode == 0  # fmt: skip
     r = run([*cli, "decode", str(root / "codes.npy"), "-m", str(exp / "model"), "-o", str(root / "hot.wav"),
              "--temperature", "-1"])  # fmt: skip
-    assert r.returncode == 1 and "temperature must be a finite number >= 0" in r.stderr
+    assert r.returncode == 2 and "--temperature: must be a finite number >= 0, got '-1'" in r.stderr  # usage error
     np.save(root / "bad.npy", codes + 1000)
     r = run([*cli, "decode", str(root / "bad.npy"), "-m", str(exp / "model"), "-o", str(root / "bad.wav")])
-    assert r.returncode == 1 and "codes must lie in [0, 64)" in r.stderr
+    assert r.returncode == 1 and f"{root / 'bad.npy'}: codes must lie in [0, 64)" in r.stderr
 
 
 def test_killed_training_resumes_with_identical_losses(tiny_dump):

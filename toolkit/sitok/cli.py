@@ -18,7 +18,14 @@
     sitok export           model directory from a training run's latest checkpoint
     sitok dump-codes       codes of a whole feature dump dir (stage 5)
     sitok resynth-set      decode a set's codes / vocode its ground truth to wavs (stage 5)
+    sitok eval-refine      mel distance / WER / RTF of models x steps x CFG scales x temperatures on a set
+    sitok best-decoding    the (steps, temperature) with the lowest mel L1 of an eval-refine run
+    sitok compare-refine   paired per-utterance comparison of eval-refine settings (bootstrap CI)
+    sitok evaluate         reconstruction of a split scored by every judge
+    sitok report           the paper's tables and figures from evaluated experiments
     sitok probe-summary    probe results + CTC ASR (greedy, beam) -> <exp>/probes/summary.json (stage 13)
+
+Run ``sitok COMMAND -h`` for a command's arguments and their defaults.
 """
 
 from __future__ import annotations
@@ -30,6 +37,17 @@ import os
 import sys
 
 logger = logging.getLogger("sitok")
+
+# exit status of every command (documented in the top-level help and README.md)
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EPILOG = """exit status:
+  0    success
+  1    error: bad input, data, model directory or output path; one line on stderr names the file
+       and the reason (--log-level DEBUG adds the traceback)
+  2    usage error: unknown command or option, bad option value (argparse)
+  130  interrupted (Ctrl-C)
+"""
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -268,7 +286,105 @@ def cmd_count_params(a) -> int:
 def _tokenizer(a):
     from sitok.infer import Tokenizer
 
-    return Tokenizer.from_pretrained(a.model_dir, device=a.device, vocoder=getattr(a, "vocoder", "auto"))
+    try:
+        return Tokenizer.from_pretrained(a.model_dir, device=a.device, vocoder=getattr(a, "vocoder", "auto"))
+    except Exception as exc:  # name the file of the model directory that failed, and why
+        msg = _one_line(exc)
+        if msg.startswith((os.path.join(a.model_dir, ""), f"{a.model_dir}:")):  # the loader named it already
+            raise ValueError(msg) from exc
+        raise ValueError(_model_dir_failure(a.model_dir, exc)) from exc
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception as one short line: an OSError as 'FILE: reason', others as their message
+    (prefixed by the type when that says more than the message alone)."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        msg = f"{exc.filename}: {exc.strerror or exc}"
+    elif isinstance(exc, (ValueError, RuntimeError)) and str(exc):
+        msg = str(exc)
+    else:
+        msg = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    msg = " ".join(msg.split())
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def _model_dir_failure(model_dir: str, exc: Exception) -> str:
+    """Why ``model_dir`` failed to load, as '<dir>/<file>: <reason> (<detail>)'.
+
+    Runs only after a failure: it checks the directory's files in order (config.json, cmvn.json,
+    the vocoder's files, model.pt) and names the first bad one; ``exc`` is reported when all look
+    sound (e.g. a state dict that does not fit the config, or an unusable device)."""
+    import torch
+
+    from sitok.models import SiTokConfig
+
+    def read_json(path: str, keys: tuple) -> str | None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except OSError as e:
+            return f"{path}: cannot read ({e.strerror or e})"
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            return f"{path}: malformed JSON ({_one_line(e, 200)})"
+        missing = [k for k in keys if not isinstance(doc, dict) or k not in doc]
+        return f"{path}: no {', '.join(missing)} entry (not a SiTok model file)" if missing else None
+
+    def read_state(path: str) -> str | None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError as e:
+            return f"{path}: cannot read ({e.strerror or e})"
+        except Exception as e:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError (zip), ...
+            return f"{path}: truncated or not a state dict ({_one_line(e, 200)})"
+        return None if isinstance(state, dict) else f"{path}: not a state dict (holds a {type(state).__name__})"
+
+    if not os.path.isdir(model_dir):
+        return f"{model_dir}: {'not a directory' if os.path.exists(model_dir) else 'no such directory'} (a model dir)"
+    cfg_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(cfg_path):
+        return f"{cfg_path}: missing (not a SiTok model directory)"
+    problem = read_json(cfg_path, ("model",))
+    if problem is None:
+        with open(cfg_path, encoding="utf-8") as fh:
+            try:
+                SiTokConfig.from_dict(json.load(fh)["model"])
+            except (TypeError, ValueError, AttributeError) as e:
+                problem = f"{cfg_path}: bad model config ({_one_line(e, 200)})"
+    problem = problem or read_json(os.path.join(model_dir, "cmvn.json"), ("mean", "var"))
+    voc_dir = os.path.join(model_dir, "vocoder")
+    if not problem and os.path.isdir(voc_dir):
+        problem = read_json(os.path.join(voc_dir, "config.json"), ("model",))
+        problem = problem or read_state(os.path.join(voc_dir, "model.pt"))
+    problem = problem or read_state(os.path.join(model_dir, "model.pt"))
+    if problem:
+        return problem
+    if "state_dict" in str(exc):
+        return f"{os.path.join(model_dir, 'model.pt')}: does not fit config.json ({_one_line(exc, 200)})"
+    return f"{model_dir}: cannot load the model ({_one_line(exc, 300)})"
+
+
+def _check_output(path: str) -> str:
+    """An output file name must not be an existing directory (-o keeps the name given)."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory; -o takes a file name")
+    return path
+
+
+def _load_codes(path: str):
+    """Codes from a .npy file (no pickles), with the file named in every error."""
+    import numpy as np
+
+    with open(path, "rb") as fh:  # OSError names the file
+        try:
+            return np.lib.format.read_array(fh, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:
+            raise ValueError(f"{path}: not a .npy codes file ({_one_line(exc, 200)})") from None
+
+
+def batch_output_paths(output: str, n: int) -> list[str]:
+    """One output per batch item: out.wav -> out_0.wav, out_1.wav, ..."""
+    root, ext = os.path.splitext(output)
+    return [f"{root}_{i}{ext}" for i in range(n)]
 
 
 def cmd_info(a) -> int:
@@ -279,33 +395,47 @@ def cmd_info(a) -> int:
 def cmd_encode(a) -> int:
     import numpy as np
 
-    from sitok.data.audio import load_audio
+    from sitok.data.audio import probe_audio
+    from sitok.fileio import atomic_open
 
+    _check_output(a.output)
+    probe_audio(a.input)  # a bad input fails before the model loads
     tok = _tokenizer(a)
-    codes = tok.encode(load_audio(a.input, tok.sample_rate), tok.sample_rate)
-    np.save(a.output, codes.numpy())
+    codes = tok.encode(a.input)
+    with atomic_open(a.output, "wb") as fh:  # through a handle: np.save appends no ".npy"
+        np.save(fh, codes.numpy())
     logger.info("%s -> %s: codes %s", a.input, a.output, tuple(codes.shape))
     return 0
 
 
 def cmd_decode(a) -> int:
-    import numpy as np
-
     from sitok.data.audio import write_wav_atomic
 
+    _check_output(a.output)
+    codes = _load_codes(a.input)
     tok = _tokenizer(a)
-    wav, sr = tok.decode(np.load(a.input), steps=a.steps, seed=a.seed, cfg_scale=a.cfg_scale, temperature=a.temperature)
-    write_wav_atomic(a.output, wav, sr)
-    logger.info("%s -> %s: %.2f s at %d Hz (%d steps)", a.input, a.output, wav.shape[-1] / sr, sr, a.steps)
+    try:
+        tok.check_codes(codes)
+    except ValueError as exc:
+        raise ValueError(f"{a.input}: {str(exc).removeprefix('decode: ')}") from None
+    wav, sr = tok.decode(codes, steps=a.steps, seed=a.seed, cfg_scale=a.cfg_scale, temperature=a.temperature)
+    outputs = batch_output_paths(a.output, len(wav)) if codes.ndim == 3 else [a.output]
+    for path in outputs:
+        _check_output(path)
+    for path, w in zip(outputs, wav if codes.ndim == 3 else [wav]):
+        write_wav_atomic(path, w, sr)
+    logger.info("%s -> %s: %d x %.2f s at %d Hz (%d steps)", a.input, ", ".join(outputs), len(outputs),
+                wav.shape[-1] / sr, sr, a.steps)  # fmt: skip
     return 0
 
 
 def cmd_resynth(a) -> int:
-    from sitok.data.audio import load_audio, write_wav_atomic
+    from sitok.data.audio import probe_audio, write_wav_atomic
 
+    _check_output(a.output)
+    probe_audio(a.input)
     tok = _tokenizer(a)
-    wav, sr = tok.resynth(load_audio(a.input, tok.sample_rate), tok.sample_rate, steps=a.steps, seed=a.seed,
-                          cfg_scale=a.cfg_scale, temperature=a.temperature)  # fmt: skip
+    wav, sr = tok.resynth(a.input, steps=a.steps, seed=a.seed, cfg_scale=a.cfg_scale, temperature=a.temperature)
     write_wav_atomic(a.output, wav, sr)
     logger.info("%s -> %s (%d steps)", a.input, a.output, a.steps)
     return 0
@@ -321,14 +451,13 @@ def cmd_probe_summary(a) -> int:
 
 def cmd_codes_stats(a) -> int:
     """Codebook usage and perplexity of a set's codes (codes.scp of stage 5)."""
-    import kaldiio
     import torch
 
-    from sitok.data.kaldi import read_table
+    from sitok.data.kaldi import read_mat, read_scp
     from sitok.eval.evaluate import code_statistics
 
-    codes = {u: torch.from_numpy(kaldiio.load_mat(p).astype("int64"))
-             for u, p in read_table(os.path.join(a.codes_dir, "codes.scp")).items()}  # fmt: skip
+    codes = {u: torch.from_numpy(read_mat(p).astype("int64"))
+             for u, p in read_scp(os.path.join(a.codes_dir, "codes.scp")).items()}  # fmt: skip
     cn = next(iter(codes.values())).shape[0]
     s = code_statistics(codes, cn, a.codebook_size)
     tokens = sum(c.shape[1] for c in codes.values())
@@ -446,8 +575,14 @@ def torch_threads(n: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sitok", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--log-level", default="INFO")
+    from sitok import __version__
+
+    p = argparse.ArgumentParser(prog="sitok", description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                   help="log verbosity (DEBUG also prints the traceback of an error)")
+    p.add_argument("--allow-pipes", action="store_true",
+                   help="let feats.scp / codes.scp entries that are shell commands ('cmd |') run (refused by default)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth-mini", help="synthesise the embedded corpus")
@@ -624,7 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     s.set_defaults(func=cmd_compare_refine)
     _add_evaluate(sub)
-    return p
+    return _finish_parser(p)
 
 
 def _add_evaluate(sub) -> None:
@@ -659,14 +794,129 @@ def _add_evaluate(sub) -> None:
     s.set_defaults(func=cmd_report)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions and epilogs as written; every optional argument's default shown after its help."""
+
+    def _get_help_string(self, action):
+        return action.help if action.required else super()._get_help_string(action)
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+# Option values checked by argparse in every command that has them (a bad one is a usage error).
+ARG_TYPES = {"steps": _positive_int, "temperature": _nonneg_float, "temperatures": _nonneg_float,
+             "cfg_scale": _nonneg_float, "cfg_scales": _nonneg_float}  # fmt: skip
+# Help of the arguments defined without one: "command:dest" first, then "dest".
+ARG_HELP = {
+    "nj": "parallel jobs",
+    "no_progress": "no progress bars",
+    "device": "torch device (cpu, cuda, cuda:1, ...)",
+    "model_dir": "model directory (config.json, model.pt, cmvn.json; optional vocoder/)",
+    "data_dir": "Kaldi-style data dir (wav.scp, text, utt2spk, ...)",
+    "min_duration": "drop utterances shorter than this (seconds)",
+    "max_duration": "drop utterances longer than this (seconds)",
+    "seed": "random seed",
+    "steps": "Euler steps of the decoder ODE",
+    "synth-mini:out": "output corpus directory",
+    "synth-mini:seed": "corpus seed (the same seed gives a byte-identical corpus)",
+    "synth-mini:train_minutes": "minutes of speech in the train split",
+    "synth-mini:dev_minutes": "minutes of speech in the dev split",
+    "synth-mini:test_minutes": "minutes of speech in the test split",
+    "synth-mini:unseen_minutes": "minutes of speech by unseen speakers (test_unseen)",
+    "synth-mini:ks_per_class": "keyword-spotting clips per class in train, dev and test",
+    "prep:split": "corpus split, e.g. train-clean-100, test-clean, train, test",
+    "prep:out": "output data dir",
+    "make-trials:seed": "trial sampling seed",
+    "compute-feats:dump_dir": "output feature dump dir (feats.scp, cmvn.json, ...)",
+    "compute-feats:cmvn_mode": "global: one mean and variance (the paper's); per_bin: one per mel bin",
+    "train-vocab:out": "output directory (sp.model, ctc_fit.json)",
+    "train-vocab:vocab_size": "SentencePiece vocabulary size",
+    "train-vocab:model_type": "SentencePiece model type",
+    "train-vocab:token_rate": "token rate (Hz) the CTC fit is checked at",
+    "judge-lm:out": "output ARPA file",
+    "combine-data-dirs:out": "output data dir",
+    "combine-data-dirs:inputs": "data dirs to combine",
+    "validate-data-dir:check_files": "also check that every audio file can be read",
+    "encode:input": "audio file (any format libsndfile reads, any rate and channel count)",
+    "encode:output": "codes file, int64 .npy [CN, T] (written under exactly this name)",
+    "decode:input": ".npy codes [CN, T], or [B, CN, T] for B files",
+    "decode:output": "output wav; codes [B, CN, T] give one wav per item, OUTPUT with _0, _1, ... before the "
+                     "extension (out.wav -> out_0.wav, out_1.wav)",
+    "decode:seed": "start-noise seed (an utterance's noise depends only on it and the utterance's length)",
+    "resynth:input": "audio file (any format libsndfile reads, any rate and channel count)",
+    "resynth:output": "output wav (24 kHz, cut to the input's duration)",
+    "resynth:seed": "start-noise seed",
+    "resynth-set:seed": "start-noise seed",
+    "probe-summary:name": "row label (default: the experiment dir's name)",
+    "probe-summary:features": "what the probes saw: tokens, or log-mel at 12.5 / 50 Hz",
+    "probe-summary:beam_size": "CTC beam width",
+    "codes-stats:codes_dir": "a set's codes dir (codes.scp)",
+    "codes-stats:codebook_size": "codebook size of the model that made the codes",
+    "export:exp_dir": "training experiment dir (hyperparams.yaml, save/)",
+    "dump-codes:dump_dir": "feature dump dir (feats.scp)",
+    "dump-codes:out_dir": "output dir (codes.scp + ark)",
+    "resynth-set:dump_dir": "the set's feature dump dir (feats.scp, utt2num_frames)",
+    "resynth-set:out_dir": "output dir of wavs (wav.scp)",
+    "eval-refine:dump_dir": "the set's feature dump dir (feats.scp, text)",
+    "evaluate:out_dir": "output dir (summary.json, results.md, per_utt.csv)",
+    "eval-refine:out_dir": "output dir (results.csv, per_utt.csv)",
+    "eval-refine:steps": "Euler steps to score",
+    "eval-refine:cfg_scales": "token-CFG scales w to score (CFG models; others score w = 1)",
+    "eval-refine:max_utts": "first N utterances only (0 = all)",
+    "compare-refine:steps": "Euler steps to compare",
+}
+
+
+def _finish_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Every subcommand: the shared formatter, its help as description, help for every argument
+    (from ARG_HELP where the definition has none) and the checked option types of ARG_TYPES."""
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    for name, sp in sub.choices.items():
+        sp.formatter_class = HelpFormatter
+        sp.description = sp.description or helps.get(name)
+        for action in sp._actions:
+            if action.help is None:
+                action.help = ARG_HELP.get(f"{name}:{action.dest}", ARG_HELP.get(action.dest))
+            if action.dest in ARG_TYPES and action.option_strings:
+                action.type = ARG_TYPES[action.dest]
+    return p
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    if args.allow_pipes:
+        from sitok.data.kaldi import allow_pipes
+
+        allow_pipes(True)
     try:
-        return args.func(args) or 0
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        logger.error("%s: %s", args.command, exc)
-        return 1
+        return args.func(args) or EXIT_OK
+    except KeyboardInterrupt:
+        logger.error("%s: interrupted", args.command)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # any failure ends as one line naming the file and the reason
+        logger.debug("%s failed", args.command, exc_info=True)
+        logger.error("%s: %s", args.command, _one_line(exc).removeprefix(f"{args.command}: "))
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from typing import Iterator
 
@@ -12,8 +13,10 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> I
     """Open ``path`` for writing through ``path.tmp<pid>``; rename on success, delete on error.
 
     A reader never sees a half-written file, and a run killed mid-write leaves the previous
-    version (or nothing) behind.
+    version (or nothing) behind. An existing directory at ``path`` is refused up front.
     """
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file name", path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"

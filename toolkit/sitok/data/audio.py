@@ -2,13 +2,16 @@
 
 Usable input is repaired (other sample rates are resampled, multi-channel audio is
 down-mixed); unusable input raises :class:`AudioError`, whose message names the file and
-the reason, so that a stage can skip it, count it and list it in its log.
+the reason, so that a stage can skip it, count it and list it in its log. Usable but damaged
+input (a data chunk cut short) is read as far as it goes and warns with :class:`AudioWarning`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -31,11 +34,16 @@ class AudioError(ValueError):
         super().__init__(f"{msg} ({detail})" if detail else msg)
 
 
+class AudioWarning(UserWarning):
+    """Audio that is used but damaged (e.g. truncated); the message names the file."""
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     sample_rate: int
     num_frames: int
     channels: int
+    truncated: str = ""  # libsndfile's note when the data chunk is shorter than its header declares
 
     @property
     def duration(self) -> float:
@@ -46,6 +54,8 @@ def probe_audio(path: str) -> AudioInfo:
     """Read the header only (cheap). Raises AudioError for missing, empty or non-audio files."""
     if not os.path.exists(path):
         raise AudioError(path, "missing", "no such file")
+    if os.path.isdir(path):
+        raise AudioError(path, "not-a-file", "is a directory")
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty-file", "0 bytes")
     try:
@@ -54,7 +64,10 @@ def probe_audio(path: str) -> AudioInfo:
         raise AudioError(path, "unreadable", str(exc).strip().splitlines()[-1][:200]) from None
     if info.frames <= 0:
         raise AudioError(path, "no-samples", "header declares 0 frames")
-    return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels))
+    # libsndfile reads a cut-short data chunk as far as it goes and logs "data : <declared> (should be <present>)"
+    cut = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info or "", re.MULTILINE)
+    truncated = f"the header declares {cut[1]} data bytes, the file holds {cut[2]}" if cut else ""
+    return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels), truncated)
 
 
 @lru_cache(maxsize=16)
@@ -89,7 +102,8 @@ def load_audio(
 
     Raises :class:`AudioError` (naming the file) for: missing, empty, unreadable/non-audio,
     truncated to nothing, NaN/Inf samples, digital silence (peak below ``silence_peak``),
-    shorter than ``min_duration`` or longer than ``max_duration`` seconds.
+    shorter than ``min_duration`` or longer than ``max_duration`` seconds. A file truncated
+    inside its data is read as far as it goes, with an :class:`AudioWarning`.
     """
     info = probe_audio(path)
     if info.duration > max_duration:  # decided from the header: never decode huge files
@@ -101,6 +115,10 @@ def load_audio(
     data = to_mono(np.asarray(data))
     if data.size == 0:
         raise AudioError(path, "no-samples", "no sample could be decoded (truncated?)")
+    if info.truncated or data.shape[0] < info.num_frames:
+        detail = info.truncated or f"the header declares {info.num_frames} frames"
+        warnings.warn(AudioWarning(f"{path}: truncated ({detail}): read the {data.shape[0]} frames present"),
+                      stacklevel=2)  # fmt: skip
     if not np.isfinite(data).all():
         raise AudioError(path, "non-finite", f"{int((~np.isfinite(data)).sum())} NaN/Inf samples")
     duration = data.size / sr
@@ -118,9 +136,12 @@ def load_audio(
 
 
 def write_wav_atomic(path: str, wav, sample_rate: int, subtype: str = "PCM_16") -> None:
-    """Write a wav file through a temporary name + rename (never half-written)."""
+    """Write a wav file through a temporary name + rename (never half-written): on any error the
+    temporary file is removed and a previous ``path`` is left as it was."""
+    from sitok.fileio import atomic_open
+
     if hasattr(wav, "detach"):  # torch.Tensor
         wav = wav.detach().cpu().numpy()
-    tmp = f"{path}.tmp{os.getpid()}"
-    sf.write(tmp, np.asarray(wav, dtype=np.float32), sample_rate, subtype=subtype, format="WAV")
-    os.replace(tmp, path)
+    data = np.asarray(wav, dtype=np.float32)
+    with atomic_open(path, "wb") as fh:
+        sf.write(fh, data, sample_rate, subtype=subtype, format="WAV")

@@ -28,4 +28,5 @@ class TimestepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.freq_dim))
+        emb = sinusoidal_embedding(t, self.freq_dim)  # float32 features, cast to the MLP's dtype
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
