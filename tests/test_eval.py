@@ -9,13 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import have
 from sitok.eval.judges import DEFAULTS, build_judge, parse_judges
 from sitok.models import SiTokConfig
 
 SENTENCES = ["the birch canoe slid on the smooth planks", "glue the sheet to the dark blue background",
              "it is easy to tell the depth of a well", "these days a chicken leg is a rare dish"]  # fmt: skip
-needs_flite = pytest.mark.skipif(not have("flite"), reason="flite missing (tools/install.sh)")
+needs_flite = pytest.mark.tools("flite")
 
 
 def flite(tmp_path, voice, text=SENTENCES[0]):

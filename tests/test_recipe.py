@@ -1,8 +1,12 @@
-"""Smoke test: the mini recipe through every stage on a handful of utterances, a re-run that
-does no work twice, and a stage killed half-way that resumes."""
+"""Smoke test: the mini recipe through every stage on a handful of utterances, stages 1-5 killed
+at random points and resumed to the same outputs, a re-run that does no work twice, and work
+redone (or refused) when its inputs changed."""
 
+import filecmp
 import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +18,7 @@ import pytest
 from sitok.data.kaldi import read_table, validate_data_dir
 from sitok.probes.data import read_trials
 
-from conftest import ROOT, have, run_cli
+from conftest import ROOT, run_cli
 
 RUN = os.path.join(ROOT, "egs", "mini", "sitok", "run.sh")
 ABLATIONS = os.path.join(ROOT, "egs", "mini", "sitok", "run_ablations.sh")
@@ -27,7 +31,7 @@ REFINE = ["--refine_args", "--number_of_epochs 1 --batch_seconds 8 --max_train_m
 PROBES = ["--probe_args", "--number_of_epochs 1 --batch_size 4"]
 TINY = "--train_minutes 0.6 --dev_minutes 0.2 --test_minutes 0.2 --unseen_minutes 0.5 --ks_per_class '1 1 1'"
 
-pytestmark = pytest.mark.skipif(not have("flite", "espeak-ng"), reason="flite/espeak-ng missing (tools/install.sh)")
+pytestmark = pytest.mark.tools("flite", "espeak-ng")
 
 
 def run(tmp, *args, check=True, **kw):
@@ -51,10 +55,63 @@ def snapshot(tmp):
     return out
 
 
+def kill_and_resume(tmp, reference, seconds, kills=10, seed=0):
+    """Stages 1-5 in ``tmp`` (the corpus of ``reference``), SIGKILLed ``kills`` times at random
+    points spread over ``seconds`` of work, then run to the end. Returns the kill times."""
+    rng = random.Random(seed)
+    points = sorted(round(rng.uniform(0.5, seconds), 2) for _ in range(kills))
+    cmd = ["bash", RUN, "--corpus_dir", f"{reference}/corpus", "--datadir", f"{tmp}/data", "--dumpdir", f"{tmp}/dump",
+           "--expdir", f"{tmp}/exp", "--python", sys.executable, "--local_corpus_opts", TINY, "--progress", "false",
+           "--vocab_size", "64", "--judge_check_utts", "5", "--tokenizer_config", "tiny",
+           "--tokenizer_args", "--number_of_epochs 1 --batch_seconds 8", "--decode_steps", "1 2",
+           "--decode_temperatures", "0 1", "--decode_select_utts", "3", "--stage", "1", "--stop_stage", "5"]  # fmt: skip
+    start, killed = 0.0, 0
+    for t in points:  # each run resumes what the killed ones left, so the kills fall all along the stages
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            p.wait(timeout=t - start)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            killed += 1
+        start = t
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert killed == kills  # every kill hit a running stage (restarts cost time, so the work outlasts the points)
+    return points
+
+
+def same_outputs(a, b):
+    """Every output of stages 1-5 under ``a`` and ``b`` is the same (text with the directory
+    names replaced); logs, timings, stamps and checkpoints are not outputs."""
+    skip = re.compile(r"(^|/)(\.[^/]*|summary\.json|log\.txt|train_log\.txt|train_stats\.jsonl|env\.log|"
+                      r"hyperparams\.yaml|tokenizer\.py|save|results\.(md|csv)|per_utt\.csv|rows|eval_temp)(/|$)")
+    files = []
+    for root, dirs, names in os.walk(a):
+        for n in names:
+            rel = os.path.relpath(os.path.join(root, n), a)
+            if not skip.search(rel) and not rel.startswith("corpus"):
+                files.append(rel)
+    assert files
+    for rel in sorted(files):
+        fa, fb = os.path.join(a, rel), os.path.join(b, rel)
+        assert os.path.exists(fb), rel
+        if rel.endswith((".ark", ".pt", ".wav", ".model")):
+            assert filecmp.cmp(fa, fb, shallow=False), rel
+        else:
+            with open(fa, errors="replace") as ha, open(fb, errors="replace") as hb:
+                ta, tb = ha.read(), hb.read()
+            assert ta.replace(a, "ROOT") == tb.replace(b, "ROOT").replace(f"{a}/corpus", "ROOT/corpus"), rel
+    return len(files)
+
+
 def test_every_stage_and_rerun(tmp_path):
-    tmp = str(tmp_path)
-    r = run(tmp, "--stage", "0", "--stop_stage", "5")
-    log = r.stdout + r.stderr
+    tmp = str(tmp_path / "a")
+    r0 = run(tmp, "--stage", "0", "--stop_stage", "0")
+    t1 = time.time()
+    r = run(tmp, "--stage", "1", "--stop_stage", "5")
+    seconds = time.time() - t1
+    log = r0.stdout + r0.stderr + r.stdout + r.stderr
     for s in range(6):
         assert f"Stage {s}:" in log
     sets = ["train", "dev", "test", "test_unseen", "ks_train", "ks_dev", "ks_test"]
@@ -85,6 +142,13 @@ def test_every_stage_and_rerun(tmp_path):
         for d in (f"{s}_groundtruth", f"{s}_steps{dec_steps}_temp{dec_temp}"):
             assert validate_data_dir(f"{exp}/resynth/{d}", check_files=True) == []
             assert open(f"{exp}/resynth/{d}/judge_wer.tsv").readline().startswith("# pocketsphinx")
+
+    # stages 1-5 killed at 10 random points, then resumed: the outputs of an uninterrupted run
+    b = str(tmp_path / "b")
+    points = kill_and_resume(b, tmp, seconds)
+    n = same_outputs(tmp, b)
+    print(f"fault injection: SIGKILL at {points} s of {seconds:.0f} s; {n} of {n} output files identical")
+    assert not [os.path.join(d, f) for d, _, fs in os.walk(b) for f in fs if ".tmp" in f]
 
     # stages 6-11: every refinement kind, the vocoder, the refinement evaluation
     r = run(tmp, "--stage", "6", "--stop_stage", "11", *REFINE)
@@ -190,35 +254,32 @@ def test_every_stage_and_rerun(tmp_path):
     assert set(res["model"]) == {"ground truth", "base", "x_ft", "x_shortcut"}
     assert json.load(open(f"{tmp}/exp/refine_tiny_x_shortcut/model/config.json"))["refine"]["init_model"] == f"{exp}/model"
 
+    # the vocoder of stage 10 is now the model's own: stage 5 resynthesises through it, its codes stay
+    r = run(tmp, "--stage", "5", "--stop_stage", "5")
+    log = r.stdout + r.stderr
+    assert log.count("already done, skipping") == len(sets) + 1  # codes of every set, the decoding setting
+    assert "_groundtruth: redoing, model changed" in log and f"_temp{dec_temp}: redoing, model changed" in log
+
     before = snapshot(tmp)
     r = run(tmp, "--stage", "0", "--stop_stage", "13", *REFINE, *PROBES)
     log = r.stdout + r.stderr
     assert "already synthesised" in log and log.count("already done, skipping") >= 1 + len(sets) + 1 + len(sets)
-    assert log.count("already exported, skipping") == 1 + 4 + 1  # tokenizer, 4 refinements, vocoder
+    assert log.count("already exported from the same inputs, skipping") == 1 + 4 + 1  # tokenizer, 4 refinements, vocoder
     assert "is up to date" in log and "refine_eval_tiny/test already done" in log
-    assert "Stage 12: refine_tiny_light_head on test" in log
-    assert log.count("probe on features_mel50 (mel50): ") == 4 and log.count("already done, skipping (delete it to run") == 12
+    assert "Stage 12: refine_tiny_light_head on test" in log and "redoing" not in log
+    assert log.count("probe on features_mel50 (mel50): ") == 4
+    assert len(re.findall(r"probe on \S+ \(\S+\): \S+ already done, skipping", log)) == 12
     assert snapshot(tmp) == before  # nothing rewritten
 
-
-def test_killed_feature_stage_resumes(tmp_path):
-    tmp = str(tmp_path)
-    run(tmp, "--stage", "0", "--stop_stage", "1")
-    p = subprocess.Popen(["bash", "-c", " ".join(["exec", "bash", RUN, "--stage", "2", "--stop_stage", "2",
-                          "--datadir", f"{tmp}/data", "--dumpdir", f"{tmp}/dump", "--python", sys.executable,
-                          "--progress", "false", "--nj", "1"])],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    deadline = time.time() + 300  # generous: a loaded 2-core machine
-    while time.time() < deadline and not os.path.exists(f"{tmp}/dump/train/.done"):
-        time.sleep(0.05)
-    os.killpg(p.pid, signal.SIGKILL)  # kill the whole stage (shell + python) mid-way
-    p.wait()
-    r = run(tmp, "--stage", "2", "--stop_stage", "3")
-    for s in ("train", "dev", "test", "test_unseen", "ks_train", "ks_dev", "ks_test"):
-        assert os.path.exists(f"{tmp}/dump/{s}/.done")
-        assert validate_data_dir(f"{tmp}/dump/{s}", need=("utt2dur", "feats.scp")) == []
-        assert not [f for f in os.listdir(f"{tmp}/dump/{s}") if ".tmp" in f]
-    assert "already done, skipping" in r.stdout + r.stderr  # train finished before the kill
+    # changed inputs: a trained model is not thrown away, the recipe stops and names the change
+    r = run(tmp, "--stage", "4", "--stop_stage", "4", "--tokenizer_args", "--number_of_epochs 2 --batch_seconds 8",
+            check=False)  # fmt: skip
+    assert r.returncode != 0 and "tokenizer_args" in r.stdout + r.stderr
+    assert "was trained from other inputs or options" in r.stdout + r.stderr
+    # a retrained tokenizer (another model.pt): its codes are made again
+    os.replace(f"{tmp}/exp/refine_tiny_decoder_ft/model/model.pt", f"{exp}/model/model.pt")
+    r = run(tmp, "--stage", "5", "--stop_stage", "5")
+    assert (r.stdout + r.stderr).count(": redoing, model changed") >= len(sets)
 
 
 def test_help_and_unknown_option():

@@ -7,8 +7,6 @@ import pytest
 
 from sitok.data import synth
 
-from conftest import have
-
 TINY = dict(train_minutes=0.3, dev_minutes=0.1, test_minutes=0.1, unseen_minutes=0.1, ks_per_class=(1, 1, 1))
 
 
@@ -64,7 +62,7 @@ def _digest(root):
     return h.hexdigest()
 
 
-@pytest.mark.skipif(not have("flite", "espeak-ng"), reason="flite/espeak-ng not installed (tools/install.sh)")
+@pytest.mark.tools("flite", "espeak-ng")
 def test_same_seed_gives_byte_identical_corpus(tmp_path):
     items = synth.plan_corpus(seed=3, **TINY)
     a, b = str(tmp_path / "a"), str(tmp_path / "b")

@@ -4,8 +4,11 @@
 # own directory, which must hold local/corpus.sh (stage 0) and local/data.sh (stage 1).
 #
 # Every generated file is under corpus/, data/, dump/ and exp/ of the recipe directory: they
-# can be deleted and regenerated. Each stage writes a .done marker last and skips work that
-# is already done, so a killed run is resumed by running the same command again.
+# can be deleted and regenerated. Each stage writes a .done stamp last, recording the inputs
+# (digests of files and directories) and the options it was made from, and skips the work on a
+# re-run only when both are unchanged: a killed run is resumed by running the same command
+# again, and changed inputs or options redo what depends on them (the log names what changed).
+# A trained model is never deleted for you: when its inputs changed the stage stops and says so.
 set -euo pipefail
 
 log() {
@@ -120,6 +123,48 @@ for f in local/corpus.sh local/data.sh; do
     [ -x "${f}" ] || { log "ERROR: $(pwd)/${f} missing or not executable: run this script from egs/<corpus>/sitok/"; exit 1; }
 done
 sitok=("${python}" -m sitok.cli)
+stamp=("${python}" -m sitok.stamp)  # no torch import: a check costs the digests only
+# is_done MARKER [--input NAME=PATH | --option NAME=VALUE | --what TEXT]...: true when MARKER
+# records the same inputs and options; false (logging what changed, if anything) otherwise
+is_done() { "${stamp[@]}" check "$@"; }
+mark_done() { "${stamp[@]}" write "$@"; }
+# begin_work DIR STAMP_ARGS...: the partial results in DIR (caches, checkpoints of a killed run)
+# are resumed only when they were begun from the same inputs and options; otherwise DIR is emptied
+begin_work() {
+    local dir=$1; shift
+    if [ -d "${dir}" ] && ! is_done "${dir}/.started" "$@"; then
+        log "  ${dir}: removing what was begun from other inputs or options"
+        rm -rf "${dir}"
+    fi
+    mkdir -p "${dir}" && mark_done "${dir}/.started" "$@"
+}
+# train_or_skip EXP MODEL_DIR STAMP_ARGS...: false when MODEL_DIR was exported from the same
+# inputs and options (skip); true to train (a fresh run, or the resumption of the same one);
+# stops the recipe when EXP was begun from other inputs or options.
+train_or_skip() {
+    local exp=$1 model=$2; shift 2
+    if [ -f "${exp}/.started" ]; then
+        is_done "${exp}/.started" --what "${exp}" "$@" \
+            || { log "ERROR: ${exp} was trained from other inputs or options (logged above): delete it to train again"; exit 1; }
+    else
+        [ -f "${model}/config.json" ] && log "  ${exp}: trained before inputs were recorded; recording them now"
+        mkdir -p "${exp}" && mark_done "${exp}/.started" "$@"
+    fi
+    [ ! -f "${model}/config.json" ]
+}
+# ensure_codes MODEL_DIR SET OUT: codes of dump/SET by MODEL_DIR in OUT, made again when the
+# model's weights or the features changed
+ensure_codes() {
+    local m=$1 dset=$2 out=$3
+    local st=(--input "model=${m}/model.pt" --input "config=${m}/config.json" --input "cmvn=${m}/cmvn.json"
+              --dump "feats=${dumpdir}/${dset}" --what "${out}")
+    if is_done "${out}/.done" "${st[@]}"; then
+        log "  codes of ${dset} by ${m} already done, skipping"
+        return 0
+    fi
+    "${sitok[@]}" dump-codes "${dumpdir}/${dset}" "${out}" -m "${m}" "${no_progress[@]}"
+    mark_done "${out}/.done" "${st[@]}"
+}
 no_progress=(); ${progress} || no_progress=(--no-progress)
 all_sets="${train_set} ${valid_set} ${test_sets} ${extra_sets}"
 lang_dir="${datadir}/lang_${vocab_type}${vocab_size}"
@@ -140,7 +185,10 @@ fi
 
 # ---- stage 1: data prep ------------------------------------------------------------------
 if run_stage 1; then
-    if [ -f "${datadir}/.done" ]; then
+    st=(--input "corpus=${corpus_dir}/.done" --input local_data=local/data.sh --option "sets=${all_sets}"
+        --option "corpus_dir=${corpus_dir}" --option "min_duration=${min_duration}"
+        --option "max_duration=${max_duration}" --option "local_data_opts=${local_data_opts}")
+    if is_done "${datadir}/.done" "${st[@]}"; then
         log "Stage 1: data dirs in ${datadir}/ already done, skipping"
     else
         log "Stage 1: data prep -> ${datadir}/{$(echo ${all_sets} | tr ' ' ',')}"
@@ -150,7 +198,7 @@ if run_stage 1; then
         for dset in ${all_sets}; do
             "${sitok[@]}" validate-data-dir "${datadir}/${dset}" --need utt2dur --check-files
         done
-        touch "${datadir}/.done"
+        mark_done "${datadir}/.done" "${st[@]}"
     fi
 fi
 
@@ -158,21 +206,27 @@ fi
 if run_stage 2; then
     log "Stage 2: log-mel features (24 kHz, n_fft 1920, hop 480, 128 bins, 50 Hz) with ${nj} jobs"
     for dset in ${all_sets}; do
-        if [ -f "${dumpdir}/${dset}/.done" ]; then
+        st=(--input "data=${datadir}/${dset}" --option "min_duration=${min_duration}"
+            --option "max_duration=${max_duration}" --option "cmvn_mode=${cmvn_mode}")
+        if is_done "${dumpdir}/${dset}/.done" "${st[@]}"; then
             log "  ${dumpdir}/${dset} already done, skipping"
             continue
         fi
         "${sitok[@]}" compute-feats "${datadir}/${dset}" "${dumpdir}/${dset}" --nj "${nj}" \
             --min-duration "${min_duration}" --max-duration "${max_duration}" --cmvn-mode "${cmvn_mode}" "${no_progress[@]}"
         "${sitok[@]}" validate-data-dir "${dumpdir}/${dset}" --need utt2dur feats.scp utt2num_frames
-        touch "${dumpdir}/${dset}/.done"
+        mark_done "${dumpdir}/${dset}/.done" "${st[@]}"
     done
     log "  global CMVN statistics for training: ${dumpdir}/${train_set}/cmvn.json"
 fi
 
 # ---- stage 3: vocabulary -----------------------------------------------------------------
 if run_stage 3; then
-    if [ -f "${lang_dir}/.done" ]; then
+    first_test=${test_sets%% *}
+    st=(--input "text=${dumpdir}/${train_set}/text" --option "vocab_type=${vocab_type}" --option "vocab_size=${vocab_size}"
+        --option "token_rate=${token_rate}" --option "ctc_upsample=${ctc_upsample}"
+        --option "judge_check_utts=${judge_check_utts}" ${first_test:+--input "judge_check=${dumpdir}/${first_test}/text"})
+    if is_done "${lang_dir}/.done" "${st[@]}"; then
         log "Stage 3: vocabulary ${lang_dir} already done, skipping"
     else
         log "Stage 3: SentencePiece ${vocab_type} ${vocab_size} on ${dumpdir}/${train_set}/text -> ${lang_dir}"
@@ -180,12 +234,11 @@ if run_stage 3; then
             --model-type "${vocab_type}" --token-rate "${token_rate}" --ctc-upsample "${ctc_upsample}" --nj "${nj}"
         "${sitok[@]}" judge-lm --text "${dumpdir}/${train_set}/text" --out "${lang_dir}/judge_lm.arpa"
         if [ "${judge_check_utts}" -gt 0 ] && [ -n "${test_sets}" ]; then
-            first_test=${test_sets%% *}
             log "  ASR judge on ground truth: ${judge_check_utts} utterances of ${dumpdir}/${first_test}"
             "${sitok[@]}" judge-wer "${dumpdir}/${first_test}" --lm "${lang_dir}/judge_lm.arpa" \
                 --max-utts "${judge_check_utts}" --out "${lang_dir}/judge_wer_${first_test}.tsv" "${no_progress[@]}"
         fi
-        touch "${lang_dir}/.done"
+        mark_done "${lang_dir}/.done" "${st[@]}"
     fi
 fi
 
@@ -196,10 +249,12 @@ model_dir="${tok_exp}/model"
 
 # ---- stage 4: tokenizer training -------------------------------------------------------------
 if run_stage 4; then
-    if [ -f "${model_dir}/config.json" ]; then
-        log "Stage 4: ${model_dir} already exported, skipping (delete it to train again)"
+    [ -f "${tokenizer_config_file}" ] || { log "ERROR: tokenizer config ${tokenizer_config_file} not found"; exit 1; }
+    st=(--input "config=${tokenizer_config_file}" --dump "train=${dumpdir}/${train_set}" --dump "valid=${dumpdir}/${valid_set}"
+        --input "lang=${lang_dir}" --option "ctc_upsample=${ctc_upsample}" --option "tokenizer_args=${tokenizer_args}")
+    if ! train_or_skip "${tok_exp}" "${model_dir}" "${st[@]}"; then
+        log "Stage 4: ${model_dir} already exported from the same inputs, skipping (delete ${tok_exp} to train again)"
     else
-        [ -f "${tokenizer_config_file}" ] || { log "ERROR: tokenizer config ${tokenizer_config_file} not found"; exit 1; }
         n_pieces=$(wc -l < "${lang_dir}/tokens.txt")
         log "Stage 4: train the tokenizer (${tokenizer_config_file}) -> ${tok_exp} (resumes from its last checkpoint)"
         launcher=("${python}")
@@ -217,12 +272,7 @@ fi
 if run_stage 5; then
     log "Stage 5: codes for every set -> ${tok_exp}/codes/<set>; resynthesis of ${test_sets}"
     for dset in ${all_sets}; do
-        if [ -f "${tok_exp}/codes/${dset}/.done" ]; then
-            log "  codes of ${dset} already done, skipping"
-            continue
-        fi
-        "${sitok[@]}" dump-codes "${dumpdir}/${dset}" "${tok_exp}/codes/${dset}" -m "${model_dir}" "${no_progress[@]}"
-        touch "${tok_exp}/codes/${dset}/.done"
+        ensure_codes "${model_dir}" "${dset}" "${tok_exp}/codes/${dset}"
     done
     resynth=${resynth_sets:-${test_sets}}; [ "${resynth}" = none ] && resynth=
     read -r -a cand_steps <<< "${decode_steps}"
@@ -231,35 +281,51 @@ if run_stage 5; then
         dec_steps=; dec_temp=
     elif [ ${#cand_steps[@]} -gt 1 ] || [ ${#cand_temps[@]} -gt 1 ]; then
         select_dir="${tok_exp}/decode_select_${valid_set}"
-        if [ -f "${select_dir}/.done" ]; then
+        st=(--input "model=${model_dir}/model.pt" --input "codes=${tok_exp}/codes/${valid_set}"
+            --dump "feats=${dumpdir}/${valid_set}" --option "steps=${decode_steps}"
+            --option "temperatures=${decode_temperatures}" --option "utts=${decode_select_utts}" --what "${select_dir}")
+        if is_done "${select_dir}/.done" "${st[@]}"; then
             log "  decoding setting: ${select_dir} already done, skipping"
         else
+            begin_work "${select_dir}" "${st[@]}"
             log "  decoding setting: lowest mel L1 on ${decode_select_utts} utterances of ${valid_set} over steps {${decode_steps}} x temperature {${decode_temperatures}}"
             "${sitok[@]}" eval-refine "${dumpdir}/${valid_set}" "${tok_exp}/codes/${valid_set}" "${select_dir}" \
                 --models "base=${model_dir}" --steps "${cand_steps[@]}" --temperatures "${cand_temps[@]}" \
                 --max-utts "${decode_select_utts}" "${no_progress[@]}"
-            touch "${select_dir}/.done"
+            mark_done "${select_dir}/.done" "${st[@]}"
         fi
         read -r dec_steps dec_temp <<< "$("${sitok[@]}" best-decoding "${select_dir}")"
     else
         dec_steps=${cand_steps[0]}; dec_temp=${cand_temps[0]}
     fi
     [ -n "${resynth}" ] && log "  resynthesis at ${dec_steps} steps, temperature ${dec_temp}"
+    # made again when the model dir (with its vocoder: the trained one once stage 10 has run), the
+    # codes or the options changed; resynth-set itself keeps only the audio made from the same
+    # weights, vocoder, codes and options (wav/.stamp); the judge runs again when that audio or
+    # the judge's LM changed.
     for dset in ${resynth}; do
         out="${tok_exp}/resynth/${dset}_steps${dec_steps}_temp${dec_temp}"
         gt="${tok_exp}/resynth/${dset}_groundtruth"
-        if [ ! -f "${gt}/.done" ]; then
+        st=(--input "model=${model_dir}" --dump "feats=${dumpdir}/${dset}" --what "${gt}")
+        if ! is_done "${gt}/.done" "${st[@]}"; then
             "${sitok[@]}" resynth-set "${dumpdir}/${dset}" "${gt}" -m "${model_dir}" "${no_progress[@]}"
-            touch "${gt}/.done"
+            mark_done "${gt}/.done" "${st[@]}"
         fi
-        if [ ! -f "${out}/.done" ]; then
+        st=(--input "model=${model_dir}" --input "codes=${tok_exp}/codes/${dset}" --dump "feats=${dumpdir}/${dset}"
+            --option "steps=${dec_steps}" --option "temperature=${dec_temp}" --what "${out}")
+        if ! is_done "${out}/.done" "${st[@]}"; then
             "${sitok[@]}" resynth-set "${dumpdir}/${dset}" "${out}" -m "${model_dir}" --codes-dir "${tok_exp}/codes/${dset}" \
                 --steps "${dec_steps}" --temperature "${dec_temp}" "${no_progress[@]}"
-            touch "${out}/.done"
+            mark_done "${out}/.done" "${st[@]}"
         fi
         for d in "${gt}" "${out}"; do
-            [ -f "${d}/judge_wer.tsv" ] && { log "  $(head -1 "${d}/judge_wer.tsv")  (${d})"; continue; }
+            st=(--input "audio=${d}/wav/.stamp" --input "wav_scp=${d}/wav.scp" --input "lm=${lang_dir}/judge_lm.arpa")
+            if is_done "${d}/.judged" "${st[@]}"; then
+                log "  $(head -1 "${d}/judge_wer.tsv")  (${d})"
+                continue
+            fi
             "${sitok[@]}" judge-wer "${d}" --lm "${lang_dir}/judge_lm.arpa" --out "${d}/judge_wer.tsv" "${no_progress[@]}"
+            mark_done "${d}/.judged" "${st[@]}"
         done
     done
 fi
@@ -282,13 +348,17 @@ refine_stage=6
 for kind in decoder_ft token_cfg shortcut light_head; do
     if run_stage ${refine_stage}; then
         out=$(refine_exp ${kind})
+        init=$(refine_init ${kind})
+        st=(--input "config=${refine_config_file}" --input "init_weights=${init}/model.pt" --input "init_config=${init}/config.json"
+            --dump "train=${dumpdir}/${train_set}" --dump "valid=${dumpdir}/${valid_set}" --option "kind=${kind}"
+            --option "refine_args=${refine_args}")
         if ! has_kind ${kind}; then
             log "Stage ${refine_stage}: ${kind} not in --refine_kinds, skipping"
-        elif [ -f "${out}/model/config.json" ]; then
-            log "Stage ${refine_stage}: ${kind}: ${out}/model already exported, skipping (delete it to train again)"
+        elif [ ! -f "${init}/config.json" ]; then
+            log "ERROR: ${init}/config.json not found: run the earlier stages first"; exit 1
+        elif ! train_or_skip "${out}" "${out}/model" "${st[@]}"; then
+            log "Stage ${refine_stage}: ${kind}: ${out}/model already exported from the same inputs, skipping (delete ${out} to train again)"
         else
-            init=$(refine_init ${kind})
-            [ -f "${init}/config.json" ] || { log "ERROR: ${init}/config.json not found: run the earlier stages first"; exit 1; }
             log "Stage ${refine_stage}: refine ${kind} from ${init} -> ${out} (${refine_config_file}; resumes from its last checkpoint)"
             eval "ref_args=(${refine_args})"
             launcher=("${python}")
@@ -308,8 +378,11 @@ vocoder_config_file=${vocoder_config}
 [ -f "${vocoder_config_file}" ] || vocoder_config_file="${toolkit_root}/recipes/vocoder/hparams/${vocoder_config}.yaml"
 voc_exp="${expdir}/vocoder_$(basename "${vocoder_config}" .yaml)"
 if run_stage 10; then
-    if [ -f "${voc_exp}/model/config.json" ]; then
-        log "Stage 10: vocoder ${voc_exp}/model already exported, skipping (delete it to train again)"
+    [ -f "${vocoder_config_file}" ] || { log "ERROR: vocoder config ${vocoder_config_file} not found"; exit 1; }
+    st=(--input "config=${vocoder_config_file}" --dump "train=${dumpdir}/${train_set}" --dump "valid=${dumpdir}/${valid_set}"
+        --option "vocoder_args=${vocoder_args}")
+    if ! train_or_skip "${voc_exp}" "${voc_exp}/model" "${st[@]}"; then
+        log "Stage 10: vocoder ${voc_exp}/model already exported from the same inputs, skipping (delete ${voc_exp} to train again)"
     else
         log "Stage 10: train the vocoder (${vocoder_config_file}) -> ${voc_exp} (resumes from its last checkpoint)"
         eval "voc_args=(${vocoder_args})"
@@ -317,11 +390,13 @@ if run_stage 10; then
             --dump_dir "${dumpdir}" --train_set "${train_set}" --valid_set "${valid_set}" ${voc_args[@]+"${voc_args[@]}"}
     fi
     first_test=${test_sets%% *}
-    if [ -n "${first_test}" ] && [ ! -f "${voc_exp}/eval_${first_test}/.done" ]; then
+    st=(--input "vocoder=${voc_exp}/model" --dump "feats=${dumpdir}/${first_test}" --option "utts=${vocoder_eval_utts}")
+    if [ -n "${first_test}" ] && ! is_done "${voc_exp}/eval_${first_test}/.done" "${st[@]}"; then
+        begin_work "${voc_exp}/eval_${first_test}" "${st[@]}"
         log "  ground-truth mel -> vocoder vs Griffin-Lim on ${first_test} (PESQ-WB, STOI, DNSMOS): ${voc_exp}/eval_${first_test}"
         "${python}" "${toolkit_root}/recipes/vocoder/evaluate.py" --dump "${dumpdir}/${first_test}" \
             --vocoder "${voc_exp}/model" --out "${voc_exp}/eval_${first_test}" --max-utts "${vocoder_eval_utts}" "${no_progress[@]}"
-        touch "${voc_exp}/eval_${first_test}/.done"
+        mark_done "${voc_exp}/eval_${first_test}/.done" "${st[@]}"
     fi
     for m in "${model_dir}" $(for k in ${refine_kinds}; do echo "$(refine_exp ${k})/model"; done); do
         [ -f "${m}/config.json" ] || continue
@@ -343,30 +418,39 @@ if run_stage 11; then
         [ -f "$(refine_exp ${k})/model/config.json" ] && models+=("${k}=$(refine_exp ${k})/model")
     done
     grid=(--models "${models[@]}" --steps ${eval_steps} --cfg-scales ${eval_cfg_scales} --temperatures ${eval_temperatures})
+    # the scores are made again (their caches removed) when a model, the codes, the features or the grid changed
+    grid_st=(--option "grid=${grid[*]}")
+    for m in "${models[@]}"; do grid_st+=(--input "${m%%=*}=${m#*=}"); done
     for dset in ${eval_sets:-${test_sets%% *}}; do
-        if [ -f "${eval_out}/${dset}/.done" ]; then
-            log "Stage 11: ${eval_out}/${dset} already done, skipping (delete it to score again)"
-            continue
-        fi
         [ -f "${tok_exp}/codes/${dset}/.done" ] || { log "ERROR: ${tok_exp}/codes/${dset} missing: run stage 5 first"; exit 1; }
+        st=("${grid_st[@]}" --input "codes=${tok_exp}/codes/${dset}" --dump "feats=${dumpdir}/${dset}"
+            --input "lm=${lang_dir}/judge_lm.arpa" --option "wer_steps=${eval_wer_steps}" --option "select=${eval_select_set}")
         select=()
         if [ -n "${eval_select_set}" ] && [ "${eval_select_set}" != "${dset}" ]; then
             sel_out="${eval_out}/${eval_select_set}_select"
-            if [ ! -f "${sel_out}/.done" ]; then
+            sel_st=("${grid_st[@]}" --input "codes=${tok_exp}/codes/${eval_select_set}" --dump "feats=${dumpdir}/${eval_select_set}")
+            if ! is_done "${sel_out}/.done" "${sel_st[@]}" --what "${sel_out}"; then
                 log "Stage 11: mel L1 on ${eval_select_set} (no judge), to select the judged settings -> ${sel_out}"
                 [ -f "${tok_exp}/codes/${eval_select_set}/.done" ] || { log "ERROR: ${tok_exp}/codes/${eval_select_set} missing: run stage 5 first"; exit 1; }
+                begin_work "${sel_out}" "${sel_st[@]}"
                 "${sitok[@]}" eval-refine "${dumpdir}/${eval_select_set}" "${tok_exp}/codes/${eval_select_set}" "${sel_out}" \
                     "${grid[@]}" "${no_progress[@]}"
-                touch "${sel_out}/.done"
+                mark_done "${sel_out}/.done" "${sel_st[@]}"
             fi
             select=(--select-from "${sel_out}")
+            st+=(--input "selection=${sel_out}/.done")
         fi
+        if is_done "${eval_out}/${dset}/.done" "${st[@]}" --what "${eval_out}/${dset}"; then
+            log "Stage 11: ${eval_out}/${dset} already done, skipping"
+            continue
+        fi
+        begin_work "${eval_out}/${dset}" "${st[@]}"
         log "Stage 11: refinement evaluation on ${dset}: ${models[*]} -> ${eval_out}/${dset}"
         "${sitok[@]}" eval-refine "${dumpdir}/${dset}" "${tok_exp}/codes/${dset}" "${eval_out}/${dset}" "${grid[@]}" \
             --wer-steps ${eval_wer_steps} --lm "${lang_dir}/judge_lm.arpa" ${select[@]+"${select[@]}"} "${no_progress[@]}"
         log "  $(head -1 "${eval_out}/${dset}/results.md")"
         tail -n +3 "${eval_out}/${dset}/results.md" | while read -r line; do log "  ${line}"; done
-        touch "${eval_out}/${dset}/.done"
+        mark_done "${eval_out}/${dset}/.done" "${st[@]}"
     done
 fi
 
@@ -386,9 +470,14 @@ if run_stage 12; then
             name=${entry%%=*}; mdir=${entry#*=}
             out="$(dirname "${mdir}")/eval/${dset}"
             [ -f "${mdir}/config.json" ] || { log "ERROR: ${mdir}/config.json not found (--eval_models ${entry})"; exit 1; }
-            if [ -f "${out}/.done" ]; then
-                log "Stage 12: ${name} on ${dset}: ${out} already done, skipping (delete it to score again)"
+            st=(--input "model=${mdir}" --dump "feats=${dumpdir}/${dset}" --input "lm=${lang_dir}/judge_lm.arpa"
+                --option "steps=${evaluate_steps}" --option "cfg_scales=${evaluate_cfg_scales}"
+                --option "vocoders=${evaluate_vocoders}" --option "judges=${evaluate_judges}"
+                --option "judge_opts=${evaluate_judge_opts}" --option "groundtruth=${gt}" --option "utts=${evaluate_utts}")
+            if is_done "${out}/.done" "${st[@]}" --what "${out}"; then
+                log "Stage 12: ${name} on ${dset}: ${out} already done, skipping"
             else
+                begin_work "${out}" "${st[@]}"
                 log "Stage 12: evaluate ${name} (${mdir}) on ${dset}: steps ${evaluate_steps}, vocoders ${evaluate_vocoders} -> ${out}"
                 gt_arg=(); ${gt} || gt_arg=(--no-groundtruth)
                 "${sitok[@]}" evaluate "${dumpdir}/${dset}" "${out}" -m "${mdir}" --name "${name}" \
@@ -396,7 +485,7 @@ if run_stage 12; then
                     --lm "${lang_dir}/judge_lm.arpa" --max-utts "${evaluate_utts}" \
                     ${gt_arg[@]+"${gt_arg[@]}"} ${judge_args[@]+"${judge_args[@]}"} "${no_progress[@]}"
                 tail -n +3 "${out}/results.md" | while read -r line; do log "  ${line}"; done
-                touch "${out}/.done"
+                mark_done "${out}/.done" "${st[@]}"
             fi
             gt=false  # the ground-truth rows once per set
         done
@@ -445,21 +534,28 @@ if run_stage 13; then
                 log "Stage 13: ${task} probe skipped for ${name}: no feature dump or no ${labels} for${missing} in ${dumpdir}/"
                 continue
             fi
-            if [ -f "${out}/.done" ]; then
-                log "Stage 13: ${task} probe on ${name} (${feats}): ${out} already done, skipping (delete it to run again)"
-                continue
-            fi
             if [ "${feats}" = tokens ]; then  # tokens are extracted once, then read from disk by the probe
                 for dset in ${p_train} ${p_valid} ${p_test}; do
-                    [ -f "${codes_root}/${dset}/.done" ] && continue
-                    "${sitok[@]}" dump-codes "${dumpdir}/${dset}" "${codes_root}/${dset}" -m "${mdir}" "${no_progress[@]}"
-                    touch "${codes_root}/${dset}/.done"
+                    ensure_codes "${mdir}" "${dset}" "${codes_root}/${dset}"
                 done
             fi
             probe_yaml=${probe_config}; [ -f "${probe_yaml}" ] || probe_yaml="${toolkit_root}/recipes/probes/${task}/hparams/${probe_config}.yaml"
             extra=()
             [ "${task}" = sv ] && [ -f "${datadir}/${p_test}/trials" ] && extra=(--trials_file "${datadir}/${p_test}/trials")
             [ "${task}" = asr ] && extra=(--sp_model "${lang_dir}/sp.model")
+            st=(--input "config=${probe_yaml}" --option "features=${feats}" --option "probe_args=${probe_args}"
+                --option "extra=${extra[*]}")
+            [ "${task}" = sv ] && [ -f "${datadir}/${p_test}/trials" ] && st+=(--input "trials=${datadir}/${p_test}/trials")
+            [ "${task}" = asr ] && st+=(--input "sp_model=${lang_dir}/sp.model")
+            for dset in ${p_train} ${p_valid} ${p_test}; do
+                st+=(--dump "${dset}=${dumpdir}/${dset}")
+                [ "${feats}" = tokens ] && st+=(--input "codes_${dset}=${codes_root}/${dset}")
+            done
+            if is_done "${out}/.done" "${st[@]}" --what "${out}"; then
+                log "Stage 13: ${task} probe on ${name} (${feats}): ${out} already done, skipping"
+                continue
+            fi
+            begin_work "${out}" "${st[@]}"
             log "Stage 13: ${task} probe on ${name} (${feats}; ${p_train}/${p_valid}/${p_test}) -> ${out}"
             mkdir -p "${pexp}/probes"
             # shellcheck disable=SC2086
@@ -469,7 +565,7 @@ if run_stage 13; then
                 ${extra[@]+"${extra[@]}"} ${probe_args} > "${out}.log" 2>&1 \
                 || { log "ERROR: ${task} probe on ${name} failed; see ${out}.log"; tail -n 20 "${out}.log" >&2; exit 1; }
             grep "probe ${task} on" "${out}.log" | tail -1 | while read -r line; do log "  ${line}"; done
-            touch "${out}/.done"; ran=true
+            mark_done "${out}/.done" "${st[@]}"; ran=true
         done
         if ${ran} || [ ! -f "${pexp}/probes/summary.json" ]; then  # + CTC ASR of the tokenizer's own head
             test_set=$(probe_sets asr | awk '{print $3}')

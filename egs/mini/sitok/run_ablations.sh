@@ -85,13 +85,21 @@ fi
 
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ] && [[ " ${ablations} " == *" R "* ]]; then
     out="${expdir}/refine_abl_R_diffusion"
-    if [ -f "${out}/model/config.json" ]; then
+    init="${expdir}/tokenizer_abl_R/model"
+    config="${toolkit_root}/recipes/refine/hparams/${refine_config}.yaml"
+    st=(--input "config=${config}" --input "init_weights=${init}/model.pt" --input "init_config=${init}/config.json"
+        --dump "train=${dumpdir}/train" --option "rd_args=${rd_args}")
+    if [ -f "${out}/.started" ] && ! "${python}" -m sitok.stamp check "${out}/.started" --what "${out}" "${st[@]}"; then
+        log "ERROR: ${out} was begun from another R model or other arguments (logged above): delete it to train again"
+        exit 1
+    elif [ -f "${out}/model/config.json" ]; then
         log "Stage 3: R + D ${out}/model already exported, skipping"
     else
         log "Stage 3: R + D: the R variant's decoder becomes a diffusion decoder, trained on frozen tokens -> ${out}"
+        mkdir -p "${out}" && "${python}" -m sitok.stamp write "${out}/.started" "${st[@]}"
         eval "rd=(${rd_args})"
-        "${python}" "${toolkit_root}/recipes/refine/train.py" "${toolkit_root}/recipes/refine/hparams/${refine_config}.yaml" \
-            --refine diffusion --init_model "${expdir}/tokenizer_abl_R/model" --exp_dir "${out}" --dump_dir "${dumpdir}" ${rd[@]+"${rd[@]}"}
+        "${python}" "${toolkit_root}/recipes/refine/train.py" "${config}" \
+            --refine diffusion --init_model "${init}" --exp_dir "${out}" --dump_dir "${dumpdir}" ${rd[@]+"${rd[@]}"}
     fi
 fi
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Shortcut fine-tuning in the paper's parameterisation (issue 4; docs/RESULTS.md).
+# Shortcut fine-tuning in the paper's parameterisation (results in docs/RESULTS.md).
 #
-# The mini tokenizer's decoder predicts clean x (SPEC 5); the paper's predicts the velocity
+# The mini tokenizer's decoder predicts clean x; the paper's predicts the velocity
 # x - eps. By default this script re-trains the mini decoder the paper's way on the frozen
 # tokens, then fine-tunes it two ways with the same epochs, batches and learning rate: shortcut
 # fine-tuning, and plain flow-matching fine-tuning (decoder_ft, the equal-compute control).
@@ -20,7 +20,9 @@
 #   ./run_shortcut.sh                 # the same on CPU: ~4 h of training on the 2-core machine (estimated)
 #   ./run_shortcut.sh --stage 3       # score only (~1.5 h on one core: dev grid, then test with the judge)
 #   ./run_shortcut.sh --name x --overrides ""   # the x-prediction pair: exp/refine_mini_x_{shortcut,ft}
-# Every step is resumable: run the same command again (exported models are kept).
+# Every step is resumable: run the same command again (exported models are kept; a model begun
+# from another starting model or other arguments stops the script; scores are made again when a
+# model, the codes or the options changed).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,7 +32,7 @@ base_model=exp/tokenizer_mini/model   # the trained tokenizer (run.sh stage 4)
 codes_dir=exp/tokenizer_mini/codes    # its codes (run.sh stage 5)
 tag=mini
 name=velocity                          # the fine-tunes are exp/refine_<tag>_<name>_{shortcut,ft}
-# the paper's parameterisation (velocity, no x_t skip) at a width that can carry the 512-dim noise (SPEC 5)
+# the paper's parameterisation (velocity, no x_t skip) at a width that can carry the 512-dim noise
 overrides="{prediction: velocity, x_skip: False, dec_hidden: 512, dec_layers: 2}"
 base_args="--lr 0.001 --warmup_steps 200 --batch_seconds 128 --number_of_epochs 90"
 ft_args="--batch_seconds 128 --number_of_epochs 40"  # shortcut and control alike
@@ -63,10 +65,17 @@ log "$0 $*"
 refine() {  # refine KIND INIT OUT ARGS...
     local kind=$1 init=$2 out=$3
     shift 3
+    local st=(--input "config=${config}" --input "init_weights=${init}/model.pt" --input "init_config=${init}/config.json"
+              --dump "train=${dumpdir}/train" --option "kind=${kind}" --option "args=$*")
+    if [ -f "${out}/.started" ] && ! "${python}" -m sitok.stamp check "${out}/.started" --what "${out}" "${st[@]}"; then
+        log "ERROR: ${out} was begun from another model or other arguments (logged above): delete it to train again"
+        return 1
+    fi
     if [ -f "${out}/model/config.json" ]; then
         log "  ${out}/model already exported, skipping (delete it to train again)"
         return 0
     fi
+    mkdir -p "${out}" && "${python}" -m sitok.stamp write "${out}/.started" "${st[@]}"
     log "  ${kind} from ${init} -> ${out} (log: ${out}.log; resumes from its last checkpoint)"
     mkdir -p "$(dirname "${out}")"
     "${python}" "${toolkit_root}/recipes/refine/train.py" "${config}" --refine "${kind}" --init_model "${init}" \
@@ -107,8 +116,11 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     score() {  # score SET OUT ARGS...: sitok eval-refine of every model on SET, once
         local set=$1 out=$2
         shift 2
-        if [ -f "${out}/.done" ]; then
-            log "Stage 3: ${out} already done, skipping (delete it to score again)"
+        local st=(--input "codes=${codes_dir}/${set}" --dump "feats=${dumpdir}/${set}" --option "steps=${eval_steps}"
+                  --option "temperatures=${eval_temperatures}" --option "eval_args=${eval_args}" --option "args=$*")
+        for m in "${models[@]}"; do st+=(--input "${m%%=*}=${m#*=}"); done
+        if "${python}" -m sitok.stamp check "${out}/.done" --what "${out}" "${st[@]}"; then
+            log "Stage 3: ${out} already done, skipping"
             return 0
         fi
         [ -f "${codes_dir}/${set}/.done" ] || { log "ERROR: ${codes_dir}/${set} missing: run ./run.sh --stage 5 --stop_stage 5"; return 1; }
@@ -116,7 +128,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
         "${python}" -m sitok.cli eval-refine "${dumpdir}/${set}" "${codes_dir}/${set}" "${out}" --models "${models[@]}" \
             --steps ${eval_steps} --temperatures ${eval_temperatures} --vocoder griffin_lim ${more[@]+"${more[@]}"} "$@"
         while read -r line; do log "  ${line}"; done < "${out}/results.md"
-        touch "${out}/.done"
+        "${python}" -m sitok.stamp write "${out}/.done" "${st[@]}"
     }
     out="${expdir}/refine_eval_${tag}_${name}"
     select=()

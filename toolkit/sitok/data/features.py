@@ -6,15 +6,20 @@ writes ``dump/train/``: ``feats.<j>.ark`` + ``feats.scp`` (log-mel [T, 128], flo
 normalised), ``utt2num_frames``, ``cmvn.json`` (global mean/var statistics of this split),
 ``skipped.tsv`` (file, reason), a copy of the data dir restricted to the kept utterances and
 its ``manifest.csv`` (with a ``feats`` column). Each job writes its ark under a temporary name,
-renames it, then writes its scp and a ``.done`` marker: a killed run restarts only the jobs
-that had not finished, and no reader ever sees a half-written file.
+renames it, then writes its scp and a ``.done`` stamp of what it was made from (its utterances,
+their audio paths, the mel configuration and the duration limits): a killed run restarts only
+the jobs that had not finished, a job whose inputs changed (the data dir grew, another mel
+configuration) is redone, temporary files of killed runs are removed, and no reader ever sees
+a half-written file.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import re
 import time
 from multiprocessing import get_context
 
@@ -25,6 +30,7 @@ from sitok.data.kaldi import DataDir, read_table, write_table
 from sitok.data.mel import CMVNStats, GlobalCMVN, MelConfig
 from sitok.data.prep import Skip, summarize_skips, write_skipped
 from sitok.fileio import atomic_open, write_text_atomic
+from sitok.stamp import is_current, write_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +98,46 @@ def _run_job(args) -> int:
     write_table(p["frames"], frames)
     write_skipped(p["skipped"], skips)
     write_text_atomic(p["stats"], json.dumps(stats.to_dict()))
-    write_text_atomic(p["done"], "")
+    write_stamp(p["done"], _job_stamp(utts, wav_scp, mel_cfg, min_dur, max_dur))
     return job
+
+
+def _job_stamp(utts, wav_scp, mel_cfg: MelConfig, min_dur: float, max_dur: float) -> dict:
+    """What a job's features are made from; a job whose stamp differs is redone."""
+    import hashlib
+
+    listing = "".join(f"{u} {wav_scp[u]}\n" for u in utts).encode()
+    return {
+        "inputs": {"utterances": hashlib.sha256(listing).hexdigest()},
+        "options": {"mel": json.dumps(mel_cfg.to_dict(), sort_keys=True), "min_duration": str(min_dur),
+                    "max_duration": str(max_dur)},
+    }  # fmt: skip
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_dump_dir(dump_dir: str, nj: int) -> None:
+    """Remove what killed or earlier runs left: temporary archives of processes that no longer
+    run, and the archives and job files of jobs beyond ``nj`` (a run with more jobs)."""
+    for tmp in glob.glob(os.path.join(dump_dir, "feats.*.ark.tmp*")):
+        pid = re.search(r"\.tmp(\d+)$", tmp)
+        if pid is None or not _pid_alive(int(pid.group(1))) or int(pid.group(1)) == os.getpid():
+            logger.info("removing %s (left by a killed run)", tmp)
+            os.remove(tmp)
+    for ark in glob.glob(os.path.join(dump_dir, "feats.*.ark")):
+        job = re.search(r"feats\.(\d+)\.ark$", ark)
+        if job is not None and int(job.group(1)) >= nj:
+            for path in _job_paths(dump_dir, int(job.group(1))).values():
+                if os.path.exists(path):
+                    os.remove(path)
 
 
 def compute_features(
@@ -119,7 +163,11 @@ def compute_features(
     os.makedirs(os.path.join(dump_dir, "jobs"), exist_ok=True)
     write_text_atomic(os.path.join(dump_dir, "mel_config.json"), json.dumps(mel_cfg.to_dict(), indent=1) + "\n")
     chunks = [list(c) for c in np.array_split(np.array(utts, dtype=object), nj)]
-    todo = [j for j in range(nj) if not os.path.exists(_job_paths(dump_dir, j)["done"])]
+    _clean_dump_dir(dump_dir, nj)
+    wav_scp = dd.tables["wav.scp"]
+    todo = [j for j in range(nj) if not is_current(_job_paths(dump_dir, j)["done"],
+                                                   _job_stamp(chunks[j], wav_scp, mel_cfg, min_duration, max_duration),
+                                                   f"{dump_dir} job {j}")]  # fmt: skip
     done_before = sum(len(chunks[j]) for j in range(nj) if j not in todo)
     if len(todo) < nj:
         logger.info("%s: %d of %d jobs already done, running %d", dump_dir, nj - len(todo), nj, len(todo))
@@ -128,7 +176,7 @@ def compute_features(
     ctx = get_context("forkserver")  # not fork: see synth.py (fork after torch threads can deadlock)
     counter = ctx.Value("l", 0)
     _init_worker(counter)
-    jobs = [(j, chunks[j], dd.tables["wav.scp"], dump_dir, mel_cfg, min_duration, max_duration) for j in todo]
+    jobs = [(j, chunks[j], wav_scp, dump_dir, mel_cfg, min_duration, max_duration) for j in todo]
     bar = tqdm(total=len(utts), initial=done_before, desc=f"features {os.path.basename(dump_dir)}", unit="utt",
                disable=not progress, mininterval=1)  # fmt: skip
     if len(jobs) == 1:

@@ -23,6 +23,20 @@ BLANK_ID = 0
 UNK_ID = 1
 
 
+def _drop_training_paths(path: str) -> None:
+    """SentencePiece records its (temporary, per-process) input and output paths in the model's
+    trainer spec; cleared, the same transcripts always give the same sp.model bytes."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(path, "rb") as fh:
+        proto.ParseFromString(fh.read())
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.model_prefix = ""
+    with open(path, "wb") as fh:
+        fh.write(proto.SerializeToString())
+
+
 def train_sentencepiece(
     texts: list[str],
     out_dir: str,
@@ -62,6 +76,7 @@ def train_sentencepiece(
         )
         os.replace(tmp_prefix + ".vocab", os.path.join(out_dir, "sp.vocab"))
         model = os.path.join(out_dir, "sp.model")
+        _drop_training_paths(tmp_prefix + ".model")
         os.replace(tmp_prefix + ".model", model)
     finally:
         for f in glob.glob(tmp_prefix + "*"):

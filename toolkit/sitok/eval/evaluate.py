@@ -13,7 +13,8 @@ the CTC head's greedy ASR WER ("CTC ASR"). Writes
     out/per_utt.csv      one row per setting x utterance
     out/summary.json     settings (means, corpus WER, RTFs), model facts, judges and versions, timings
     out/results.md       the settings as a markdown table
-    out/settings/*.json  one per finished setting: a re-run (or a killed one) skips them
+    out/settings/*.json  one per finished setting: a re-run (or a killed one) skips them, unless the
+                         model, the set, the judges or the LM changed (settings/.stamp)
     out/mels/<setting>/<utt>.npy   log-mels of a few utterances, for the report's figures
 """
 
@@ -28,11 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from sitok.data.kaldi import read_table
+from sitok.data.kaldi import read_mat, read_scp, read_table
 from sitok.eval.asr import word_error_rate
 from sitok.eval.judges import build_judge, parse_judges
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.infer.sets import encode_mels
+from sitok.stamp import digest, digest_dump, fresh_cache
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +43,9 @@ JUDGE_COLUMNS = ("wer", "sim", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmo
 
 def _load_set(dump_dir: str, max_utts: int, sample_rate: int):
     """Sorted utterances, texts, frame counts, ground-truth log-mels and the original audio."""
-    import kaldiio
-
     from sitok.data.audio import load_audio
 
-    feats = read_table(os.path.join(dump_dir, "feats.scp"))
+    feats = read_scp(os.path.join(dump_dir, "feats.scp"))
     wavs = read_table(os.path.join(dump_dir, "wav.scp"))
     texts = read_table(os.path.join(dump_dir, "text"))
     lacking = sorted(u for u in feats if u not in wavs or u not in texts)
@@ -57,7 +57,7 @@ def _load_set(dump_dir: str, max_utts: int, sample_rate: int):
         utts = example_utts(utts, max_utts)
     if not utts:
         raise ValueError(f"{dump_dir}: no utterance with features, audio and text")
-    mels = {u: torch.from_numpy(kaldiio.load_mat(feats[u]).copy()) for u in utts}
+    mels = {u: torch.from_numpy(read_mat(feats[u]).copy()) for u in utts}
     audio = {u: load_audio(wavs[u], sample_rate).numpy() for u in utts}
     return utts, {u: texts[u] for u in utts}, mels, audio
 
@@ -234,7 +234,9 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
     if groundtruth:
         settings += [("groundtruth", 0, 1.0, v) for v in toks]
     settings += [("model", s, w, v) for v in toks for s in steps for w in cfg_scales]
-    os.makedirs(os.path.join(out_dir, "settings"), exist_ok=True)
+    inputs = {"model": digest(model_dir), "feats": digest_dump(dump_dir), "lm": digest(lm) if lm else "none"}
+    options = {"max_utts": max_utts, "seed": seed, "judges": json.dumps(judge_info, sort_keys=True, default=str)}
+    fresh_cache(os.path.join(out_dir, "settings"), {"inputs": inputs, "options": {k: str(v) for k, v in options.items()}})
     rows, per_utt = [], []
     for source, s, w, v in settings:
         key = f"groundtruth_{v}" if source == "groundtruth" else f"steps{s}_cfg{w:g}_{v}{temp_tag}"

@@ -1,4 +1,4 @@
-"""Judges behind one interface (SPEC 9): each is a backend of a *kind*, chosen by name.
+"""Judges behind one interface: each is a backend of a *kind*, chosen by name.
 
     judge = build_judge("sim")                    # the offline default: Resemblyzer
     judge = build_judge("asr", "whisper", model="/models/whisper-large-v3")   # optional backend

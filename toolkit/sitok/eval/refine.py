@@ -31,9 +31,10 @@ import time
 import numpy as np
 import torch
 
-from sitok.data.kaldi import read_table
+from sitok.data.kaldi import read_mat, read_scp, read_table
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.infer.sets import length_batches
+from sitok.stamp import digest, digest_dump, fresh_cache
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,6 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
                         max_utts: int = 0, progress: bool = True, vocoder: str = "auto",
                         temperatures: list[float] = (1.0,), select_from: str | None = None) -> list[dict]:  # fmt: skip
     """Score ``models`` (name -> model dir) on a set; see the module docstring. Returns the rows."""
-    import kaldiio
     import pandas as pd
 
     from sitok.infer import Tokenizer
@@ -156,17 +156,17 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no eval-refine results to select settings from")
         selection_rows = pd.read_csv(path).to_dict("records")
-    feats = read_table(os.path.join(dump_dir, "feats.scp"))
+    feats = read_scp(os.path.join(dump_dir, "feats.scp"))
     texts = read_table(os.path.join(dump_dir, "text"))
     frames = {u: int(n) for u, n in read_table(os.path.join(dump_dir, "utt2num_frames")).items()}
-    codes_scp = read_table(os.path.join(codes_dir, "codes.scp"))
+    codes_scp = read_scp(os.path.join(codes_dir, "codes.scp"))
     missing = sorted(set(feats) - set(codes_scp))
     if missing:
         logger.warning("%s: %d utterances of %s have no codes; left out (first: %s)", codes_dir, len(missing),
                        dump_dir, missing[0])  # fmt: skip
     utts = sorted(set(feats) & set(codes_scp))[: max_utts or None]
-    codes = {u: kaldiio.load_mat(codes_scp[u]) for u in utts}
-    ref = {u: torch.from_numpy(kaldiio.load_mat(feats[u]).copy()) for u in utts}
+    codes = {u: read_mat(codes_scp[u]) for u in utts}
+    ref = {u: torch.from_numpy(read_mat(feats[u]).copy()) for u in utts}
     audio_s = sum(frames[u] for u in utts) / 50.0
     asr = None
     if wer_steps:
@@ -177,6 +177,10 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
     rows, per_utt = [], []
     t_start = time.time()
     done_dir = os.path.join(out_dir, "rows")  # one JSON per finished setting: a re-run skips them
+    inputs = {f"model_{n}": digest(d) for n, d in models.items()}
+    inputs.update(feats=digest_dump(dump_dir), codes=digest(codes_dir), lm=digest(lm) if lm else "none")
+    options = {"max_utts": str(max_utts), "vocoder": str(vocoder)}
+    fresh_cache(done_dir, {"inputs": inputs, "options": options}, out_dir)  # rows of other inputs go
 
     def cached(key):
         path = os.path.join(done_dir, f"{key}.json")

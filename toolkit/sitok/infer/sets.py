@@ -5,7 +5,9 @@
     vocode_set(tok, "dump/test", "exp/tok/resynth/test_gt")  # ground-truth mel -> same vocoder
 
 Outputs are Kaldi-style data dirs (wav.scp, text, utt2spk, ...) so the judges read them like
-any other set. Every file is written atomically; finished utterances are kept on a re-run.
+any other set. Every file is written atomically; finished utterances are kept on a re-run when
+they were made from the same model, vocoder, codes and options (recorded in ``out_dir/wav/.stamp``);
+otherwise the old audio is removed and the set is made again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from sitok.data.audio import write_wav_atomic
 from sitok.data.kaldi import DataDir, read_table, write_table
+from sitok.stamp import digest, digest_dump, fresh_cache
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +73,14 @@ def dump_codes(tok, dump_dir: str, out_dir: str, batch_frames: int = 20000, prog
     """
     import kaldiio
 
+    from sitok.data.kaldi import read_mat, read_scp
     from sitok.fileio import atomic_open
 
-    feats = read_table(os.path.join(dump_dir, "feats.scp"))
+    feats = read_scp(os.path.join(dump_dir, "feats.scp"))
     os.makedirs(out_dir, exist_ok=True)
     ark = os.path.join(out_dir, "codes.ark")
     tmp = f"{ark}.tmp{os.getpid()}"
-    mels = {u: torch.from_numpy(kaldiio.load_mat(p).copy()) for u, p in feats.items()}
+    mels = {u: torch.from_numpy(read_mat(p).copy()) for u, p in feats.items()}
     codes, _ = encode_mels(tok, mels, batch_frames, progress, f"encode {os.path.basename(dump_dir)}")
     codes_all = {u: c.numpy().astype(np.int32) for u, c in codes.items()}
     scp = {}
@@ -100,9 +104,33 @@ def _copy_meta(dump_dir: str, out_dir: str, wav_scp: dict) -> None:
     DataDir(tables).save(out_dir)
 
 
-def _write_set(items, out_dir: str, render, desc: str, progress: bool) -> dict:
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, shapes, dtypes and values)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def tokenizer_stamp(tok, inputs: dict[str, str], options: dict) -> dict:
+    """The stamp of a set made by ``tok``: its weights, its vocoder, the digests of its inputs
+    (``sitok.stamp.digest`` / ``digest_dump``) and its options."""
+    vocoder = getattr(tok.vocoder, "name", type(tok.vocoder).__name__)
+    return {
+        "inputs": {"model": state_digest(tok.model), "cmvn": state_digest(tok.cmvn),
+                   "vocoder": f"{vocoder}:{state_digest(tok.vocoder)}",
+                   **dict(sorted(inputs.items()))},
+        "options": {k: str(v) for k, v in sorted(options.items())},
+    }  # fmt: skip
+
+
+def _write_set(items, out_dir: str, render, desc: str, progress: bool, stamp: dict) -> dict:
     wav_dir = os.path.join(out_dir, "wav")
-    os.makedirs(wav_dir, exist_ok=True)
+    fresh_cache(wav_dir, stamp, out_dir)  # audio made from another model, vocoder, input or option goes
     wav_scp, done = {}, 0
     for u, arg in _progress(items, desc, progress):
         path = os.path.abspath(os.path.join(wav_dir, f"{u}.wav"))
@@ -120,18 +148,21 @@ def _write_set(items, out_dir: str, render, desc: str, progress: bool) -> dict:
 def resynth_set(tok, dump_dir: str, codes_dir: str, out_dir: str, steps: int = 16, seed: int = 0,
                 progress: bool = True, cfg_scale: float = 1.0, temperature: float = 1.0) -> int:  # fmt: skip
     """Decode ``codes_dir/codes.scp`` to wavs, cut to each utterance's original frame count."""
-    import kaldiio
+    from sitok.data.kaldi import read_mat, read_scp
 
-    codes = read_table(os.path.join(codes_dir, "codes.scp"))
+    codes = read_scp(os.path.join(codes_dir, "codes.scp"))
     frames = {u: int(n) for u, n in read_table(os.path.join(dump_dir, "utt2num_frames")).items()}
     hop = tok.mel_cfg.hop_length
 
     def render(u):
-        c = torch.from_numpy(kaldiio.load_mat(codes[u]).astype(np.int64))
+        c = torch.from_numpy(read_mat(codes[u]).astype(np.int64))
         wav, sr = tok.decode(c, steps=steps, seed=seed, cfg_scale=cfg_scale, temperature=temperature)
         return wav[: frames[u] * hop], sr
 
-    wav_scp = _write_set([(u, u) for u in sorted(codes)], out_dir, render, f"resynth {steps} steps", progress)
+    inputs = {"codes": digest(codes_dir), "frames": digest(os.path.join(dump_dir, "utt2num_frames"))}
+    options = {"steps": steps, "seed": seed, "cfg_scale": cfg_scale, "temperature": temperature}
+    stamp = tokenizer_stamp(tok, inputs, options)
+    wav_scp = _write_set([(u, u) for u in sorted(codes)], out_dir, render, f"resynth {steps} steps", progress, stamp)
     _copy_meta(dump_dir, out_dir, wav_scp)
     return len(wav_scp)
 
@@ -139,14 +170,15 @@ def resynth_set(tok, dump_dir: str, codes_dir: str, out_dir: str, steps: int = 1
 @torch.no_grad()
 def vocode_set(tok, dump_dir: str, out_dir: str, progress: bool = True) -> int:
     """Ground-truth log-mel -> the tokenizer's vocoder: the reference row of every table."""
-    import kaldiio
+    from sitok.data.kaldi import read_mat, read_scp
 
-    feats = read_table(os.path.join(dump_dir, "feats.scp"))
+    feats = read_scp(os.path.join(dump_dir, "feats.scp"))
 
     def render(u):
-        mel = torch.from_numpy(kaldiio.load_mat(feats[u]).copy()).to(tok.device)
+        mel = torch.from_numpy(read_mat(feats[u]).copy()).to(tok.device)
         return tok.vocoder(mel).cpu(), tok.sample_rate
 
-    wav_scp = _write_set([(u, u) for u in sorted(feats)], out_dir, render, "vocode ground truth", progress)
+    stamp = tokenizer_stamp(tok, {"feats": digest_dump(dump_dir)}, {})
+    wav_scp = _write_set([(u, u) for u in sorted(feats)], out_dir, render, "vocode ground truth", progress, stamp)
     _copy_meta(dump_dir, out_dir, wav_scp)
     return len(wav_scp)
