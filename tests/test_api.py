@@ -118,6 +118,13 @@ def test_bad_steps_are_refused(tok, steps):
         tok.decode_mel(torch.zeros(1, 3, dtype=torch.long), steps=steps)
 
 
+def test_a_regression_decoder_takes_no_steps():
+    """One pass, no ODE: evaluation scores it at steps 0, as any other value gives the same mel."""
+    tok = tiny_tokenizer(decoder="regression")
+    codes = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tok.decode_mel(codes, steps=0), tok.decode_mel(codes, steps=16))
+
+
 @pytest.mark.parametrize("lengths", [[5], [5, 10], [0, 9], [5.0, 9.0], [[5, 9]]])
 def test_bad_lengths_are_refused(tok, lengths):
     with pytest.raises(ValueError, match="lengths must be 2 integer"):

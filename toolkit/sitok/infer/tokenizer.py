@@ -324,7 +324,8 @@ class Tokenizer:
         if cfg_scale != 1.0 and not self.model.config.token_cfg:
             raise ValueError(f"decode: cfg_scale={cfg_scale} needs a model trained for token CFG (token_cfg: true)")
         check_temperature(temperature)
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        diffusion = self.model.config.decoder == "diffusion"  # a regression decoder takes one pass: steps unused
+        if diffusion and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
             raise ValueError(f"decode: steps must be an integer >= 1, got {steps!r}")
         codes = self.check_codes(codes, lengths)
         b, _, t = codes.shape
@@ -332,7 +333,7 @@ class Tokenizer:
         lens = None if lens is None else lens.to(self.device)
         mask = None if lens is None else lengths_to_mask(lens, t)
         cond = self.model.cond_from_codes(codes)  # [B, T, hidden]
-        if self.model.config.decoder == "diffusion":
+        if diffusion:
             noise = (temperature * self.start_noise(b, t, seed, lens)).to(self.dtype)
             x = euler_sample(self.model.velocity_fn(cond, mask, steps, cfg_scale), noise, steps)
         else:
