@@ -26,16 +26,24 @@ import torch
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "toolkit"))
 
+from timing import best_time  # noqa: E402
+
 from sitok.cli import load_model_config  # noqa: E402
 from sitok.data.mel import GlobalCMVN  # noqa: E402
 from sitok.infer import Tokenizer  # noqa: E402
 from sitok.models import SiTok, SiTokConfig  # noqa: E402
-from timing import best_time  # noqa: E402
 
-
-KINDS = {"full/base": {}, "full/shortcut": {"shortcut": True}, "light/base": {"light_head_layers": -1},
-         "light/shortcut": {"shortcut": True, "light_head_layers": -1}}  # fmt: skip
-TRAINED = {"full/base": "tokenizer_mini", "full/shortcut": "refine_mini_shortcut", "light/base": "refine_mini_light_head"}
+KINDS = {
+    "full/base": {},
+    "full/shortcut": {"shortcut": True},
+    "light/base": {"light_head_layers": -1},
+    "light/shortcut": {"shortcut": True, "light_head_layers": -1},
+}
+TRAINED = {
+    "full/base": "tokenizer_mini",
+    "full/shortcut": "refine_mini_shortcut",
+    "light/base": "refine_mini_light_head",
+}
 
 
 def config_path(name: str) -> str:
@@ -75,7 +83,9 @@ def measure(tok: Tokenizer, seconds: float, steps_list, repeats: int, vocoder: b
     wav = torch.randn(int(seconds * sr)) * 0.1
     res = {"encode_x_realtime": seconds / best_time(lambda: tok.encode(wav, sr), repeats)}
     codes = tok.encode(wav, sr)
-    res["decoder_rtf"] = {s: best_time(lambda s=s: tok.decode_mel(codes, steps=s), repeats) / seconds for s in steps_list}
+    res["decoder_rtf"] = {
+        s: best_time(lambda s=s: tok.decode_mel(codes, steps=s), repeats) / seconds for s in steps_list
+    }
     res["step_seconds"] = step_seconds(tok, codes.shape[-1], repeats)
     if vocoder:
         mel = tok.decode_mel(codes, steps=1, keep_device=True)  # the vocoder's input, on its device
@@ -88,7 +98,11 @@ def table(name: str, results: dict, steps) -> None:
     print(f"  {name}: decoder RTF by steps")
     print("    kind            " + "".join(f"{s:>9d}" for s in steps) + "   step ms")
     for kind, r in results.items():
-        print(f"    {kind:15s} " + "".join(f"{r['decoder_rtf'][s]:9.4f}" for s in steps) + f"   {1e3 * r['step_seconds']:.2f}")
+        print(
+            f"    {kind:15s} "
+            + "".join(f"{r['decoder_rtf'][s]:9.4f}" for s in steps)
+            + f"   {1e3 * r['step_seconds']:.2f}"
+        )
 
 
 def main() -> None:
@@ -134,15 +148,23 @@ def main() -> None:
             del tok
         speedup = paper["full/base"]["step_seconds"] / paper["light/base"]["step_seconds"]
         out["light_head_step_speedup"] = speedup
-        out[f"paper_{a.paper}"] = {"audio_seconds": pseconds, "decoder_rtf": {k: r["decoder_rtf"] for k, r in paper.items()},
-                                   "step_seconds": {k: r["step_seconds"] for k, r in paper.items()},
-                                   "parameters": {k: r["parameters"] for k, r in paper.items()},
-                                   "encode_x_realtime": paper["full/base"]["encode_x_realtime"],
-                                   "paper_reported_rtf": {16: 0.041, 8: 0.024, 4: 0.013}}  # fmt: skip
-        print(f"{a.paper} geometry (random weights, {paper['full/base']['parameters'] / 1e9:.2f} B), {pseconds:g} s of audio")
+        out[f"paper_{a.paper}"] = {
+            "audio_seconds": pseconds,
+            "decoder_rtf": {k: r["decoder_rtf"] for k, r in paper.items()},
+            "step_seconds": {k: r["step_seconds"] for k, r in paper.items()},
+            "parameters": {k: r["parameters"] for k, r in paper.items()},
+            "encode_x_realtime": paper["full/base"]["encode_x_realtime"],
+            "paper_reported_rtf": {16: 0.041, 8: 0.024, 4: 0.013},
+        }
+        print(
+            f"{a.paper} geometry (random weights, {paper['full/base']['parameters'] / 1e9:.2f} B), "
+            f"{pseconds:g} s of audio"
+        )
         table(a.paper, paper, psteps)
-        print(f"  light head per-step speed-up (12 + 4 layers): {speedup:.2f} x; paper (GPU): RTF 0.041 / 0.024 / "
-              "0.013 at 16 / 8 / 4 steps")  # fmt: skip
+        print(
+            f"  light head per-step speed-up (12 + 4 layers): {speedup:.2f} x; paper (GPU): RTF 0.041 / 0.024 / "
+            "0.013 at 16 / 8 / 4 steps"
+        )
     print(json.dumps(out, default=lambda v: round(v, 5) if isinstance(v, float) else v))
 
 

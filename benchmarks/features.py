@@ -25,10 +25,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "toolkit"))
 
+from timing import best_time  # noqa: E402
+
 from sitok.data.features import compute_features  # noqa: E402
 from sitok.data.mel import MelConfig, MelFrontend  # noqa: E402
 from sitok.data.prep import Entry, make_data_dir  # noqa: E402
-from timing import best_time  # noqa: E402
 
 
 def make_audio(n_utts: int, seconds: float, sr: int = 24000) -> list[np.ndarray]:
@@ -53,8 +54,12 @@ def main() -> None:
     wavs = make_audio(max(1, int(minutes * 60 / seconds_per_utt)), seconds_per_utt)
     audio_s = sum(len(w) for w in wavs) / 24000
     cfg = MelConfig()
-    res: dict[str, float | str] = {"audio_seconds": audio_s, "cpu": platform.processor() or platform.machine(),
-                                   "cores": os.cpu_count(), "torch": torch.__version__}  # fmt: skip
+    res: dict[str, float | str] = {
+        "audio_seconds": audio_s,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+    }
     fe = MelFrontend(cfg)
     tensors = [torch.from_numpy(w) for w in wavs]
     for threads in (1, 2):
@@ -67,9 +72,20 @@ def main() -> None:
 
     def librosa_all():
         for w in wavs:
-            m = librosa.feature.melspectrogram(y=w, sr=24000, n_fft=1920, hop_length=480, win_length=1920,
-                                               window="hann", center=True, pad_mode="reflect", power=1.0,
-                                               n_mels=128, fmin=0, fmax=12000)  # fmt: skip
+            m = librosa.feature.melspectrogram(
+                y=w,
+                sr=24000,
+                n_fft=1920,
+                hop_length=480,
+                win_length=1920,
+                window="hann",
+                center=True,
+                pad_mode="reflect",
+                power=1.0,
+                n_mels=128,
+                fmin=0,
+                fmax=12000,
+            )
             np.log(np.maximum(m, 1e-5))
 
     res["librosa_x_realtime"] = audio_s / best_time(librosa_all, repeats)
@@ -84,7 +100,7 @@ def main() -> None:
         make_data_dir(entries, os.path.join(tmp, "data"))
         for nj in (1, 2):
 
-            def stage():
+            def stage(nj=nj):
                 dump = os.path.join(tmp, f"dump{nj}")
                 if os.path.exists(dump):
                     import shutil
@@ -94,7 +110,9 @@ def main() -> None:
 
             res[f"stage_x_realtime_nj{nj}"] = audio_s / best_time(stage, repeats)
 
-    print(f"audio: {audio_s / 60:.1f} min of 24 kHz speech-like signal, {res['cores']} cores, torch {torch.__version__}")
+    print(
+        f"audio: {audio_s / 60:.1f} min of 24 kHz speech-like signal, {res['cores']} cores, torch {torch.__version__}"
+    )
     for k, v in res.items():
         if k.endswith(("thread", "librosa_x_realtime", "nj1", "nj2")):
             print(f"  {k:34s} {v:10.0f} x real time")

@@ -26,9 +26,10 @@ import torch
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "toolkit"))
 
+from timing import best_time  # noqa: E402
+
 from sitok.cli import load_model_config  # noqa: E402
 from sitok.models import SiTok, SiTokConfig  # noqa: E402
-from timing import best_time  # noqa: E402
 
 
 def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
@@ -51,8 +52,14 @@ def padding_efficiency(durs: list[float], batch_seconds: float, num_buckets: int
     from speechbrain.dataio.sampler import DynamicBatchSampler
 
     ds = [{"duration": d} for d in durs]
-    sampler = DynamicBatchSampler(ds, max_batch_length=batch_seconds, num_buckets=num_buckets,
-                                  lengths_list=durs, shuffle=True, batch_ordering="random")  # fmt: skip
+    sampler = DynamicBatchSampler(
+        ds,
+        max_batch_length=batch_seconds,
+        num_buckets=num_buckets,
+        lengths_list=durs,
+        shuffle=True,
+        batch_ordering="random",
+    )
     batches = [list(b) for b in sampler]
     real = sum(durs)
     padded = sum(len(b) * max(durs[i] for i in b) for b in batches)
@@ -126,16 +133,20 @@ def bench_llama_block(hidden: int, inter: int, heads: int, seq: int, batch: int)
     def run_ours():
         ours(x, rope).sum().backward()
 
-    res = {"shape": f"B{batch} T{seq} hidden{hidden} inter{inter} heads{heads}",
-           "sitok_ms": 1e3 * best_time(run_ours)}  # fmt: skip
+    res = {"shape": f"B{batch} T{seq} hidden{hidden} inter{inter} heads{heads}", "sitok_ms": 1e3 * best_time(run_ours)}
     try:
         from transformers import LlamaConfig
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
     except ImportError:
         res["transformers_ms"] = None
         return res
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads, num_key_value_heads=heads,
-                      max_position_embeddings=max(4096, seq))  # fmt: skip
+    cfg = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max(4096, seq),
+    )
     cfg._attn_implementation = "sdpa"
     theirs = LlamaDecoderLayer(cfg, layer_idx=0)
     rot = LlamaRotaryEmbedding(cfg)
@@ -198,14 +209,23 @@ def main() -> None:
     res["vq"] = bench_vq(cfg.codebook_dim, 1024 if a.quick else 65536, 400 if a.quick else 4000)
 
     print(f"{res['config']}: {res['parameters'] / 1e6:.2f} M parameters, {res['threads']} threads")
-    print(f"  training: {res['audio_seconds_per_second']:.1f} audio-s/s ({res['seconds_per_step']:.2f} s/step of "
-          f"{batch_seconds:g} s batches); MFU {100 * res['mfu']:.1f} % of a measured {peak / 1e9:.1f} GFLOP/s matmul peak")  # fmt: skip
-    print(f"  dynamic batching: padding efficiency {100 * res['padding_efficiency']:.1f} %, {res['batches_per_epoch']} batches/epoch")
+    print(
+        f"  training: {res['audio_seconds_per_second']:.1f} audio-s/s ({res['seconds_per_step']:.2f} s/step of "
+        f"{batch_seconds:g} s batches); MFU {100 * res['mfu']:.1f} % of a measured {peak / 1e9:.1f} GFLOP/s matmul peak"
+    )
+    print(
+        f"  dynamic batching: padding efficiency {100 * res['padding_efficiency']:.1f} %, "
+        f"{res['batches_per_epoch']} batches/epoch"
+    )
     lb, vq = res["llama_block"], res["vq"]
-    print(f"  Llama block fwd+bwd [{lb['shape']}]: sitok {lb['sitok_ms']:.1f} ms, transformers "
-          f"{lb['transformers_ms'] if lb['transformers_ms'] is None else round(lb['transformers_ms'], 1)} ms")  # fmt: skip
-    print(f"  VQ [{vq['shape']}]: sitok train {vq['sitok_train_ms']:.1f} ms / encode {vq['sitok_encode_ms']:.1f} ms; "
-          f"vector-quantize-pytorch train {vq.get('vqtorch_train_ms')} ms / encode {vq.get('vqtorch_encode_ms')} ms")  # fmt: skip
+    print(
+        f"  Llama block fwd+bwd [{lb['shape']}]: sitok {lb['sitok_ms']:.1f} ms, transformers "
+        f"{lb['transformers_ms'] if lb['transformers_ms'] is None else round(lb['transformers_ms'], 1)} ms"
+    )
+    print(
+        f"  VQ [{vq['shape']}]: sitok train {vq['sitok_train_ms']:.1f} ms / encode {vq['sitok_encode_ms']:.1f} ms; "
+        f"vector-quantize-pytorch train {vq.get('vqtorch_train_ms')} ms / encode {vq.get('vqtorch_encode_ms')} ms"
+    )
     print(json.dumps(res, default=lambda v: round(v, 4) if isinstance(v, float) else v))
 
 

@@ -87,11 +87,22 @@ def pytest_runtest_setup(item):
 
 
 def run_cli(*args, cwd=None, check=True):
-    return subprocess.run([sys.executable, "-m", "sitok.cli", *args], cwd=cwd, check=check, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "sitok.cli", *args], cwd=cwd, check=check, capture_output=True, text=True
+    )
 
 
-TINY_MODEL = {"hidden": 32, "intermediate": 64, "heads": 2, "enc_layers": 1, "dec_layers": 2, "ctc_layers": 1,
-              "codebook_size": 64, "codebook_dim": 8, "vocab_size": 20}  # fmt: skip
+TINY_MODEL = {
+    "hidden": 32,
+    "intermediate": 64,
+    "heads": 2,
+    "enc_layers": 1,
+    "dec_layers": 2,
+    "ctc_layers": 1,
+    "codebook_size": 64,
+    "codebook_dim": 8,
+    "vocab_size": 20,
+}
 
 
 def write_model_dir(path, seed=0, **kw):
@@ -99,6 +110,7 @@ def write_model_dir(path, seed=0, **kw):
     import json
 
     import torch
+
     from sitok.data.mel import GlobalCMVN, MelConfig
     from sitok.models import SiTok, SiTokConfig
 
@@ -106,8 +118,12 @@ def write_model_dir(path, seed=0, **kw):
     torch.manual_seed(seed)
     model = SiTok(SiTokConfig(**{**TINY_MODEL, **kw}))
     torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(path, "model.pt"))
-    config = {"format": "sitok-model-1", "model": model.config.to_dict(), "mel": MelConfig().to_dict(),
-              "parameters": model.num_parameters()}  # fmt: skip
+    config = {
+        "format": "sitok-model-1",
+        "model": model.config.to_dict(),
+        "mel": MelConfig().to_dict(),
+        "parameters": model.num_parameters(),
+    }
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as fh:
         json.dump(config, fh)
     GlobalCMVN.paper().save(os.path.join(path, "cmvn.json"))

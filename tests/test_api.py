@@ -63,8 +63,9 @@ def test_plausible_sample_rate_types(tok):
     assert torch.equal(tok.encode(wav, 24000.0), ref) and torch.equal(tok.encode(wav, np.int64(24000)), ref)
 
 
-@pytest.mark.parametrize("dtype,full_scale,offset", [(np.int16, 32768, 0), (np.int32, 2**31, 0), (np.int8, 128, 0),
-                                                     (np.uint8, 128, 128)])  # fmt: skip
+@pytest.mark.parametrize(
+    "dtype,full_scale,offset", [(np.int16, 32768, 0), (np.int32, 2**31, 0), (np.int8, 128, 0), (np.uint8, 128, 128)]
+)
 def test_integer_pcm_is_rescaled(tok, dtype, full_scale, offset):
     x = speech_like()
     pcm = (np.round(x * (full_scale - 1)) + offset).astype(dtype)
@@ -164,8 +165,9 @@ def test_seed_per_item():
 
 
 # ---- dtype and device -------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype,mel_atol,agreement", [(torch.float64, 1e-4, 1.0), (torch.bfloat16, 0.5, 0.8),
-                                                      (torch.float16, 0.1, 0.8)])  # fmt: skip
+@pytest.mark.parametrize(
+    "dtype,mel_atol,agreement", [(torch.float64, 1e-4, 1.0), (torch.bfloat16, 0.5, 0.8), (torch.float16, 0.1, 0.8)]
+)
 def test_to_dtype_casts_inputs_and_returns_float32_cpu(dtype, mel_atol, agreement):
     ref_tok = tiny_tokenizer()
     x = speech_like(2.0)

@@ -127,8 +127,13 @@ def test_audio_through_prep_and_compute_feats(setup, tmp_path):
 
     # the feature stage on a data dir written without prep's checks (a hand-made wav.scp)
     raw = str(tmp_path / "raw")
-    DataDir({"wav.scp": {f"spk-{k}": p for k, p in audio.items()}, "text": {f"spk-{k}": "w" for k in audio},
-             "utt2spk": {f"spk-{k}": "spk" for k in audio}}).save(raw)  # fmt: skip
+    DataDir(
+        {
+            "wav.scp": {f"spk-{k}": p for k, p in audio.items()},
+            "text": {f"spk-{k}": "w" for k in audio},
+            "utt2spk": {f"spk-{k}": "spk" for k in audio},
+        }
+    ).save(raw)
     dump = str(tmp_path / "dump")
     compute_features(raw, dump, nj=1, max_duration=10.0, progress=False)
     with open(f"{dump}/skipped.tsv", encoding="utf-8") as fh:

@@ -68,18 +68,26 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"sitok {__version__}"
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--log-level", "LOUD", "info", "-m", "x"], "invalid choice: 'LOUD'"),
-    (["decode", "c.npy", "-m", "x", "-o", "o.wav", "--cfg-scale", "nan"],
-     "--cfg-scale: must be a finite number >= 0, got 'nan'"),
-    (["decode", "c.npy", "-m", "x", "-o", "o.wav", "--cfg-scale", "inf"], "got 'inf'"),
-    (["decode", "c.npy", "-m", "x", "-o", "o.wav", "--cfg-scale", "-1"], "got '-1'"),
-    (["resynth", "a.wav", "-m", "x", "-o", "o.wav", "--temperature", "-0.5"], "--temperature: must be a finite"),
-    (["decode", "c.npy", "-m", "x", "-o", "o.wav", "--steps", "0"], "--steps: must be an integer >= 1, got '0'"),
-    (["eval-refine", "d", "c", "o", "--models", "a=b", "--cfg-scales", "1", "nan"], "--cfg-scales: must be a finite"),
-    (["encode", "a.wav", "-m", "x"], "-o/--output"),
-    (["no-such-command"], "invalid choice"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--log-level", "LOUD", "info", "-m", "x"], "invalid choice: 'LOUD'"),
+        (
+            ["decode", "c.npy", "-m", "x", "-o", "o.wav", "--cfg-scale", "nan"],
+            "--cfg-scale: must be a finite number >= 0, got 'nan'",
+        ),
+        (["decode", "c.npy", "-m", "x", "-o", "o.wav", "--cfg-scale", "inf"], "got 'inf'"),
+        (["decode", "c.npy", "-m", "x", "-o", "o.wav", "--cfg-scale", "-1"], "got '-1'"),
+        (["resynth", "a.wav", "-m", "x", "-o", "o.wav", "--temperature", "-0.5"], "--temperature: must be a finite"),
+        (["decode", "c.npy", "-m", "x", "-o", "o.wav", "--steps", "0"], "--steps: must be an integer >= 1, got '0'"),
+        (
+            ["eval-refine", "d", "c", "o", "--models", "a=b", "--cfg-scales", "1", "nan"],
+            "--cfg-scales: must be a finite",
+        ),
+        (["encode", "a.wav", "-m", "x"], "-o/--output"),
+        (["no-such-command"], "invalid choice"),
+    ],
+)
 def test_usage_errors_exit_2_and_name_the_value(capsys, argv, needle):
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
@@ -126,8 +134,16 @@ def damage(model_dir, tmp_path, case):
     return bad, cfg if "config.json" in case else cmvn if "cmvn.json" in case else pt
 
 
-DAMAGE = ["truncated model.pt", "empty model.pt", "text model.pt", "model.pt is a directory", "no model.pt",
-          "malformed config.json", "config.json without model", "malformed cmvn.json"]  # fmt: skip
+DAMAGE = [
+    "truncated model.pt",
+    "empty model.pt",
+    "text model.pt",
+    "model.pt is a directory",
+    "no model.pt",
+    "malformed config.json",
+    "config.json without model",
+    "malformed cmvn.json",
+]
 
 
 @pytest.mark.parametrize("case", DAMAGE)
@@ -168,10 +184,15 @@ def test_bad_encode_input_names_the_file(model_dir, tmp_path, caplog, case):
     assert msg.startswith(f"encode: {path}: ") and "\n" not in msg
 
 
-@pytest.mark.parametrize("content,needle", [(b"RIFF0000WAVE", "not a .npy codes file"),
-                                            (np.zeros((1, 4), np.float32), "codes must be an integer tensor"),
-                                            (np.full((1, 4), 64), "codes must lie in [0, 64)"),
-                                            (np.zeros((2, 4), np.int64), "codes must have shape [1, T]")])  # fmt: skip
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"RIFF0000WAVE", "not a .npy codes file"),
+        (np.zeros((1, 4), np.float32), "codes must be an integer tensor"),
+        (np.full((1, 4), 64), "codes must lie in [0, 64)"),
+        (np.zeros((2, 4), np.int64), "codes must have shape [1, T]"),
+    ],
+)
 def test_bad_codes_file_names_the_file(model_dir, tmp_path, caplog, content, needle):
     path = str(tmp_path / "codes.npy")
     if isinstance(content, bytes):
@@ -187,8 +208,12 @@ def test_bad_codes_file_names_the_file(model_dir, tmp_path, caplog, content, nee
 
 def test_cfg_scale_without_token_cfg_is_explained(model_dir, tmp_path, caplog):
     np.save(tmp_path / "c.npy", np.zeros((1, 4), np.int64))
-    assert cli.main(["decode", str(tmp_path / "c.npy"), "-m", model_dir, "-o", str(tmp_path / "o.wav"),
-                     "--cfg-scale", "2"]) == 1  # fmt: skip
+    assert (
+        cli.main(
+            ["decode", str(tmp_path / "c.npy"), "-m", model_dir, "-o", str(tmp_path / "o.wav"), "--cfg-scale", "2"]
+        )
+        == 1
+    )
     assert errors(caplog) == ["decode: cfg_scale=2.0 needs a model trained for token CFG (token_cfg: true)"]
 
 
@@ -223,8 +248,23 @@ def test_decode_batched_codes_writes_one_file_per_item(model_dir, tmp_path):
 
     codes = np.random.default_rng(0).integers(0, 64, (3, 1, 6))
     np.save(tmp_path / "batch.npy", codes)
-    assert cli.main(["decode", str(tmp_path / "batch.npy"), "-m", model_dir, "-o", str(tmp_path / "out.wav"),
-                     "--steps", "2", "--seed", "5"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "decode",
+                str(tmp_path / "batch.npy"),
+                "-m",
+                model_dir,
+                "-o",
+                str(tmp_path / "out.wav"),
+                "--steps",
+                "2",
+                "--seed",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert sorted(os.listdir(tmp_path)) == ["batch.npy", "out_0.wav", "out_1.wav", "out_2.wav"]
     assert not np.array_equal(sf.read(str(tmp_path / "out_0.wav"))[0], sf.read(str(tmp_path / "out_1.wav"))[0])
     tok = Tokenizer.from_pretrained(model_dir)

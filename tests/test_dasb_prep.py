@@ -33,8 +33,10 @@ def prep(reader, root, split, out, **kw):
 # ---- IEMOCAP ----------------------------------------------------------------------------------
 def make_iemocap(root):
     # Session1: one dialog, 4 utterances (neu, exc, fru = not used, sad); Session5: one dialog (ang, hap, xxx)
-    dialogs = {1: ("Ses01F_impro01", [("F000", "neu"), ("M000", "exc"), ("F001", "fru"), ("M001", "sad")]),
-               5: ("Ses05M_script01_1", [("F000", "ang"), ("M000", "hap"), ("M001", "xxx")])}  # fmt: skip
+    dialogs = {
+        1: ("Ses01F_impro01", [("F000", "neu"), ("M000", "exc"), ("F001", "fru"), ("M001", "sad")]),
+        5: ("Ses05M_script01_1", [("F000", "ang"), ("M000", "hap"), ("M001", "xxx")]),
+    }
     for s, (dialog, utts) in dialogs.items():
         sess = os.path.join(root, "IEMOCAP_full_release", f"Session{s}")
         emo, trans = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""], []
@@ -79,10 +81,12 @@ def make_voxceleb(root):
         for j in range(3):
             wav(os.path.join(root, "wav", spk, f"vid{j % 2}", f"{j + 1:05d}.wav"), seed=10 * i + j)
     with open(os.path.join(root, "veri_test2.txt"), "w") as fh:
-        fh.write("1 id10270/vid0/00001.wav id10270/vid1/00002.wav\n"
-                 "0 id10270/vid0/00001.wav id10271/vid0/00003.wav\n"
-                 "1 id10271/vid0/00001.wav id10271/vid0/00003.wav\n"
-                 "0 id10271/vid1/00002.wav id10270/vid9/00009.wav\n")  # the last file does not exist
+        fh.write(
+            "1 id10270/vid0/00001.wav id10270/vid1/00002.wav\n"
+            "0 id10270/vid0/00001.wav id10271/vid0/00003.wav\n"
+            "1 id10271/vid0/00001.wav id10271/vid0/00003.wav\n"
+            "0 id10271/vid1/00002.wav id10270/vid9/00009.wav\n"
+        )  # the last file does not exist
 
 
 def test_voxceleb1_splits_and_trials(tmp_path):
@@ -100,9 +104,11 @@ def test_voxceleb1_splits_and_trials(tmp_path):
     assert set(read_table(f"{out['train']}/text").values()) == {"<no_transcript>"}
     counts = voxceleb_trials(root, out["test"])
     assert counts == {"kept": 3, "missing": 1}
-    assert read_trials(f"{out['test']}/trials") == [(1, "id10270-vid0-00001", "id10270-vid1-00002"),
-                                                    (0, "id10270-vid0-00001", "id10271-vid0-00003"),
-                                                    (1, "id10271-vid0-00001", "id10271-vid0-00003")]  # fmt: skip
+    assert read_trials(f"{out['test']}/trials") == [
+        (1, "id10270-vid0-00001", "id10270-vid1-00002"),
+        (0, "id10270-vid0-00001", "id10271-vid0-00003"),
+        (1, "id10271-vid0-00001", "id10271-vid0-00003"),
+    ]
     os.remove(os.path.join(root, "veri_test2.txt"))
     with pytest.raises(FileNotFoundError, match="veri_test2.txt"):
         list(read_voxceleb1(root, "train"))
@@ -110,15 +116,21 @@ def test_voxceleb1_splits_and_trials(tmp_path):
 
 # ---- Speech Commands v2 -----------------------------------------------------------------------
 def make_speech_commands(root):
-    files = [f"{w}/{h}_nohash_{n}.wav" for w in ("yes", "no", "bed") for h in ("aaaa1111", "bbbb2222", "cccc3333")
-             for n in (0, 1)]  # fmt: skip
+    files = [
+        f"{w}/{h}_nohash_{n}.wav"
+        for w in ("yes", "no", "bed")
+        for h in ("aaaa1111", "bbbb2222", "cccc3333")
+        for n in (0, 1)
+    ]
     for i, rel in enumerate(files):
         wav(os.path.join(root, rel), seconds=1.0, seed=i)
     wav(os.path.join(root, "_background_noise_", "white_noise.wav"), seconds=12.3, seed=99)
     with open(os.path.join(root, "validation_list.txt"), "w") as fh:
         fh.write("yes/bbbb2222_nohash_0.wav\nno/bbbb2222_nohash_0.wav\nbed/bbbb2222_nohash_0.wav\n")
     with open(os.path.join(root, "testing_list.txt"), "w") as fh:
-        fh.write("yes/cccc3333_nohash_0.wav\nyes/cccc3333_nohash_1.wav\nno/cccc3333_nohash_0.wav\nbed/cccc3333_nohash_1.wav\n")
+        fh.write(
+            "yes/cccc3333_nohash_0.wav\nyes/cccc3333_nohash_1.wav\nno/cccc3333_nohash_0.wav\nbed/cccc3333_nohash_1.wav\n"
+        )
     return files
 
 
@@ -131,14 +143,19 @@ def test_speech_commands_splits_labels_and_silence(tmp_path):
     wavs = {s: read_table(f"{out[s]}/wav.scp") for s in out}
     test_files = {p for p in wavs["test"].values() if "silence_wavs" not in p}
     assert {os.path.relpath(p, root) for p in test_files} == {
-        "yes/cccc3333_nohash_0.wav", "yes/cccc3333_nohash_1.wav", "no/cccc3333_nohash_0.wav", "bed/cccc3333_nohash_1.wav"}
+        "yes/cccc3333_nohash_0.wav",
+        "yes/cccc3333_nohash_1.wav",
+        "no/cccc3333_nohash_0.wav",
+        "bed/cccc3333_nohash_1.wav",
+    }
     n_words = {s: sum("silence_wavs" not in p for p in wavs[s].values()) for s in out}
     assert n_words == {"train": len(files) - 3 - 4, "dev": 3, "test": 4}
     labels = read_table(f"{out['train']}/utt2label")
     assert labels["aaaa1111-yes-0"] == "yes" and labels["aaaa1111-bed-1"] == "_unknown_"
     assert read_table(f"{out['train']}/text")["aaaa1111-bed-1"] == "bed"
     # 12 one-second noise slices: k % 10 == 8 -> dev, 9 -> test, the rest -> train;
-    # each split takes as many as its mean keyword class (train: yes 3, no 4 -> 4; dev 1; test: (2 + 1) / 2 -> 2, capped at 1)
+    # each split takes as many as its mean keyword class
+    # (train: yes 3, no 4 -> 4; dev 1; test: (2 + 1) / 2 -> 2, capped at 1)
     sil = {s: sorted(u for u, lab in read_table(f"{out[s]}/utt2label").items() if lab == "_silence_") for s in out}
     assert (len(sil["train"]), len(sil["dev"]), len(sil["test"])) == (4, 1, 1)
     assert sil["dev"] == ["silence-white_noise-0008"] and sil["test"] == ["silence-white_noise-0009"]
@@ -154,8 +171,24 @@ def test_speech_commands_splits_labels_and_silence(tmp_path):
 def test_prep_cli_and_corpus_recipes(tmp_path):
     root = str(tmp_path / "vox")
     make_voxceleb(root)
-    r = subprocess.run([sys.executable, "-m", "sitok.cli", "prep", "--corpus", "voxceleb1", "--root", root,
-                        "--split", "test", "--out", str(tmp_path / "sv_test")], capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sitok.cli",
+            "prep",
+            "--corpus",
+            "voxceleb1",
+            "--root",
+            root,
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "sv_test"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert len(read_trials(str(tmp_path / "sv_test" / "trials"))) == 3 and "1 of 4 trials left out" in r.stderr
     for corpus in ("iemocap", "voxceleb1", "speech_commands"):  # the thin corpus recipes parse

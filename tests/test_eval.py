@@ -9,11 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+
 from sitok.eval.judges import DEFAULTS, build_judge, parse_judges
 from sitok.models import SiTokConfig
 
-SENTENCES = ["the birch canoe slid on the smooth planks", "glue the sheet to the dark blue background",
-             "it is easy to tell the depth of a well", "these days a chicken leg is a rare dish"]  # fmt: skip
+SENTENCES = [
+    "the birch canoe slid on the smooth planks",
+    "glue the sheet to the dark blue background",
+    "it is easy to tell the depth of a well",
+    "these days a chicken leg is a rare dish",
+]
 needs_flite = pytest.mark.tools("flite")
 
 
@@ -44,6 +49,7 @@ def test_asr_judge_reads_clean_speech_exactly_with_the_in_domain_lm(tmp_path):
 @needs_flite
 def test_speaker_similarity_identical_vs_another_speaker(tmp_path):
     import torch
+
     from sitok.data.audio import resample
 
     judge = build_judge("sim")
@@ -81,15 +87,22 @@ def test_signal_judges_on_identical_and_degraded_audio(tmp_path):
 
 def test_judge_registry_defaults_and_optional_backends_without_weights(tmp_path):
     assert DEFAULTS == {"asr": "pocketsphinx", "sim": "resemblyzer", "mos": "dnsmos", "pesq": "pesq", "stoi": "stoi"}
-    assert parse_judges(["asr=whisper", "mos=none"]) == {"asr": "whisper", "sim": "resemblyzer", "pesq": "pesq",
-                                                         "stoi": "stoi"}  # fmt: skip
+    assert parse_judges(["asr=whisper", "mos=none"]) == {
+        "asr": "whisper",
+        "sim": "resemblyzer",
+        "pesq": "pesq",
+        "stoi": "stoi",
+    }
     with pytest.raises(ValueError, match="unknown asr judge"):
         parse_judges(["asr=kaldi"])
     with pytest.raises(ValueError, match="KIND=BACKEND"):
         parse_judges(["whisper"])
     # optional backends never download: a missing local model is a clear error naming the option
-    for kind, backend, opt in [("asr", "whisper", "asr.model"), ("sim", "wavlm", "sim.model"),
-                               ("mos", "utmos", "mos.model")]:  # fmt: skip
+    for kind, backend, opt in [
+        ("asr", "whisper", "asr.model"),
+        ("sim", "wavlm", "sim.model"),
+        ("mos", "utmos", "mos.model"),
+    ]:
         with pytest.raises(FileNotFoundError, match=opt):
             build_judge(kind, backend, model=str(tmp_path / "absent"))
 
@@ -128,6 +141,7 @@ def test_bit_rate_arithmetic():
 
 def test_code_statistics_usage_and_perplexity():
     import torch
+
     from sitok.eval.evaluate import code_statistics
 
     uniform = {"a": torch.arange(8).view(1, 8), "b": torch.arange(8).view(1, 8)}
@@ -141,22 +155,62 @@ def _summary(name, wer, config=None, refine=None, steps=(1,), cfg=(1.0,), ctc=80
     c = SiTokConfig.from_dict(cfg_d)
     settings = []
     if gt:
-        settings.append({"setting": "groundtruth_griffin_lim", "source": "groundtruth", "steps": 0, "cfg_scale": 1.0,
-                         "vocoder": "griffin_lim", "wer": 5.0, "sim": 0.93, "dnsmos_ovrl": 2.4, "pesq": 2.2,
-                         "stoi": 0.94, "mel_l1": 0.0})  # fmt: skip
+        settings.append(
+            {
+                "setting": "groundtruth_griffin_lim",
+                "source": "groundtruth",
+                "steps": 0,
+                "cfg_scale": 1.0,
+                "vocoder": "griffin_lim",
+                "wer": 5.0,
+                "sim": 0.93,
+                "dnsmos_ovrl": 2.4,
+                "pesq": 2.2,
+                "stoi": 0.94,
+                "mel_l1": 0.0,
+            }
+        )
     for s in steps:
         for w in cfg:
-            settings.append({"setting": f"steps{s}_cfg{w:g}_griffin_lim", "source": "model", "steps": s,
-                             "cfg_scale": w, "vocoder": "griffin_lim", "wer": wer + s + (w - 1), "sim": 0.6,
-                             "dnsmos_ovrl": 1.5, "pesq": 1.1, "stoi": 0.6, "mel_l1": 0.25, "decoder_rtf": 0.01 * s})  # fmt: skip
-    return {"format": "sitok-eval-1", "set": "test", "utterances": 233, "dump_dir": "/nonexistent/dump/test",
-            "judges": {"asr": {"judge": "pocketsphinx", "version": "5.1.1"}},
-            "model": {"name": name, "model_dir": f"/x/{name}/model", "config": cfg_d, "refine": refine,
-                      "parameters": 11.8e6, "fps": c.token_rate, "tps": c.token_rate * c.num_codebooks,
-                      "num_codebooks": c.num_codebooks, "codebook_size": c.codebook_size,
-                      "bits_per_second": c.bits_per_second, "codebook_usage": 0.9, "code_perplexity": 700.0,
-                      "ctc_asr_wer": ctc if c.ctc_weight > 0 else None},
-            "settings": settings}  # fmt: skip
+            settings.append(
+                {
+                    "setting": f"steps{s}_cfg{w:g}_griffin_lim",
+                    "source": "model",
+                    "steps": s,
+                    "cfg_scale": w,
+                    "vocoder": "griffin_lim",
+                    "wer": wer + s + (w - 1),
+                    "sim": 0.6,
+                    "dnsmos_ovrl": 1.5,
+                    "pesq": 1.1,
+                    "stoi": 0.6,
+                    "mel_l1": 0.25,
+                    "decoder_rtf": 0.01 * s,
+                }
+            )
+    return {
+        "format": "sitok-eval-1",
+        "set": "test",
+        "utterances": 233,
+        "dump_dir": "/nonexistent/dump/test",
+        "judges": {"asr": {"judge": "pocketsphinx", "version": "5.1.1"}},
+        "model": {
+            "name": name,
+            "model_dir": f"/x/{name}/model",
+            "config": cfg_d,
+            "refine": refine,
+            "parameters": 11.8e6,
+            "fps": c.token_rate,
+            "tps": c.token_rate * c.num_codebooks,
+            "num_codebooks": c.num_codebooks,
+            "codebook_size": c.codebook_size,
+            "bits_per_second": c.bits_per_second,
+            "codebook_usage": 0.9,
+            "code_perplexity": 700.0,
+            "ctc_asr_wer": ctc if c.ctc_weight > 0 else None,
+        },
+        "settings": settings,
+    }
 
 
 def write_fixtures(root):
@@ -187,13 +241,29 @@ def test_report_tables_from_fixture_summaries(tmp_path):
     dirs = write_fixtures(str(tmp_path / "exp"))
     out = str(tmp_path / "report")
     built = write_report(dirs, out, set_name="test")
-    for stem in ("table1_reconstruction", "table2_understanding", "table3_ctc", "table5_ablations",
-                 "table6_light_head", "table9_vq_fsq"):  # fmt: skip
+    for stem in (
+        "table1_reconstruction",
+        "table2_understanding",
+        "table3_ctc",
+        "table5_ablations",
+        "table6_light_head",
+        "table9_vq_fsq",
+    ):
         assert os.path.exists(f"{out}/{stem}.md") and os.path.exists(f"{out}/{stem}.csv")
         assert list(pd.read_csv(f"{out}/{stem}.csv").columns) == list(built[stem].columns)
     t1 = built["table1_reconstruction"]
-    assert list(t1.columns[:10]) == ["model", "experiment", "FPS/TPS", "CN", "BR (kbps)", "WER", "SIM", "MOS",
-                                     "PESQ", "STOI"]  # fmt: skip
+    assert list(t1.columns[:10]) == [
+        "model",
+        "experiment",
+        "FPS/TPS",
+        "CN",
+        "BR (kbps)",
+        "WER",
+        "SIM",
+        "MOS",
+        "PESQ",
+        "STOI",
+    ]
     assert t1.iloc[0]["model"] == "Ground Truth (griffin_lim)" and t1.iloc[0]["paper WER"] == 2.14
     assert t1.iloc[1]["model"] == "SiTok (CN = 1)" and t1.iloc[1]["experiment"] == "tokenizer_abl_base"
     cn4 = t1[t1["experiment"] == "tokenizer_abl_cn4"].iloc[0]
@@ -218,7 +288,10 @@ def test_report_tables_from_fixture_summaries(tmp_path):
     assert list(t6["experiment"]) == ["tokenizer_abl_base", "tokenizer_abl_light"]
     assert list(t6["paper WER"]) == [4.06, 3.97]
     t9 = built["table9_vq_fsq"]
-    assert list(t9["experiment"]) == ["tokenizer_abl_base", "tokenizer_abl_fsq"] and list(t9["paper WER"]) == [4.06, 5.23]
+    assert list(t9["experiment"]) == ["tokenizer_abl_base", "tokenizer_abl_fsq"] and list(t9["paper WER"]) == [
+        4.06,
+        5.23,
+    ]
     # markdown layout and the figure
     md = open(f"{out}/table5_ablations.md").read().splitlines()
     assert md[0].startswith("| experiment | Loss | CTC W. | CS | CN | CD | Tok. CFG | FPS | WER | SIM | MOS |")
@@ -260,16 +333,46 @@ def test_report_table2_merges_probe_results_and_continuous_baselines(tmp_path):
             json.dump(s, fh)
         os.makedirs(os.path.join(d, "probes"))
         with open(os.path.join(d, "probes", "summary.json"), "w") as fh:
-            json.dump({"format": "sitok-probes-1", "name": os.path.basename(d), "features": "tokens", "er_accuracy": er,
-                       "sv_eer": 20.0, "sv_min_dcf": 0.9, "ks_accuracy": 80.0, "asr_wer": 50.0, "asr_wer_beam": 49.0,
-                       "ctc_asr_wer": 80.0, "ctc_asr_wer_beam": 79.5}, fh)  # fmt: skip
+            json.dump(
+                {
+                    "format": "sitok-probes-1",
+                    "name": os.path.basename(d),
+                    "features": "tokens",
+                    "er_accuracy": er,
+                    "sv_eer": 20.0,
+                    "sv_min_dcf": 0.9,
+                    "ks_accuracy": 80.0,
+                    "asr_wer": 50.0,
+                    "asr_wer_beam": 49.0,
+                    "ctc_asr_wer": 80.0,
+                    "ctc_asr_wer_beam": 79.5,
+                },
+                fh,
+            )
     mel = os.path.join(root, "features_mel50")
     os.makedirs(os.path.join(mel, "probes"))
     with open(os.path.join(mel, "probes", "summary.json"), "w") as fh:
-        json.dump({"format": "sitok-probes-1", "name": "features_mel50", "features": "mel50", "fps": 50.0, "tps": None,
-                   "cn": None, "cs": None, "kbps": None, "er_accuracy": 90.0, "sv_eer": 5.0, "ks_accuracy": 95.0,
-                   "asr_wer": 30.0, "ctc_asr_wer": None}, fh)  # fmt: skip
-    t2 = write_report(dirs + [mel], str(tmp_path / "r"), set_name="test")["table2_understanding"].set_index("experiment")
+        json.dump(
+            {
+                "format": "sitok-probes-1",
+                "name": "features_mel50",
+                "features": "mel50",
+                "fps": 50.0,
+                "tps": None,
+                "cn": None,
+                "cs": None,
+                "kbps": None,
+                "er_accuracy": 90.0,
+                "sv_eer": 5.0,
+                "ks_accuracy": 95.0,
+                "asr_wer": 30.0,
+                "ctc_asr_wer": None,
+            },
+            fh,
+        )
+    t2 = write_report(dirs + [mel], str(tmp_path / "r"), set_name="test")["table2_understanding"].set_index(
+        "experiment"
+    )
     assert list(t2.index) == ["tokenizer_abl_base", "tokenizer_abl_ctc0", "features_mel50"]
     base, ctc0, cont = t2.loc["tokenizer_abl_base"], t2.loc["tokenizer_abl_ctc0"], t2.loc["features_mel50"]
     assert (base["ER"], base["SV"], base["KS"], base["ASR"], base["ASR (beam)"]) == (61.0, 20.0, 80.0, 50.0, 49.0)
@@ -287,10 +390,27 @@ def test_report_from_probe_summaries_alone(tmp_path):
 
     tok = tmp_path / "tokenizer_x"
     (tok / "probes").mkdir(parents=True)
-    (tok / "probes" / "summary.json").write_text(json.dumps(
-        {"format": "sitok-probes-1", "name": "tokenizer_x", "features": "tokens", "model_dir": str(tok / "model"),
-         "fps": 12.5, "tps": 12.5, "cn": 1, "cs": 1024, "kbps": 0.125, "ctc_weight": 0.1, "er_accuracy": 70.0, "sv_eer": 12.0,
-         "ks_accuracy": 75.0, "asr_wer": 60.0, "ctc_asr_wer": 85.0}))  # fmt: skip
+    (tok / "probes" / "summary.json").write_text(
+        json.dumps(
+            {
+                "format": "sitok-probes-1",
+                "name": "tokenizer_x",
+                "features": "tokens",
+                "model_dir": str(tok / "model"),
+                "fps": 12.5,
+                "tps": 12.5,
+                "cn": 1,
+                "cs": 1024,
+                "kbps": 0.125,
+                "ctc_weight": 0.1,
+                "er_accuracy": 70.0,
+                "sv_eer": 12.0,
+                "ks_accuracy": 75.0,
+                "asr_wer": 60.0,
+                "ctc_asr_wer": 85.0,
+            }
+        )
+    )
     built = write_report([str(tok)], str(tmp_path / "r"))
     assert list(built) == ["table2_understanding"]
     row = built["table2_understanding"].set_index("experiment").loc["tokenizer_x"]

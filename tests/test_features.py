@@ -24,8 +24,13 @@ def test_bad_input_is_skipped_named_and_counted(bad_files, tmp_path):
     data, dump = str(tmp_path / "data"), str(tmp_path / "dump")
     dd, skips = make_data_dir(entries_for(bad_files), data, max_duration=10.0)
     at_prep = {s.utt.split("-")[1]: s.reason for s in skips}
-    assert at_prep == {"empty": "empty-file", "not_audio": "unreadable", "truncated": "unreadable",
-                       "short": "too-short", "long": "too-long"}  # fmt: skip
+    assert at_prep == {
+        "empty": "empty-file",
+        "not_audio": "unreadable",
+        "truncated": "unreadable",
+        "short": "too-short",
+        "long": "too-long",
+    }
     # NaN and digital silence pass the header check; the feature stage finds them
     summary = features.compute_features(data, dump, nj=2, max_duration=10.0, progress=False)
     assert summary["utterances"] == 3 and summary["skipped"] == 2
@@ -48,7 +53,10 @@ def test_bad_input_is_skipped_named_and_counted(bad_files, tmp_path):
 
 
 def _corpus(tmp_path, n=8):
-    files = {f"u{i:02d}": write(str(tmp_path / "wav" / f"u{i:02d}.wav"), tone(0.5 + 0.1 * i, freq=150 + 20 * i)) for i in range(n)}
+    files = {
+        f"u{i:02d}": write(str(tmp_path / "wav" / f"u{i:02d}.wav"), tone(0.5 + 0.1 * i, freq=150 + 20 * i))
+        for i in range(n)
+    }
     data = str(tmp_path / "data")
     make_data_dir(entries_for(files), data)
     return data

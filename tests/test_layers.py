@@ -3,8 +3,17 @@
 import pytest
 import torch
 
-from sitok.layers import (AdaRMSNorm, LlamaStack, RMSNorm, TimestepEmbedding, lengths_to_mask, sinusoidal_embedding,
-                          stack_frames, stacked_lengths, unstack_frames)  # fmt: skip
+from sitok.layers import (
+    AdaRMSNorm,
+    LlamaStack,
+    RMSNorm,
+    TimestepEmbedding,
+    lengths_to_mask,
+    sinusoidal_embedding,
+    stack_frames,
+    stacked_lengths,
+    unstack_frames,
+)
 
 
 def test_stack_unstack_round_trip():

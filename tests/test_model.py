@@ -15,8 +15,17 @@ from sitok.models import SiTok, SiTokConfig, count_parameters
 
 from conftest import ROOT
 
-TINY = dict(hidden=32, intermediate=64, heads=2, enc_layers=1, dec_layers=2, ctc_layers=1, codebook_size=64,
-            codebook_dim=8, vocab_size=20)  # fmt: skip
+TINY = dict(
+    hidden=32,
+    intermediate=64,
+    heads=2,
+    enc_layers=1,
+    dec_layers=2,
+    ctc_layers=1,
+    codebook_size=64,
+    codebook_dim=8,
+    vocab_size=20,
+)
 
 
 def tiny(**kw):
@@ -125,8 +134,9 @@ def test_codes_do_not_depend_on_padding_or_batch_mates():
     assert torch.equal(codes[1, :, :t1], alone[0])
 
 
-@pytest.mark.parametrize("decoder,prediction,factor", [("regression", "velocity", 10), ("diffusion", "x", 2),
-                                                       ("diffusion", "velocity", 1.3)])  # fmt: skip
+@pytest.mark.parametrize(
+    "decoder,prediction,factor", [("regression", "velocity", 10), ("diffusion", "x", 2), ("diffusion", "velocity", 1.3)]
+)
 def test_tiny_model_overfits_one_batch(decoder, prediction, factor):
     """Encoder + VQ + decoder memorise one batch. The regression decoder's L1 drops >= 10x; the
     diffusion losses, scored at fresh random (t, noise) every step, fall more slowly."""
@@ -176,10 +186,23 @@ def test_same_seed_same_output_across_save_load_and_processes(tmp_path):
     torch.manual_seed(1234)  # the global RNG state must not matter
     mel = tok.decode_mel(codes, steps=3, seed=7)
     for seed in (7, 8):
-        r = subprocess.run([sys.executable, "-c", DECODE_IN_A_FRESH_PROCESS, model_dir, str(tmp_path / "codes.npy"),
-                            str(tmp_path / f"mel{seed}.npy"), str(seed), str(tmp_path / "codes2.npy"),
-                            str(tmp_path / "wav.npy")], capture_output=True, text=True,
-                           env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)  # fmt: skip
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                DECODE_IN_A_FRESH_PROCESS,
+                model_dir,
+                str(tmp_path / "codes.npy"),
+                str(tmp_path / f"mel{seed}.npy"),
+                str(seed),
+                str(tmp_path / "codes2.npy"),
+                str(tmp_path / "wav.npy"),
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            check=False,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         assert np.array_equal(np.load(tmp_path / "codes2.npy"), codes.numpy())
     assert np.array_equal(np.load(tmp_path / "mel7.npy"), mel.numpy())
@@ -189,8 +212,17 @@ def test_same_seed_same_output_across_save_load_and_processes(tmp_path):
 def test_paper_configs_count_within_5_percent():
     paper = {8: 0.63e9, 12: 0.88e9, 16: 1.12e9, 24: 1.61e9}
     for layers, target in paper.items():
-        cfg = SiTokConfig(hidden=1536, intermediate=4096, heads=16, enc_layers=layers, dec_layers=layers, ctc_layers=4,
-                          vocab_size=32100, time_embed_dim=512, x_skip=False)  # fmt: skip
+        cfg = SiTokConfig(
+            hidden=1536,
+            intermediate=4096,
+            heads=16,
+            enc_layers=layers,
+            dec_layers=layers,
+            ctc_layers=4,
+            vocab_size=32100,
+            time_embed_dim=512,
+            x_skip=False,
+        )
         total = count_parameters(cfg)["total"]
         assert abs(total / target - 1) < 0.05, (layers, total)
 
@@ -238,9 +270,17 @@ def test_encode_stereo_both_layouts(tok):
         tok.encode(np.array([np.nan] * 100, np.float32), 24000)
 
 
-@pytest.mark.parametrize("bad", [
-    torch.tensor([[64, 1, 2]]), torch.tensor([[-1, 1, 2]]), torch.tensor([[1.0, 2.0]]), torch.tensor([1, 2, 3]),
-    torch.zeros(2, 3, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long)])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.tensor([[64, 1, 2]]),
+        torch.tensor([[-1, 1, 2]]),
+        torch.tensor([[1.0, 2.0]]),
+        torch.tensor([1, 2, 3]),
+        torch.zeros(2, 3, dtype=torch.long),
+        torch.zeros(1, 0, dtype=torch.long),
+    ],
+)
 def test_decode_rejects_bad_codes(tok, bad):
     with pytest.raises(ValueError):
         tok.decode(bad)

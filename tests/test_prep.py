@@ -29,9 +29,11 @@ def build_librispeech(root):
 
 def build_libritts(root):
     base = os.path.join(root, "LibriTTS", "test-clean")
-    for utt, text in [("1089_134686_000001_000001", "He hoped there would be stew for dinner."),
-                      ("1089_134686_000002_000000", "Stuff it into you, his belly counselled him."),
-                      ("121_121726_000004_000003", None)]:  # fmt: skip
+    for utt, text in [
+        ("1089_134686_000001_000001", "He hoped there would be stew for dinner."),
+        ("1089_134686_000002_000000", "Stuff it into you, his belly counselled him."),
+        ("121_121726_000004_000003", None),
+    ]:
         spk, ch = utt.split("_")[:2]
         d = _mk(os.path.join(base, spk, ch))
         write(os.path.join(d, f"{utt}.wav"), tone(1.0), sr=24000)
@@ -67,15 +69,27 @@ def test_libritts_prep_via_cli(tmp_path):
     r = run_cli("prep", "--corpus", "libritts", "--root", str(tmp_path / "db"), "--split", "test-clean", "--out", out)
     assert "1 skipped (no-transcript: 1)" in r.stderr
     text = read_table(f"{out}/text")
-    assert text == {"1089_134686_000001_000001": "he hoped there would be stew for dinner",
-                    "1089_134686_000002_000000": "stuff it into you his belly counselled him"}  # fmt: skip
+    assert text == {
+        "1089_134686_000001_000001": "he hoped there would be stew for dinner",
+        "1089_134686_000002_000000": "stuff it into you his belly counselled him",
+    }
     assert read_table(f"{out}/spk2utt") == {"1089": "1089_134686_000001_000001 1089_134686_000002_000000"}
     assert validate_data_dir(out) == []
 
 
 def test_missing_split_names_the_folder(tmp_path):
-    r = run_cli("prep", "--corpus", "librispeech", "--root", str(tmp_path), "--split", "train-clean-100",
-                "--out", str(tmp_path / "d"), check=False)  # fmt: skip
+    r = run_cli(
+        "prep",
+        "--corpus",
+        "librispeech",
+        "--root",
+        str(tmp_path),
+        "--split",
+        "train-clean-100",
+        "--out",
+        str(tmp_path / "d"),
+        check=False,
+    )
     assert r.returncode == 1 and "train-clean-100" in r.stderr and str(tmp_path) in r.stderr
 
 
@@ -112,26 +126,58 @@ def test_librispeech_recipe_stages_0_to_3(tmp_path):
 
     db = tmp_path / "db"
     rng_words = "the cat sat on a mat while a dog ran to the park and back again".split()
-    for split, spks in [("train-clean-100", ("19", "26")), ("dev-clean", ("84",)), ("test-clean", ("1089",)),
-                        ("test-other", ("1688",))]:  # fmt: skip
+    for split, spks in [
+        ("train-clean-100", ("19", "26")),
+        ("dev-clean", ("84",)),
+        ("test-clean", ("1089",)),
+        ("test-other", ("1688",)),
+    ]:
         for spk in spks:
             d = _mk(str(db / "LibriSpeech" / split / spk / "100"))
             with open(f"{d}/{spk}-100.trans.txt", "w") as fh:
                 for u in range(3):
                     words = " ".join(rng_words[(u + int(spk)) % 5 :][:8]).upper()
                     fh.write(f"{spk}-100-{u:04d} {words}\n")
-                    write(f"{d}/{spk}-100-{u:04d}.flac", tone(2.0, sr=16000, freq=200 + 30 * u), sr=16000, format="FLAC")
+                    write(
+                        f"{d}/{spk}-100-{u:04d}.flac", tone(2.0, sr=16000, freq=200 + 30 * u), sr=16000, format="FLAC"
+                    )
     out = tmp_path / "out"
     run = os.path.join(ROOT, "egs", "librispeech", "sitok", "run.sh")
-    r = subprocess.run(["bash", run, "--db_root", str(db), "--stage", "0", "--stop_stage", "3", "--python", sys.executable,
-                        "--datadir", f"{out}/data", "--dumpdir", f"{out}/dump", "--vocab_size", "20",
-                        "--judge_check_utts", "0", "--progress", "false"], capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [
+            "bash",
+            run,
+            "--db_root",
+            str(db),
+            "--stage",
+            "0",
+            "--stop_stage",
+            "3",
+            "--python",
+            sys.executable,
+            "--datadir",
+            f"{out}/data",
+            "--dumpdir",
+            f"{out}/dump",
+            "--vocab_size",
+            "20",
+            "--judge_check_utts",
+            "0",
+            "--progress",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     for s, n in [("train", 6), ("dev_clean", 3), ("test_clean", 3), ("test_other", 3)]:
         assert validate_data_dir(f"{out}/dump/{s}", need=("utt2dur", "feats.scp")) == []
         assert len(read_table(f"{out}/dump/{s}/feats.scp")) == n
     assert read_table(f"{out}/data/train/utt2spk")["19-100-0000"] == "19"
     assert os.path.exists(f"{out}/data/lang_unigram20/sp.model")
-    r = subprocess.run(["bash", run, "--db_root", str(tmp_path / "nowhere"), "--stage", "0", "--stop_stage", "0"],
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        ["bash", run, "--db_root", str(tmp_path / "nowhere"), "--stage", "0", "--stop_stage", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and "nowhere/LibriSpeech not found" in r.stderr

@@ -23,7 +23,7 @@ def test_token_frontend_shapes_and_weights(cn):
     torch.testing.assert_close(w.sum(-1), torch.ones(3, 7))
     if cn == 1:
         assert torch.equal(w, torch.ones_like(w))
-    with pytest.raises(ValueError, match=r"codes must be \[B, T, %d\]" % cn):
+    with pytest.raises(ValueError, match=rf"codes must be \[B, T, {cn}\]"):
         fe(codes[..., :1] if cn > 1 else codes.repeat(1, 1, 2))
     with pytest.raises(TypeError):
         fe(codes.float())

@@ -8,15 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sitok.quantizers import (
-    BSQ,
-    FSQ,
-    CodebookUsage,
-    EMAVectorQuantizer,
-    Quantizer,
-    ResidualVQ,
-    build_quantizer,
-)
+from sitok.quantizers import BSQ, FSQ, CodebookUsage, EMAVectorQuantizer, Quantizer, ResidualVQ, build_quantizer
 
 D, K = 8, 64
 
@@ -266,7 +258,7 @@ def test_dead_code_restart_revives_unused_entries():
         q = EMAVectorQuantizer(4, 32, decay=0.5, dead_threshold=0.2, restart_every=restart_every, init_from_data=False)
         g = torch.Generator().manual_seed(0)
         first = restarted = None
-        for step in range(6):
+        for _ in range(6):
             z = 10 + torch.randn(4, 32, 4, generator=g)  # far from the N(0, 1) initial codebook
             out = q(z)
             first = out.stats["usage"] if first is None else first
@@ -439,7 +431,9 @@ def _dist_worker(rank, world, port, z, out_dir):
     with_restarts = EMAVectorQuantizer(4, 16, decay=0.8, restart_every=2, dead_threshold=0.3)  # data init
     torch.manual_seed(0)  # same initial codebook as the single-process reference
     plain = EMAVectorQuantizer(4, 16, decay=0.8, restart_every=0, init_from_data=False)
-    torch.save({"restarts": _run(with_restarts, z, rank, world), "plain": _run(plain, z, rank, world)}, f"{out_dir}/{rank}.pt")
+    torch.save(
+        {"restarts": _run(with_restarts, z, rank, world), "plain": _run(plain, z, rank, world)}, f"{out_dir}/{rank}.pt"
+    )
     dist.destroy_process_group()
 
 
@@ -471,8 +465,18 @@ def test_cosine_vq_keeps_unit_norm_entries_and_ignores_scale():
 def test_model_drops_quantizer_kwargs_that_do_not_apply():
     from sitok.models import SiTok, SiTokConfig
 
-    cfg = SiTokConfig(hidden=32, intermediate=64, heads=2, enc_layers=1, dec_layers=1, ctc_layers=1, quantizer="fsq",
-                      codebook_dim=5, codebook_size=1024, quantizer_kwargs={"levels": [4] * 5, "dead_threshold": 0.5})  # fmt: skip
+    cfg = SiTokConfig(
+        hidden=32,
+        intermediate=64,
+        heads=2,
+        enc_layers=1,
+        dec_layers=1,
+        ctc_layers=1,
+        quantizer="fsq",
+        codebook_dim=5,
+        codebook_size=1024,
+        quantizer_kwargs={"levels": [4] * 5, "dead_threshold": 0.5},
+    )
     m = SiTok(cfg)
     assert m.quantizer.codebook_size == 1024
     with pytest.raises(ValueError, match="1024"):

@@ -23,11 +23,32 @@ from conftest import ROOT, run_cli
 RUN = os.path.join(ROOT, "egs", "mini", "sitok", "run.sh")
 ABLATIONS = os.path.join(ROOT, "egs", "mini", "sitok", "run_ablations.sh")
 SHORTCUT = os.path.join(ROOT, "egs", "mini", "sitok", "run_shortcut.sh")
-REFINE = ["--refine_args", "--number_of_epochs 1 --batch_seconds 8 --max_train_minutes 0", "--vocoder_config", "tiny",
-          "--vocoder_eval_utts", "2", "--eval_steps", "1 2", "--eval_cfg_scales", "1 2", "--eval_wer_steps", "1",
-          "--eval_temperatures", "0 1", "--eval_select_set", "dev",
-          "--evaluate_steps", "1 2", "--evaluate_cfg_scales", "1 2", "--evaluate_vocoders", "vocos griffin_lim",
-          "--evaluate_utts", "3"]  # fmt: skip
+REFINE = [
+    "--refine_args",
+    "--number_of_epochs 1 --batch_seconds 8 --max_train_minutes 0",
+    "--vocoder_config",
+    "tiny",
+    "--vocoder_eval_utts",
+    "2",
+    "--eval_steps",
+    "1 2",
+    "--eval_cfg_scales",
+    "1 2",
+    "--eval_wer_steps",
+    "1",
+    "--eval_temperatures",
+    "0 1",
+    "--eval_select_set",
+    "dev",
+    "--evaluate_steps",
+    "1 2",
+    "--evaluate_cfg_scales",
+    "1 2",
+    "--evaluate_vocoders",
+    "vocos griffin_lim",
+    "--evaluate_utts",
+    "3",
+]
 PROBES = ["--probe_args", "--number_of_epochs 1 --batch_size 4"]
 TINY = "--train_minutes 0.6 --dev_minutes 0.2 --test_minutes 0.2 --unseen_minutes 0.5 --ks_per_class '1 1 1'"
 
@@ -35,11 +56,39 @@ pytestmark = pytest.mark.tools("flite", "espeak-ng")
 
 
 def run(tmp, *args, check=True, **kw):
-    cmd = ["bash", RUN, "--corpus_dir", f"{tmp}/corpus", "--datadir", f"{tmp}/data", "--dumpdir", f"{tmp}/dump",
-           "--expdir", f"{tmp}/exp", "--python", sys.executable, "--local_corpus_opts", TINY, "--progress", "false",
-           "--vocab_size", "64", "--judge_check_utts", "5", "--tokenizer_config", "tiny",
-           "--tokenizer_args", "--number_of_epochs 1 --batch_seconds 8", "--decode_steps", "1 2",
-           "--decode_temperatures", "0 1", "--decode_select_utts", "3", *args]  # fmt: skip
+    cmd = [
+        "bash",
+        RUN,
+        "--corpus_dir",
+        f"{tmp}/corpus",
+        "--datadir",
+        f"{tmp}/data",
+        "--dumpdir",
+        f"{tmp}/dump",
+        "--expdir",
+        f"{tmp}/exp",
+        "--python",
+        sys.executable,
+        "--local_corpus_opts",
+        TINY,
+        "--progress",
+        "false",
+        "--vocab_size",
+        "64",
+        "--judge_check_utts",
+        "5",
+        "--tokenizer_config",
+        "tiny",
+        "--tokenizer_args",
+        "--number_of_epochs 1 --batch_seconds 8",
+        "--decode_steps",
+        "1 2",
+        "--decode_temperatures",
+        "0 1",
+        "--decode_select_utts",
+        "3",
+        *args,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"run.sh failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
@@ -60,11 +109,42 @@ def kill_and_resume(tmp, reference, seconds, kills=10, seed=0):
     points spread over ``seconds`` of work, then run to the end. Returns the kill times."""
     rng = random.Random(seed)
     points = sorted(round(rng.uniform(0.5, seconds), 2) for _ in range(kills))
-    cmd = ["bash", RUN, "--corpus_dir", f"{reference}/corpus", "--datadir", f"{tmp}/data", "--dumpdir", f"{tmp}/dump",
-           "--expdir", f"{tmp}/exp", "--python", sys.executable, "--local_corpus_opts", TINY, "--progress", "false",
-           "--vocab_size", "64", "--judge_check_utts", "5", "--tokenizer_config", "tiny",
-           "--tokenizer_args", "--number_of_epochs 1 --batch_seconds 8", "--decode_steps", "1 2",
-           "--decode_temperatures", "0 1", "--decode_select_utts", "3", "--stage", "1", "--stop_stage", "5"]  # fmt: skip
+    cmd = [
+        "bash",
+        RUN,
+        "--corpus_dir",
+        f"{reference}/corpus",
+        "--datadir",
+        f"{tmp}/data",
+        "--dumpdir",
+        f"{tmp}/dump",
+        "--expdir",
+        f"{tmp}/exp",
+        "--python",
+        sys.executable,
+        "--local_corpus_opts",
+        TINY,
+        "--progress",
+        "false",
+        "--vocab_size",
+        "64",
+        "--judge_check_utts",
+        "5",
+        "--tokenizer_config",
+        "tiny",
+        "--tokenizer_args",
+        "--number_of_epochs 1 --batch_seconds 8",
+        "--decode_steps",
+        "1 2",
+        "--decode_temperatures",
+        "0 1",
+        "--decode_select_utts",
+        "3",
+        "--stage",
+        "1",
+        "--stop_stage",
+        "5",
+    ]
     start, killed = 0.0, 0
     for t in points:  # each run resumes what the killed ones left, so the kills fall all along the stages
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -84,10 +164,12 @@ def kill_and_resume(tmp, reference, seconds, kills=10, seed=0):
 def same_outputs(a, b):
     """Every output of stages 1-5 under ``a`` and ``b`` is the same (text with the directory
     names replaced); logs, timings, stamps and checkpoints are not outputs."""
-    skip = re.compile(r"(^|/)(\.[^/]*|summary\.json|log\.txt|train_log\.txt|train_stats\.jsonl|env\.log|"
-                      r"hyperparams\.yaml|tokenizer\.py|save|results\.(md|csv)|per_utt\.csv|rows|eval_temp)(/|$)")
+    skip = re.compile(
+        r"(^|/)(\.[^/]*|summary\.json|log\.txt|train_log\.txt|train_stats\.jsonl|env\.log|"
+        r"hyperparams\.yaml|tokenizer\.py|save|results\.(md|csv)|per_utt\.csv|rows|eval_temp)(/|$)"
+    )
     files = []
-    for root, dirs, names in os.walk(a):
+    for root, _, names in os.walk(a):
         for n in names:
             rel = os.path.relpath(os.path.join(root, n), a)
             if not skip.search(rel) and not rel.startswith("corpus"):
@@ -133,9 +215,28 @@ def test_every_stage_and_rerun(tmp_path):
     assert dec_steps in ("1", "2") and dec_temp in ("0", "1") and f"resynthesis at {dec_steps} steps" in log
     # sitok evaluate at the chosen temperature: its own setting name, never another temperature's rows
     ev = f"{exp}/eval_temp/test"
-    run_cli("evaluate", f"{tmp}/dump/test", ev, "-m", f"{exp}/model", "--steps", "1", "--temperature", "0",
-            "--vocoders", "griffin_lim", "--judges", "asr=none", "sim=none", "mos=none", "pesq=none",
-            "--no-groundtruth", "--max-utts", "2", "--no-progress")  # fmt: skip
+    run_cli(
+        "evaluate",
+        f"{tmp}/dump/test",
+        ev,
+        "-m",
+        f"{exp}/model",
+        "--steps",
+        "1",
+        "--temperature",
+        "0",
+        "--vocoders",
+        "griffin_lim",
+        "--judges",
+        "asr=none",
+        "sim=none",
+        "mos=none",
+        "pesq=none",
+        "--no-groundtruth",
+        "--max-utts",
+        "2",
+        "--no-progress",
+    )
     rows = json.load(open(f"{ev}/summary.json"))["settings"]
     assert [(r["setting"], r["temperature"]) for r in rows] == [("steps1_cfg1_griffin_lim_temp0", 0.0)]
     for s in ("test", "test_unseen"):
@@ -175,8 +276,9 @@ def test_every_stage_and_rerun(tmp_path):
     r = run(tmp, "--stage", "12", "--stop_stage", "14", *REFINE, *PROBES)
     log = r.stdout + r.stderr
     assert "Stage 12:" in log and "Stage 13:" in log and "Stage 14:" in log
-    for name, d in [("tokenizer_tiny", exp)] + [(f"refine_tiny_{k}", f"{tmp}/exp/refine_tiny_{k}") for k in
-                                                ("decoder_ft", "token_cfg")]:  # fmt: skip
+    for name, d in [("tokenizer_tiny", exp)] + [
+        (f"refine_tiny_{k}", f"{tmp}/exp/refine_tiny_{k}") for k in ("decoder_ft", "token_cfg")
+    ]:
         summary = json.load(open(f"{d}/eval/test/summary.json"))
         assert summary["utterances"] == 3 and summary["model"]["name"] == name
         assert set(summary["judges"]) == {"asr", "sim", "mos", "pesq", "stoi"}
@@ -207,13 +309,33 @@ def test_every_stage_and_rerun(tmp_path):
     assert t2[["ER", "SV", "KS", "ASR"]].notna().all().all()
 
     # the ablation script on two variants (+ R + D), sharing the prepared data
-    abl = subprocess.run(["bash", ABLATIONS, "--stage", "2", "--ablations", "base R", "--tokenizer_config", "tiny",
-                          "--ablation_args", "--number_of_epochs 1 --batch_seconds 8",
-                          "--rd_args", "--number_of_epochs 1 --batch_seconds 8 --max_train_minutes 0",
-                          "--eval_steps", "1", "--report_dir", f"{tmp}/exp/report_ablations", "--python", sys.executable,
-                          "--run_args", f"--corpus_dir {tmp}/corpus --datadir {tmp}/data --dumpdir {tmp}/dump "
-                          f"--expdir {tmp}/exp --vocab_size 64 --progress false --evaluate_utts 3"],
-                         capture_output=True, text=True)  # fmt: skip
+    abl = subprocess.run(
+        [
+            "bash",
+            ABLATIONS,
+            "--stage",
+            "2",
+            "--ablations",
+            "base R",
+            "--tokenizer_config",
+            "tiny",
+            "--ablation_args",
+            "--number_of_epochs 1 --batch_seconds 8",
+            "--rd_args",
+            "--number_of_epochs 1 --batch_seconds 8 --max_train_minutes 0",
+            "--eval_steps",
+            "1",
+            "--report_dir",
+            f"{tmp}/exp/report_ablations",
+            "--python",
+            sys.executable,
+            "--run_args",
+            f"--corpus_dir {tmp}/corpus --datadir {tmp}/data --dumpdir {tmp}/dump "
+            f"--expdir {tmp}/exp --vocab_size 64 --progress false --evaluate_utts 3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert abl.returncode == 0, abl.stdout[-3000:] + abl.stderr[-3000:]
     t5 = pd.read_csv(f"{tmp}/exp/report_ablations/table5_ablations.csv").set_index("experiment")
     assert list(t5["Loss"]) == ["D", "R", "R + D"] and t5["WER"].notna().all()
@@ -222,12 +344,36 @@ def test_every_stage_and_rerun(tmp_path):
     # the shortcut comparison script: re-parameterised base, shortcut + control, scored (tiny is a
     # velocity model, so the test re-parameterises it the other way)
     one = "--number_of_epochs 1 --batch_seconds 8 --max_train_minutes 0"
-    sc_args = ["--base_model", f"{exp}/model", "--codes_dir", f"{exp}/codes", "--tag", "tiny",
-               "--overrides", "{prediction: x, x_skip: False}", "--base_args", one, "--ft_args", one,
-               "--eval_steps", "1 2", "--eval_wer_steps", "1", "--eval_args", "--max-utts 3",
-               "--eval_temperatures", "0 1",
-               "--lang_dir", f"{tmp}/data/lang_char", "--expdir", f"{tmp}/exp", "--dumpdir", f"{tmp}/dump",
-               "--python", sys.executable]  # fmt: skip
+    sc_args = [
+        "--base_model",
+        f"{exp}/model",
+        "--codes_dir",
+        f"{exp}/codes",
+        "--tag",
+        "tiny",
+        "--overrides",
+        "{prediction: x, x_skip: False}",
+        "--base_args",
+        one,
+        "--ft_args",
+        one,
+        "--eval_steps",
+        "1 2",
+        "--eval_wer_steps",
+        "1",
+        "--eval_args",
+        "--max-utts 3",
+        "--eval_temperatures",
+        "0 1",
+        "--lang_dir",
+        f"{tmp}/data/lang_char",
+        "--expdir",
+        f"{tmp}/exp",
+        "--dumpdir",
+        f"{tmp}/dump",
+        "--python",
+        sys.executable,
+    ]
     sc = subprocess.run(["bash", SHORTCUT, *sc_args], capture_output=True, text=True)
     assert sc.returncode == 0, sc.stdout[-3000:] + sc.stderr[-3000:]
     res = pd.read_csv(f"{tmp}/exp/refine_eval_tiny_velocity/test/results.csv")
@@ -237,22 +383,41 @@ def test_every_stage_and_rerun(tmp_path):
     assert sorted(set(res[res.model != "ground truth"]["temperature"])) == [0.0, 1.0] and res["fmd"].notna().all()
     dev = pd.read_csv(f"{tmp}/exp/refine_eval_tiny_velocity/dev/results.csv")  # the temperature is selected on dev
     assert len(dev) == 4 * 2 * 2 and dev["wer"].isna().all() and "(selected on " in sc.stdout + sc.stderr
-    cmp = subprocess.run([sys.executable, "-m", "sitok.cli", "compare-refine", f"{tmp}/exp/refine_eval_tiny_velocity/test",
-                          "velocity_shortcut@0", "base@1", "velocity_ft@0", "--steps", "1", "2"],
-                         capture_output=True, text=True)  # fmt: skip
+    cmp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sitok.cli",
+            "compare-refine",
+            f"{tmp}/exp/refine_eval_tiny_velocity/test",
+            "velocity_shortcut@0",
+            "base@1",
+            "velocity_ft@0",
+            "--steps",
+            "1",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert cmp.returncode == 0, cmp.stderr
     assert len([ln for ln in cmp.stdout.splitlines() if ln.startswith("| velocity_shortcut@0 |")]) == 4
     sc = subprocess.run(["bash", SHORTCUT, *sc_args], capture_output=True, text=True)  # a re-run does nothing
     assert sc.returncode == 0 and sc.stdout.count("already exported, skipping") == 3
     assert sc.stdout.count("already done, skipping") == 2
     # --overrides "": the pair fine-tunes the base model itself
-    sc = subprocess.run(["bash", SHORTCUT, *sc_args, "--name", "x", "--overrides", "", "--eval_temperatures", "1"],
-                        capture_output=True, text=True)  # fmt: skip
+    sc = subprocess.run(
+        ["bash", SHORTCUT, *sc_args, "--name", "x", "--overrides", "", "--eval_temperatures", "1"],
+        capture_output=True,
+        text=True,
+    )
     assert sc.returncode == 0, sc.stdout[-3000:] + sc.stderr[-3000:]
     assert "no --overrides: stage 2 fine-tunes" in sc.stdout and not os.path.exists(f"{tmp}/exp/refine_tiny_x")
     res = pd.read_csv(f"{tmp}/exp/refine_eval_tiny_x/test/results.csv")
     assert set(res["model"]) == {"ground truth", "base", "x_ft", "x_shortcut"}
-    assert json.load(open(f"{tmp}/exp/refine_tiny_x_shortcut/model/config.json"))["refine"]["init_model"] == f"{exp}/model"
+    assert (
+        json.load(open(f"{tmp}/exp/refine_tiny_x_shortcut/model/config.json"))["refine"]["init_model"] == f"{exp}/model"
+    )
 
     # the vocoder of stage 10 is now the model's own: stage 5 resynthesises through it, its codes stay
     r = run(tmp, "--stage", "5", "--stop_stage", "5")
@@ -264,7 +429,9 @@ def test_every_stage_and_rerun(tmp_path):
     r = run(tmp, "--stage", "0", "--stop_stage", "13", *REFINE, *PROBES)
     log = r.stdout + r.stderr
     assert "already synthesised" in log and log.count("already done, skipping") >= 1 + len(sets) + 1 + len(sets)
-    assert log.count("already exported from the same inputs, skipping") == 1 + 4 + 1  # tokenizer, 4 refinements, vocoder
+    assert (
+        log.count("already exported from the same inputs, skipping") == 1 + 4 + 1
+    )  # tokenizer, 4 refinements, vocoder
     assert "is up to date" in log and "refine_eval_tiny/test already done" in log
     assert "Stage 12: refine_tiny_light_head on test" in log and "redoing" not in log
     assert log.count("probe on features_mel50 (mel50): ") == 4
@@ -272,8 +439,16 @@ def test_every_stage_and_rerun(tmp_path):
     assert snapshot(tmp) == before  # nothing rewritten
 
     # changed inputs: a trained model is not thrown away, the recipe stops and names the change
-    r = run(tmp, "--stage", "4", "--stop_stage", "4", "--tokenizer_args", "--number_of_epochs 2 --batch_seconds 8",
-            check=False)  # fmt: skip
+    r = run(
+        tmp,
+        "--stage",
+        "4",
+        "--stop_stage",
+        "4",
+        "--tokenizer_args",
+        "--number_of_epochs 2 --batch_seconds 8",
+        check=False,
+    )
     assert r.returncode != 0 and "tokenizer_args" in r.stdout + r.stderr
     assert "was trained from other inputs or options" in r.stdout + r.stderr
     # a retrained tokenizer (another model.pt): its codes are made again

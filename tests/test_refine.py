@@ -15,8 +15,17 @@ from sitok.train.refine import freeze_all_but_decoder, load_for_refinement
 
 from conftest import run_cli
 
-TINY = dict(hidden=32, intermediate=64, heads=2, enc_layers=1, dec_layers=4, ctc_layers=1, codebook_size=64,
-            codebook_dim=8, vocab_size=20)  # fmt: skip
+TINY = dict(
+    hidden=32,
+    intermediate=64,
+    heads=2,
+    enc_layers=1,
+    dec_layers=4,
+    ctc_layers=1,
+    codebook_size=64,
+    codebook_dim=8,
+    vocab_size=20,
+)
 
 
 def tiny(**kw):
@@ -43,8 +52,13 @@ def test_fine_tune_step_leaves_encoder_vq_ctc_bit_identical(kw):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     mel, lengths = batch()
     for _ in range(2):
-        out = model(mel, lengths, frozen_tokens=True, cfg_drop_prob=0.5 if kw.get("token_cfg") else 0.0,
-                    shortcut={"bootstrap_every": 2} if kw.get("shortcut") else None)  # fmt: skip
+        out = model(
+            mel,
+            lengths,
+            frozen_tokens=True,
+            cfg_drop_prob=0.5 if kw.get("token_cfg") else 0.0,
+            shortcut={"bootstrap_every": 2} if kw.get("shortcut") else None,
+        )
         opt.zero_grad()
         out["loss"].backward()
         assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("decoder."))
@@ -60,8 +74,9 @@ def test_token_drop_rate_is_about_ten_percent_and_uses_the_null_condition():
     model = tiny(token_cfg=True).train()
     mel, lengths = batch(b=4, t=16)
     torch.manual_seed(1)
-    rates = [float(model(mel, lengths, frozen_tokens=True, cfg_drop_prob=0.1)["stats"]["cfg_dropped"])
-             for _ in range(400)]  # fmt: skip
+    rates = [
+        float(model(mel, lengths, frozen_tokens=True, cfg_drop_prob=0.1)["stats"]["cfg_dropped"]) for _ in range(400)
+    ]
     assert abs(sum(rates) / len(rates) - 0.1) < 0.02  # 1,600 utterances: std of the mean 0.0075
     cond = torch.randn(3, 5, 32)
     dropped = model.decoder.drop_tokens(cond, torch.tensor([False, True, False]))
@@ -102,16 +117,20 @@ def test_temperature_scales_the_start_noise(tmp_path):
     codes = torch.randint(0, 64, (2, 1, 9))
     assert torch.equal(tok.decode_mel(codes, steps=2, seed=3, temperature=1.0), tok.decode_mel(codes, steps=2, seed=3))
     # temperature 0: the decode starts at the noise mode, so the seed no longer matters
-    assert torch.equal(tok.decode_mel(codes, steps=2, seed=1, temperature=0.0),
-                       tok.decode_mel(codes, steps=2, seed=2, temperature=0.0))  # fmt: skip
+    assert torch.equal(
+        tok.decode_mel(codes, steps=2, seed=1, temperature=0.0), tok.decode_mel(codes, steps=2, seed=2, temperature=0.0)
+    )
     # one Euler step from x_0 = tau * eps, written out
     tau = 0.5
-    eps = torch.randn(9, 512, generator=torch.Generator().manual_seed(3)).expand(2, 9, 512)  # each item: seed 3's stream
+    eps = torch.randn(9, 512, generator=torch.Generator().manual_seed(3)).expand(
+        2, 9, 512
+    )  # each item: seed 3's stream
     x0 = tau * eps
     with torch.no_grad():
         x1 = x0 + model.velocity_fn(model.cond_from_codes(codes), None, 1)(x0, torch.zeros(2))
-    assert torch.allclose(tok.decode_mel(codes, steps=1, seed=3, temperature=tau),
-                          tok.cmvn.inverse(model.unstack(x1)), atol=1e-5)  # fmt: skip
+    assert torch.allclose(
+        tok.decode_mel(codes, steps=1, seed=3, temperature=tau), tok.cmvn.inverse(model.unstack(x1)), atol=1e-5
+    )
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="temperature"):
             tok.decode_mel(codes, temperature=bad)
@@ -121,8 +140,11 @@ def test_select_setting_takes_the_lowest_mean_mel_l1_but_never_the_plain_one():
     from sitok.eval.refine import select_setting
 
     def rows(name, table):  # {(w, tau): [l1 at steps 1, 2]}
-        return [{"model": name, "steps": s, "cfg_scale": w, "temperature": tau, "mel_l1": v}
-                for (w, tau), vals in table.items() for s, v in zip((1, 2), vals)]  # fmt: skip
+        return [
+            {"model": name, "steps": s, "cfg_scale": w, "temperature": tau, "mel_l1": v}
+            for (w, tau), vals in table.items()
+            for s, v in zip((1, 2), vals)
+        ]
 
     grid = [(1.0, 0.0), (1.0, 0.5), (1.0, 1.0)]
     r = rows("sc", {(1.0, 0.0): [0.30, 0.20], (1.0, 0.5): [0.22, 0.24], (1.0, 1.0): [0.10, 0.10]})
@@ -157,8 +179,10 @@ def test_eval_refine_scores_temperatures_and_selects_on_another_set(tmp_path, ca
         d, c = tmp_path / "dump" / split, tmp_path / "codes" / split
         d.mkdir(parents=True), c.mkdir(parents=True)
         rng = np.random.default_rng(len(split))
-        with kaldiio.WriteHelper(f"ark,scp:{d}/feats.ark,{d}/feats.scp") as fw, \
-                kaldiio.WriteHelper(f"ark,scp:{c}/codes.ark,{c}/codes.scp", write_function="numpy") as cw:  # fmt: skip
+        with (
+            kaldiio.WriteHelper(f"ark,scp:{d}/feats.ark,{d}/feats.scp") as fw,
+            kaldiio.WriteHelper(f"ark,scp:{c}/codes.ark,{c}/codes.scp", write_function="numpy") as cw,
+        ):
             for i in range(n):
                 t = 5 + 2 * i
                 fw(f"u{i}", rng.standard_normal((4 * t, 128)).astype(np.float32))
@@ -171,16 +195,20 @@ def test_eval_refine_scores_temperatures_and_selects_on_another_set(tmp_path, ca
     res = pd.read_csv(f"{dev}/results.csv")
     assert len(res) == 2 * 3 and sorted(set(res["temperature"])) == [0.0, 0.5, 1.0]
     assert {"temperature"} <= set(pd.read_csv(f"{dev}/per_utt.csv").columns) and "| temperature |" in open(
-        f"{dev}/results.md").read()  # fmt: skip
+        f"{dev}/results.md"
+    ).read()
     # the setting the test set's judge would get is the dev set's best non-plain one
     dev_rows = res.to_dict("records")
-    want = min([(1.0, 0.0), (1.0, 0.5)], key=lambda st: np.mean([r["mel_l1"] for r in dev_rows
-                                                                 if r["temperature"] == st[1]]))  # fmt: skip
+    want = min(
+        [(1.0, 0.0), (1.0, 0.5)], key=lambda st: np.mean([r["mel_l1"] for r in dev_rows if r["temperature"] == st[1]])
+    )
     # stage 5's choice: the (steps, temperature) of the lowest mel L1, printed by sitok best-decoding
     best = res.loc[res["mel_l1"].idxmin()]
     assert best_decoding(f"{dev}/results.csv", "m") == (int(best["steps"]), float(best["temperature"]))
-    assert run_cli("best-decoding", dev, "--model", "m").stdout.split() == [str(int(best["steps"])),
-                                                                             f"{best['temperature']:g}"]  # fmt: skip
+    assert run_cli("best-decoding", dev, "--model", "m").stdout.split() == [
+        str(int(best["steps"])),
+        f"{best['temperature']:g}",
+    ]
     with pytest.raises(ValueError, match="no rows of model 'x'"):
         best_decoding(f"{dev}/results.csv", "x")
     test = str(tmp_path / "eval" / "test")
@@ -192,8 +220,13 @@ def test_eval_refine_scores_temperatures_and_selects_on_another_set(tmp_path, ca
     assert os.path.exists(f"{test}/rows/m_griffin_lim_steps1_cfg1.json")
     assert os.path.exists(f"{test}/rows/m_griffin_lim_steps1_cfg1_temp0.json")
     with pytest.raises(FileNotFoundError, match="results.csv"):
-        evaluate_refinement(str(tmp_path / "dump/test"), str(tmp_path / "codes/test"), test,
-                            select_from=str(tmp_path / "nowhere"), **run)  # fmt: skip
+        evaluate_refinement(
+            str(tmp_path / "dump/test"),
+            str(tmp_path / "codes/test"),
+            test,
+            select_from=str(tmp_path / "nowhere"),
+            **run,
+        )
 
 
 def test_paired_comparison_of_two_settings_utterance_by_utterance(tmp_path):
@@ -213,14 +246,17 @@ def test_paired_comparison_of_two_settings_utterance_by_utterance(tmp_path):
     noise = rng.normal(0, 0.01, 50)
     rows = []
     for name, tau, vals in (("base", 1.0, base), ("sc", 0.0, base - 0.02 + noise), ("sc", 1.0, base + 0.05)):
-        rows += [{"model": name, "steps": 1, "cfg_scale": 1.0, "temperature": tau, "utt": f"u{i}", "mel_l1": v}
-                 for i, v in enumerate(vals)]  # fmt: skip
+        rows += [
+            {"model": name, "steps": 1, "cfg_scale": 1.0, "temperature": tau, "utt": f"u{i}", "mel_l1": v}
+            for i, v in enumerate(vals)
+        ]
     pd.DataFrame(rows[:-1]).to_csv(tmp_path / "per_utt.csv", index=False)  # sc@1 lacks one utterance
     (r,) = paired_comparison(str(tmp_path), "sc@0", "base", [1])
     assert r["utterances"] == 50 and r["diff"] == pytest.approx((noise - 0.02).mean())
     assert r["ci95"][0] < r["diff"] < r["ci95"][1] < 0
     assert r["a_better_share"] == pytest.approx(((noise - 0.02) < 0).mean()) and r["a_worse_share"] == pytest.approx(
-        ((noise - 0.02) > 0).mean())  # fmt: skip
+        ((noise - 0.02) > 0).mean()
+    )
     (r,) = paired_comparison(str(tmp_path), "sc@1", "base@1", [1])  # the 49 utterances both have
     assert r["utterances"] == 49 and r["ci95"] == pytest.approx([0.05, 0.05]) and r["a_better_share"] == 0
     with pytest.raises(ValueError, match="no rows for sc@0.5 at 1 steps"):
@@ -295,8 +331,11 @@ def test_shortcut_decoder_steps_with_d_equal_one_over_n(tmp_path):
     sc.load_state_dict(base.state_dict(), strict=False)
     for d in (1.0, 1 / 8):
         dd = torch.full((1,), d)
-        assert torch.allclose(sc.velocity(x_t, t, sc.decoder.condition(cond), d=dd),
-                              base.velocity(x_t, t, base.decoder.condition(cond)), atol=1e-6)  # fmt: skip
+        assert torch.allclose(
+            sc.velocity(x_t, t, sc.decoder.condition(cond), d=dd),
+            base.velocity(x_t, t, base.decoder.condition(cond)),
+            atol=1e-6,
+        )
 
 
 def test_light_head_runs_the_body_once_and_the_head_every_step(tmp_path):
@@ -396,15 +435,19 @@ def test_reparameterised_decoder_starts_with_the_x_prediction_velocity_at_t0(tmp
         got = vp.velocity(x_t, t0, vp.decoder.condition(cond))
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         t = torch.full((2,), 0.5)  # later t the two parameterisations differ until trained
-        assert not torch.allclose(vp.velocity(x_t, t, vp.decoder.condition(cond)),
-                                  base.velocity(x_t, t, base.decoder.condition(cond)))  # fmt: skip
+        assert not torch.allclose(
+            vp.velocity(x_t, t, vp.decoder.condition(cond)), base.velocity(x_t, t, base.decoder.condition(cond))
+        )
     with pytest.raises(ValueError, match="decoder_overrides that change"):
         load_for_refinement(d, "reparam", decoder_overrides={"prediction": "x"})  # changes nothing
     with pytest.raises(ValueError, match="unknown keys"):
         load_for_refinement(d, "reparam", decoder_overrides={"hidden": 64})
     with pytest.raises(ValueError, match="diffusion decoder"):
-        load_for_refinement(export(tiny(decoder="regression", prediction="x", x_skip=False), tmp_path / "R"), "reparam",
-                            decoder_overrides={"prediction": "velocity"})  # fmt: skip
+        load_for_refinement(
+            export(tiny(decoder="regression", prediction="x", x_skip=False), tmp_path / "R"),
+            "reparam",
+            decoder_overrides={"prediction": "velocity"},
+        )
     with pytest.raises(ValueError, match="refine=diffusion.reparam only"):
         load_for_refinement(d, "shortcut", decoder_overrides={"prediction": "velocity"})
 
@@ -419,13 +462,44 @@ def test_eval_refine_batches_and_table():
     assert sorted(u for b in batches for u in b) == sorted(lengths)  # every utterance exactly once
     assert all(max(lengths[u] for u in b) * len(b) <= 100 for b in batches)
     assert [lengths[b[0]] for b in batches] == sorted(lengths[b[0]] for b in batches)  # sorted by length
-    md = results_markdown(pd.DataFrame([
-        {"model": "ground truth", "steps": 0, "cfg_scale": 1.0, "temperature": 1.0, "vocoder": "vocos",
-         "mel_l1": 0.0, "fmd": 0.0, "wer": 4.5, "decoder_rtf": 0.0},
-        {"model": "shortcut", "steps": 2, "cfg_scale": 1.5, "temperature": 0.5, "vocoder": "vocos", "mel_l1": 0.25,
-         "fmd": None, "wer": None, "decoder_rtf": 0.01},
-        {"model": "old", "steps": 1, "cfg_scale": 1.0, "vocoder": "vocos", "mel_l1": 0.3, "fmd": 1.0,
-         "wer": 9.0, "decoder_rtf": 0.01}]))  # fmt: skip
+    md = results_markdown(
+        pd.DataFrame(
+            [
+                {
+                    "model": "ground truth",
+                    "steps": 0,
+                    "cfg_scale": 1.0,
+                    "temperature": 1.0,
+                    "vocoder": "vocos",
+                    "mel_l1": 0.0,
+                    "fmd": 0.0,
+                    "wer": 4.5,
+                    "decoder_rtf": 0.0,
+                },
+                {
+                    "model": "shortcut",
+                    "steps": 2,
+                    "cfg_scale": 1.5,
+                    "temperature": 0.5,
+                    "vocoder": "vocos",
+                    "mel_l1": 0.25,
+                    "fmd": None,
+                    "wer": None,
+                    "decoder_rtf": 0.01,
+                },
+                {
+                    "model": "old",
+                    "steps": 1,
+                    "cfg_scale": 1.0,
+                    "vocoder": "vocos",
+                    "mel_l1": 0.3,
+                    "fmd": 1.0,
+                    "wer": 9.0,
+                    "decoder_rtf": 0.01,
+                },
+            ]
+        )
+    )
     lines = md.splitlines()
     assert lines[0].startswith("| model | vocoder | steps | CFG w | temperature |") and len(lines) == 5
     assert lines[2] == "| ground truth | vocos | — | 1 | — | 0.0000 | 0.000 | 4.50 | 0.0000 |"

@@ -14,8 +14,17 @@ from sitok.data.kaldi import PipeRefused, allow_pipes, is_pipe, read_mat, read_s
 from sitok.data.mel import GlobalCMVN
 from sitok.models import SiTok, SiTokConfig
 
-TINY = {"hidden": 32, "intermediate": 64, "heads": 2, "enc_layers": 1, "dec_layers": 2, "ctc_layers": 1,
-        "codebook_size": 64, "codebook_dim": 8, "vocab_size": 20}  # fmt: skip
+TINY = {
+    "hidden": 32,
+    "intermediate": 64,
+    "heads": 2,
+    "enc_layers": 1,
+    "dec_layers": 2,
+    "ctc_layers": 1,
+    "codebook_size": 64,
+    "codebook_dim": 8,
+    "vocab_size": 20,
+}
 
 
 class Payload:
@@ -61,9 +70,16 @@ def test_export_reads_train_config_and_never_runs_hyperparams_yaml(tmp_path):
     ckpt.save_checkpoint(meta={"epoch": 1})
     GlobalCMVN(torch.zeros(128), torch.ones(128)).save(str(tmp_path / "cmvn.json"))
     (tmp_path / "sp.model").write_bytes(b"sentencepiece model")
-    write_train_config({"exp_dir": str(exp), "model": model, "checkpointer": ckpt,
-                        "cmvn_file": str(tmp_path / "cmvn.json"), "sp_model": str(tmp_path / "sp.model"),
-                        "train_csv": "dump/train/manifest.csv"})  # fmt: skip
+    write_train_config(
+        {
+            "exp_dir": str(exp),
+            "model": model,
+            "checkpointer": ckpt,
+            "cmvn_file": str(tmp_path / "cmvn.json"),
+            "sp_model": str(tmp_path / "sp.model"),
+            "train_csv": "dump/train/manifest.csv",
+        }
+    )
     out = export_checkpoint(str(exp), str(tmp_path / "model"))
     assert not marker.exists()
     tok = Tokenizer.from_pretrained(out, vocoder="griffin_lim")
@@ -101,8 +117,10 @@ def test_rng_state_resumes_bit_exactly_and_refuses_pickled_code(tmp_path):
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "rng.ckpt")) == []
     # the numpy-array format of older checkpoints still resumes
-    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()},
-               tmp_path / "old.ckpt")  # fmt: skip
+    torch.save(
+        {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()},
+        tmp_path / "old.ckpt",
+    )
     a = draw()
     torch.manual_seed(7), np.random.seed(8), random.seed(9)
     RNGState().load(tmp_path / "old.ckpt")
@@ -163,8 +181,10 @@ def test_piped_entries_are_refused(tmp_path, no_pipes, form):
     scp.write_text(f"utt1 {spec}\n")
     with pytest.raises(PipeRefused) as err:
         read_scp(str(scp))
-    assert str(err.value) == (f"{scp}: utterance utt1: piped entries run shell commands; refused "
-                              "(allow with --allow-pipes / allow_pipes: true)")  # fmt: skip
+    assert str(err.value) == (
+        f"{scp}: utterance utt1: piped entries run shell commands; refused "
+        "(allow with --allow-pipes / allow_pipes: true)"
+    )
     with pytest.raises(PipeRefused, match="piped entries run shell commands"):
         read_mat(spec)
     assert not marker.exists()
@@ -214,8 +234,16 @@ def test_training_manifest_with_piped_feats_is_refused(tmp_path, no_pipes):
     GlobalCMVN(torch.zeros(128), torch.ones(128)).save(str(tmp_path / "cmvn.json"))
     csv = tmp_path / "manifest.csv"
     csv.write_text(f"ID,duration,wav,spk_id,wrd,feats,num_frames\ns1-u1,1.0,x.wav,s1,hello world,touch {marker} |,50\n")
-    hp = {"train_csv": str(csv), "valid_csv": str(csv), "cmvn_file": str(tmp_path / "cmvn.json"), "sp_model": sp,
-          "max_duration": 20.0, "batch_seconds": 4, "num_buckets": 1, "seed": 0}  # fmt: skip
+    hp = {
+        "train_csv": str(csv),
+        "valid_csv": str(csv),
+        "cmvn_file": str(tmp_path / "cmvn.json"),
+        "sp_model": sp,
+        "max_duration": 20.0,
+        "batch_seconds": 4,
+        "num_buckets": 1,
+        "seed": 0,
+    }
     with pytest.raises(PipeRefused, match=f"{csv}: utterance s1-u1: piped entries"):
         dataio_prepare(hp)
     assert not marker.exists()
@@ -233,9 +261,12 @@ def test_model_dir_config_out_of_range_is_refused_before_building(tmp_path):
     expected = r"huge/config.json: SiTokConfig: codebook_size must be an integer in \[2, 1048576\], got 8589934592"
     with pytest.raises(ValueError, match=expected):
         Tokenizer.from_pretrained(d, vocoder="griffin_lim")
-    for field, value, message in (("decoder", "magic", "decoder must be one of"), ("heads", -1, "heads must be"),
-                                  ("x_skip", "yes", "x_skip must be true or false"),
-                                  ("surprise", 1, r"unknown fields \['surprise'\]")):  # fmt: skip
+    for field, value, message in (
+        ("decoder", "magic", "decoder must be one of"),
+        ("heads", -1, "heads must be"),
+        ("x_skip", "yes", "x_skip must be true or false"),
+        ("surprise", 1, r"unknown fields \['surprise'\]"),
+    ):
         (tmp_path / "huge" / "config.json").write_text(json.dumps({"model": {**TINY, field: value}}))
         with pytest.raises(ValueError, match=message):
             Tokenizer.from_pretrained(d, vocoder="griffin_lim")
@@ -248,8 +279,9 @@ def test_model_dir_weights_must_match_the_config_before_the_model_is_built(tmp_p
     from sitok.models import tokenizer as tokenizer_module
 
     d = model_dir(tmp_path / "m")
-    (tmp_path / "m" / "config.json").write_text(json.dumps({"model": {**TINY, "hidden": 4096, "intermediate": 16384,
-                                                                        "enc_layers": 16}}))  # fmt: skip
+    (tmp_path / "m" / "config.json").write_text(
+        json.dumps({"model": {**TINY, "hidden": 4096, "intermediate": 16384, "enc_layers": 16}})
+    )
     devices = []
     init = tokenizer_module.SiTok.__init__
 
@@ -284,8 +316,9 @@ def test_model_dir_format_versions(tmp_path):
     d = model_dir(tmp_path / "m", format="sitok-model-9")
     with pytest.raises(ValueError) as err:
         Tokenizer.from_pretrained(d, vocoder="griffin_lim")
-    assert str(err.value) == (f"{d}/config.json: format 'sitok-model-9' is newer than this toolkit reads "
-                              "(sitok-model-1); upgrade sitok")  # fmt: skip
+    assert str(err.value) == (
+        f"{d}/config.json: format 'sitok-model-9' is newer than this toolkit reads (sitok-model-1); upgrade sitok"
+    )
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     for fmt, message in (("sitok-vocoder-1", "is not a sitok-model directory"), (None, None)):
         if fmt is None:

@@ -7,6 +7,7 @@ import sys
 import kaldiio
 import numpy as np
 import torch
+from test_features import _corpus
 
 from sitok import stamp
 from sitok.data import features
@@ -17,7 +18,6 @@ from sitok.infer.sets import dump_codes, resynth_set, vocode_set
 from sitok.models import SiTok, SiTokConfig
 
 from conftest import tone, write
-from test_features import _corpus
 
 
 def test_digest_follows_content_and_ignores_hidden_and_temporary_files(tmp_path):
@@ -129,8 +129,17 @@ def test_compute_feats_redoes_a_job_when_its_audio_list_changed(tmp_path):
 
 
 # ---- resynth-set ---------------------------------------------------------------------------
-TINY = {"hidden": 32, "intermediate": 64, "heads": 2, "enc_layers": 1, "dec_layers": 1, "ctc_layers": 1,
-        "codebook_size": 64, "codebook_dim": 8, "vocab_size": 20}
+TINY = {
+    "hidden": 32,
+    "intermediate": 64,
+    "heads": 2,
+    "enc_layers": 1,
+    "dec_layers": 1,
+    "ctc_layers": 1,
+    "codebook_size": 64,
+    "codebook_dim": 8,
+    "vocab_size": 20,
+}
 
 
 def _tokenizer(seed=0):
@@ -153,8 +162,11 @@ def _audio(out):
 
 
 def _wav_mtimes(out):
-    return {f: os.stat(os.path.join(out, "wav", f)).st_mtime_ns for f in sorted(os.listdir(os.path.join(out, "wav")))
-            if f.endswith(".wav")}  # fmt: skip
+    return {
+        f: os.stat(os.path.join(out, "wav", f)).st_mtime_ns
+        for f in sorted(os.listdir(os.path.join(out, "wav")))
+        if f.endswith(".wav")
+    }
 
 
 def test_resynth_set_redoes_audio_made_with_other_options_or_weights(tmp_path, caplog):

@@ -32,7 +32,9 @@ def tiny_dump(tmp_path_factory):
         entries = []
         for i in range(n):
             text = make_sentence(rng)
-            path = write(str(root / "wav" / f"s{i % 3}-{split}-{i:02d}.wav"), tone(1.0 + 0.1 * (i % 5), freq=120 + 15 * i))
+            path = write(
+                str(root / "wav" / f"s{i % 3}-{split}-{i:02d}.wav"), tone(1.0 + 0.1 * (i % 5), freq=120 + 15 * i)
+            )
             entries.append(Entry(f"s{i % 3}-{split}-{i:02d}", f"s{i % 3}", path, text))
             texts.setdefault(split, []).append(text)
         make_data_dir(entries, str(root / "data" / split))
@@ -44,9 +46,25 @@ def tiny_dump(tmp_path_factory):
 
 
 def args(root, n_pieces, exp, epochs=3):
-    return [sys.executable, TRAIN, TINY, "--dump_dir", str(root / "dump"), "--lang_dir", str(root / "lang"),
-            "--vocab_size", str(n_pieces), "--exp_dir", str(exp), "--number_of_epochs", str(epochs),
-            "--batch_seconds", "4", "--num_buckets", "2"]  # fmt: skip
+    return [
+        sys.executable,
+        TRAIN,
+        TINY,
+        "--dump_dir",
+        str(root / "dump"),
+        "--lang_dir",
+        str(root / "lang"),
+        "--vocab_size",
+        str(n_pieces),
+        "--exp_dir",
+        str(exp),
+        "--number_of_epochs",
+        str(epochs),
+        "--batch_seconds",
+        "4",
+        "--num_buckets",
+        "2",
+    ]
 
 
 def run(cmd, **kw):
@@ -83,15 +101,44 @@ def test_train_export_and_load(tiny_dump):
     assert r.returncode == 0, r.stderr
     codes = np.load(root / "codes.npy")
     assert codes.shape == (1, 13) and codes.dtype.kind == "i"
-    assert run([*cli, "decode", str(root / "codes.npy"), "-m", str(exp / "model"), "-o", str(root / "out.wav"),
-                "--steps", "2"]).returncode == 0  # fmt: skip
+    assert (
+        run(
+            [
+                *cli,
+                "decode",
+                str(root / "codes.npy"),
+                "-m",
+                str(exp / "model"),
+                "-o",
+                str(root / "out.wav"),
+                "--steps",
+                "2",
+            ]
+        ).returncode
+        == 0
+    )
     assert sf.info(str(root / "out.wav")).samplerate == 24000 and sf.info(str(root / "out.wav")).frames == 13 * 4 * 480
     assert run([*cli, "resynth", wav, "-m", str(exp / "model"), "-o", str(root / "re.wav")]).returncode == 0
     assert sf.info(str(root / "re.wav")).frames == 24000
-    assert run([*cli, "resynth", wav, "-m", str(exp / "model"), "-o", str(root / "re0.wav"),
-                "--temperature", "0"]).returncode == 0  # fmt: skip
-    r = run([*cli, "decode", str(root / "codes.npy"), "-m", str(exp / "model"), "-o", str(root / "hot.wav"),
-             "--temperature", "-1"])  # fmt: skip
+    assert (
+        run(
+            [*cli, "resynth", wav, "-m", str(exp / "model"), "-o", str(root / "re0.wav"), "--temperature", "0"]
+        ).returncode
+        == 0
+    )
+    r = run(
+        [
+            *cli,
+            "decode",
+            str(root / "codes.npy"),
+            "-m",
+            str(exp / "model"),
+            "-o",
+            str(root / "hot.wav"),
+            "--temperature",
+            "-1",
+        ]
+    )
     assert r.returncode == 2 and "--temperature: must be a finite number >= 0, got '-1'" in r.stderr  # usage error
     np.save(root / "bad.npy", codes + 1000)
     r = run([*cli, "decode", str(root / "bad.npy"), "-m", str(exp / "model"), "-o", str(root / "bad.wav")])
@@ -104,8 +151,9 @@ def test_killed_training_resumes_with_identical_losses(tiny_dump):
     assert run(args(root, n, ref)).returncode == 0
     exp = root / "exp_killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.Popen(args(root, n, exp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                         start_new_session=True)  # fmt: skip
+    p = subprocess.Popen(
+        args(root, n, exp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (exp / "train_stats.jsonl").exists():
         time.sleep(0.02)
@@ -126,8 +174,18 @@ def test_killed_training_resumes_with_identical_losses(tiny_dump):
 def test_ddp_two_cpu_processes_agree(tiny_dump):
     root, n = tiny_dump
     exp = root / "exp_ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           *args(root, n, exp, epochs=1)[1:], "--distributed_backend", "gloo"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        *args(root, n, exp, epochs=1)[1:],
+        "--distributed_backend",
+        "gloo",
+    ]
     r = run(cmd, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     log = open(exp / "log.txt").read()
@@ -194,14 +252,20 @@ def test_plan_fits_the_time_cap():
     from types import SimpleNamespace
 
     import speechbrain as sb
+
     from sitok.train.tokenizer import TokenizerBrain, TrainingPlan
 
     plan = TrainingPlan(epochs=100, phase_a_fraction=0.3, batches_per_epoch=50)
     assert plan.phase_a_steps > 10**9  # the first epoch is phase A until the plan exists
     sched = sb.nnet.schedulers.WarmAndExpDecayLRSchedule(lr=1.0, n_warmup_steps=10, total_steps=5000)
     counter = SimpleNamespace(limit=100)
-    fake = SimpleNamespace(hparams=SimpleNamespace(max_train_minutes=10, number_of_epochs=100, epoch_counter=counter),
-                           plan=plan, lr_schedule=sched, global_step=50, train_start=time.time() - 90)  # fmt: skip
+    fake = SimpleNamespace(
+        hparams=SimpleNamespace(max_train_minutes=10, number_of_epochs=100, epoch_counter=counter),
+        plan=plan,
+        lr_schedule=sched,
+        global_step=50,
+        train_start=time.time() - 90,
+    )
     fake.set_decay = lambda: TokenizerBrain.set_decay(fake)
     TokenizerBrain.make_plan(fake, epoch=1)
     assert plan.planned and plan.epochs == counter.limit == 6 and plan.total_steps == 300

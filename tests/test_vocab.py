@@ -1,15 +1,18 @@
 import os
 
-
 from sitok.data.kaldi import write_table
 from sitok.data.vocab import BLANK_ID, UNK_ID, ctc_fit_report, ctc_length, train_sentencepiece
 
 from conftest import run_cli
 
 SENTS = [
-    "the red apple is near the kitchen", "please move the chair slowly", "we sold three boxes at the market",
-    "did you find the old map", "anna and ben painted the wall today", "there are five green cups in the office",
-] * 5  # fmt: skip
+    "the red apple is near the kitchen",
+    "please move the chair slowly",
+    "we sold three boxes at the market",
+    "did you find the old map",
+    "anna and ben painted the wall today",
+    "there are five green cups in the office",
+] * 5
 
 
 def test_ctc_length_counts_repeats():

@@ -14,17 +14,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, tone
+from test_train import tiny_dump  # noqa: F401  (the module-scoped tiny corpus + dump fixture)
+
 from sitok.data.mel import MelConfig, MelFrontend
-from sitok.infer.vocoder import (
-    GriffinLimVocoder,
-    VocosVocoder,
-    export_vocoder,
-    load_vocoder,
-)
+from sitok.infer.vocoder import GriffinLimVocoder, VocosVocoder, export_vocoder, load_vocoder
 from sitok.models.vocos import Vocos, VocosConfig
 from sitok.train.vocoder import SegmentCropper, load_generator_weights, read_train_stats
-from test_train import tiny_dump  # noqa: F401  (the module-scoped tiny corpus + dump fixture)
+
+from conftest import ROOT, tone
 
 TRAIN = os.path.join(ROOT, "recipes", "vocoder", "train.py")
 EVALUATE = os.path.join(ROOT, "recipes", "vocoder", "evaluate.py")
@@ -179,8 +176,18 @@ def test_load_vocoder_selection(tmp_path):
 # training recipe
 # ---------------------------------------------------------------------------------------
 def train_args(root, exp, epochs=2):
-    return [sys.executable, TRAIN, TINY, "--dump_dir", str(root / "dump"), "--exp_dir", str(exp),
-            "--number_of_epochs", str(epochs), "--noprogressbar"]  # fmt: skip
+    return [
+        sys.executable,
+        TRAIN,
+        TINY,
+        "--dump_dir",
+        str(root / "dump"),
+        "--exp_dir",
+        str(exp),
+        "--number_of_epochs",
+        str(epochs),
+        "--noprogressbar",
+    ]
 
 
 def run(cmd, **kw):
@@ -317,8 +324,22 @@ def test_evaluate_script(tiny_dump, tmp_path):  # noqa: F811
     export_vocoder(tiny_generator(), str(tmp_path / "model"))
     evaluate = runpy.run_path(EVALUATE)["main"]
     out = tmp_path / "eval"
-    summary = evaluate(["--dump", str(root / "dump" / "dev"), "--vocoder", str(tmp_path / "model"), "--out", str(out),
-                        "--max-utts", "1", "--griffin-lim-iters", "2", "--no-progress", "--write-wavs"])  # fmt: skip
+    summary = evaluate(
+        [
+            "--dump",
+            str(root / "dump" / "dev"),
+            "--vocoder",
+            str(tmp_path / "model"),
+            "--out",
+            str(out),
+            "--max-utts",
+            "1",
+            "--griffin-lim-iters",
+            "2",
+            "--no-progress",
+            "--write-wavs",
+        ]
+    )
     assert summary == json.load(open(out / "summary.json"))
     assert summary["utterances"] == 1 and set(summary["systems"]) == {"original", "griffin_lim", "vocos"}
     assert summary["systems"]["vocos"]["stoi_count"] == 1 and summary["systems"]["original"]["pesq_wb"] is None

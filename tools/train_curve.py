@@ -25,10 +25,20 @@ def load(exp_dir: str) -> list[dict]:
     rows = []
     for line in open(os.path.join(exp_dir, "train_log.txt"), encoding="utf-8"):
         meta, train, valid = (line.split(" - ") + ["", ""])[:3]
-        parse = lambda s, pre: {k.strip()[len(pre):]: float(v) for k, v in re.findall(r"(" + pre + r"[\w ]+?): ([-\d.e+]+)", s)}  # noqa: E731
+
+        def parse(s, pre):
+            return {k.strip()[len(pre) :]: float(v) for k, v in re.findall(r"(" + pre + r"[\w ]+?): ([-\d.e+]+)", s)}
+
         m = parse(meta, "")
-        rows.append({"epoch": int(m["epoch"]), "lr": m.get("lr"), "minutes": m.get("minutes"),
-                     "train": parse(train, "train "), "valid": parse(valid, "valid ")})  # fmt: skip
+        rows.append(
+            {
+                "epoch": int(m["epoch"]),
+                "lr": m.get("lr"),
+                "minutes": m.get("minutes"),
+                "train": parse(train, "train "),
+                "valid": parse(valid, "valid "),
+            }
+        )
     return rows
 
 
@@ -57,13 +67,19 @@ def main() -> None:
         fig.tight_layout()
         fig.savefig(os.path.join(exp, "train_curve.png"), dpi=80)
         print(f"\n{exp} ({len(rows)} epochs, {rows[-1].get('minutes') or 0:.1f} min)\n")
-        print("| epoch | minutes | train diff | valid diff | train CTC | valid CTC | valid usage % | valid perplexity | audio-s/s |")
+        print(
+            "| epoch | minutes | train diff | valid diff | train CTC | valid CTC | valid usage % "
+            "| valid perplexity | audio-s/s |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         step = max(1, len(rows) // 8)
         for r in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
             t, v = r["train"], r["valid"]
-            print(f"| {r['epoch']} | {r.get('minutes') or 0:.1f} | {t['diff']:.3f} | {v['diff']:.3f} | {t['ctc']:.2f} | "
-                  f"{v['ctc']:.2f} | {100 * v['codebook_usage']:.1f} | {v['code_perplexity']:.0f} | {t['audio_s_per_s']:.0f} |")  # fmt: skip
+            print(
+                f"| {r['epoch']} | {r.get('minutes') or 0:.1f} | {t['diff']:.3f} | {v['diff']:.3f} | {t['ctc']:.2f} | "
+                f"{v['ctc']:.2f} | {100 * v['codebook_usage']:.1f} | {v['code_perplexity']:.0f} | "
+                f"{t['audio_s_per_s']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

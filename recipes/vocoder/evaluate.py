@@ -27,12 +27,13 @@ import time
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
+
 from sitok.data.audio import AudioError, load_audio, write_wav_atomic
 from sitok.data.mel import MelConfig, MelFrontend
 from sitok.eval.quality import dnsmos, judge_versions, pesq_wb, stoi
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.infer.vocoder import GriffinLimVocoder, load_vocoder
-from tqdm import tqdm
 
 logger = logging.getLogger("sitok.vocoder.evaluate")
 METRICS = ["pesq_wb", "stoi", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808"]
@@ -41,7 +42,9 @@ METRICS = ["pesq_wb", "stoi", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dump", required=True, help="a dump directory with manifest.csv (e.g. dump/test)")
-    p.add_argument("--vocoder", required=True, help="vocoder directory (config.json + model.pt) or model dir with vocoder/")
+    p.add_argument(
+        "--vocoder", required=True, help="vocoder directory (config.json + model.pt) or model dir with vocoder/"
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--max-utts", type=int, default=0, help="score an evenly spaced subset of this many utterances")
     p.add_argument("--write-wavs", action="store_true", help="also write <out>/wavs/<utt>_<system>.wav")
@@ -84,7 +87,10 @@ def summarise(scores: pd.DataFrame) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| system | PESQ-WB | STOI | DNSMOS SIG | BAK | OVRL | P.808 | utts |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| system | PESQ-WB | STOI | DNSMOS SIG | BAK | OVRL | P.808 | utts |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for system, s in summary.items():
         cells = ["-" if s[m] is None else f"{s[m]:.3f}" for m in METRICS]
         lines.append(f"| {system} | " + " | ".join(cells) + f" | {s['utterances']} |")
@@ -94,8 +100,11 @@ def markdown(summary: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.makedirs(args.out, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(os.path.join(args.out, "eval.log"))])  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(os.path.join(args.out, "eval.log"))],
+    )
     torch.set_num_threads(args.threads)
     t_start = time.time()
     manifest = os.path.join(args.dump, "manifest.csv")
@@ -105,10 +114,19 @@ def main(argv=None) -> dict:
     cfg = MelConfig()
     sr = cfg.sample_rate
     frontend = MelFrontend(cfg)
-    systems = {"griffin_lim": GriffinLimVocoder(cfg, n_iter=args.griffin_lim_iters),
-               "vocos": load_vocoder("vocos", args.vocoder, cfg)}  # fmt: skip
-    logger.info("scoring %d utterances of %s with %s; vocos from %s (%d parameters); judges %s", len(df), manifest,
-                ", ".join(systems), args.vocoder, systems["vocos"].num_parameters(), json.dumps(judge_versions()))  # fmt: skip
+    systems = {
+        "griffin_lim": GriffinLimVocoder(cfg, n_iter=args.griffin_lim_iters),
+        "vocos": load_vocoder("vocos", args.vocoder, cfg),
+    }
+    logger.info(
+        "scoring %d utterances of %s with %s; vocos from %s (%d parameters); judges %s",
+        len(df),
+        manifest,
+        ", ".join(systems),
+        args.vocoder,
+        systems["vocos"].num_parameters(),
+        json.dumps(judge_versions()),
+    )
     wav_dir = os.path.join(args.out, "wavs")
     if args.write_wavs:
         os.makedirs(wav_dir, exist_ok=True)
@@ -123,7 +141,9 @@ def main(argv=None) -> dict:
             continue
         mel = frontend(ref)
         duration = ref.numel() / sr
-        rows.append({"utt": uid, "system": "original", "duration": duration, "vocode_s": math.nan, **score(ref, None, sr)})
+        rows.append(
+            {"utt": uid, "system": "original", "duration": duration, "vocode_s": math.nan, **score(ref, None, sr)}
+        )
         for name, vocoder in systems.items():
             t0 = time.time()
             wav = vocoder(mel)
@@ -149,8 +169,13 @@ def main(argv=None) -> dict:
         "wall_time_s": round(time.time() - t_start, 1),
     }
     write_text_atomic(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=1) + "\n")
-    logger.info("%d utterances (%d skipped) in %.1f s\n%s", summary["utterances"], len(skipped), summary["wall_time_s"],
-                markdown(summary["systems"]))  # fmt: skip
+    logger.info(
+        "%d utterances (%d skipped) in %.1f s\n%s",
+        summary["utterances"],
+        len(skipped),
+        summary["wall_time_s"],
+        markdown(summary["systems"]),
+    )
     return summary
 
 

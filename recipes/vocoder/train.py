@@ -18,6 +18,7 @@ import sys
 
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
+
 from sitok.infer.vocoder import export_vocoder
 from sitok.train.vocoder import VocoderBrain, dataio_prepare, load_generator_weights
 
@@ -26,15 +27,17 @@ def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     with open(hparams_file, encoding="utf-8") as fh:
         hparams = load_hyperpyyaml(fh, overrides)
-    sb.create_experiment_directory(experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file,
-                                   overrides=overrides)  # fmt: skip
+    sb.create_experiment_directory(
+        experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
     datasets, cropper, stats = dataio_prepare(hparams)
     sampler = sb.dataio.sampler.ReproducibleRandomSampler(datasets["train"], seed=hparams["seed"])
     stats["train_batches_per_epoch"] = len(datasets["train"]) // hparams["batch_size"]
     # workers are forked once, not every epoch (short epochs on a fast device spent seconds on it)
     workers = {"num_workers": hparams["num_workers"], "persistent_workers": hparams["num_workers"] > 0}
-    brain = VocoderBrain(modules=hparams["modules"], hparams=hparams, run_opts=run_opts,
-                         checkpointer=hparams["checkpointer"])  # fmt: skip
+    brain = VocoderBrain(
+        modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]
+    )
     if hparams.get("init_from"):  # start the generator from an exported vocoder (a resumed run's checkpoint wins)
         load_generator_weights(brain.modules.generator, hparams["init_from"])
     brain.data_stats = stats
@@ -44,13 +47,15 @@ def main(argv):
         brain.hparams.epoch_counter,
         datasets["train"],
         datasets["valid"],
-        train_loader_kwargs={"batch_size": hparams["batch_size"], "sampler": sampler, "drop_last": True,
-                             **workers},  # fmt: skip
+        train_loader_kwargs={"batch_size": hparams["batch_size"], "sampler": sampler, "drop_last": True, **workers},
         valid_loader_kwargs={"batch_size": hparams["batch_size"], **workers},
     )
     if sb.utils.distributed.if_main_process():
-        export_vocoder(brain.modules.generator, os.path.join(hparams["exp_dir"], "model"),
-                       {"trained_on": hparams["train_csv"], "optimizer_steps": brain.optimizer_step})  # fmt: skip
+        export_vocoder(
+            brain.modules.generator,
+            os.path.join(hparams["exp_dir"], "model"),
+            {"trained_on": hparams["train_csv"], "optimizer_steps": brain.optimizer_step},
+        )
 
 
 if __name__ == "__main__":

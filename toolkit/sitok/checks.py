@@ -14,8 +14,15 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def check_fields(owner: str, cfg, *, ints: dict | None = None, floats: dict | None = None,
-                 choices: dict | None = None, bools: tuple = ()) -> None:  # fmt: skip
+def check_fields(
+    owner: str,
+    cfg,
+    *,
+    ints: dict | None = None,
+    floats: dict | None = None,
+    choices: dict | None = None,
+    bools: tuple = (),
+) -> None:
     """Check the fields of the dataclass instance ``cfg``. ``ints`` / ``floats``: name -> (lo, hi),
     both included (an int field whose default is None may be None); ``choices``: name -> allowed
     strings (or None); ``bools``: names that must be True or False."""

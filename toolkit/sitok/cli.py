@@ -85,9 +85,11 @@ def cmd_synth_mini(a) -> int:
 def cmd_prep(a) -> int:
     from sitok.data.prep import get_reader, make_data_dir
 
-    opts = {"iemocap": {"test_session": a.test_session, "valid_session": a.valid_session},
-            "voxceleb1": {"dev_per_speaker": a.dev_per_speaker},
-            "speech_commands": {"out_dir": a.out, "silence_per_split": a.silence_per_split}}.get(a.corpus, {})  # fmt: skip
+    opts = {
+        "iemocap": {"test_session": a.test_session, "valid_session": a.valid_session},
+        "voxceleb1": {"dev_per_speaker": a.dev_per_speaker},
+        "speech_commands": {"out_dir": a.out, "silence_per_split": a.silence_per_split},
+    }.get(a.corpus, {})
     entries = get_reader(a.corpus)(a.root, a.split, **opts)
     make_data_dir(entries, a.out, min_duration=a.min_duration, max_duration=a.max_duration)
     if a.corpus == "voxceleb1" and a.split == "test":  # the official trial list, as utterance ids
@@ -111,8 +113,14 @@ def cmd_make_trials(a) -> int:
         return 0
     write_trials(os.path.join(a.data_dir, "trials"), trials)
     n_t = sum(lab for lab, _, _ in trials)
-    logger.info("%s/trials: %d trials (%d target, %d nontarget) over %d held-out speakers", a.data_dir, len(trials),
-                n_t, len(trials) - n_t, len(set(utt2spk.values())))  # fmt: skip
+    logger.info(
+        "%s/trials: %d trials (%d target, %d nontarget) over %d held-out speakers",
+        a.data_dir,
+        len(trials),
+        n_t,
+        len(trials) - n_t,
+        len(set(utt2spk.values())),
+    )
     return 0
 
 
@@ -145,15 +153,27 @@ def cmd_train_vocab(a) -> int:
     logger.info(
         "%s: %d pieces (%s) from %d transcripts; %.2f units/s; CTC fit at %.2f Hz (%g Hz tokens x %d): worst "
         "%.3f, p99 %.3f, mean %.3f, %d utterances do not fit",
-        model, report["vocab_size"], a.model_type, len(texts), report["units_per_second"], rate, a.token_rate,
-        a.ctc_upsample, report["ratio_max"], report["ratio_p99"], report["ratio_mean"], report["not_fitting"],
-    )  # fmt: skip
+        model,
+        report["vocab_size"],
+        a.model_type,
+        len(texts),
+        report["units_per_second"],
+        rate,
+        a.token_rate,
+        a.ctc_upsample,
+        report["ratio_max"],
+        report["ratio_p99"],
+        report["ratio_mean"],
+        report["not_fitting"],
+    )
     if report["not_fitting"]:
         logger.warning(
             "%d training targets are longer than their token sequence (worst: %s); use a coarser "
             "vocabulary (larger --vocab_size) or a larger --ctc-upsample; see %s/ctc_fit.json",
-            report["not_fitting"], report["worst"][0], a.out,
-        )  # fmt: skip
+            report["not_fitting"],
+            report["worst"][0],
+            a.out,
+        )
     return 0
 
 
@@ -198,8 +218,13 @@ def cmd_judge_wer(a) -> int:
             fh.writelines(rows)
     logger.info(
         "%s: %s (lm: %s) WER %.2f %% on %d utterances (%d skipped)",
-        a.data_dir, asr.name, a.lm or "generic en-US", 100 * wer, len(refs), skipped,
-    )  # fmt: skip
+        a.data_dir,
+        asr.name,
+        a.lm or "generic en-US",
+        100 * wer,
+        len(refs),
+        skipped,
+    )
     return 0
 
 
@@ -278,8 +303,11 @@ def cmd_count_params(a) -> int:
         cfg = SiTokConfig.from_dict(load_model_config(path))
         counts = count_parameters(cfg)
         parts = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in counts.items() if k != "total")
-        print(f"{path}: {counts['total']:,} parameters ({counts['total'] / 1e9:.3f} B; {parts}); "
-              f"{cfg.token_rate:g} tokens/s x {cfg.num_codebooks} x {cfg.codebook_size} codes = {cfg.bits_per_second:g} bit/s")  # fmt: skip
+        print(
+            f"{path}: {counts['total']:,} parameters ({counts['total'] / 1e9:.3f} B; {parts}); "
+            f"{cfg.token_rate:g} tokens/s x {cfg.num_codebooks} x {cfg.codebook_size} codes = "
+            f"{cfg.bits_per_second:g} bit/s"
+        )
     return 0
 
 
@@ -424,8 +452,15 @@ def cmd_decode(a) -> int:
         _check_output(path)
     for path, w in zip(outputs, wav if codes.ndim == 3 else [wav]):
         write_wav_atomic(path, w, sr)
-    logger.info("%s -> %s: %d x %.2f s at %d Hz (%d steps)", a.input, ", ".join(outputs), len(outputs),
-                wav.shape[-1] / sr, sr, a.steps)  # fmt: skip
+    logger.info(
+        "%s -> %s: %d x %.2f s at %d Hz (%d steps)",
+        a.input,
+        ", ".join(outputs),
+        len(outputs),
+        wav.shape[-1] / sr,
+        sr,
+        a.steps,
+    )
     return 0
 
 
@@ -444,8 +479,15 @@ def cmd_resynth(a) -> int:
 def cmd_probe_summary(a) -> int:
     from sitok.probes.summary import collect
 
-    collect(a.exp_dir, a.name or os.path.basename(os.path.normpath(a.exp_dir)), a.features, a.model_dir,
-            a.codes_dir, a.dump_dir, a.beam_size)  # fmt: skip
+    collect(
+        a.exp_dir,
+        a.name or os.path.basename(os.path.normpath(a.exp_dir)),
+        a.features,
+        a.model_dir,
+        a.codes_dir,
+        a.dump_dir,
+        a.beam_size,
+    )
     return 0
 
 
@@ -456,14 +498,26 @@ def cmd_codes_stats(a) -> int:
     from sitok.data.kaldi import read_mat, read_scp
     from sitok.eval.evaluate import code_statistics
 
-    codes = {u: torch.from_numpy(read_mat(p).astype("int64"))
-             for u, p in read_scp(os.path.join(a.codes_dir, "codes.scp")).items()}  # fmt: skip
+    codes = {
+        u: torch.from_numpy(read_mat(p).astype("int64"))
+        for u, p in read_scp(os.path.join(a.codes_dir, "codes.scp")).items()
+    }
     cn = next(iter(codes.values())).shape[0]
     s = code_statistics(codes, cn, a.codebook_size)
     tokens = sum(c.shape[1] for c in codes.values())
-    print(json.dumps({"codes_dir": a.codes_dir, "utterances": len(codes), "frames": tokens, "num_codebooks": cn,
-                      "codebook_size": a.codebook_size, "usage": s["codebook_usage"],
-                      "perplexity": s["code_perplexity"]}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "codes_dir": a.codes_dir,
+                "utterances": len(codes),
+                "frames": tokens,
+                "num_codebooks": cn,
+                "codebook_size": a.codebook_size,
+                "usage": s["codebook_usage"],
+                "perplexity": s["code_perplexity"],
+            }
+        )
+    )
     return 0
 
 
@@ -487,8 +541,17 @@ def cmd_resynth_set(a) -> int:
 
     tok = _tokenizer(a)
     if a.codes_dir:
-        resynth_set(tok, a.dump_dir, a.codes_dir, a.out_dir, steps=a.steps, seed=a.seed, progress=not a.no_progress,
-                    cfg_scale=a.cfg_scale, temperature=a.temperature)  # fmt: skip
+        resynth_set(
+            tok,
+            a.dump_dir,
+            a.codes_dir,
+            a.out_dir,
+            steps=a.steps,
+            seed=a.seed,
+            progress=not a.no_progress,
+            cfg_scale=a.cfg_scale,
+            temperature=a.temperature,
+        )
     else:
         vocode_set(tok, a.dump_dir, a.out_dir, progress=not a.no_progress)
     return 0
@@ -503,9 +566,21 @@ def cmd_eval_refine(a) -> int:
         if not sep or not name or not path:
             raise ValueError(f"--models: expected NAME=MODEL_DIR, got {item!r}")
         models[name] = path
-    evaluate_refinement(a.dump_dir, a.codes_dir, a.out_dir, models, a.steps, a.cfg_scales, a.wer_steps, a.lm,
-                        max_utts=a.max_utts, progress=not a.no_progress, vocoder=a.vocoder,
-                        temperatures=a.temperatures, select_from=a.select_from)  # fmt: skip
+    evaluate_refinement(
+        a.dump_dir,
+        a.codes_dir,
+        a.out_dir,
+        models,
+        a.steps,
+        a.cfg_scales,
+        a.wer_steps,
+        a.lm,
+        max_utts=a.max_utts,
+        progress=not a.no_progress,
+        vocoder=a.vocoder,
+        temperatures=a.temperatures,
+        select_from=a.select_from,
+    )
     return 0
 
 
@@ -527,9 +602,11 @@ def cmd_compare_refine(a) -> int:
     for b in a.b:
         for r in paired_comparison(a.eval_dir, a.a, b, a.steps, a.metric, seed=a.seed):
             lo, hi = r["ci95"]
-            print(f"| {r['a']} | {r['b']} | {r['steps']} | {r['utterances']} | {r['a_value']:{fmt}} | "
-                  f"{r['b_value']:{fmt}} | {r['diff']:+{fmt}} | [{lo:+{fmt}}, {hi:+{fmt}}] | "
-                  f"{100 * r['a_better_share']:.0f} / {100 * r['a_worse_share']:.0f} % |")  # fmt: skip
+            print(
+                f"| {r['a']} | {r['b']} | {r['steps']} | {r['utterances']} | {r['a_value']:{fmt}} | "
+                f"{r['b_value']:{fmt}} | {r['diff']:+{fmt}} | [{lo:+{fmt}}, {hi:+{fmt}}] | "
+                f"{100 * r['a_better_share']:.0f} / {100 * r['a_worse_share']:.0f} % |"
+            )
     return 0
 
 
@@ -551,18 +628,31 @@ def cmd_evaluate(a) -> int:
     from sitok.eval.judges import parse_judges
 
     torch_threads(a.threads)
-    evaluate(a.model_dir, a.dump_dir, a.out_dir, steps=a.steps, cfg_scales=a.cfg_scales, vocoders=a.vocoders,
-             judges=parse_judges(a.judges), judge_opts=_judge_opts(a.judge_opt), lm=a.lm,
-             groundtruth=not a.no_groundtruth, max_utts=a.max_utts, progress=not a.no_progress, name=a.name,
-             temperature=a.temperature)  # fmt: skip
+    evaluate(
+        a.model_dir,
+        a.dump_dir,
+        a.out_dir,
+        steps=a.steps,
+        cfg_scales=a.cfg_scales,
+        vocoders=a.vocoders,
+        judges=parse_judges(a.judges),
+        judge_opts=_judge_opts(a.judge_opt),
+        lm=a.lm,
+        groundtruth=not a.no_groundtruth,
+        max_utts=a.max_utts,
+        progress=not a.no_progress,
+        name=a.name,
+        temperature=a.temperature,
+    )
     return 0
 
 
 def cmd_report(a) -> int:
     from sitok.report.build import write_report
 
-    write_report(a.exp_dirs, a.out, set_name=a.set, dump_dir=a.dump_dir, steps=a.steps, cfg_scale=a.cfg_scale,
-                 vocoder=a.vocoder)  # fmt: skip
+    write_report(
+        a.exp_dirs, a.out, set_name=a.set, dump_dir=a.dump_dir, steps=a.steps, cfg_scale=a.cfg_scale, vocoder=a.vocoder
+    )
     print(open(os.path.join(a.out, "report.md"), encoding="utf-8").read())
     return 0
 
@@ -579,10 +669,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="sitok", description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
-                   help="log verbosity (DEBUG also prints the traceback of an error)")
-    p.add_argument("--allow-pipes", action="store_true",
-                   help="let feats.scp / codes.scp entries that are shell commands ('cmd |') run (refused by default)")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="log verbosity (DEBUG also prints the traceback of an error)",
+    )
+    p.add_argument(
+        "--allow-pipes",
+        action="store_true",
+        help="let feats.scp / codes.scp entries that are shell commands ('cmd |') run (refused by default)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth-mini", help="synthesise the embedded corpus")
@@ -598,8 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth_mini)
 
     s = sub.add_parser("prep", help="corpus -> Kaldi-style data dir")
-    s.add_argument("--corpus", required=True, help="mini, librispeech, libritts, iemocap, voxceleb1, speech_commands "
-                   "(or any reader added to sitok.data.prep.READERS)")
+    s.add_argument(
+        "--corpus",
+        required=True,
+        help="mini, librispeech, libritts, iemocap, voxceleb1, speech_commands "
+        "(or any reader added to sitok.data.prep.READERS)",
+    )
     s.add_argument("--root", required=True, help="corpus root (mini: the synthesised corpus dir)")
     s.add_argument("--split", required=True)
     s.add_argument("--out", required=True)
@@ -608,8 +710,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-session", type=int, default=5, help="iemocap: the test session")
     s.add_argument("--valid-session", type=int, default=4, help="iemocap: the validation session")
     s.add_argument("--dev-per-speaker", type=int, default=2, help="voxceleb1: dev utterances per training speaker")
-    s.add_argument("--silence-per-split", type=int, default=None,
-                   help="speech_commands: _silence_ clips per split (default: as many as the mean keyword class)")
+    s.add_argument(
+        "--silence-per-split",
+        type=int,
+        default=None,
+        help="speech_commands: _silence_ clips per split (default: as many as the mean keyword class)",
+    )
     s.set_defaults(func=cmd_prep)
 
     s = sub.add_parser("make-trials", help="speaker-verification trials for a data dir")
@@ -666,10 +772,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("configs", nargs="+", help="hparams YAML(s) with a model_config mapping, or model dirs")
     s.set_defaults(func=cmd_count_params)
 
-    for name, fn, helptext in [("info", cmd_info, "facts of a model directory"),
-                               ("encode", cmd_encode, "wav -> codes .npy [CN, T]"),
-                               ("decode", cmd_decode, "codes .npy -> 24 kHz wav"),
-                               ("resynth", cmd_resynth, "wav -> codes -> wav")]:  # fmt: skip
+    for name, fn, helptext in [
+        ("info", cmd_info, "facts of a model directory"),
+        ("encode", cmd_encode, "wav -> codes .npy [CN, T]"),
+        ("decode", cmd_decode, "codes .npy -> 24 kHz wav"),
+        ("resynth", cmd_resynth, "wav -> codes -> wav"),
+    ]:
         s = sub.add_parser(name, help=helptext)
         if name != "info":
             s.add_argument("input")
@@ -727,7 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_resynth_set)
 
-    s = sub.add_parser("eval-refine", help="mel distance / WER / RTF of models x steps x CFG scales x temperatures on a set")
+    s = sub.add_parser(
+        "eval-refine", help="mel distance / WER / RTF of models x steps x CFG scales x temperatures on a set"
+    )
     s.add_argument("dump_dir")
     s.add_argument("codes_dir", help="the set's codes (refined models share the base model's encoder and VQ)")
     s.add_argument("out_dir")
@@ -736,8 +846,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cfg-scales", nargs="+", type=float, default=[1.0])
     s.add_argument("--temperatures", nargs="+", type=float, default=[1.0], help="start-noise scales tau to score")
     s.add_argument("--wer-steps", nargs="*", type=int, default=[], help="steps that also get the ASR judge")
-    s.add_argument("--select-from", default=None,
-                   help="an earlier eval-refine output dir (e.g. on dev) whose mel L1 selects the judged setting")
+    s.add_argument(
+        "--select-from",
+        default=None,
+        help="an earlier eval-refine output dir (e.g. on dev) whose mel L1 selects the judged setting",
+    )
     s.add_argument("--lm", default=None, help="judge LM (ARPA); default: pocketsphinx's generic LM")
     s.add_argument("--max-utts", type=int, default=0)
     s.add_argument("--vocoder", default="auto", choices=VOCODERS, help=VOCODER_HELP)
@@ -749,13 +862,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="base", help="the model's NAME in that evaluation")
     s.set_defaults(func=cmd_best_decoding)
 
-    s = sub.add_parser("compare-refine", help="paired per-utterance mel L1 or WER of eval-refine settings, bootstrap CI")
+    s = sub.add_parser(
+        "compare-refine", help="paired per-utterance mel L1 or WER of eval-refine settings, bootstrap CI"
+    )
     s.add_argument("eval_dir", help="an eval-refine output directory (its per_utt.csv)")
     s.add_argument("a", help="NAME[@TEMPERATURE[@CFG_SCALE]], e.g. shortcut@0")
     s.add_argument("b", nargs="+", help="one or more settings to compare A with, e.g. base@0 base@1")
     s.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4])
-    s.add_argument("--metric", default="mel_l1", choices=["mel_l1", "wer"],
-                   help="mel_l1 (per_utt.csv) or wer (the judge's hyps/*.tsv: scored settings at --wer-steps)")
+    s.add_argument(
+        "--metric",
+        default="mel_l1",
+        choices=["mel_l1", "wer"],
+        help="mel_l1 (per_utt.csv) or wer (the judge's hyps/*.tsv: scored settings at --wer-steps)",
+    )
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     s.set_defaults(func=cmd_compare_refine)
     _add_evaluate(sub)
@@ -771,10 +890,20 @@ def _add_evaluate(sub) -> None:
     s.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0], help="token-CFG scales (CFG models)")
     s.add_argument("--temperature", type=float, default=1.0, help=TEMPERATURE_HELP)
     s.add_argument("--vocoders", nargs="+", default=["auto"], help="auto | vocos | griffin_lim (each is scored)")
-    s.add_argument("--judges", nargs="*", default=None, metavar="KIND=BACKEND",
-                   help="e.g. asr=whisper sim=wavlm mos=utmos; KIND=none leaves one out (default: the offline ones)")
-    s.add_argument("--judge-opt", nargs="*", default=None, metavar="KIND.OPTION=VALUE",
-                   help="backend options, e.g. asr.model=/models/whisper-large-v3 sim.model=/models/wavlm-sv")
+    s.add_argument(
+        "--judges",
+        nargs="*",
+        default=None,
+        metavar="KIND=BACKEND",
+        help="e.g. asr=whisper sim=wavlm mos=utmos; KIND=none leaves one out (default: the offline ones)",
+    )
+    s.add_argument(
+        "--judge-opt",
+        nargs="*",
+        default=None,
+        metavar="KIND.OPTION=VALUE",
+        help="backend options, e.g. asr.model=/models/whisper-large-v3 sim.model=/models/wavlm-sv",
+    )
     s.add_argument("--lm", default=None, help="ARPA LM for the pocketsphinx judge (the recipe's judge LM)")
     s.add_argument("--no-groundtruth", action="store_true", help="skip the ground-truth-through-vocoder rows")
     s.add_argument("--max-utts", type=int, default=0, help="score this many evenly spaced utterances (0: all)")
@@ -822,8 +951,13 @@ def _positive_int(text: str) -> int:
 
 
 # Option values checked by argparse in every command that has them (a bad one is a usage error).
-ARG_TYPES = {"steps": _positive_int, "temperature": _nonneg_float, "temperatures": _nonneg_float,
-             "cfg_scale": _nonneg_float, "cfg_scales": _nonneg_float}  # fmt: skip
+ARG_TYPES = {
+    "steps": _positive_int,
+    "temperature": _nonneg_float,
+    "temperatures": _nonneg_float,
+    "cfg_scale": _nonneg_float,
+    "cfg_scales": _nonneg_float,
+}
 # Help of the arguments defined without one: "command:dest" first, then "dest".
 ARG_HELP = {
     "nj": "parallel jobs",
@@ -859,7 +993,7 @@ ARG_HELP = {
     "encode:output": "codes file, int64 .npy [CN, T] (written under exactly this name)",
     "decode:input": ".npy codes [CN, T], or [B, CN, T] for B files",
     "decode:output": "output wav; codes [B, CN, T] give one wav per item, OUTPUT with _0, _1, ... before the "
-                     "extension (out.wav -> out_0.wav, out_1.wav)",
+    "extension (out.wav -> out_0.wav, out_1.wav)",
     "decode:seed": "start-noise seed (an utterance's noise depends only on it and the utterance's length)",
     "resynth:input": "audio file (any format libsndfile reads, any rate and channel count)",
     "resynth:output": "output wav (24 kHz, cut to the input's duration)",

@@ -90,15 +90,13 @@ def digest_dump(path: str) -> str:
     return h.hexdigest()
 
 
-def make_stamp(inputs: dict[str, str] | None = None, options: dict | None = None,
-               dumps: dict[str, str] | None = None) -> dict:  # fmt: skip
+def make_stamp(
+    inputs: dict[str, str] | None = None, options: dict | None = None, dumps: dict[str, str] | None = None
+) -> dict:
     """A stamp of named input paths and feature dumps (digested now) and options (as strings)."""
     digests = {name: digest(p) for name, p in (inputs or {}).items()}
     digests.update({name: digest_dump(p) for name, p in (dumps or {}).items()})
-    return {
-        "inputs": dict(sorted(digests.items())),
-        "options": {k: str(v) for k, v in sorted((options or {}).items())},
-    }
+    return {"inputs": dict(sorted(digests.items())), "options": {k: str(v) for k, v in sorted((options or {}).items())}}
 
 
 def read_stamp(marker: str) -> dict | None:

@@ -2,7 +2,8 @@
 """Emotion recognition probe (DASB ER): frozen features -> ECAPA-TDNN -> 4-way AAM classifier.
 
     python recipes/probes/er/train.py recipes/probes/er/hparams/mini.yaml --features tokens \
-        --model_dir exp/tokenizer_mini/model --codes_root exp/tokenizer_mini/codes --exp_dir exp/tokenizer_mini/probes/er
+        --model_dir exp/tokenizer_mini/model --codes_root exp/tokenizer_mini/codes \
+        --exp_dir exp/tokenizer_mini/probes/er
 
 Labels: utt2label of the train/valid/test sets (mini: speaking style; IEMOCAP: neutral, happy,
 angry, sad). Metric: accuracy on the test set with the checkpoint of lowest validation error,

@@ -3,7 +3,8 @@
 (10 keywords, _unknown_, _silence_; Speech Commands v2 layout, or the mini corpus's ks_* sets).
 
     python recipes/probes/ks/train.py recipes/probes/ks/hparams/mini.yaml --features tokens \
-        --model_dir exp/tokenizer_mini/model --codes_root exp/tokenizer_mini/codes --exp_dir exp/tokenizer_mini/probes/ks
+        --model_dir exp/tokenizer_mini/model --codes_root exp/tokenizer_mini/codes \
+        --exp_dir exp/tokenizer_mini/probes/ks
 
 Metric: test accuracy with the checkpoint of lowest validation error (<exp_dir>/results.json).
 """

@@ -97,7 +97,7 @@ def load_audio(
     min_duration: float = 0.0,
     max_duration: float = math.inf,
     silence_peak: float = 1e-4,
-) -> "torch.Tensor":
+) -> torch.Tensor:
     """Load ``path`` as a mono float32 tensor [N] at ``sample_rate``.
 
     Raises :class:`AudioError` (naming the file) for: missing, empty, unreadable/non-audio,
@@ -117,8 +117,9 @@ def load_audio(
         raise AudioError(path, "no-samples", "no sample could be decoded (truncated?)")
     if info.truncated or data.shape[0] < info.num_frames:
         detail = info.truncated or f"the header declares {info.num_frames} frames"
-        warnings.warn(AudioWarning(f"{path}: truncated ({detail}): read the {data.shape[0]} frames present"),
-                      stacklevel=2)  # fmt: skip
+        warnings.warn(
+            AudioWarning(f"{path}: truncated ({detail}): read the {data.shape[0]} frames present"), stacklevel=2
+        )
     if not np.isfinite(data).all():
         raise AudioError(path, "non-finite", f"{int((~np.isfinite(data)).sum())} NaN/Inf samples")
     duration = data.size / sr

@@ -31,7 +31,7 @@ import logging
 import os
 import re
 from collections import defaultdict
-from typing import Iterator
+from collections.abc import Iterator
 
 from sitok.data.prep import Entry, Skip
 
@@ -103,8 +103,11 @@ def read_iemocap(root: str, split: str, test_session: int = 5, valid_session: in
 def _voxceleb_wavs(root: str) -> dict[str, str]:
     """{"id10270/x6uYqmx31kE/00001.wav": absolute path} over every wav/ folder of the release."""
     out = {}
-    for wav_root in (os.path.join(root, "wav"), os.path.join(root, "vox1_dev_wav", "wav"),
-                     os.path.join(root, "vox1_test_wav", "wav")):  # fmt: skip
+    for wav_root in (
+        os.path.join(root, "wav"),
+        os.path.join(root, "vox1_dev_wav", "wav"),
+        os.path.join(root, "vox1_test_wav", "wav"),
+    ):
         for p in sorted(glob.glob(os.path.join(wav_root, "id*", "*", "*.wav"))):
             out["/".join(p.split(os.sep)[-3:])] = p
     if not out:
@@ -132,7 +135,9 @@ def _read_trial_lines(path: str) -> list[tuple[str, str, str]]:
             if not parts:
                 continue
             if len(parts) != 3 or parts[0] not in ("0", "1"):
-                raise ValueError(f"{path}:{n}: expected '<0|1> <spk/video/n.wav> <spk/video/n.wav>', got {line.strip()!r}")
+                raise ValueError(
+                    f"{path}:{n}: expected '<0|1> <spk/video/n.wav> <spk/video/n.wav>', got {line.strip()!r}"
+                )
             rows.append((parts[0], parts[1], parts[2]))
     return rows
 
@@ -174,8 +179,15 @@ def voxceleb_trials(root: str, data_dir: str) -> dict:
         raise ValueError(f"{path}: no trial has both utterances in {data_dir}")
     write_trials(os.path.join(data_dir, "trials"), kept)
     if missing:
-        logger.warning("%s: %d of %d trials left out: an utterance is missing from %s (first: %s %s)", path,
-                       len(missing), len(kept) + len(missing), data_dir, missing[0][1], missing[0][2])  # fmt: skip
+        logger.warning(
+            "%s: %d of %d trials left out: an utterance is missing from %s (first: %s %s)",
+            path,
+            len(missing),
+            len(kept) + len(missing),
+            data_dir,
+            missing[0][1],
+            missing[0][2],
+        )
     logger.info("%s/trials: %d trials from %s", data_dir, len(kept), path)
     return {"kept": len(kept), "missing": len(missing)}
 
@@ -191,7 +203,9 @@ def _list(root: str, name: str) -> set[str]:
         return {line.strip() for line in fh if line.strip()}
 
 
-def silence_slices(root: str, split: str, count: int | None, out_dir: str, sample_rate_check: bool = True) -> list[Entry]:
+def silence_slices(
+    root: str, split: str, count: int | None, out_dir: str, sample_rate_check: bool = True
+) -> list[Entry]:
     """1 s slices of the background-noise files for ``split`` (see the module doc), written as
     16-bit wav files into ``<out_dir>/silence_wavs/`` (atomically); returns their entries."""
     import soundfile as sf
@@ -223,16 +237,22 @@ def silence_slices(root: str, split: str, count: int | None, out_dir: str, sampl
     return entries
 
 
-def read_speech_commands(root: str, split: str, out_dir: str | None = None, silence_per_split: int | None = None,
-                         **_) -> Iterator[Entry]:  # fmt: skip
+def read_speech_commands(
+    root: str, split: str, out_dir: str | None = None, silence_per_split: int | None = None, **_
+) -> Iterator[Entry]:
     if split not in ("train", "dev", "test"):
         raise ValueError(f"Speech Commands split must be train, dev or test, got {split!r}")
     valid, test = _list(root, "validation_list.txt"), _list(root, "testing_list.txt")
-    rels = sorted("/".join(p.split(os.sep)[-2:]) for p in glob.glob(os.path.join(root, "*", "*.wav"))
-                  if not p.split(os.sep)[-2].startswith("_"))  # fmt: skip
+    rels = sorted(
+        "/".join(p.split(os.sep)[-2:])
+        for p in glob.glob(os.path.join(root, "*", "*.wav"))
+        if not p.split(os.sep)[-2].startswith("_")
+    )
     if not rels:
         raise FileNotFoundError(f"{root}: no <word>/*.wav files (not a Speech Commands folder?)")
-    chosen = [r for r in rels if (r in test if split == "test" else r in valid if split == "dev" else r not in valid | test)]
+    chosen = [
+        r for r in rels if (r in test if split == "test" else r in valid if split == "dev" else r not in valid | test)
+    ]
     per_class = defaultdict(int)
     for rel in chosen:
         word, fname = rel.split("/")

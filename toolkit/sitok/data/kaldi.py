@@ -88,7 +88,7 @@ def read_mat(spec: str, where: str | None = None):
     return kaldiio.load_mat(check_rxspec(spec, where))
 
 
-def read_table(path: str, *, allow_empty_value: bool = False) -> "OrderedDict[str, str]":
+def read_table(path: str, *, allow_empty_value: bool = False) -> OrderedDict[str, str]:
     """Read ``key value...`` lines. Raises DataDirError naming file and line on bad input."""
     table: OrderedDict[str, str] = OrderedDict()
     with open(path, encoding="utf-8") as fh:
@@ -113,7 +113,7 @@ def write_table(path: str, table: dict) -> None:
             fh.write(f"{key} {table[key]}\n")
 
 
-def spk2utt_from_utt2spk(utt2spk: dict) -> "OrderedDict[str, str]":
+def spk2utt_from_utt2spk(utt2spk: dict) -> OrderedDict[str, str]:
     spk2utt: dict[str, list[str]] = {}
     for utt in sorted(utt2spk, key=lambda k: k.encode()):
         spk2utt.setdefault(utt2spk[utt], []).append(utt)
@@ -127,7 +127,7 @@ class DataDir:
         self.tables: dict[str, dict] = {k: dict(v) for k, v in (tables or {}).items()}
 
     @classmethod
-    def load(cls, path: str) -> "DataDir":
+    def load(cls, path: str) -> DataDir:
         if not os.path.isdir(path):
             raise DataDirError(f"{path}: not a directory")
         tables = {}
@@ -153,7 +153,7 @@ class DataDir:
     def __len__(self) -> int:
         return len(self.tables["wav.scp"])
 
-    def subset(self, keep) -> "DataDir":
+    def subset(self, keep) -> DataDir:
         keep = set(keep)
         return DataDir({n: {u: v for u, v in t.items() if u in keep} for n, t in self.tables.items()})
 
@@ -207,7 +207,9 @@ def validate_data_dir(path: str, *, need=("utt2dur",), check_files: bool = False
             continue
         lacking = utts - set(table)
         if lacking:
-            problems.append(f"{path}/{name}: {len(lacking)} utterances of wav.scp lack an entry, e.g. {sorted(lacking)[:3]}")
+            problems.append(
+                f"{path}/{name}: {len(lacking)} utterances of wav.scp lack an entry, e.g. {sorted(lacking)[:3]}"
+            )
     for name, table in dd.tables.items():
         extra = set(table) - utts
         if extra:

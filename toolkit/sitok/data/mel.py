@@ -47,7 +47,7 @@ class MelConfig:
         return math.ceil(num_samples / self.hop_length)
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "MelConfig":
+    def from_dict(cls, d: dict | None) -> MelConfig:
         """A mel config from plain data (a model directory's config.json), range-checked."""
         from dataclasses import fields
 
@@ -58,11 +58,24 @@ class MelConfig:
             raise ValueError(f"MelConfig: expected a mapping of {[f.name for f in fields(cls)]}, got {d!r}")
         cfg = cls(**d)
         sizes = (1, 65536)
-        check_fields("MelConfig", cfg, ints={"sample_rate": (1, 768000), "n_fft": (2, 65536), "win_length": sizes,
-                                             "hop_length": sizes, "n_mels": (1, 4096)},
-                     floats={"f_min": (0.0, 384000.0), "f_max": (0.0, 384000.0), "power": (0.1, 10.0),
-                             "log_floor": (1e-30, 1.0)},
-                     choices={"mel_scale": ("slaney", "htk"), "mel_norm": ("slaney", None)})  # fmt: skip
+        check_fields(
+            "MelConfig",
+            cfg,
+            ints={
+                "sample_rate": (1, 768000),
+                "n_fft": (2, 65536),
+                "win_length": sizes,
+                "hop_length": sizes,
+                "n_mels": (1, 4096),
+            },
+            floats={
+                "f_min": (0.0, 384000.0),
+                "f_max": (0.0, 384000.0),
+                "power": (0.1, 10.0),
+                "log_floor": (1e-30, 1.0),
+            },
+            choices={"mel_scale": ("slaney", "htk"), "mel_norm": ("slaney", None)},
+        )
         if cfg.win_length > cfg.n_fft:
             raise ValueError(f"MelConfig: win_length {cfg.win_length} must not exceed n_fft {cfg.n_fft}")
         return cfg
@@ -156,7 +169,7 @@ class CMVNStats:
         self.sum += m.sum(0)
         self.sum_sq += (m * m).sum(0)
 
-    def merge(self, other: "CMVNStats") -> "CMVNStats":
+    def merge(self, other: CMVNStats) -> CMVNStats:
         if other.count == 0:
             return self
         if self.count == 0:
@@ -167,7 +180,7 @@ class CMVNStats:
         return {"count": int(self.count), "sum": self.sum.tolist(), "sum_sq": self.sum_sq.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CMVNStats":
+    def from_dict(cls, d: dict) -> CMVNStats:
         return cls(int(d["count"]), np.asarray(d["sum"], np.float64), np.asarray(d["sum_sq"], np.float64))
 
 
@@ -184,12 +197,12 @@ class GlobalCMVN(torch.nn.Module):
         self.register_buffer("std", torch.as_tensor(var, dtype=torch.float32).reshape(-1).sqrt())
 
     @classmethod
-    def paper(cls) -> "GlobalCMVN":
+    def paper(cls) -> GlobalCMVN:
         """The paper's statistics (mean -4.92, variance 8.14)."""
         return cls(PAPER_MEAN, PAPER_VAR, "global")
 
     @classmethod
-    def from_stats(cls, stats: CMVNStats, mode: str = "global", var_floor: float = 1e-6) -> "GlobalCMVN":
+    def from_stats(cls, stats: CMVNStats, mode: str = "global", var_floor: float = 1e-6) -> GlobalCMVN:
         if stats.count == 0:
             raise ValueError("GlobalCMVN.from_stats: no frames were accumulated")
         if mode == "global":
@@ -220,7 +233,7 @@ class GlobalCMVN(torch.nn.Module):
         write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str) -> "GlobalCMVN":
+    def load(cls, path: str) -> GlobalCMVN:
         """Read a cmvn.json; a malformed one is a ValueError naming the file."""
         with open(path, encoding="utf-8") as fh:
             try:

@@ -22,8 +22,8 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from sitok.data.audio import AudioError, probe_audio
 from sitok.data.kaldi import DataDir
@@ -69,11 +69,7 @@ def summarize_skips(skips: list[Skip]) -> str:
 
 
 def make_data_dir(
-    entries: Iterable[Entry | Skip],
-    out_dir: str,
-    *,
-    min_duration: float = 0.1,
-    max_duration: float = 60.0,
+    entries: Iterable[Entry | Skip], out_dir: str, *, min_duration: float = 0.1, max_duration: float = 60.0
 ) -> tuple[DataDir, list[Skip]]:
     """Check and write one data dir. Returns the kept data and the skipped items."""
     wav_scp, text, utt2spk, utt2dur, utt2label = {}, {}, {}, {}, {}
@@ -125,9 +121,13 @@ def make_data_dir(
     hours = sum(float(d) for d in utt2dur.values()) / 3600
     logger.info(
         "%s: %d utterances, %d speakers, %.2f h; %s%s",
-        out_dir, len(dd), len(set(utt2spk.values())), hours, summarize_skips(skips),
+        out_dir,
+        len(dd),
+        len(set(utt2spk.values())),
+        hours,
+        summarize_skips(skips),
         f"; {n_non_ascii} transcripts had non-ASCII characters (transliterated)" if n_non_ascii else "",
-    )  # fmt: skip
+    )
     for s in skips[:10]:
         logger.warning("skipped %s (%s): %s %s", s.utt, s.path, s.reason, s.detail)
     if len(skips) > 10:
@@ -198,7 +198,6 @@ def read_libritts(root: str, split: str) -> Iterator[Entry]:
 
 
 READERS = {"mini": read_mini, "librispeech": read_librispeech, "libritts": read_libritts}
-
 
 
 def get_reader(corpus: str):

@@ -181,12 +181,20 @@ def _synthesize_raw(item: Item, tmpdir: str) -> tuple[np.ndarray, int]:
     out = os.path.join(tmpdir, f"{item.utt}.wav")
     if spk.engine == "flite":
         cmd = [
-            "flite", "-voice", spk.voice,
-            "--setf", f"int_f0_target_mean={spk.pitch * pitch_s / spk.vtl:.1f}",
-            "--setf", f"int_f0_target_stddev={20 * range_s:.1f}",
-            "--setf", f"duration_stretch={1.0 / rate:.3f}",
-            "-t", item.text, "-o", out,
-        ]  # fmt: skip
+            "flite",
+            "-voice",
+            spk.voice,
+            "--setf",
+            f"int_f0_target_mean={spk.pitch * pitch_s / spk.vtl:.1f}",
+            "--setf",
+            f"int_f0_target_stddev={20 * range_s:.1f}",
+            "--setf",
+            f"duration_stretch={1.0 / rate:.3f}",
+            "-t",
+            item.text,
+            "-o",
+            out,
+        ]
     else:
         pitch = int(min(99, max(0, round(spk.pitch * pitch_s))))
         ssml = f'<speak><prosody range="{ESPEAK_RANGE[range_s]}">{item.text}</prosody></speak>'
@@ -347,4 +355,3 @@ def read_metadata(root: str) -> list[dict]:
 
 def total_hours(seconds: dict[str, float]) -> str:
     return ", ".join(f"{k} {v / 60:.1f} min" for k, v in sorted(seconds.items())) if seconds else "nothing"
-

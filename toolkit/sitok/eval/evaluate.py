@@ -50,8 +50,7 @@ def _load_set(dump_dir: str, max_utts: int, sample_rate: int):
     texts = read_table(os.path.join(dump_dir, "text"))
     lacking = sorted(u for u in feats if u not in wavs or u not in texts)
     if lacking:
-        logger.warning("%s: %d utterances lack audio or text; left out (first: %s)", dump_dir, len(lacking),
-                       lacking[0])  # fmt: skip
+        logger.warning("%s: %d utterances lack audio or text; left out (first: %s)", dump_dir, len(lacking), lacking[0])
     utts = sorted(u for u in feats if u in wavs and u in texts)
     if max_utts:  # evenly spaced over the sorted set (every speaker, not the first few)
         utts = example_utts(utts, max_utts)
@@ -118,8 +117,13 @@ def ctc_asr(tok, codes: dict, texts: dict, beam_size: int = 0) -> dict | None:
     refs = [texts[u] for u in utts]
     out = {"ctc_asr_wer": 100 * word_error_rate(refs, [hyps[u] for u in utts]), "ctc_decoding": "greedy"}
     if searcher is not None:
-        out.update({"ctc_asr_wer_beam": 100 * word_error_rate(refs, [beam_hyps[u] for u in utts]),
-                    "ctc_beam_size": beam_size, "ctc_decoding": "greedy + beam"})  # fmt: skip
+        out.update(
+            {
+                "ctc_asr_wer_beam": 100 * word_error_rate(refs, [beam_hyps[u] for u in utts]),
+                "ctc_beam_size": beam_size,
+                "ctc_decoding": "greedy + beam",
+            }
+        )
     return out
 
 
@@ -167,10 +171,25 @@ def _summarise(rows: list[dict], texts: dict) -> dict:
     return out
 
 
-def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_scales=(1.0,), vocoders=("auto",),
-             judges: dict | None = None, judge_opts: dict | None = None, lm: str | None = None,
-             groundtruth: bool = True, max_utts: int = 0, seed: int = 0, progress: bool = True,
-             name: str | None = None, examples: int = 3, temperature: float = 1.0) -> dict:  # fmt: skip
+def evaluate(
+    model_dir: str,
+    dump_dir: str,
+    out_dir: str,
+    *,
+    steps=(1,),
+    cfg_scales=(1.0,),
+    vocoders=("auto",),
+    judges: dict | None = None,
+    judge_opts: dict | None = None,
+    lm: str | None = None,
+    groundtruth: bool = True,
+    max_utts: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+    name: str | None = None,
+    examples: int = 3,
+    temperature: float = 1.0,
+) -> dict:
     """Score one model on one split (see the module docstring); returns the summary. Every decode
     starts from noise scaled by ``temperature`` (settings at another value than 1 are named
     ``..._temp<t>``, so they never reuse rows of another temperature)."""
@@ -203,8 +222,17 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
     utts, texts, mels, audio = _load_set(dump_dir, max_utts, tok.sample_rate)
     frames = {u: m.shape[0] for u, m in mels.items()}
     audio_s = sum(a.shape[-1] for a in audio.values()) / tok.sample_rate
-    logger.info("%s on %s: %d utterances (%.1f min); steps %s, CFG %s, vocoders %s; judges %s", name, dump_dir,
-                len(utts), audio_s / 60, list(steps), list(cfg_scales), list(toks), judges)  # fmt: skip
+    logger.info(
+        "%s on %s: %d utterances (%.1f min); steps %s, CFG %s, vocoders %s; judges %s",
+        name,
+        dump_dir,
+        len(utts),
+        audio_s / 60,
+        list(steps),
+        list(cfg_scales),
+        list(toks),
+        judges,
+    )
 
     built, judge_info = {}, {}
     for kind, backend in judges.items():
@@ -216,19 +244,27 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
 
     codes, enc_s = encode_mels(tok, mels)
     model_facts = {
-        "name": name, "model_dir": os.path.abspath(model_dir), "config": cfg.to_dict(),
-        "parameters": tok.model.num_parameters(), "fps": cfg.token_rate, "tps": cfg.token_rate * cfg.num_codebooks,
-        "num_codebooks": cfg.num_codebooks, "codebook_size": cfg.codebook_size, "bits_per_second": cfg.bits_per_second,
-        "encode_rtf": enc_s / audio_s, **code_statistics(codes, cfg.num_codebooks, cfg.codebook_size),
-    }  # fmt: skip
+        "name": name,
+        "model_dir": os.path.abspath(model_dir),
+        "config": cfg.to_dict(),
+        "parameters": tok.model.num_parameters(),
+        "fps": cfg.token_rate,
+        "tps": cfg.token_rate * cfg.num_codebooks,
+        "num_codebooks": cfg.num_codebooks,
+        "codebook_size": cfg.codebook_size,
+        "bits_per_second": cfg.bits_per_second,
+        "encode_rtf": enc_s / audio_s,
+        **code_statistics(codes, cfg.num_codebooks, cfg.codebook_size),
+    }
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as fh:
         model_facts["refine"] = json.load(fh).get("refine")
     t0 = time.time()
     ctc = ctc_asr(tok, codes, texts)
     if ctc:
         model_facts.update(ctc)
-        logger.info("CTC ASR (greedy, the tokenizer's CTC head): WER %.2f %% (%.1f s)", ctc["ctc_asr_wer"],
-                    time.time() - t0)  # fmt: skip
+        logger.info(
+            "CTC ASR (greedy, the tokenizer's CTC head): WER %.2f %% (%.1f s)", ctc["ctc_asr_wer"], time.time() - t0
+        )
 
     settings = []
     if groundtruth:
@@ -236,7 +272,9 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
     settings += [("model", s, w, v) for v in toks for s in steps for w in cfg_scales]
     inputs = {"model": digest(model_dir), "feats": digest_dump(dump_dir), "lm": digest(lm) if lm else "none"}
     options = {"max_utts": max_utts, "seed": seed, "judges": json.dumps(judge_info, sort_keys=True, default=str)}
-    fresh_cache(os.path.join(out_dir, "settings"), {"inputs": inputs, "options": {k: str(v) for k, v in options.items()}})
+    fresh_cache(
+        os.path.join(out_dir, "settings"), {"inputs": inputs, "options": {k: str(v) for k, v in options.items()}}
+    )
     rows, per_utt = [], []
     for source, s, w, v in settings:
         key = f"groundtruth_{v}" if source == "groundtruth" else f"steps{s}_cfg{w:g}_{v}{temp_tag}"
@@ -266,25 +304,49 @@ def evaluate(model_dir: str, dump_dir: str, out_dir: str, *, steps=(1,), cfg_sca
                     r["ref"] = texts[u]
                     r["utt_wer"] = 100 * word_error_rate([texts[u]], [r["hyp"]])
                 urows.append(r)
-            row = {"setting": key, "source": source, "steps": s, "cfg_scale": w, "vocoder": v,
-                   "temperature": 1.0 if source == "groundtruth" else temperature,
-                   **_summarise(urows, texts), "decoder_rtf": dec_s / audio_s, "vocoder_rtf": voc_s / audio_s,
-                   "judge_seconds": {k: round(x, 2) for k, x in judge_s.items()}, "seconds": time.time() - t0}  # fmt: skip
+            row = {
+                "setting": key,
+                "source": source,
+                "steps": s,
+                "cfg_scale": w,
+                "vocoder": v,
+                "temperature": 1.0 if source == "groundtruth" else temperature,
+                **_summarise(urows, texts),
+                "decoder_rtf": dec_s / audio_s,
+                "vocoder_rtf": voc_s / audio_s,
+                "judge_seconds": {k: round(x, 2) for k, x in judge_s.items()},
+                "seconds": time.time() - t0,
+            }
             done = {"row": row, "per_utt": urows}
             write_text_atomic(path, json.dumps(done) + "\n")
-            logger.info("%s: %s (%.0f s; judges: %s)", key, _brief(row), row["seconds"],
-                        ", ".join(f"{k} {x:.0f} s" for k, x in judge_s.items()))  # fmt: skip
+            logger.info(
+                "%s: %s (%.0f s; judges: %s)",
+                key,
+                _brief(row),
+                row["seconds"],
+                ", ".join(f"{k} {x:.0f} s" for k, x in judge_s.items()),
+            )
         rows.append(done["row"])
         per_utt.extend(done["per_utt"])
     with atomic_open(os.path.join(out_dir, "per_utt.csv")) as fh:
         pd.DataFrame(per_utt).to_csv(fh, index=False)
-    summary = {"format": "sitok-eval-1", "dump_dir": os.path.abspath(dump_dir), "set": os.path.basename(dump_dir.rstrip("/")),
-               "utterances": len(utts), "audio_seconds": audio_s, "model": model_facts, "judges": judge_info,
-               "settings": rows, "wall_seconds": time.time() - t_start, "seed": seed}  # fmt: skip
+    summary = {
+        "format": "sitok-eval-1",
+        "dump_dir": os.path.abspath(dump_dir),
+        "set": os.path.basename(dump_dir.rstrip("/")),
+        "utterances": len(utts),
+        "audio_seconds": audio_s,
+        "model": model_facts,
+        "judges": judge_info,
+        "settings": rows,
+        "wall_seconds": time.time() - t_start,
+        "seed": seed,
+    }
     write_text_atomic(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
     write_text_atomic(os.path.join(out_dir, "results.md"), settings_markdown(summary) + "\n")
-    logger.info("%s: %d settings x %d utterances in %.0f s -> %s", name, len(rows), len(utts),
-                summary["wall_seconds"], out_dir)  # fmt: skip
+    logger.info(
+        "%s: %d settings x %d utterances in %.0f s -> %s", name, len(rows), len(utts), summary["wall_seconds"], out_dir
+    )
     return summary
 
 
@@ -304,8 +366,15 @@ def _save_examples(out_dir: str, key: str, mels: dict, utts: list[str], n: int) 
 
 def _brief(row: dict) -> str:
     parts = []
-    for k, fmt in (("wer", "WER %.2f %%"), ("sim", "SIM %.3f"), ("dnsmos_ovrl", "OVRL %.2f"), ("utmos", "UTMOS %.2f"),
-                   ("pesq", "PESQ %.2f"), ("stoi", "STOI %.3f"), ("mel_l1", "mel L1 %.4f")):  # fmt: skip
+    for k, fmt in (
+        ("wer", "WER %.2f %%"),
+        ("sim", "SIM %.3f"),
+        ("dnsmos_ovrl", "OVRL %.2f"),
+        ("utmos", "UTMOS %.2f"),
+        ("pesq", "PESQ %.2f"),
+        ("stoi", "STOI %.3f"),
+        ("mel_l1", "mel L1 %.4f"),
+    ):
         if row.get(k) is not None:
             parts.append(fmt % row[k])
     return ", ".join(parts)
@@ -313,9 +382,17 @@ def _brief(row: dict) -> str:
 
 def settings_markdown(summary: dict) -> str:
     """The settings of one evaluation as a markdown table."""
-    cols = [("wer", "WER %", "{:.2f}"), ("sim", "SIM", "{:.3f}"), ("dnsmos_ovrl", "DNSMOS OVRL", "{:.2f}"),
-            ("dnsmos_p808", "P.808", "{:.2f}"), ("utmos", "UTMOS", "{:.2f}"), ("pesq", "PESQ", "{:.2f}"),
-            ("stoi", "STOI", "{:.3f}"), ("mel_l1", "mel L1", "{:.4f}"), ("decoder_rtf", "decoder RTF", "{:.4f}")]  # fmt: skip
+    cols = [
+        ("wer", "WER %", "{:.2f}"),
+        ("sim", "SIM", "{:.3f}"),
+        ("dnsmos_ovrl", "DNSMOS OVRL", "{:.2f}"),
+        ("dnsmos_p808", "P.808", "{:.2f}"),
+        ("utmos", "UTMOS", "{:.2f}"),
+        ("pesq", "PESQ", "{:.2f}"),
+        ("stoi", "STOI", "{:.3f}"),
+        ("mel_l1", "mel L1", "{:.4f}"),
+        ("decoder_rtf", "decoder RTF", "{:.4f}"),
+    ]
     rows = summary["settings"]
     cols = [c for c in cols if any(r.get(c[0]) is not None for r in rows)]
     head = "| setting | steps | CFG w | vocoder | " + " | ".join(c[1] for c in cols) + " |"

@@ -96,8 +96,10 @@ class WhisperJudge(Judge):
 
     def __init__(self, model: str | None = None, language: str = "en", device: str = "cpu"):
         if not model or not os.path.isdir(model):
-            raise FileNotFoundError(f"whisper judge: local model directory {model!r} not found; give one with "
-                                    "--judge-opt asr.model=DIR (nothing is downloaded)")  # fmt: skip
+            raise FileNotFoundError(
+                f"whisper judge: local model directory {model!r} not found; give one with "
+                "--judge-opt asr.model=DIR (nothing is downloaded)"
+            )
         from transformers import pipeline
 
         self.model_dir = model
@@ -157,8 +159,10 @@ class WavLMSimJudge(Judge):
 
     def __init__(self, model: str | None = None, device: str = "cpu"):
         if not model or not os.path.isdir(model):
-            raise FileNotFoundError(f"wavlm judge: local model directory {model!r} not found; give one with "
-                                    "--judge-opt sim.model=DIR (nothing is downloaded)")  # fmt: skip
+            raise FileNotFoundError(
+                f"wavlm judge: local model directory {model!r} not found; give one with "
+                "--judge-opt sim.model=DIR (nothing is downloaded)"
+            )
         from transformers import AutoFeatureExtractor, WavLMForXVector
 
         self.model_dir = model
@@ -202,8 +206,10 @@ class UTMOSJudge(Judge):
 
     def __init__(self, model: str | None = None):
         if not model or not os.path.isfile(model):
-            raise FileNotFoundError(f"utmos judge: TorchScript file {model!r} not found; give one with "
-                                    "--judge-opt mos.model=FILE (nothing is downloaded)")  # fmt: skip
+            raise FileNotFoundError(
+                f"utmos judge: TorchScript file {model!r} not found; give one with "
+                "--judge-opt mos.model=FILE (nothing is downloaded)"
+            )
         self.model_path = model
         self._net = torch.jit.load(model, map_location="cpu").eval()
 

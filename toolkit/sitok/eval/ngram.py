@@ -53,7 +53,7 @@ def write_bigram_arpa(sentences, path: str, discount: float = 0.5, vocab=None) -
             bo = f" {math.log10(backoff[w]):.4f}" if w in backoff else ""
             fh.write(f"{math.log10(p_uni[w]):.4f} {w}{bo}\n")
         fh.write("\n\\2-grams:\n")
-        for (h, w) in sorted(p_bi):
+        for h, w in sorted(p_bi):
             fh.write(f"{math.log10(p_bi[(h, w)]):.4f} {h} {w}\n")
         fh.write("\n\\end\\\n")
     return {"unigrams": len(words) + 1, "bigrams": len(p_bi), "tokens": total}

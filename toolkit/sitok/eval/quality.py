@@ -86,8 +86,9 @@ def _dnsmos_model(threads: int):
     model = sm.DNSMOS.__new__(sm.DNSMOS)  # speechmos' class, our session options
     model.primary_model_path = os.path.join(models, "sig_bak_ovr.onnx")
     model.onnx_sess = ort.InferenceSession(model.primary_model_path, opts, providers=["CPUExecutionProvider"])
-    model.p808_onnx_sess = ort.InferenceSession(os.path.join(models, "model_v8.onnx"), opts,
-                                                providers=["CPUExecutionProvider"])  # fmt: skip
+    model.p808_onnx_sess = ort.InferenceSession(
+        os.path.join(models, "model_v8.onnx"), opts, providers=["CPUExecutionProvider"]
+    )
     return model
 
 
@@ -109,8 +110,12 @@ def dnsmos(wav, sr: int) -> dict[str, float]:
     if x.size < window:
         x = np.tile(x, -(-window // x.size))[:window]
     out = _dnsmos_model(max(1, torch.get_num_threads()))(x, JUDGE_SR, False)
-    return {"sig": float(out["sig_mos"]), "bak": float(out["bak_mos"]), "ovrl": float(out["ovrl_mos"]),
-            "p808": float(out["p808_mos"])}  # fmt: skip
+    return {
+        "sig": float(out["sig_mos"]),
+        "bak": float(out["bak_mos"]),
+        "ovrl": float(out["ovrl_mos"]),
+        "p808": float(out["p808_mos"]),
+    }
 
 
 def judge_versions() -> dict[str, str]:

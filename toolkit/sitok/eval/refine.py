@@ -40,13 +40,15 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def decode_set(tok, codes: dict, frames: dict, steps: int, cfg_scale: float = 1.0, seed: int = 0,
-               temperature: float = 1.0):  # fmt: skip
+def decode_set(
+    tok, codes: dict, frames: dict, steps: int, cfg_scale: float = 1.0, seed: int = 0, temperature: float = 1.0
+):
     """Decode every utterance (batched); returns ({utt: log-mel [frames, 128]}, decoder seconds)."""
     out, seconds = {}, 0.0
     for batch in length_batches({u: codes[u].shape[1] for u in codes}):
-        c = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(codes[u].T.astype(np.int64)) for u in batch],
-                                            batch_first=True).transpose(1, 2)  # [B, CN, T]  # fmt: skip
+        c = torch.nn.utils.rnn.pad_sequence(
+            [torch.from_numpy(codes[u].T.astype(np.int64)) for u in batch], batch_first=True
+        ).transpose(1, 2)  # [B, CN, T]
         lengths = torch.tensor([codes[u].shape[1] for u in batch])
         t0 = time.perf_counter()
         mel = tok.decode_mel(c, steps=steps, seed=seed, lengths=lengths, cfg_scale=cfg_scale, temperature=temperature)
@@ -114,11 +116,14 @@ def select_setting(rows: list[dict], name: str, settings: list[tuple], steps: li
         raise ValueError(f"{source}: no results of model {name!r} at any of steps {list(steps)}")
     mean = {}
     for w, tau in candidates:
-        vals = [r["mel_l1"] for r in mine if r["steps"] in use and r["cfg_scale"] == w
-                and r.get("temperature", 1.0) == tau]  # fmt: skip
+        vals = [
+            r["mel_l1"] for r in mine if r["steps"] in use and r["cfg_scale"] == w and r.get("temperature", 1.0) == tau
+        ]
         if len(vals) != len(use):
-            raise ValueError(f"{source}: model {name!r} lacks mel L1 at cfg_scale={w:g}, temperature={tau:g} for "
-                             f"some of steps {use}; score that setting there first")  # fmt: skip
+            raise ValueError(
+                f"{source}: model {name!r} lacks mel L1 at cfg_scale={w:g}, temperature={tau:g} for "
+                f"some of steps {use}; score that setting there first"
+            )
         mean[(w, tau)] = float(np.mean(vals))
     return min(candidates, key=lambda st: mean[st])
 
@@ -138,10 +143,21 @@ def best_decoding(results_csv: str, name: str) -> tuple[int, float]:
     return int(best["steps"]), float(best["temperature"])
 
 
-def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dict[str, str], steps: list[int],
-                        cfg_scales: list[float] = (1.0,), wer_steps: list[int] = (), lm: str | None = None,
-                        max_utts: int = 0, progress: bool = True, vocoder: str = "auto",
-                        temperatures: list[float] = (1.0,), select_from: str | None = None) -> list[dict]:  # fmt: skip
+def evaluate_refinement(
+    dump_dir: str,
+    codes_dir: str,
+    out_dir: str,
+    models: dict[str, str],
+    steps: list[int],
+    cfg_scales: list[float] = (1.0,),
+    wer_steps: list[int] = (),
+    lm: str | None = None,
+    max_utts: int = 0,
+    progress: bool = True,
+    vocoder: str = "auto",
+    temperatures: list[float] = (1.0,),
+    select_from: str | None = None,
+) -> list[dict]:
     """Score ``models`` (name -> model dir) on a set; see the module docstring. Returns the rows."""
     import pandas as pd
 
@@ -162,8 +178,9 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
     codes_scp = read_scp(os.path.join(codes_dir, "codes.scp"))
     missing = sorted(set(feats) - set(codes_scp))
     if missing:
-        logger.warning("%s: %d utterances of %s have no codes; left out (first: %s)", codes_dir, len(missing),
-                       dump_dir, missing[0])  # fmt: skip
+        logger.warning(
+            "%s: %d utterances of %s have no codes; left out (first: %s)", codes_dir, len(missing), dump_dir, missing[0]
+        )
     utts = sorted(set(feats) & set(codes_scp))[: max_utts or None]
     codes = {u: read_mat(codes_scp[u]) for u in utts}
     ref = {u: torch.from_numpy(read_mat(feats[u]).copy()) for u in utts}
@@ -208,8 +225,20 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
         t0 = time.time()
         wer, hyp_rows = _wer(tok, asr, ref, texts, progress)
         _write_hyps(out_dir, key, hyp_rows)
-        keep(key, {"model": "ground truth", "steps": 0, "cfg_scale": 1.0, "temperature": 1.0, "vocoder": voc,
-                   "mel_l1": 0.0, "fmd": 0.0, "wer": 100 * wer, "decoder_rtf": 0.0})  # fmt: skip
+        keep(
+            key,
+            {
+                "model": "ground truth",
+                "steps": 0,
+                "cfg_scale": 1.0,
+                "temperature": 1.0,
+                "vocoder": voc,
+                "mel_l1": 0.0,
+                "fmd": 0.0,
+                "wer": 100 * wer,
+                "decoder_rtf": 0.0,
+            },
+        )
         logger.info("ground-truth mel -> %s: WER %.2f %% (%.0f s)", voc, 100 * wer, time.time() - t0)
     # 1) mel distance and decoder RTF of every setting; 2) WER at wer_steps for the plain setting
     # (w = 1, temperature 1) and the other setting with the lowest mean mel distance
@@ -233,14 +262,36 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
                     cut = {u: min(len(hyp_n[u]), len(ref_n[u])) for u in utts}
                     dists = {u: float((hyp_n[u][: cut[u]] - ref_n[u][: cut[u]]).abs().mean()) for u in utts}
                     fmd = frechet_distance(torch.cat([hyp_n[u][: cut[u]] for u in utts]).numpy(), ref_gauss)
-                    row = {"model": name, "steps": s, "cfg_scale": w, "temperature": tau, "vocoder": voc,
-                           "mel_l1": float(np.mean(list(dists.values()))), "fmd": fmd, "wer": None,
-                           "decoder_rtf": dec_s / audio_s}  # fmt: skip
-                    c = {"row": row, "per_utt": [{"model": name, "steps": s, "cfg_scale": w, "temperature": tau,
-                                                  "utt": u, "mel_l1": d} for u, d in dists.items()]}  # fmt: skip
+                    row = {
+                        "model": name,
+                        "steps": s,
+                        "cfg_scale": w,
+                        "temperature": tau,
+                        "vocoder": voc,
+                        "mel_l1": float(np.mean(list(dists.values()))),
+                        "fmd": fmd,
+                        "wer": None,
+                        "decoder_rtf": dec_s / audio_s,
+                    }
+                    c = {
+                        "row": row,
+                        "per_utt": [
+                            {"model": name, "steps": s, "cfg_scale": w, "temperature": tau, "utt": u, "mel_l1": d}
+                            for u, d in dists.items()
+                        ],
+                    }
                     write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps(c))
-                    logger.info("%s steps=%d cfg=%g temperature=%g: mel L1 %.4f, FMD %.3f, decoder RTF %.4f (%.0f s)",
-                                name, s, w, tau, row["mel_l1"], row["fmd"], row["decoder_rtf"], time.time() - t0)  # fmt: skip
+                    logger.info(
+                        "%s steps=%d cfg=%g temperature=%g: mel L1 %.4f, FMD %.3f, decoder RTF %.4f (%.0f s)",
+                        name,
+                        s,
+                        w,
+                        tau,
+                        row["mel_l1"],
+                        row["fmd"],
+                        row["decoder_rtf"],
+                        time.time() - t0,
+                    )
                 for r in (c["row"], *c["per_utt"]):
                     r.setdefault("temperature", 1.0)  # rows cached before temperatures existed
                 l1[(w, tau, s)] = c
@@ -250,8 +301,12 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
             best = select_setting(selection_rows, name, settings, list(steps), select_from)
         wer_settings = [(1.0, 1.0)] + ([best] if best is not None else [])
         if best is not None:
-            logger.info("%s: setting with the lowest mean mel distance (selected on %s): cfg_scale %g, temperature %g",
-                        name, select_from or dump_dir, *best)  # fmt: skip
+            logger.info(
+                "%s: setting with the lowest mean mel distance (selected on %s): cfg_scale %g, temperature %g",
+                name,
+                select_from or dump_dir,
+                *best,
+            )
         for (w, tau, s), c in l1.items():
             row = c["row"]
             if asr is not None and s in wer_steps and (w, tau) in wer_settings and row["wer"] is None:
@@ -262,17 +317,33 @@ def evaluate_refinement(dump_dir: str, codes_dir: str, out_dir: str, models: dic
                 row["wer"] = 100 * wer
                 _write_hyps(out_dir, key, hyp_rows)
                 write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps(c))
-                logger.info("%s steps=%d cfg=%g temperature=%g (%s): WER %.2f %% (%.0f s)", name, s, w, tau, voc,
-                            row["wer"], time.time() - t0)  # fmt: skip
+                logger.info(
+                    "%s steps=%d cfg=%g temperature=%g (%s): WER %.2f %% (%.0f s)",
+                    name,
+                    s,
+                    w,
+                    tau,
+                    voc,
+                    row["wer"],
+                    time.time() - t0,
+                )
             rows.append(row)
             per_utt.extend(c["per_utt"])
     df = pd.DataFrame(rows)
     _save_csv(df, os.path.join(out_dir, "results.csv"))
     _save_csv(pd.DataFrame(per_utt), os.path.join(out_dir, "per_utt.csv"))
     write_text_atomic(os.path.join(out_dir, "results.md"), results_markdown(df) + "\n")
-    summary = {"dump_dir": dump_dir, "codes_dir": codes_dir, "utterances": len(utts), "audio_seconds": audio_s,
-               "models": models, "asr_judge": None if asr is None else f"{asr.name} {asr.version}", "lm": lm,
-               "wall_seconds": time.time() - t_start, "rows": rows}  # fmt: skip
+    summary = {
+        "dump_dir": dump_dir,
+        "codes_dir": codes_dir,
+        "utterances": len(utts),
+        "audio_seconds": audio_s,
+        "models": models,
+        "asr_judge": None if asr is None else f"{asr.name} {asr.version}",
+        "lm": lm,
+        "wall_seconds": time.time() - t_start,
+        "rows": rows,
+    }
     write_text_atomic(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
     logger.info("%s: %d rows, %d utterances, %.0f s", out_dir, len(rows), len(utts), time.time() - t_start)
     return rows
@@ -306,8 +377,9 @@ def utterance_errors(hyps_tsv: str) -> dict[str, tuple[int, int]]:
     return out
 
 
-def paired_comparison(eval_dir: str, a: str, b: str, steps: list[int], metric: str = "mel_l1", n_boot: int = 2000,
-                      seed: int = 0) -> list[dict]:  # fmt: skip
+def paired_comparison(
+    eval_dir: str, a: str, b: str, steps: list[int], metric: str = "mel_l1", n_boot: int = 2000, seed: int = 0
+) -> list[dict]:
     """Two settings of one eval-refine output (``NAME[@TEMPERATURE[@CFG_SCALE]]`` each) compared
     utterance by utterance, for each of ``steps``: the set's value for each (``mel_l1``: mean of
     the per-utterance distances, from per_utt.csv; ``wer``: corpus WER in %, from the judge's
@@ -328,18 +400,28 @@ def paired_comparison(eval_dir: str, a: str, b: str, steps: list[int], metric: s
     def values(spec: str, s: int) -> tuple[dict, dict]:  # {utt: numerator}, {utt: denominator}
         name, tau, w = parse_setting(spec)
         if metric == "mel_l1":
-            sel = per_utt[(per_utt.model == name) & (per_utt.steps == s) & (per_utt.temperature == tau)
-                          & (per_utt.cfg_scale == w)]  # fmt: skip
+            sel = per_utt[
+                (per_utt.model == name) & (per_utt.steps == s) & (per_utt.temperature == tau) & (per_utt.cfg_scale == w)
+            ]
             if sel.empty:
-                raise ValueError(f"{eval_dir}/per_utt.csv: no rows for {spec} at {s} steps "
-                                 f"(scored: {sorted(set(per_utt.model))})")  # fmt: skip
+                raise ValueError(
+                    f"{eval_dir}/per_utt.csv: no rows for {spec} at {s} steps (scored: {sorted(set(per_utt.model))})"
+                )
             num = dict(zip(sel["utt"], sel["mel_l1"]))
             return num, dict.fromkeys(num, 1.0)
-        found = [f for f in (os.path.join(eval_dir, "hyps", setting_key(name, v, s, w, tau) + ".tsv")
-                             for v in ("griffin_lim", "vocos", "custom")) if os.path.exists(f)]  # fmt: skip
+        found = [
+            f
+            for f in (
+                os.path.join(eval_dir, "hyps", setting_key(name, v, s, w, tau) + ".tsv")
+                for v in ("griffin_lim", "vocos", "custom")
+            )
+            if os.path.exists(f)
+        ]
         if len(found) != 1:
-            raise ValueError(f"{eval_dir}/hyps: {'no' if not found else 'more than one'} judge output for {spec} at "
-                             f"{s} steps (the judge runs at --wer-steps, for the plain and the selected setting)")  # fmt: skip
+            raise ValueError(
+                f"{eval_dir}/hyps: {'no' if not found else 'more than one'} judge output for {spec} at "
+                f"{s} steps (the judge runs at --wer-steps, for the plain and the selected setting)"
+            )
         errs = utterance_errors(found[0])
         return {u: e for u, (e, _) in errs.items()}, {u: n for u, (_, n) in errs.items()}
 
@@ -354,18 +436,31 @@ def paired_comparison(eval_dir: str, a: str, b: str, steps: list[int], metric: s
         idx = rng.integers(0, len(utts), (n_boot, len(utts)))
         boot = scale * (xa[idx].sum(1) - xb[idx].sum(1)) / d[idx].sum(1)
         va, vb = scale * xa.sum() / d.sum(), scale * xb.sum() / d.sum()
-        out.append({"a": a, "b": b, "metric": metric, "steps": s, "utterances": len(utts), "a_value": float(va),
-                    "b_value": float(vb), "diff": float(va - vb),
-                    "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-                    "a_better_share": float((xa < xb).mean()), "a_worse_share": float((xa > xb).mean())})  # fmt: skip
+        out.append(
+            {
+                "a": a,
+                "b": b,
+                "metric": metric,
+                "steps": s,
+                "utterances": len(utts),
+                "a_value": float(va),
+                "b_value": float(vb),
+                "diff": float(va - vb),
+                "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+                "a_better_share": float((xa < xb).mean()),
+                "a_worse_share": float((xa > xb).mean()),
+            }
+        )
     return out
 
 
 def results_markdown(df) -> str:
     """The rows as a markdown table: model, vocoder, steps, CFG scale, temperature, mel L1, FMD, WER,
     decoder RTF."""
-    lines = ["| model | vocoder | steps | CFG w | temperature | normalised log-mel L1 | FMD | judge WER (%) | decoder RTF |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| model | vocoder | steps | CFG w | temperature | normalised log-mel L1 | FMD | judge WER (%) | decoder RTF |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def num(v, fmt):  # rows cached before a column existed hold None (NaN in a frame)
         return "" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
@@ -375,8 +470,10 @@ def results_markdown(df) -> str:
         tau = r.get("temperature")
         tau = 1.0 if tau is None or np.isnan(tau) else tau  # rows cached before temperatures: 1
         tau = "—" if r["steps"] == 0 else f"{tau:g}"
-        lines.append(f"| {r['model']} | {r['vocoder']} | {steps} | {r['cfg_scale']:g} | {tau} | {r['mel_l1']:.4f} | "
-                     f"{num(r.get('fmd'), '.3f')} | {num(r['wer'], '.2f')} | {r['decoder_rtf']:.4f} |")  # fmt: skip
+        lines.append(
+            f"| {r['model']} | {r['vocoder']} | {steps} | {r['cfg_scale']:g} | {tau} | {r['mel_l1']:.4f} | "
+            f"{num(r.get('fmd'), '.3f')} | {num(r['wer'], '.2f')} | {r['decoder_rtf']:.4f} |"
+        )
     return "\n".join(lines)
 
 

@@ -121,11 +121,14 @@ def tokenizer_stamp(tok, inputs: dict[str, str], options: dict) -> dict:
     (``sitok.stamp.digest`` / ``digest_dump``) and its options."""
     vocoder = getattr(tok.vocoder, "name", type(tok.vocoder).__name__)
     return {
-        "inputs": {"model": state_digest(tok.model), "cmvn": state_digest(tok.cmvn),
-                   "vocoder": f"{vocoder}:{state_digest(tok.vocoder)}",
-                   **dict(sorted(inputs.items()))},
+        "inputs": {
+            "model": state_digest(tok.model),
+            "cmvn": state_digest(tok.cmvn),
+            "vocoder": f"{vocoder}:{state_digest(tok.vocoder)}",
+            **dict(sorted(inputs.items())),
+        },
         "options": {k: str(v) for k, v in sorted(options.items())},
-    }  # fmt: skip
+    }
 
 
 def _write_set(items, out_dir: str, render, desc: str, progress: bool, stamp: dict) -> dict:
@@ -139,14 +142,24 @@ def _write_set(items, out_dir: str, render, desc: str, progress: bool, stamp: di
             write_wav_atomic(path, wav, sr)
             done += 1
         wav_scp[u] = path
-    logger.info("%s: %d utterances (%d synthesised now, %d kept from before)", out_dir, len(wav_scp), done,
-                len(wav_scp) - done)  # fmt: skip
+    logger.info(
+        "%s: %d utterances (%d synthesised now, %d kept from before)", out_dir, len(wav_scp), done, len(wav_scp) - done
+    )
     return wav_scp
 
 
 @torch.no_grad()
-def resynth_set(tok, dump_dir: str, codes_dir: str, out_dir: str, steps: int = 16, seed: int = 0,
-                progress: bool = True, cfg_scale: float = 1.0, temperature: float = 1.0) -> int:  # fmt: skip
+def resynth_set(
+    tok,
+    dump_dir: str,
+    codes_dir: str,
+    out_dir: str,
+    steps: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+    cfg_scale: float = 1.0,
+    temperature: float = 1.0,
+) -> int:
     """Decode ``codes_dir/codes.scp`` to wavs, cut to each utterance's original frame count."""
     from sitok.data.kaldi import read_mat, read_scp
 

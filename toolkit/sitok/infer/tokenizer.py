@@ -33,8 +33,12 @@ from sitok.models import SiTok
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000  # plausible audio rates; anything else is a unit mistake
 # integer PCM -> float in [-1, 1]: (x - offset) / scale
-PCM_SCALES = {np.dtype(np.uint8): (128.0, 128.0), np.dtype(np.int8): (0.0, 128.0),
-              np.dtype(np.int16): (0.0, 32768.0), np.dtype(np.int32): (0.0, 2147483648.0)}  # fmt: skip
+PCM_SCALES = {
+    np.dtype(np.uint8): (128.0, 128.0),
+    np.dtype(np.int8): (0.0, 128.0),
+    np.dtype(np.int16): (0.0, 32768.0),
+    np.dtype(np.int32): (0.0, 2147483648.0),
+}
 
 
 def check_temperature(temperature: float) -> float:
@@ -56,16 +60,21 @@ def check_sample_rate(sample_rate) -> int:
     ok = isinstance(sample_rate, numbers.Real) and not isinstance(sample_rate, bool)
     ok = ok and math.isfinite(sample_rate) and float(sample_rate).is_integer()
     if not ok or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise ValueError(f"encode: sample_rate must be a whole number of Hz in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}], "
-                         f"got {sample_rate!r}")  # fmt: skip
+        raise ValueError(
+            f"encode: sample_rate must be a whole number of Hz in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}], "
+            f"got {sample_rate!r}"
+        )
     return int(sample_rate)
 
 
 def _float_samples(wav) -> torch.Tensor:
     """An array or tensor of samples -> float32 CPU tensor; integer PCM is rescaled to [-1, 1]."""
+
     def refuse(dtype):
-        return ValueError(f"encode: samples must be float (in [-1, 1]) or int8/uint8/int16/int32 PCM, got {dtype} "
-                          "(int64 is ambiguous: cast to the PCM width it holds)")  # fmt: skip
+        return ValueError(
+            f"encode: samples must be float (in [-1, 1]) or int8/uint8/int16/int32 PCM, got {dtype} "
+            "(int64 is ambiguous: cast to the PCM width it holds)"
+        )
 
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().cpu()
@@ -96,9 +105,12 @@ def _as_mono_tensor(wav) -> torch.Tensor:
         raise ValueError("encode: waveform holds NaN or Inf")
     peak = float(x.abs().max())
     if peak > 1.0:
-        warnings.warn(f"encode: waveform peaks at {peak:.4g} > 1: float samples are expected in [-1, 1] (pass "
-                      "integer PCM as int16/int32, or divide by the full scale)", UserWarning,
-                      stacklevel=_caller_stacklevel())  # fmt: skip
+        warnings.warn(
+            f"encode: waveform peaks at {peak:.4g} > 1: float samples are expected in [-1, 1] (pass "
+            "integer PCM as int16/int32, or divide by the full scale)",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )
     return x
 
 
@@ -107,15 +119,23 @@ def _caller_stacklevel() -> int:
     and torch's no_grad wrapper (for a function of this module that calls it directly)."""
     no_grad_wrapper = os.path.join("torch", "utils", "_contextlib.py")
     frame, level = sys._getframe(1), 1  # level 1: the function that calls warnings.warn
-    while frame is not None and (frame.f_code.co_filename == __file__
-                                 or frame.f_code.co_filename.endswith(no_grad_wrapper)):  # fmt: skip
+    while frame is not None and (
+        frame.f_code.co_filename == __file__ or frame.f_code.co_filename.endswith(no_grad_wrapper)
+    ):
         frame, level = frame.f_back, level + 1
     return level
 
 
 class Tokenizer:
-    def __init__(self, model: SiTok, cmvn: GlobalCMVN, mel_cfg: MelConfig | None = None, vocoder=None,
-                 device: str | torch.device = "cpu", model_dir: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model: SiTok,
+        cmvn: GlobalCMVN,
+        mel_cfg: MelConfig | None = None,
+        vocoder=None,
+        device: str | torch.device = "cpu",
+        model_dir: str | None = None,
+    ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.cmvn = cmvn.to(self.device)
@@ -150,7 +170,7 @@ class Tokenizer:
 
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model_dir: str, device: str = "cpu", vocoder="auto") -> "Tokenizer":
+    def from_pretrained(cls, model_dir: str, device: str = "cpu", vocoder="auto") -> Tokenizer:
         """Load a model directory. ``vocoder``: "auto" (the directory's trained vocoder in
         ``vocoder/`` when present, else Griffin-Lim), "vocos", "griffin_lim" or a module.
 
@@ -162,8 +182,10 @@ class Tokenizer:
         mel_cfg = mel_config(cfg, os.path.join(model_dir, "config.json"))
         cmvn = GlobalCMVN.load(os.path.join(model_dir, "cmvn.json"))
         if cmvn.mean.numel() not in (1, model.config.n_mels) or mel_cfg.n_mels != model.config.n_mels:
-            raise ValueError(f"{model_dir}: cmvn.json ({cmvn.mean.numel()} values), mel ({mel_cfg.n_mels}) and "
-                             f"model ({model.config.n_mels}) disagree on the number of mel bands")  # fmt: skip
+            raise ValueError(
+                f"{model_dir}: cmvn.json ({cmvn.mean.numel()} values), mel ({mel_cfg.n_mels}) and "
+                f"model ({model.config.n_mels}) disagree on the number of mel bands"
+            )
         return cls(model, cmvn, mel_cfg, vocoder, device, model_dir)
 
     # ---- facts ------------------------------------------------------------------------------
@@ -182,8 +204,8 @@ class Tokenizer:
             "codebook_size": c.codebook_size,
             "bits_per_second": c.bits_per_second,
             "quantizer": c.quantizer,
-            "decoder": c.decoder + (f" (light head: last {c.light_head_layers} of {c.dec_layers} layers)"
-                                    if c.light_head_layers else ""),
+            "decoder": c.decoder
+            + (f" (light head: last {c.light_head_layers} of {c.dec_layers} layers)" if c.light_head_layers else ""),
             "token_cfg": c.token_cfg,
             "shortcut": c.shortcut,
             "vocoder": getattr(self.vocoder, "name", type(self.vocoder).__name__),
@@ -199,8 +221,10 @@ class Tokenizer:
             if sample_rate is not None:
                 file_rate = probe_audio(path).sample_rate
                 if check_sample_rate(sample_rate) != file_rate:
-                    raise ValueError(f"{path}: sample_rate={sample_rate} given but the file is at {file_rate} Hz "
-                                     "(omit sample_rate for a file)")  # fmt: skip
+                    raise ValueError(
+                        f"{path}: sample_rate={sample_rate} given but the file is at {file_rate} Hz "
+                        "(omit sample_rate for a file)"
+                    )
             return load_audio(path, self.sample_rate, silence_peak=0.0), self.sample_rate
         if sample_rate is None:
             raise ValueError("encode: sample_rate is required for an array or tensor (a file path carries its own)")
@@ -253,8 +277,9 @@ class Tokenizer:
             lens = lens[None]
         bad = lens.dtype.is_floating_point or lens.dtype.is_complex or lens.dtype == torch.bool
         if bad or lens.shape != (batch,) or int(lens.min()) < 1 or int(lens.max()) > frames:
-            raise ValueError(f"decode: lengths must be {batch} integer(s) in [1, {frames}] (tokens), got "
-                             f"{lens.tolist()}")  # fmt: skip
+            raise ValueError(
+                f"decode: lengths must be {batch} integer(s) in [1, {frames}] (tokens), got {lens.tolist()}"
+            )
         return lens.long()
 
     def check_codes(self, codes, lengths=None) -> torch.Tensor:
@@ -268,8 +293,10 @@ class Tokenizer:
         if codes.dim() == 2:
             codes = codes[None]
         if codes.dim() != 3 or codes.shape[1] != c.num_codebooks or codes.shape[2] == 0:
-            raise ValueError(f"decode: codes must have shape [{c.num_codebooks}, T] or [B, {c.num_codebooks}, T] "
-                             f"with T > 0, got {tuple(codes.shape)}")  # fmt: skip
+            raise ValueError(
+                f"decode: codes must have shape [{c.num_codebooks}, T] or [B, {c.num_codebooks}, T] "
+                f"with T > 0, got {tuple(codes.shape)}"
+            )
         codes = codes.long()
         lens = self.check_lengths(lengths, codes.shape[0], codes.shape[2])
         if lens is not None:
@@ -308,8 +335,16 @@ class Tokenizer:
         return noise
 
     @torch.no_grad()
-    def decode_mel(self, codes, steps: int = 16, seed: int | list[int] | None = 0, lengths=None, cfg_scale: float = 1.0,
-                   temperature: float = 1.0, keep_device: bool = False) -> torch.Tensor:  # fmt: skip
+    def decode_mel(
+        self,
+        codes,
+        steps: int = 16,
+        seed: int | list[int] | None = 0,
+        lengths=None,
+        cfg_scale: float = 1.0,
+        temperature: float = 1.0,
+        keep_device: bool = False,
+    ) -> torch.Tensor:
         """codes [CN, T] or [B, CN, T] -> un-normalised log-mel [B, 4T, 128] (Euler ODE, ``steps``).
 
         ``lengths`` [B] (tokens) marks a padded batch: item i decodes exactly as it would alone, and
@@ -345,9 +380,16 @@ class Tokenizer:
         return mel if keep_device else mel.cpu()
 
     @torch.no_grad()
-    def decode(self, codes, steps: int = 16, seed: int | list[int] | None = 0, cfg_scale: float = 1.0,
-               temperature: float = 1.0, lengths=None,
-               keep_device: bool = False) -> tuple[torch.Tensor, int]:  # fmt: skip
+    def decode(
+        self,
+        codes,
+        steps: int = 16,
+        seed: int | list[int] | None = 0,
+        cfg_scale: float = 1.0,
+        temperature: float = 1.0,
+        lengths=None,
+        keep_device: bool = False,
+    ) -> tuple[torch.Tensor, int]:
         """codes [CN, T] -> (waveform [N] at 24 kHz, 24000); [B, CN, T] -> ([B, N], 24000).
 
         With ``lengths`` [B] (tokens) each item is decoded and vocoded as it would be alone; its
@@ -367,9 +409,16 @@ class Tokenizer:
         return (wav if batched else wav[0]), self.sample_rate
 
     @torch.no_grad()
-    def resynth(self, wav, sample_rate: int | None = None, steps: int = 16, seed: int | None = 0,
-                cfg_scale: float = 1.0, temperature: float = 1.0,
-                keep_device: bool = False) -> tuple[torch.Tensor, int]:  # fmt: skip
+    def resynth(
+        self,
+        wav,
+        sample_rate: int | None = None,
+        steps: int = 16,
+        seed: int | None = 0,
+        cfg_scale: float = 1.0,
+        temperature: float = 1.0,
+        keep_device: bool = False,
+    ) -> tuple[torch.Tensor, int]:
         """Encode then decode a waveform or audio file; the output is cut to the input's duration."""
         x, sr = self._waveform(wav, sample_rate)
         codes = self.model.encode(self._mel_of(x, sr)[None].to(self.dtype))[0]

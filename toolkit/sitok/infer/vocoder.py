@@ -48,9 +48,14 @@ class GriffinLimVocoder(torch.nn.Module):
         self.cfg = cfg = cfg or MelConfig()
         self.register_buffer("fbank", mel_filterbank(cfg), persistent=False)  # [F, M]
         self.register_buffer("fbank_pinv", torch.linalg.pinv(mel_filterbank(cfg)), persistent=False)  # [M, F]
-        self.gl = torchaudio.transforms.GriffinLim(n_fft=cfg.n_fft, win_length=cfg.win_length,
-                                                   hop_length=cfg.hop_length, power=1.0, n_iter=n_iter,
-                                                   rand_init=False)  # deterministic  # fmt: skip
+        self.gl = torchaudio.transforms.GriffinLim(
+            n_fft=cfg.n_fft,
+            win_length=cfg.win_length,
+            hop_length=cfg.hop_length,
+            power=1.0,
+            n_iter=n_iter,
+            rand_init=False,
+        )  # deterministic
 
     @torch.no_grad()
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
@@ -88,8 +93,9 @@ class VocosVocoder(torch.nn.Module):
             raise FileNotFoundError(f"vocoder directory {path}: no config.json")
         config = read_config(config_path, VOCODER_FORMAT)
         if config.get("type") != "vocos" or "model" not in config:
-            raise ValueError(f"{config_path}: not a Vocos vocoder (format {config.get('format')!r}, "
-                             f"type {config.get('type')!r})")  # fmt: skip
+            raise ValueError(
+                f"{config_path}: not a Vocos vocoder (format {config.get('format')!r}, type {config.get('type')!r})"
+            )
         model_cfg = parse_config(VocosConfig.from_dict, config["model"], config_path)
         weights = os.path.join(path, "model.pt")
         model = build_checked(lambda: Vocos(model_cfg), load_weights(weights), weights, config_path)
@@ -164,9 +170,13 @@ def load_vocoder(name: str, model_dir: str | None = None, mel_cfg: MelConfig | N
     if found is None:
         if name == "auto":
             return GriffinLimVocoder(mel_cfg)
-        expected = os.path.join(model_dir, VOCODER_SUBDIR) if model_dir else "<model_dir>/vocoder (no model directory given)"
-        raise FileNotFoundError(f"vocoder 'vocos': no trained vocoder at {expected} (config.json + model.pt; "
-                                "train one with recipes/vocoder/train.py, or use 'griffin_lim')")  # fmt: skip
+        expected = (
+            os.path.join(model_dir, VOCODER_SUBDIR) if model_dir else "<model_dir>/vocoder (no model directory given)"
+        )
+        raise FileNotFoundError(
+            f"vocoder 'vocos': no trained vocoder at {expected} (config.json + model.pt; "
+            "train one with recipes/vocoder/train.py, or use 'griffin_lim')"
+        )
     voc = VocosVocoder.from_pretrained(found)
     if mel_cfg is not None and voc.cfg != mel_cfg:
         raise ValueError(f"vocoder {found} was trained on mel {voc.cfg.to_dict()}, not {mel_cfg.to_dict()}")

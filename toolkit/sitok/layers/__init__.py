@@ -8,7 +8,18 @@ from sitok.layers.stacking import lengths_to_mask, stack_frames, stacked_lengths
 from sitok.layers.transformer import Attention, LlamaBlock, LlamaStack, SwiGLU
 
 __all__ = [
-    "AdaRMSNorm", "Attention", "LlamaBlock", "LlamaStack", "RMSNorm", "RotaryEmbedding", "SwiGLU",
-    "TimestepEmbedding", "apply_rope", "lengths_to_mask", "sinusoidal_embedding", "stack_frames",
-    "stacked_lengths", "unstack_frames",
-]  # fmt: skip
+    "AdaRMSNorm",
+    "Attention",
+    "LlamaBlock",
+    "LlamaStack",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SwiGLU",
+    "TimestepEmbedding",
+    "apply_rope",
+    "lengths_to_mask",
+    "sinusoidal_embedding",
+    "stack_frames",
+    "stacked_lengths",
+    "unstack_frames",
+]

@@ -53,8 +53,9 @@ class SwiGLU(nn.Module):
 class LlamaBlock(nn.Module):
     """x + attn(norm(x)); x + mlp(norm(x)). With ``cond_dim`` the norms are AdaRMSNorm(c)."""
 
-    def __init__(self, hidden: int, intermediate: int, heads: int, causal: bool, cond_dim: int | None = None,
-                 eps: float = 1e-6):  # fmt: skip
+    def __init__(
+        self, hidden: int, intermediate: int, heads: int, causal: bool, cond_dim: int | None = None, eps: float = 1e-6
+    ):
         super().__init__()
         norm = (lambda: AdaRMSNorm(hidden, cond_dim, eps)) if cond_dim else (lambda: RMSNorm(hidden, eps))
         self.adaptive = cond_dim is not None
@@ -73,14 +74,25 @@ class LlamaBlock(nn.Module):
 class LlamaStack(nn.Module):
     """``num_layers`` blocks + final norm. x [B, T, hidden], mask [B, T] (True = valid), c [B, C]."""
 
-    def __init__(self, num_layers: int, hidden: int, intermediate: int, heads: int, causal: bool,
-                 cond_dim: int | None = None, final_norm: bool = True, rope_base: float = 10000.0,
-                 checkpointing: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        num_layers: int,
+        hidden: int,
+        intermediate: int,
+        heads: int,
+        causal: bool,
+        cond_dim: int | None = None,
+        final_norm: bool = True,
+        rope_base: float = 10000.0,
+        checkpointing: bool = False,
+    ):
         super().__init__()
         self.causal = causal
         self.checkpointing = checkpointing
         self.rope = RotaryEmbedding(hidden // heads, rope_base)
-        self.blocks = nn.ModuleList(LlamaBlock(hidden, intermediate, heads, causal, cond_dim) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(
+            LlamaBlock(hidden, intermediate, heads, causal, cond_dim) for _ in range(num_layers)
+        )
         self.norm = None
         if final_norm:
             self.norm = AdaRMSNorm(hidden, cond_dim) if cond_dim else RMSNorm(hidden)

@@ -9,7 +9,7 @@ Inference integrates dx/dt = v_theta from t = 0 (noise) to t = 1 (data).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -17,7 +17,7 @@ x_target = x_t + (1 - t) v_target, like the base flow-matching loss.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -81,8 +81,9 @@ def load_weights(path: str) -> dict:
     except (RuntimeError, EOFError, OSError) as exc:  # a cut or damaged zip archive, an empty file
         first = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0]
         raise ValueError(f"{path}: truncated or not a state dict ({first})") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):  # fmt: skip
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise ValueError(f"{path}: not a state dict (names -> tensors)")
     return state
 
@@ -94,15 +95,15 @@ def check_state(expected: dict, state: dict, where: str) -> None:
         if k not in state:
             raise ValueError(f"{where}: no weights for {k} {list(ref.shape)}, which the config's model has")
         if tuple(state[k].shape) != tuple(ref.shape):
-            raise ValueError(f"{where}: {k} has shape {list(state[k].shape)}, the config's model has "
-                             f"{list(ref.shape)}")  # fmt: skip
+            raise ValueError(f"{where}: {k} has shape {list(state[k].shape)}, the config's model has {list(ref.shape)}")
     for k, v in state.items():
         if k not in expected:
             raise ValueError(f"{where}: {k} {list(v.shape)} is not part of the config's model")
 
 
-def build_checked(build: Callable[[], torch.nn.Module], state: dict, where: str,
-                  config_path: str | None = None) -> torch.nn.Module:  # fmt: skip
+def build_checked(
+    build: Callable[[], torch.nn.Module], state: dict, where: str, config_path: str | None = None
+) -> torch.nn.Module:
     """``build()`` first on the meta device, compared with ``state`` (``check_state``), then for real
     with ``state`` loaded. Errors of ``build`` (an inconsistent config) name ``config_path``."""
     try:

@@ -76,7 +76,7 @@ class SiTokConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SiTokConfig":
+    def from_dict(cls, d: dict) -> SiTokConfig:
         """A config from plain data (config.json, hparams), range-checked by ``validate``."""
         if not isinstance(d, dict):
             raise ValueError(f"SiTokConfig: expected a mapping, got {type(d).__name__}")
@@ -92,23 +92,48 @@ class SiTokConfig:
         shapes are checked against the model before it is built (``sitok.models.loading``)."""
         from sitok.checks import check_fields
 
-        check_fields("SiTokConfig", self, ints=_CONFIG_INTS, floats=_CONFIG_FLOATS, choices=_CONFIG_CHOICES,
-                     bools=("x_skip", "checkpointing", "token_cfg", "shortcut"))  # fmt: skip
+        check_fields(
+            "SiTokConfig",
+            self,
+            ints=_CONFIG_INTS,
+            floats=_CONFIG_FLOATS,
+            choices=_CONFIG_CHOICES,
+            bools=("x_skip", "checkpointing", "token_cfg", "shortcut"),
+        )
         if not isinstance(self.quantizer_kwargs, dict) or not all(isinstance(k, str) for k in self.quantizer_kwargs):
-            raise ValueError(f"SiTokConfig: quantizer_kwargs must be a mapping with string keys, got "
-                             f"{self.quantizer_kwargs!r}")  # fmt: skip
+            raise ValueError(
+                f"SiTokConfig: quantizer_kwargs must be a mapping with string keys, got {self.quantizer_kwargs!r}"
+            )
         return self
 
 
 _DIM, _LAYERS = (1, 65536), (0, 1024)
-_CONFIG_INTS = {"n_mels": (1, 4096), "stack": (1, 64), "hidden": _DIM, "intermediate": _DIM, "heads": (1, 1024),
-                "enc_layers": _LAYERS, "dec_layers": (1, 1024), "ctc_layers": _LAYERS, "dec_hidden": _DIM,
-                "dec_intermediate": _DIM, "codebook_size": (2, 2**20), "codebook_dim": _DIM, "num_codebooks": (1, 1024),
-                "vocab_size": (0, 2**20), "ctc_upsample": (1, 64), "time_embed_dim": _DIM,
-                "light_head_layers": _LAYERS}  # fmt: skip
+_CONFIG_INTS = {
+    "n_mels": (1, 4096),
+    "stack": (1, 64),
+    "hidden": _DIM,
+    "intermediate": _DIM,
+    "heads": (1, 1024),
+    "enc_layers": _LAYERS,
+    "dec_layers": (1, 1024),
+    "ctc_layers": _LAYERS,
+    "dec_hidden": _DIM,
+    "dec_intermediate": _DIM,
+    "codebook_size": (2, 2**20),
+    "codebook_dim": _DIM,
+    "num_codebooks": (1, 1024),
+    "vocab_size": (0, 2**20),
+    "ctc_upsample": (1, 64),
+    "time_embed_dim": _DIM,
+    "light_head_layers": _LAYERS,
+}
 _CONFIG_FLOATS = {"mel_rate": (1e-3, 1e5), "ctc_weight": (0.0, 1e6)}
-_CONFIG_CHOICES = {"quantizer": ("vq", "rvq", "fsq", "bsq"), "decoder": ("diffusion", "regression"),
-                   "loss": ("l1", "l2"), "prediction": ("velocity", "x")}  # fmt: skip
+_CONFIG_CHOICES = {
+    "quantizer": ("vq", "rvq", "fsq", "bsq"),
+    "decoder": ("diffusion", "regression"),
+    "loss": ("l1", "l2"),
+    "prediction": ("velocity", "x"),
+}
 
 
 class Decoder(nn.Module):
@@ -147,8 +172,12 @@ class Decoder(nn.Module):
             self.skip = nn.Linear(cfg.frame_dim, cfg.frame_dim) if cfg.x_skip else None
         else:
             tdim = None
-        stack = lambda n, c, norm=True: LlamaStack(n, width, inter, cfg.heads, causal=False, cond_dim=c,  # noqa: E731
-                                                   final_norm=norm, checkpointing=cfg.checkpointing)  # fmt: skip
+
+        def stack(n, c, norm=True):
+            return LlamaStack(
+                n, width, inter, cfg.heads, causal=False, cond_dim=c, final_norm=norm, checkpointing=cfg.checkpointing
+            )
+
         if head:
             # main body: once per utterance, no t; h_base is its residual stream (the head normalises)
             self.body = stack(cfg.dec_layers - head, None, norm=False)
@@ -220,8 +249,9 @@ class SiTok(nn.Module):
 
         # encoder: stacked mel -> z
         self.in_proj = nn.Linear(cfg.frame_dim, cfg.hidden)
-        self.encoder = LlamaStack(cfg.enc_layers, cfg.hidden, cfg.intermediate, cfg.heads, causal=True,
-                                  checkpointing=cfg.checkpointing)  # fmt: skip
+        self.encoder = LlamaStack(
+            cfg.enc_layers, cfg.hidden, cfg.intermediate, cfg.heads, causal=True, checkpointing=cfg.checkpointing
+        )
         self.to_latent = nn.Linear(cfg.hidden, cfg.codebook_dim)
         qkw = dict(cfg.quantizer_kwargs)
         if cfg.quantizer in ("vq", "rvq"):
@@ -335,9 +365,20 @@ class SiTok(nn.Module):
             codes = self.quantizer.encode(z, mask)
             return self.cond_from_codes(codes), mask, codes
 
-    def forward(self, mel, mel_lengths, targets=None, target_lengths=None, *, frozen_tokens: bool = False,
-                continuous: bool = False, ctc_weight: float | None = None, cfg_drop_prob: float = 0.0,
-                shortcut: dict | None = None, teacher=None) -> dict:  # fmt: skip
+    def forward(
+        self,
+        mel,
+        mel_lengths,
+        targets=None,
+        target_lengths=None,
+        *,
+        frozen_tokens: bool = False,
+        continuous: bool = False,
+        ctc_weight: float | None = None,
+        cfg_drop_prob: float = 0.0,
+        shortcut: dict | None = None,
+        teacher=None,
+    ) -> dict:
         """Losses for one batch. mel [B, T50, 128] normalised; targets [B, U] CTC ids (0 = blank).
 
         ``continuous``: the VQ is bypassed (cond from the continuous latents z, no VQ loss, no
@@ -379,15 +420,21 @@ class SiTok(nn.Module):
             t_dec = teacher if teacher is not None else self.decoder
             with torch.no_grad():
                 h_t = h.detach() if teacher is None else t_dec.condition(cond, mask, drop)
-            parts = shortcut_loss(lambda x_t, t, d, r: self.decoder.step(h[r], _rows(mask, r), x_t, t, d),
-                                  lambda x_t, t, d, r: t_dec.step(h_t[r], _rows(mask, r), x_t, t, d),
-                                  x, mask, prediction=cfg.prediction, **shortcut)  # fmt: skip
+            parts = shortcut_loss(
+                lambda x_t, t, d, r: self.decoder.step(h[r], _rows(mask, r), x_t, t, d),
+                lambda x_t, t, d, r: t_dec.step(h_t[r], _rows(mask, r), x_t, t, d),
+                x,
+                mask,
+                prediction=cfg.prediction,
+                **shortcut,
+            )
             out["diff"] = parts["loss"]
             out["stats"].update(shortcut_fm=parts["fm"], shortcut_sc=parts["sc"])
         else:
             h = self.decoder.condition(cond, mask, drop)
-            out["diff"] = flow_matching_loss(lambda x_t, t: self.decoder.step(h, mask, x_t, t), x, mask, cfg.loss,
-                                             prediction=cfg.prediction)  # fmt: skip
+            out["diff"] = flow_matching_loss(
+                lambda x_t, t: self.decoder.step(h, mask, x_t, t), x, mask, cfg.loss, prediction=cfg.prediction
+            )
         loss = out["diff"] + out["vq"]
         weight = cfg.ctc_weight if ctc_weight is None else ctc_weight
         if self.ctc is not None and targets is not None and weight > 0 and not frozen_tokens:

@@ -57,10 +57,21 @@ class VocosConfig:
             raise ValueError(f"VocosConfig: unknown fields {unknown!r}")
         cfg = cls(**d)
         dim = (1, 65536)
-        check_fields("VocosConfig", cfg, ints={"n_mels": (1, 4096), "dim": dim, "intermediate": dim,
-                                               "layers": (1, 1024), "kernel": (1, 1023), "n_fft": (2, 65536),
-                                               "hop": dim},
-                     floats={"max_magnitude": (1e-6, 1e30)}, bools=("magnitude_prior", "integrate_phase"))  # fmt: skip
+        check_fields(
+            "VocosConfig",
+            cfg,
+            ints={
+                "n_mels": (1, 4096),
+                "dim": dim,
+                "intermediate": dim,
+                "layers": (1, 1024),
+                "kernel": (1, 1023),
+                "n_fft": (2, 65536),
+                "hop": dim,
+            },
+            floats={"max_magnitude": (1e-6, 1e30)},
+            bools=("magnitude_prior", "integrate_phase"),
+        )
         return cfg
 
     def to_dict(self) -> dict:
@@ -132,7 +143,8 @@ class Vocos(nn.Module):
         self.embed = nn.Conv1d(cfg.n_mels, cfg.dim, cfg.kernel, padding=cfg.kernel // 2)
         self.norm_in = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.blocks = nn.ModuleList(
-            ConvNeXtBlock(cfg.dim, cfg.intermediate, cfg.kernel, layer_scale=1.0 / cfg.layers) for _ in range(cfg.layers)
+            ConvNeXtBlock(cfg.dim, cfg.intermediate, cfg.kernel, layer_scale=1.0 / cfg.layers)
+            for _ in range(cfg.layers)
         )
         self.norm_out = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.head = ISTFTHead(cfg.dim, cfg.n_fft, cfg.hop, cfg.max_magnitude, cfg.integrate_phase)

@@ -24,8 +24,15 @@ import torch
 
 from sitok.eval.evaluate import ctc_greedy
 from sitok.fileio import atomic_open, write_text_atomic
-from sitok.probes.data import (FeatureReader, feature_paths, load_set, make_dataset, make_trials, read_trials,
-                               write_trials)  # fmt: skip
+from sitok.probes.data import (
+    FeatureReader,
+    feature_paths,
+    load_set,
+    make_dataset,
+    make_trials,
+    read_trials,
+    write_trials,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +41,9 @@ LABEL_FILES = {"er": "utt2label", "ks": "utt2label", "sv": "utt2spk", "asr": "te
 
 
 def _targets(batch, device) -> torch.Tensor:
-    return batch.target.data.to(device) if hasattr(batch.target, "data") else torch.as_tensor(batch.target, device=device)
+    return (
+        batch.target.data.to(device) if hasattr(batch.target, "data") else torch.as_tensor(batch.target, device=device)
+    )
 
 
 class _Budget:
@@ -47,9 +56,14 @@ class _Budget:
         elapsed = time.time() - self.t_start
         per_epoch = (time.time() - self.t_fit) / max(1, epoch - self.first_epoch + 1)
         if budget and elapsed + per_epoch > 60 * budget and epoch < self.hparams.epoch_counter.limit:
-            logger.info("training budget of %g min: %.1f min used, an epoch takes %.1f min: stopping after "
-                        "epoch %d of %d", budget, elapsed / 60, per_epoch / 60, epoch,
-                        self.hparams.epoch_counter.limit)  # fmt: skip
+            logger.info(
+                "training budget of %g min: %.1f min used, an epoch takes %.1f min: stopping after epoch %d of %d",
+                budget,
+                elapsed / 60,
+                per_epoch / 60,
+                epoch,
+                self.hparams.epoch_counter.limit,
+            )
             self.hparams.epoch_counter.limit = epoch
 
     def on_fit_start(self):
@@ -90,8 +104,9 @@ class ClassifierProbe(_Budget, sb.Brain):
         acc = self.n_correct / max(1, self.n_seen)
         stats = {"loss": stage_loss, "error": 1.0 - acc, "accuracy": acc}
         if stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats({"epoch": epoch}, train_stats={"loss": self.train_loss},
-                                                valid_stats=stats)  # fmt: skip
+            self.hparams.train_logger.log_stats(
+                {"epoch": epoch}, train_stats={"loss": self.train_loss}, valid_stats=stats
+            )
             self.checkpointer.save_and_keep_only(meta={"error": stats["error"]}, min_keys=["error"])
             self.check_budget(epoch)
         else:
@@ -142,9 +157,13 @@ class CTCProbe(_Budget, sb.Brain):
         log_probs, n = predictions
         tokens, tok_lens = batch.target
         loss = torch.nn.functional.ctc_loss(
-            log_probs.transpose(0, 1), tokens.to(self.device).long(), n.to(self.device),
-            torch.round(tok_lens * tokens.shape[1]).long().to(self.device), blank=0, zero_infinity=True,
-        )  # fmt: skip
+            log_probs.transpose(0, 1),
+            tokens.to(self.device).long(),
+            n.to(self.device),
+            torch.round(tok_lens * tokens.shape[1]).long().to(self.device),
+            blank=0,
+            zero_infinity=True,
+        )
         if stage != sb.Stage.TRAIN:
             best = log_probs.argmax(-1).cpu()
             for i, u in enumerate(batch.id):
@@ -165,8 +184,9 @@ class CTCProbe(_Budget, sb.Brain):
         wer = self.wer(self.hyps["greedy"])
         stats = {"loss": stage_loss, "wer": wer}
         if stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats({"epoch": epoch}, train_stats={"loss": self.train_loss},
-                                                valid_stats=stats)  # fmt: skip
+            self.hparams.train_logger.log_stats(
+                {"epoch": epoch}, train_stats={"loss": self.train_loss}, valid_stats=stats
+            )
             self.checkpointer.save_and_keep_only(meta={"wer": wer}, min_keys=["wer"])
             self.check_budget(epoch)
         else:
@@ -202,8 +222,9 @@ def _datasets(hparams, encode, label_file):
     sets, counts = {}, {}
     for split in ("train", "valid", "test"):
         name = hparams[f"{split}_set"]
-        scp, cmvn = feature_paths(hparams["features"], name, hparams["dump_dir"], hparams.get("codes_root"),
-                                  hparams["cmvn"])  # fmt: skip
+        scp, cmvn = feature_paths(
+            hparams["features"], name, hparams["dump_dir"], hparams.get("codes_root"), hparams["cmvn"]
+        )
         items, counts[split] = load_set(hparams["dump_dir"], name, label_file, scp)
         sets[split] = (items, FeatureReader(scp, cmvn))
     return sets, counts
@@ -213,15 +234,24 @@ def _finish(hparams, results: dict, t0: float) -> None:
     results["wall_seconds"] = round(time.time() - t0, 1)
     path = os.path.join(hparams["exp_dir"], "results.json")
     write_text_atomic(path, json.dumps(results, indent=1) + "\n")
-    logger.info("probe %s on %s: %s -> %s", hparams["task"], hparams["features"],
-                {k: v for k, v in results.items() if k in ("accuracy", "eer", "min_dcf", "wer", "wer_beam")}, path)  # fmt: skip
+    logger.info(
+        "probe %s on %s: %s -> %s",
+        hparams["task"],
+        hparams["features"],
+        {k: v for k, v in results.items() if k in ("accuracy", "eer", "min_dcf", "wer", "wer_beam")},
+        path,
+    )
 
 
 def _fit(brain, hparams, train, valid, t0):
     brain.t_start, brain.epochs_done = t0, None
-    brain.fit(brain.hparams.epoch_counter, train, valid,
-              train_loader_kwargs={"batch_size": hparams["batch_size"], "shuffle": True, "num_workers": 0},
-              valid_loader_kwargs={"batch_size": hparams["batch_size"], "num_workers": 0})  # fmt: skip
+    brain.fit(
+        brain.hparams.epoch_counter,
+        train,
+        valid,
+        train_loader_kwargs={"batch_size": hparams["batch_size"], "shuffle": True, "num_workers": 0},
+        valid_loader_kwargs={"batch_size": hparams["batch_size"], "num_workers": 0},
+    )
 
 
 def run_classifier(hparams, run_opts, t0) -> None:
@@ -238,14 +268,21 @@ def run_classifier(hparams, run_opts, t0) -> None:
     else:
         unknown = sorted({lab for split in ("valid", "test") for lab in sets[split][0].values()} - set(classes))
         if unknown:
-            raise ValueError(f"{hparams['dump_dir']}: labels {unknown[:5]} of the valid/test sets are not in the "
-                             f"training set {hparams['train_set']}")  # fmt: skip
+            raise ValueError(
+                f"{hparams['dump_dir']}: labels {unknown[:5]} of the valid/test sets are not in the "
+                f"training set {hparams['train_set']}"
+            )
     ds = {s: make_dataset(items, reader, index.get) for s, (items, reader) in sets.items() if s != "test"}
     modules = hparams["modules"]
     modules["classifier"] = hparams["classifier_class"](out_neurons=len(classes))
     hparams["checkpointer"].add_recoverable("classifier", modules["classifier"])
-    brain = ClassifierProbe(modules=modules, opt_class=hparams["opt_class"], hparams=hparams, run_opts=run_opts,
-                            checkpointer=hparams["checkpointer"])  # fmt: skip
+    brain = ClassifierProbe(
+        modules=modules,
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
     results["parameters"] = sum(p.numel() for p in brain.modules.parameters())
     _fit(brain, hparams, ds["train"], ds["valid"], t0)
     results.update({"epochs": brain.epochs_done, "epoch_limit": hparams["number_of_epochs"]})
@@ -277,8 +314,15 @@ def run_classifier(hparams, run_opts, t0) -> None:
         for lab, a, b, s in scores:
             fh.write(f"{lab} {a} {b} {s:.6f}\n")
     eer, dcf = sv_metrics([s for lab, _, _, s in scores if lab == 1], [s for lab, _, _, s in scores if lab == 0])
-    results.update({"eer": eer, "min_dcf": dcf, "n_trials": len(trials), "trials": trials_path,
-                    "trial_speakers": len({test_items[u] for _, a, b in trials for u in (a, b)})})  # fmt: skip
+    results.update(
+        {
+            "eer": eer,
+            "min_dcf": dcf,
+            "n_trials": len(trials),
+            "trials": trials_path,
+            "trial_speakers": len({test_items[u] for _, a, b in trials for u in (a, b)}),
+        }
+    )
     _finish(hparams, results, t0)
 
 
@@ -304,8 +348,11 @@ def run_asr(hparams, run_opts, t0) -> None:
     for split, (items, reader) in list(sets.items()):  # non-speech markers (<silence>, <no_transcript>)
         markers = [u for u, t in items.items() if t.startswith("<")]
         if markers:
-            logger.warning("%s: %d utterances with a non-speech marker instead of a transcript: left out",
-                           hparams[f"{split}_set"], len(markers))  # fmt: skip
+            logger.warning(
+                "%s: %d utterances with a non-speech marker instead of a transcript: left out",
+                hparams[f"{split}_set"],
+                len(markers),
+            )
             counts[split]["no_transcript"] = len(markers)
             sets[split] = ({u: t for u, t in items.items() if not t.startswith("<")}, reader)
             if not sets[split][0]:
@@ -318,24 +365,43 @@ def run_asr(hparams, run_opts, t0) -> None:
         bad = [u for u, t in items.items() if ctc_frames_needed(sp.encode(t)) > int(dur[u] * rate)]
         fits[split] = {"targets_too_long": len(bad), "of": len(items)}
         if bad and split != "test":  # train/valid: left out (counted); test: kept and scored as they come
-            logger.warning("%s: %d of %d targets need more CTC frames than %.1f frames/s give: left out (%s ...)",
-                           hparams[f"{split}_set"], len(bad), len(items), rate, bad[:3])  # fmt: skip
+            logger.warning(
+                "%s: %d of %d targets need more CTC frames than %.1f frames/s give: left out (%s ...)",
+                hparams[f"{split}_set"],
+                len(bad),
+                len(items),
+                rate,
+                bad[:3],
+            )
             sets[split] = ({u: t for u, t in items.items() if u not in set(bad)}, reader)
         elif bad:
-            logger.warning("%s: %d of %d test targets cannot fit (scored anyway)", hparams["test_set"], len(bad),
-                           len(items))  # fmt: skip
+            logger.warning(
+                "%s: %d of %d test targets cannot fit (scored anyway)", hparams["test_set"], len(bad), len(items)
+            )
     encode = lambda t: torch.tensor(sp.encode(t), dtype=torch.long)  # noqa: E731
     ds = {s: make_dataset(items, reader, encode) for s, (items, reader) in sets.items()}
     modules = hparams["modules"]
     modules["ctc_lin"] = hparams["ctc_lin_class"](n_neurons=sp.get_piece_size())
     hparams["checkpointer"].add_recoverable("ctc_lin", modules["ctc_lin"])
-    brain = CTCProbe(modules=modules, opt_class=hparams["opt_class"], hparams=hparams, run_opts=run_opts,
-                     checkpointer=hparams["checkpointer"])  # fmt: skip
+    brain = CTCProbe(
+        modules=modules,
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
     brain.sp, brain.beam_searcher, brain.upsample = sp, None, up
     brain.refs = {u: t for items, _ in sets.values() for u, t in items.items()}
-    results = {"task": "asr", "features": hparams["features"], "units": f"sentencepiece:{sp.get_piece_size()}",
-               "upsample": up, "ctc_frame_rate": rate, "target_fit": fits, "counts": counts,
-               "parameters": sum(p.numel() for p in brain.modules.parameters())}  # fmt: skip
+    results = {
+        "task": "asr",
+        "features": hparams["features"],
+        "units": f"sentencepiece:{sp.get_piece_size()}",
+        "upsample": up,
+        "ctc_frame_rate": rate,
+        "target_fit": fits,
+        "counts": counts,
+        "parameters": sum(p.numel() for p in brain.modules.parameters()),
+    }
     _fit(brain, hparams, ds["train"], ds["valid"], t0)
     results.update({"epochs": brain.epochs_done, "epoch_limit": hparams["number_of_epochs"]})
     brain.beam_searcher = ctc_beam_searcher(sp, hparams["beam_size"])
@@ -343,8 +409,14 @@ def run_asr(hparams, run_opts, t0) -> None:
     with atomic_open(os.path.join(hparams["exp_dir"], "hyps.txt")) as fh:
         for u in sorted(brain.hyps["greedy"]):
             fh.write(f"{u}\tgreedy\t{brain.hyps['greedy'][u]}\n{u}\tbeam\t{brain.hyps['beam'].get(u, '')}\n")
-    results.update({"wer": brain.test_stats["wer"], "wer_beam": brain.test_stats.get("wer_beam"),
-                    "beam_size": hparams["beam_size"], "n_test": len(brain.hyps["greedy"])})  # fmt: skip
+    results.update(
+        {
+            "wer": brain.test_stats["wer"],
+            "wer_beam": brain.test_stats.get("wer_beam"),
+            "beam_size": hparams["beam_size"],
+            "n_test": len(brain.hyps["greedy"]),
+        }
+    )
     _finish(hparams, results, t0)
 
 
@@ -364,8 +436,9 @@ def run_probe(argv: list[str]) -> None:
         hparams = load_hyperpyyaml(fh, overrides)
     if hparams["task"] not in TASKS:
         raise ValueError(f"{hparams_file}: task must be one of {TASKS}, got {hparams['task']!r}")
-    sb.create_experiment_directory(experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file,
-                                   overrides=overrides)  # fmt: skip
+    sb.create_experiment_directory(
+        experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
     if hparams.get("allow_pipes"):  # codes.scp / feats.scp entries that are shell commands ("cmd |") may run
         from sitok.data.kaldi import allow_pipes
 

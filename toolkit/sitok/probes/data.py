@@ -47,7 +47,9 @@ class FeatureReader:
             return self.cmvn(x.float())
 
 
-def feature_paths(features: str, set_name: str, dump_dir: str, codes_root: str | None, cmvn: str) -> tuple[str, str | None]:
+def feature_paths(
+    features: str, set_name: str, dump_dir: str, codes_root: str | None, cmvn: str
+) -> tuple[str, str | None]:
     """(scp, cmvn or None) of one set for ``features`` in {"tokens", "mel12.5", "mel50"}."""
     if features == "tokens":
         if not codes_root:
@@ -65,11 +67,21 @@ def load_set(dump_dir: str, set_name: str, label_file: str | None, scp: str) -> 
     feats = read_table(scp)
     labels = read_table(os.path.join(set_dir, label_file)) if label_file else {u: "" for u in feats}
     kept = {u: labels[u] for u in labels if u in feats}
-    counts = {"utterances": len(labels), "kept": len(kept), "no_features": sum(u not in feats for u in labels),
-              "no_label": sum(u not in labels for u in feats)}  # fmt: skip
+    counts = {
+        "utterances": len(labels),
+        "kept": len(kept),
+        "no_features": sum(u not in feats for u in labels),
+        "no_label": sum(u not in labels for u in feats),
+    }
     if counts["no_features"] or counts["no_label"]:
-        logger.warning("%s: %d utterances without features in %s, %d with features but no %s (left out)",
-                       set_dir, counts["no_features"], scp, counts["no_label"], label_file)  # fmt: skip
+        logger.warning(
+            "%s: %d utterances without features in %s, %d with features but no %s (left out)",
+            set_dir,
+            counts["no_features"],
+            scp,
+            counts["no_label"],
+            label_file,
+        )
     if not kept:
         raise ValueError(f"{set_dir}: no utterance has both a {label_file} entry and features in {scp}")
     return kept, counts
@@ -156,8 +168,9 @@ def read_trials(path: str) -> list[tuple[int, str, str]]:
             elif len(parts) == 3 and parts[2] in ("target", "nontarget"):
                 trials.append((int(parts[2] == "target"), parts[0], parts[1]))
             else:
-                raise ValueError(f"{path}:{n}: expected '<0|1> <utt> <utt>' or '<utt> <utt> target|nontarget', "
-                                 f"got {line.strip()!r}")  # fmt: skip
+                raise ValueError(
+                    f"{path}:{n}: expected '<0|1> <utt> <utt>' or '<utt> <utt> target|nontarget', got {line.strip()!r}"
+                )
     if not trials:
         raise ValueError(f"{path}: empty trial list")
     return trials

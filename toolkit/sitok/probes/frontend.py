@@ -40,16 +40,25 @@ class TokenFrontEnd(nn.Module):
     projection is used. ``freeze_init`` keeps the initialised tables fixed (the projection trains).
     """
 
-    def __init__(self, num_codebooks: int, codebook_size: int, dim: int = 256, init: Tensor | None = None,
-                 freeze_init: bool = False, attention_hidden: int = 64, frame_rate: float = 12.5):  # fmt: skip
+    def __init__(
+        self,
+        num_codebooks: int,
+        codebook_size: int,
+        dim: int = 256,
+        init: Tensor | None = None,
+        freeze_init: bool = False,
+        attention_hidden: int = 64,
+        frame_rate: float = 12.5,
+    ):
         super().__init__()
         self.num_codebooks, self.codebook_size, self.dim = int(num_codebooks), int(codebook_size), int(dim)
         self.frame_rate = float(frame_rate)
         table_dim = dim
         if init is not None:
             if tuple(init.shape[:2]) != (num_codebooks, codebook_size):
-                raise ValueError(f"init codebooks have shape {tuple(init.shape)}, expected "
-                                 f"[{num_codebooks}, {codebook_size}, Dc]")  # fmt: skip
+                raise ValueError(
+                    f"init codebooks have shape {tuple(init.shape)}, expected [{num_codebooks}, {codebook_size}, Dc]"
+                )
             table_dim = int(init.shape[2])
         self.embeddings = nn.ModuleList(nn.Embedding(codebook_size, table_dim) for _ in range(num_codebooks))
         self.proj = None
@@ -104,7 +113,9 @@ def codebook_vectors(quantizer) -> Tensor:
         return torch.stack([s.embed.detach().float() for s in quantizer.stages]).clone()
     K = int(quantizer.codebook_size)
     if quantizer.num_codebooks != 1 or K > 2**17:
-        raise ValueError(f"cannot list the codebook of {type(quantizer).__name__} (CN {quantizer.num_codebooks}, K {K})")
+        raise ValueError(
+            f"cannot list the codebook of {type(quantizer).__name__} (CN {quantizer.num_codebooks}, K {K})"
+        )
     ids = torch.arange(K)[None, None, :]  # [1, 1, K]
     return quantizer.decode(ids)[0].float()[None].clone()  # [1, K, Dc]
 
@@ -112,8 +123,15 @@ def codebook_vectors(quantizer) -> Tensor:
 FEATURES = ("tokens", "mel12.5", "mel50")
 
 
-def build_frontend(features: str, dim: int = 256, model_dir: str | None = None, init_from_codebook: bool = False,
-                   freeze_init: bool = False, attention_hidden: int = 64, n_mels: int = 128) -> nn.Module:  # fmt: skip
+def build_frontend(
+    features: str,
+    dim: int = 256,
+    model_dir: str | None = None,
+    init_from_codebook: bool = False,
+    freeze_init: bool = False,
+    attention_hidden: int = 64,
+    n_mels: int = 128,
+) -> nn.Module:
     """``features``: "tokens" (needs ``model_dir``: the tokenizer whose codes are probed),
     "mel12.5" or "mel50" (continuous baselines)."""
     if features == "mel12.5":
@@ -133,5 +151,12 @@ def build_frontend(features: str, dim: int = 256, model_dir: str | None = None, 
         from sitok.infer import Tokenizer
 
         init = codebook_vectors(Tokenizer.from_pretrained(model_dir, vocoder="griffin_lim").model.quantizer)
-    return TokenFrontEnd(cfg["num_codebooks"], cfg["codebook_size"], dim, init=init, freeze_init=freeze_init,
-                         attention_hidden=attention_hidden, frame_rate=tps)  # fmt: skip
+    return TokenFrontEnd(
+        cfg["num_codebooks"],
+        cfg["codebook_size"],
+        dim,
+        init=init,
+        freeze_init=freeze_init,
+        attention_hidden=attention_hidden,
+        frame_rate=tps,
+    )

@@ -19,8 +19,12 @@ from sitok.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-METRICS = {"er": {"accuracy": "er_accuracy"}, "ks": {"accuracy": "ks_accuracy"},
-           "sv": {"eer": "sv_eer", "min_dcf": "sv_min_dcf"}, "asr": {"wer": "asr_wer", "wer_beam": "asr_wer_beam"}}  # fmt: skip
+METRICS = {
+    "er": {"accuracy": "er_accuracy"},
+    "ks": {"accuracy": "ks_accuracy"},
+    "sv": {"eer": "sv_eer", "min_dcf": "sv_min_dcf"},
+    "asr": {"wer": "asr_wer", "wer_beam": "asr_wer_beam"},
+}
 
 
 def feature_facts(features: str, model_dir: str | None = None) -> dict:
@@ -31,18 +35,37 @@ def feature_facts(features: str, model_dir: str | None = None) -> dict:
         cfg = load_model_config(model_dir)
         fps = cfg["mel_rate"] / cfg["stack"]
         cn, cs = cfg["num_codebooks"], cfg["codebook_size"]
-        return {"fps": fps, "tps": fps * cn, "cn": cn, "cs": cs, "kbps": fps * cn * math.log2(cs) / 1000,
-                "ctc_weight": cfg["ctc_weight"]}  # fmt: skip
+        return {
+            "fps": fps,
+            "tps": fps * cn,
+            "cn": cn,
+            "cs": cs,
+            "kbps": fps * cn * math.log2(cs) / 1000,
+            "ctc_weight": cfg["ctc_weight"],
+        }
     fps = {"mel12.5": 12.5, "mel50": 50.0}[features]
     return {"fps": fps, "tps": None, "cn": None, "cs": None, "kbps": None, "ctc_weight": None}
 
 
-def collect(exp_dir: str, name: str, features: str, model_dir: str | None = None, codes_dir: str | None = None,
-            dump_dir: str | None = None, beam_size: int = 10) -> dict:  # fmt: skip
+def collect(
+    exp_dir: str,
+    name: str,
+    features: str,
+    model_dir: str | None = None,
+    codes_dir: str | None = None,
+    dump_dir: str | None = None,
+    beam_size: int = 10,
+) -> dict:
     """Write ``<exp_dir>/probes/summary.json`` from the finished probes (+ CTC ASR for tokens)."""
     probes_dir = os.path.join(exp_dir, "probes")
-    out = {"format": "sitok-probes-1", "name": name, "features": features, "model_dir": model_dir,
-           **feature_facts(features, model_dir), "tasks": {}}  # fmt: skip
+    out = {
+        "format": "sitok-probes-1",
+        "name": name,
+        "features": features,
+        "model_dir": model_dir,
+        **feature_facts(features, model_dir),
+        "tasks": {},
+    }
     for task, keys in METRICS.items():
         path = os.path.join(probes_dir, task, "results.json")
         if not os.path.exists(path):
@@ -57,8 +80,11 @@ def collect(exp_dir: str, name: str, features: str, model_dir: str | None = None
         out.update(ctc_asr_on_codes(model_dir, codes_dir, dump_dir, beam_size))
     path = os.path.join(probes_dir, "summary.json")
     write_text_atomic(path, json.dumps(out, indent=1) + "\n")
-    logger.info("%s: %s", path, {k: out.get(k) for k in ("er_accuracy", "sv_eer", "ks_accuracy", "asr_wer",
-                                                          "ctc_asr_wer", "ctc_asr_wer_beam")})  # fmt: skip
+    logger.info(
+        "%s: %s",
+        path,
+        {k: out.get(k) for k in ("er_accuracy", "sv_eer", "ks_accuracy", "asr_wer", "ctc_asr_wer", "ctc_asr_wer_beam")},
+    )
     return out
 
 
@@ -84,6 +110,11 @@ def ctc_asr_on_codes(model_dir: str, codes_dir: str, dump_dir: str, beam_size: i
     res = ctc_asr(tok, codes, texts, beam_size=beam_size)
     if res is None:
         return {"ctc_asr_wer": None, "ctc_asr_wer_beam": None, "ctc_asr_note": "no trained CTC head (weight 0)"}
-    res.update({"ctc_asr_utts": len(codes), "ctc_asr_seconds": round(time.time() - t0, 1),
-                "ctc_asr_set": os.path.basename(os.path.normpath(dump_dir))})  # fmt: skip
+    res.update(
+        {
+            "ctc_asr_utts": len(codes),
+            "ctc_asr_seconds": round(time.time() - t0, 1),
+            "ctc_asr_set": os.path.basename(os.path.normpath(dump_dir)),
+        }
+    )
     return res

@@ -54,7 +54,9 @@ class Quantizer(nn.Module, ABC):
     def __init__(self, dim: int, codebook_size: int, num_codebooks: int = 1):
         super().__init__()
         if dim < 1 or codebook_size < 2 or num_codebooks < 1:
-            raise ValueError(f"bad quantizer sizes: dim={dim}, codebook_size={codebook_size}, num_codebooks={num_codebooks}")
+            raise ValueError(
+                f"bad quantizer sizes: dim={dim}, codebook_size={codebook_size}, num_codebooks={num_codebooks}"
+            )
         self.dim = int(dim)  # D, input / output dim
         self.codebook_size = int(codebook_size)  # entries per codebook
         self.num_codebooks = int(num_codebooks)  # CN
@@ -86,7 +88,9 @@ class Quantizer(nn.Module, ABC):
         if mask is None:
             return z, torch.ones(B, T, dtype=torch.bool, device=z.device)
         if mask.dtype != torch.bool or tuple(mask.shape) != (B, T):
-            raise ValueError(f"mask must be a bool tensor of shape [B, T]=({B}, {T}), got {mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be a bool tensor of shape [B, T]=({B}, {T}), got {mask.dtype} {tuple(mask.shape)}"
+            )
         mask = mask.to(z.device)
         return z.masked_fill(~mask[..., None], 0.0), mask  # [B, T, D]: padding -> 0, no gradient
 

@@ -50,7 +50,9 @@ class BSQ(Quantizer):
         elif dim % bits_per_codebook == 0:
             G = bits_per_codebook
         else:
-            raise ValueError(f"BSQ needs dim <= {bits_per_codebook} or a multiple of it (bits per codebook), got dim={dim}")
+            raise ValueError(
+                f"BSQ needs dim <= {bits_per_codebook} or a multiple of it (bits per codebook), got dim={dim}"
+            )
         super().__init__(dim, 2**G, num_codebooks=dim // G)
         try:
             from speechbrain.lobes.models.bsq import BinarySphericalQuantizer

@@ -22,9 +22,7 @@ class ResidualVQ(Quantizer):
     def __init__(self, dim: int, num_codebooks: int = 4, codebook_size: int = 65536, **vq_kwargs):
         """vq_kwargs go to every EMAVectorQuantizer stage (decay, eps, beta, dead_threshold, ...)."""
         super().__init__(dim, codebook_size, num_codebooks)
-        self.stages = nn.ModuleList(
-            EMAVectorQuantizer(dim, codebook_size, **vq_kwargs) for _ in range(num_codebooks)
-        )
+        self.stages = nn.ModuleList(EMAVectorQuantizer(dim, codebook_size, **vq_kwargs) for _ in range(num_codebooks))
 
     def forward(self, z: Tensor, mask: Tensor | None = None) -> QuantizerOutput:
         z, mask = self._check_input(z, mask)  # [B, T, D], [B, T]

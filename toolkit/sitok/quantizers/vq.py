@@ -67,7 +67,8 @@ class EMAVectorQuantizer(Quantizer):
     frame chose among the last codebook_size / dead_relative frames (0: off); restart_every: check every n
     training steps (0 = never); init_from_data: codebook <- frames of the first training batch
     (with fewer frames than entries, every frame once and then repeats); chunk_elements: max
-    elements of one [R, K] distance chunk (R capped at 256 frames: a fixed [256, K] matmul per chunk, little padding on short batches)."""
+    elements of one [R, K] distance chunk (R capped at 256 frames: a fixed [256, K] matmul per chunk,
+    little padding on short batches)."""
 
     def __init__(
         self,

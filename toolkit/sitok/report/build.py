@@ -26,18 +26,29 @@ from sitok.report import tables as T
 logger = logging.getLogger(__name__)
 
 TABLES = [
-    ("table1_reconstruction", "Table 1: reconstruction", "Model rows at the reported setting; ground truth "
-     "through the vocoder. Paper: SiTok rows of its Table 1."),
-    ("table2_understanding", "Table 2: understanding", "CTC ASR: the tokenizer's own CTC head on the split's codes "
-     "(greedy; beam = CTC prefix beam search, 10 beams, no LM). ASR / ER / SV / KS: the DASB-style probes on the "
-     "frozen features (stage 13): ASR = BiLSTM + CTC WER (%), ER and KS accuracy (%), SV EER (%) and normalised "
-     "minDCF (p_target 0.01) on held-out speakers' trials. Continuous mel rows are the upper baseline."),
+    (
+        "table1_reconstruction",
+        "Table 1: reconstruction",
+        "Model rows at the reported setting; ground truth through the vocoder. Paper: SiTok rows of its Table 1.",
+    ),
+    (
+        "table2_understanding",
+        "Table 2: understanding",
+        "CTC ASR: the tokenizer's own CTC head on the split's codes "
+        "(greedy; beam = CTC prefix beam search, 10 beams, no LM). ASR / ER / SV / KS: the DASB-style probes on the "
+        "frozen features (stage 13): ASR = BiLSTM + CTC WER (%), ER and KS accuracy (%), SV EER (%) and normalised "
+        "minDCF (p_target 0.01) on held-out speakers' trials. Continuous mel rows are the upper baseline.",
+    ),
     ("table3_ctc", "Table 3: CTC regularisation", "Regularised (CTC weight > 0) vs not, by tokens per second."),
-    ("table5_ablations", "Table 5: ablations", "Codebook size is not matched to the paper (the mini grid uses "
-     "1,024 entries); the paper's row is the one with its default size for that CN."),
+    (
+        "table5_ablations",
+        "Table 5: ablations",
+        "Codebook size is not matched to the paper (the mini grid uses "
+        "1,024 entries); the paper's row is the one with its default size for that CN.",
+    ),
     ("table6_light_head", "Table 6: light-weight diffusion head", "Models that differ only in the light head."),
     ("table9_vq_fsq", "Table 9: VQ vs FSQ", "Models that differ only in the quantizer."),
-]  # fmt: skip
+]
 
 
 def _save_table(df, out_dir: str, stem: str) -> str:
@@ -88,8 +99,9 @@ def steps_figure(summaries: list[dict], path: str, vocoder: str | None = None) -
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Reconstruction against decoding steps (ours; the paper's Figure 2 gives curves, not numbers)",
-                 fontsize=9)  # fmt: skip
+    fig.suptitle(
+        "Reconstruction against decoding steps (ours; the paper's Figure 2 gives curves, not numbers)", fontsize=9
+    )
     fig.tight_layout()
     _savefig(fig, path, dpi=110)
     return True
@@ -115,17 +127,24 @@ def mel_figures(summaries: list[dict], df, dump_dir: str | None, out_dir: str, m
         r = chosen.get(s["model"]["name"])
         if r is None:
             continue
-        key = ("steps{}_cfg{:g}_{}".format(r["steps"], r["cfg_scale"], r["vocoder"]))
-        panels.append((f"{r['experiment']} ({'regression' if r['steps'] == 0 else str(r['steps']) + ' steps'})",
-                       os.path.join(os.path.dirname(s["path"]), "mels", key)))  # fmt: skip
+        key = "steps{}_cfg{:g}_{}".format(r["steps"], r["cfg_scale"], r["vocoder"])
+        panels.append(
+            (
+                f"{r['experiment']} ({'regression' if r['steps'] == 0 else str(r['steps']) + ' steps'})",
+                os.path.join(os.path.dirname(s["path"]), "mels", key),
+            )
+        )
     utts = sorted({f[:-4] for _, d in panels if os.path.isdir(d) for f in os.listdir(d) if f.endswith(".npy")})
     written = []
     for u in utts:
         if u not in feats:
             continue
         rows = [("ground truth", read_mat(feats[u]))]
-        rows += [(name, np.load(os.path.join(d, f"{u}.npy"))) for name, d in panels
-                 if os.path.exists(os.path.join(d, f"{u}.npy"))]  # fmt: skip
+        rows += [
+            (name, np.load(os.path.join(d, f"{u}.npy")))
+            for name, d in panels
+            if os.path.exists(os.path.join(d, f"{u}.npy"))
+        ]
         fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.6 * len(rows)), squeeze=False)
         vmin, vmax = float(np.percentile(rows[0][1], 1)), float(rows[0][1].max())
         for ax, (name, mel) in zip(axes[:, 0], rows):
@@ -144,10 +163,14 @@ def _write_probe_only_report(probe_only: list[dict], out_dir: str) -> dict:
     """Table 2 from probe summaries alone (stage 13 ran, stage 12 did not)."""
     os.makedirs(out_dir, exist_ok=True)
     built = {"table2_understanding": T.table2(pd.DataFrame(columns=["refine"]), probe_only)}
-    parts = ["# SiTok report", "",
-             f"Probe summaries only ({', '.join(s['name'] for s in probe_only)}): no evaluation summary was found "
-             "(run the evaluate stage, e.g. stage 12, for the reconstruction tables).",
-             f"Columns labelled \"paper\" are the paper's own numbers ({paper.JUDGES}).", ""]  # fmt: skip
+    parts = [
+        "# SiTok report",
+        "",
+        f"Probe summaries only ({', '.join(s['name'] for s in probe_only)}): no evaluation summary was found "
+        "(run the evaluate stage, e.g. stage 12, for the reconstruction tables).",
+        f'Columns labelled "paper" are the paper\'s own numbers ({paper.JUDGES}).',
+        "",
+    ]
     stem, title, note = next(t for t in TABLES if t[0] == "table2_understanding")
     parts += [f"## {title}", "", note, "", _save_table(built[stem], out_dir, stem), ""]
     write_text_atomic(os.path.join(out_dir, "report.md"), "\n".join(parts))
@@ -155,13 +178,26 @@ def _write_probe_only_report(probe_only: list[dict], out_dir: str) -> dict:
     return built
 
 
-def write_report(paths: list[str], out_dir: str, set_name: str | None = None, dump_dir: str | None = None,
-                 steps: int | None = None, cfg_scale: float | None = None, vocoder: str | None = None) -> dict:  # fmt: skip
+def write_report(
+    paths: list[str],
+    out_dir: str,
+    set_name: str | None = None,
+    dump_dir: str | None = None,
+    steps: int | None = None,
+    cfg_scale: float | None = None,
+    vocoder: str | None = None,
+) -> dict:
     """Build every table and figure; returns {stem: DataFrame}."""
     probe_only = T.find_probe_summaries(paths)
     probe_paths = {os.path.normpath(p) for p in paths if os.path.isfile(os.path.join(p, "probes", "summary.json"))}
-    files = T.find_summaries([p for p in paths if os.path.normpath(p) not in probe_paths or
-                              glob.glob(os.path.join(p, "eval", "*", "summary.json"))], set_name)  # fmt: skip
+    files = T.find_summaries(
+        [
+            p
+            for p in paths
+            if os.path.normpath(p) not in probe_paths or glob.glob(os.path.join(p, "eval", "*", "summary.json"))
+        ],
+        set_name,
+    )
     if not files and probe_only:  # probes without the evaluate stage: Table 2 alone
         return _write_probe_only_report(probe_only, out_dir)
     if not files:
@@ -171,22 +207,30 @@ def write_report(paths: list[str], out_dir: str, set_name: str | None = None, du
     df = T.model_rows(summaries, steps, cfg_scale, vocoder)
     gt = T.groundtruth_row(summaries, vocoder)
     built = {
-        "table1_reconstruction": T.table1(df, gt), "table2_understanding": T.table2(df, probe_only), "table3_ctc": T.table3(df),
-        "table5_ablations": T.table5(df), "table6_light_head": T.table6(df), "table9_vq_fsq": T.table9(df),
-    }  # fmt: skip
+        "table1_reconstruction": T.table1(df, gt),
+        "table2_understanding": T.table2(df, probe_only),
+        "table3_ctc": T.table3(df),
+        "table5_ablations": T.table5(df),
+        "table6_light_head": T.table6(df),
+        "table9_vq_fsq": T.table9(df),
+    }
     judges = summaries[0]["judges"]
     judge_line = ", ".join(f"{k}: {v['judge']} {v['version']}" for k, v in judges.items())
     sets = sorted({s["set"] for s in summaries})
-    parts = ["# SiTok report", "",
-             f"Set: {', '.join(sets)} ({summaries[0]['utterances']} utterances). Models: {len(df)} "
-             f"({', '.join(df['experiment']) if len(df) else 'none'}).",
-             f"Reported setting per model: Euler steps {steps if steps is not None else 'the fewest scored'}, "
-             f"token-CFG scale {cfg_scale if cfg_scale is not None else 'the largest scored'} for CFG models "
-             f"(1 otherwise), vocoder {vocoder or 'the first scored'}. Chosen before looking at scores, not "
-             "the best on the test set.",
-             f"Our judges: {judge_line}. MOS is DNSMOS OVRL unless UTMOS was judged.",
-             f"Columns labelled \"paper\" are the paper's own numbers ({paper.JUDGES}); they are not the same "
-             "measurement as ours (different corpus, judges and model scale).", ""]  # fmt: skip
+    parts = [
+        "# SiTok report",
+        "",
+        f"Set: {', '.join(sets)} ({summaries[0]['utterances']} utterances). Models: {len(df)} "
+        f"({', '.join(df['experiment']) if len(df) else 'none'}).",
+        f"Reported setting per model: Euler steps {steps if steps is not None else 'the fewest scored'}, "
+        f"token-CFG scale {cfg_scale if cfg_scale is not None else 'the largest scored'} for CFG models "
+        f"(1 otherwise), vocoder {vocoder or 'the first scored'}. Chosen before looking at scores, not "
+        "the best on the test set.",
+        f"Our judges: {judge_line}. MOS is DNSMOS OVRL unless UTMOS was judged.",
+        f'Columns labelled "paper" are the paper\'s own numbers ({paper.JUDGES}); they are not the same '
+        "measurement as ours (different corpus, judges and model scale).",
+        "",
+    ]
     for stem, title, note in TABLES:
         md = _save_table(built[stem], out_dir, stem)
         parts += [f"## {title}", "", note, "", md, ""]
@@ -197,6 +241,11 @@ def write_report(paths: list[str], out_dir: str, set_name: str | None = None, du
         parts += ["## Mel-spectrograms: ground truth vs reconstruction", ""]
         parts += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figs] + [""]
     write_text_atomic(os.path.join(out_dir, "report.md"), "\n".join(parts))
-    logger.info("report: %d models from %d summaries -> %s (%s)", len(df), len(files), out_dir,
-                ", ".join(f"{k}: {len(v)} rows" for k, v in built.items()))  # fmt: skip
+    logger.info(
+        "report: %d models from %d summaries -> %s (%s)",
+        len(df),
+        len(files),
+        out_dir,
+        ", ".join(f"{k}: {len(v)} rows" for k, v in built.items()),
+    )
     return built

@@ -14,41 +14,141 @@ JUDGES = "paper: whisper-large-v3 WER, WavLM-TDNN SIM, UTMOS, on LibriSpeech tes
 TABLE1 = [
     {"row": "Ground Truth", "fps_tps": "-", "cn": None, "kbps": None, "wer": 2.14, "sim": 0.730, "utmos": 3.53},
     {"row": "SiTok (CN = 1)", "fps_tps": "12.5/12.5", "cn": 1, "kbps": 0.20, "wer": 4.06, "sim": 0.641, "utmos": 3.44},
-    {"row": "+ Decoder Finetuning", "fps_tps": "12.5/12.5", "cn": 1, "kbps": 0.20, "wer": 3.79, "sim": 0.682,
-     "utmos": 3.48},
+    {
+        "row": "+ Decoder Finetuning",
+        "fps_tps": "12.5/12.5",
+        "cn": 1,
+        "kbps": 0.20,
+        "wer": 3.79,
+        "sim": 0.682,
+        "utmos": 3.48,
+    },
     {"row": "+ Token CFG", "fps_tps": "12.5/12.5", "cn": 1, "kbps": 0.20, "wer": 3.34, "sim": 0.635, "utmos": 3.60},
     {"row": "SiTok (CN = 2)", "fps_tps": "12.5/25", "cn": 2, "kbps": 0.35, "wer": 3.17, "sim": 0.658, "utmos": 3.44},
     {"row": "SiTok (CN = 4)", "fps_tps": "12.5/50", "cn": 4, "kbps": 0.70, "wer": 2.80, "sim": 0.660, "utmos": 3.46},
-]  # fmt: skip
+]
 
 # Table 2: understanding (SiTok rows)
 TABLE2 = [
-    {"row": "SiTok (CN = 1)", "fps_tps": "12.5/12.5", "cn_cs": "1/65536", "kbps": 0.20, "ctc_asr": 9.50, "asr": 4.95,
-     "er": 63.5, "sv": 13.8, "ks": 96.9},
-    {"row": "SiTok (CN = 4)", "fps_tps": "12.5/50", "cn_cs": "4/16384", "kbps": 0.70, "ctc_asr": 8.30, "asr": 4.49,
-     "er": 64.4, "sv": 8.59, "ks": 97.7},
-]  # fmt: skip
+    {
+        "row": "SiTok (CN = 1)",
+        "fps_tps": "12.5/12.5",
+        "cn_cs": "1/65536",
+        "kbps": 0.20,
+        "ctc_asr": 9.50,
+        "asr": 4.95,
+        "er": 63.5,
+        "sv": 13.8,
+        "ks": 96.9,
+    },
+    {
+        "row": "SiTok (CN = 4)",
+        "fps_tps": "12.5/50",
+        "cn_cs": "4/16384",
+        "kbps": 0.70,
+        "ctc_asr": 8.30,
+        "asr": 4.49,
+        "er": 64.4,
+        "sv": 8.59,
+        "ks": 97.7,
+    },
+]
 
 # Table 3: CTC regularisation (keyed by "ctc" = regularised or not, and TPS)
 TABLE3 = [
-    {"ctc": True, "tps": 12.5, "wer": 4.06, "sim": 0.641, "utmos": 3.44, "ctc_asr": 9.50, "asr": 4.95, "er": 63.5,
-     "sv": 13.8, "ks": 96.9},
-    {"ctc": True, "tps": 25.0, "wer": 3.17, "sim": 0.658, "utmos": 3.44, "ctc_asr": 8.64, "asr": 4.72, "er": 61.7,
-     "sv": 11.1, "ks": 97.8},
-    {"ctc": True, "tps": 50.0, "wer": 2.80, "sim": 0.660, "utmos": 3.46, "ctc_asr": 8.30, "asr": 4.49, "er": 64.4,
-     "sv": 8.59, "ks": 97.7},
-    {"ctc": False, "tps": 12.5, "wer": 33.0, "sim": 0.495, "utmos": 2.68, "ctc_asr": None, "asr": 29.4, "er": 57.9,
-     "sv": 18.9, "ks": 86.1},
-    {"ctc": False, "tps": 25.0, "wer": 10.1, "sim": 0.598, "utmos": 2.99, "ctc_asr": None, "asr": 9.53, "er": 55.3,
-     "sv": 15.5, "ks": 92.7},
-    {"ctc": False, "tps": 50.0, "wer": 5.17, "sim": 0.611, "utmos": 2.84, "ctc_asr": None, "asr": 7.27, "er": 60.4,
-     "sv": 13.5, "ks": 92.8},
-]  # fmt: skip
+    {
+        "ctc": True,
+        "tps": 12.5,
+        "wer": 4.06,
+        "sim": 0.641,
+        "utmos": 3.44,
+        "ctc_asr": 9.50,
+        "asr": 4.95,
+        "er": 63.5,
+        "sv": 13.8,
+        "ks": 96.9,
+    },
+    {
+        "ctc": True,
+        "tps": 25.0,
+        "wer": 3.17,
+        "sim": 0.658,
+        "utmos": 3.44,
+        "ctc_asr": 8.64,
+        "asr": 4.72,
+        "er": 61.7,
+        "sv": 11.1,
+        "ks": 97.8,
+    },
+    {
+        "ctc": True,
+        "tps": 50.0,
+        "wer": 2.80,
+        "sim": 0.660,
+        "utmos": 3.46,
+        "ctc_asr": 8.30,
+        "asr": 4.49,
+        "er": 64.4,
+        "sv": 8.59,
+        "ks": 97.7,
+    },
+    {
+        "ctc": False,
+        "tps": 12.5,
+        "wer": 33.0,
+        "sim": 0.495,
+        "utmos": 2.68,
+        "ctc_asr": None,
+        "asr": 29.4,
+        "er": 57.9,
+        "sv": 18.9,
+        "ks": 86.1,
+    },
+    {
+        "ctc": False,
+        "tps": 25.0,
+        "wer": 10.1,
+        "sim": 0.598,
+        "utmos": 2.99,
+        "ctc_asr": None,
+        "asr": 9.53,
+        "er": 55.3,
+        "sv": 15.5,
+        "ks": 92.7,
+    },
+    {
+        "ctc": False,
+        "tps": 50.0,
+        "wer": 5.17,
+        "sim": 0.611,
+        "utmos": 2.84,
+        "ctc_asr": None,
+        "asr": 7.27,
+        "er": 60.4,
+        "sv": 13.5,
+        "ks": 92.8,
+    },
+]
 
 
 def _t5(loss, ctc, cs, cn, cd, cfg, wer, sim, utmos, ctc_asr, asr, er, sv, ks, fps=12.5):
-    return {"loss": loss, "ctc_weight": ctc, "cs": cs, "cn": cn, "cd": cd, "token_cfg": cfg, "fps": fps, "wer": wer,
-            "sim": sim, "utmos": utmos, "ctc_asr": ctc_asr, "asr": asr, "er": er, "sv": sv, "ks": ks}  # fmt: skip
+    return {
+        "loss": loss,
+        "ctc_weight": ctc,
+        "cs": cs,
+        "cn": cn,
+        "cd": cd,
+        "token_cfg": cfg,
+        "fps": fps,
+        "wer": wer,
+        "sim": sim,
+        "utmos": utmos,
+        "ctc_asr": ctc_asr,
+        "asr": asr,
+        "er": er,
+        "sv": sv,
+        "ks": ks,
+    }
 
 
 # Table 5: ablations
@@ -82,11 +182,31 @@ TABLE6 = [
 
 # Table 9: VQ vs FSQ
 TABLE9 = [
-    {"quantizer": "vq", "row": "SiTok (VQ)", "wer": 4.06, "sim": 0.641, "utmos": 3.44, "ctc_asr": 9.50, "asr": 4.95,
-     "er": 63.5, "sv": 13.8, "ks": 96.9},
-    {"quantizer": "fsq", "row": "SiTok (FSQ)", "wer": 5.23, "sim": 0.629, "utmos": 3.44, "ctc_asr": 10.02,
-     "asr": 5.33, "er": 62.0, "sv": 14.1, "ks": 96.9},
-]  # fmt: skip
+    {
+        "quantizer": "vq",
+        "row": "SiTok (VQ)",
+        "wer": 4.06,
+        "sim": 0.641,
+        "utmos": 3.44,
+        "ctc_asr": 9.50,
+        "asr": 4.95,
+        "er": 63.5,
+        "sv": 13.8,
+        "ks": 96.9,
+    },
+    {
+        "quantizer": "fsq",
+        "row": "SiTok (FSQ)",
+        "wer": 5.23,
+        "sim": 0.629,
+        "utmos": 3.44,
+        "ctc_asr": 10.02,
+        "asr": 5.33,
+        "er": 62.0,
+        "sv": 14.1,
+        "ks": 96.9,
+    },
+]
 
 
 def table5_match(loss: str, ctc_weight: float, cn: int, cd: int, token_cfg: bool, fps: float) -> dict | None:
@@ -94,9 +214,16 @@ def table5_match(loss: str, ctc_weight: float, cn: int, cd: int, token_cfg: bool
     mini configuration's 1,024 entries are not in the paper's grid): among the rows that agree on
     loss, CTC weight, CN, codebook dim, token CFG and frame rate, the paper's default size for
     that CN (2^16 for CN = 1, 2^14 for CN > 1) is taken."""
-    cands = [r for r in TABLE5 if r["loss"] == loss and abs(r["ctc_weight"] - ctc_weight) < 1e-9 and r["cn"] == cn
-             and r["cd"] == (cd if cd in (32, 64, 128, 256) else 32) and r["token_cfg"] == token_cfg
-             and r["fps"] == fps]  # fmt: skip
+    cands = [
+        r
+        for r in TABLE5
+        if r["loss"] == loss
+        and abs(r["ctc_weight"] - ctc_weight) < 1e-9
+        and r["cn"] == cn
+        and r["cd"] == (cd if cd in (32, 64, 128, 256) else 32)
+        and r["token_cfg"] == token_cfg
+        and r["fps"] == fps
+    ]
     if not cands:
         return None
     default_cs = 2**16 if cn == 1 else 2**14

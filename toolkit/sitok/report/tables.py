@@ -23,9 +23,14 @@ from sitok.report import paper
 
 logger = logging.getLogger(__name__)
 
-REFINE_LABELS = {"decoder_ft": "+ Decoder Finetuning", "token_cfg": "+ Token CFG", "shortcut": "+ Shortcut FT",
-                 "light_head": "+ Light head (FT)", "diffusion": "R + D",
-                 "reparam": "+ Decoder re-parameterised"}  # fmt: skip
+REFINE_LABELS = {
+    "decoder_ft": "+ Decoder Finetuning",
+    "token_cfg": "+ Token CFG",
+    "shortcut": "+ Shortcut FT",
+    "light_head": "+ Light head (FT)",
+    "diffusion": "R + D",
+    "reparam": "+ Decoder re-parameterised",
+}
 
 
 # ---- loading -----------------------------------------------------------------------------------
@@ -41,8 +46,11 @@ def find_summaries(paths: list[str], set_name: str | None = None) -> list[str]:
         else:
             found = sorted(glob.glob(os.path.join(p, "eval", set_name or "*", "summary.json")))
         if not found:
-            logger.warning("%s: no evaluation summary%s (run the evaluate stage first); left out", p,
-                           f" for set {set_name}" if set_name else "")  # fmt: skip
+            logger.warning(
+                "%s: no evaluation summary%s (run the evaluate stage first); left out",
+                p,
+                f" for set {set_name}" if set_name else "",
+            )
         out += found
     return out
 
@@ -89,8 +97,9 @@ def loss_label(cfg: dict, refine: dict | None) -> str:
     return "R" if cfg.get("decoder") == "regression" else "D"
 
 
-def model_rows(summaries: list[dict], steps: int | None = None, cfg_scale: float | None = None,
-               vocoder: str | None = None) -> pd.DataFrame:  # fmt: skip
+def model_rows(
+    summaries: list[dict], steps: int | None = None, cfg_scale: float | None = None, vocoder: str | None = None
+) -> pd.DataFrame:
     """One row per evaluated model at its reported setting, with its configuration."""
     rows = []
     for s in summaries:
@@ -100,20 +109,41 @@ def model_rows(summaries: list[dict], steps: int | None = None, cfg_scale: float
             continue
         probes = s.get("probes", {})
         kind = (m.get("refine") or {}).get("kind")
-        rows.append({
-            "experiment": m["name"], "set": s["set"], "loss": loss_label(cfg, m.get("refine")), "refine": kind,
-            "ctc_weight": cfg["ctc_weight"], "cs": cfg["codebook_size"], "cn": cfg["num_codebooks"],
-            "cd": cfg["codebook_dim"], "quantizer": cfg["quantizer"], "token_cfg": bool(cfg.get("token_cfg")),
-            "light_head": int(cfg.get("light_head_layers") or 0), "shortcut": bool(cfg.get("shortcut")),
-            "fps": m["fps"], "tps": m["tps"], "kbps": m["bits_per_second"] / 1000, "params_m": m["parameters"] / 1e6,
-            "usage": m.get("codebook_usage"), "perplexity": m.get("code_perplexity"),
-            "steps": r["steps"], "cfg_scale": r["cfg_scale"], "vocoder": r["vocoder"],
-            "wer": r.get("wer"), "sim": r.get("sim"), "mos": r.get("utmos", r.get("dnsmos_ovrl")),
-            "mos_judge": "UTMOS" if r.get("utmos") is not None else "DNSMOS OVRL",
-            "pesq": r.get("pesq"), "stoi": r.get("stoi"), "mel_l1": r.get("mel_l1"), "decoder_rtf": r.get("decoder_rtf"),
-            "ctc_asr": m.get("ctc_asr_wer") if cfg["ctc_weight"] > 0 else None,  # untrained head: "-"
-            **probe_columns(probes),
-        })  # fmt: skip
+        rows.append(
+            {
+                "experiment": m["name"],
+                "set": s["set"],
+                "loss": loss_label(cfg, m.get("refine")),
+                "refine": kind,
+                "ctc_weight": cfg["ctc_weight"],
+                "cs": cfg["codebook_size"],
+                "cn": cfg["num_codebooks"],
+                "cd": cfg["codebook_dim"],
+                "quantizer": cfg["quantizer"],
+                "token_cfg": bool(cfg.get("token_cfg")),
+                "light_head": int(cfg.get("light_head_layers") or 0),
+                "shortcut": bool(cfg.get("shortcut")),
+                "fps": m["fps"],
+                "tps": m["tps"],
+                "kbps": m["bits_per_second"] / 1000,
+                "params_m": m["parameters"] / 1e6,
+                "usage": m.get("codebook_usage"),
+                "perplexity": m.get("code_perplexity"),
+                "steps": r["steps"],
+                "cfg_scale": r["cfg_scale"],
+                "vocoder": r["vocoder"],
+                "wer": r.get("wer"),
+                "sim": r.get("sim"),
+                "mos": r.get("utmos", r.get("dnsmos_ovrl")),
+                "mos_judge": "UTMOS" if r.get("utmos") is not None else "DNSMOS OVRL",
+                "pesq": r.get("pesq"),
+                "stoi": r.get("stoi"),
+                "mel_l1": r.get("mel_l1"),
+                "decoder_rtf": r.get("decoder_rtf"),
+                "ctc_asr": m.get("ctc_asr_wer") if cfg["ctc_weight"] > 0 else None,  # untrained head: "-"
+                **probe_columns(probes),
+            }
+        )
         if rows[-1]["ctc_asr"] is None or cfg["ctc_weight"] == 0:
             rows[-1]["ctc_asr_beam"] = None
     return pd.DataFrame(rows)
@@ -121,9 +151,15 @@ def model_rows(summaries: list[dict], steps: int | None = None, cfg_scale: float
 
 def probe_columns(probes: dict) -> dict:
     """The understanding columns of one ``<exp>/probes/summary.json`` (empty dict: all None)."""
-    cols = {"asr": probes.get("asr_wer"), "asr_beam": probes.get("asr_wer_beam"), "er": probes.get("er_accuracy"),
-            "sv": probes.get("sv_eer"), "sv_min_dcf": probes.get("sv_min_dcf"), "ks": probes.get("ks_accuracy"),
-            "ctc_asr_beam": probes.get("ctc_asr_wer_beam")}  # fmt: skip
+    cols = {
+        "asr": probes.get("asr_wer"),
+        "asr_beam": probes.get("asr_wer_beam"),
+        "er": probes.get("er_accuracy"),
+        "sv": probes.get("sv_eer"),
+        "sv_min_dcf": probes.get("sv_min_dcf"),
+        "ks": probes.get("ks_accuracy"),
+        "ctc_asr_beam": probes.get("ctc_asr_wer_beam"),
+    }
     return cols
 
 
@@ -148,8 +184,14 @@ def groundtruth_row(summaries: list[dict], vocoder: str | None = None) -> dict |
     if not gts:
         return None
     r = next((g for g in gts if g["vocoder"] == vocoder), gts[0])
-    return {"wer": r.get("wer"), "sim": r.get("sim"), "mos": r.get("utmos", r.get("dnsmos_ovrl")),
-            "pesq": r.get("pesq"), "stoi": r.get("stoi"), "vocoder": r["vocoder"]}  # fmt: skip
+    return {
+        "wer": r.get("wer"),
+        "sim": r.get("sim"),
+        "mos": r.get("utmos", r.get("dnsmos_ovrl")),
+        "pesq": r.get("pesq"),
+        "stoi": r.get("stoi"),
+        "vocoder": r["vocoder"],
+    }
 
 
 # ---- tables ------------------------------------------------------------------------------------
@@ -167,10 +209,24 @@ def table1(df: pd.DataFrame, gt: dict | None) -> pd.DataFrame:
     out = []
     if gt:
         p = paper.TABLE1[0]
-        out.append({"model": f"Ground Truth ({gt['vocoder']})", "experiment": "", "FPS/TPS": "-", "CN": "-",
-                    "BR (kbps)": "-", "WER": gt["wer"], "SIM": gt["sim"], "MOS": gt["mos"], "PESQ": gt["pesq"],
-                    "STOI": gt["stoi"], "paper row": p["row"], "paper WER": p["wer"], "paper SIM": p["sim"],
-                    "paper UTMOS": p["utmos"]})  # fmt: skip
+        out.append(
+            {
+                "model": f"Ground Truth ({gt['vocoder']})",
+                "experiment": "",
+                "FPS/TPS": "-",
+                "CN": "-",
+                "BR (kbps)": "-",
+                "WER": gt["wer"],
+                "SIM": gt["sim"],
+                "MOS": gt["mos"],
+                "PESQ": gt["pesq"],
+                "STOI": gt["stoi"],
+                "paper row": p["row"],
+                "paper WER": p["wer"],
+                "paper SIM": p["sim"],
+                "paper UTMOS": p["utmos"],
+            }
+        )
     for _, r in df.iterrows():
         kind = r["refine"] if isinstance(r["refine"], str) else None  # pandas holds a missing one as NaN
         label = REFINE_LABELS.get(kind) if kind else f"SiTok (CN = {r['cn']})"
@@ -178,13 +234,32 @@ def table1(df: pd.DataFrame, gt: dict | None) -> pd.DataFrame:
             label += f" (w = {r['cfg_scale']:g})"
         want = {"decoder_ft": "+ Decoder Finetuning", "token_cfg": "+ Token CFG"}.get(kind, f"SiTok (CN = {r['cn']})")
         p = next((x for x in paper.TABLE1 if x["row"] == want and (x["cn"] == r["cn"])), None)
-        if r["loss"] != "D" or r["ctc_weight"] == 0 or r["quantizer"] == "fsq" or kind in ("shortcut", "light_head") \
-                or r["light_head"]:
+        if (
+            r["loss"] != "D"
+            or r["ctc_weight"] == 0
+            or r["quantizer"] == "fsq"
+            or kind in ("shortcut", "light_head")
+            or r["light_head"]
+        ):
             p = None  # ablations and refinements the paper's Table 1 has no row for
-        out.append({"model": label, "experiment": r["experiment"], "FPS/TPS": _fps_tps(r), "CN": r["cn"],
-                    "BR (kbps)": r["kbps"], "WER": r["wer"], "SIM": r["sim"], "MOS": r["mos"], "PESQ": r["pesq"],
-                    "STOI": r["stoi"], "paper row": p["row"] if p else "", "paper WER": p["wer"] if p else None,
-                    "paper SIM": p["sim"] if p else None, "paper UTMOS": p["utmos"] if p else None})  # fmt: skip
+        out.append(
+            {
+                "model": label,
+                "experiment": r["experiment"],
+                "FPS/TPS": _fps_tps(r),
+                "CN": r["cn"],
+                "BR (kbps)": r["kbps"],
+                "WER": r["wer"],
+                "SIM": r["sim"],
+                "MOS": r["mos"],
+                "PESQ": r["pesq"],
+                "STOI": r["stoi"],
+                "paper row": p["row"] if p else "",
+                "paper WER": p["wer"] if p else None,
+                "paper SIM": p["sim"] if p else None,
+                "paper UTMOS": p["utmos"] if p else None,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -202,18 +277,28 @@ def table2(df: pd.DataFrame, probe_only: list[dict] = ()) -> pd.DataFrame:
         p = next((x for x in paper.TABLE2 if x["row"] == f"SiTok (CN = {r['cn']})"), None)
         if r["loss"] != "D" or r["ctc_weight"] == 0 or r["quantizer"] == "fsq" or r["light_head"]:
             p = None
-        row = {"model": f"SiTok (CN = {r['cn']})", "experiment": r["experiment"], "CTC Reg.": _ctc_label(r["ctc_weight"]),
-               "FPS/TPS": _fps_tps(r), "CN/CS": f"{r['cn']}/{r['cs']}", "BR (kbps)": r["kbps"]}  # fmt: skip
+        row = {
+            "model": f"SiTok (CN = {r['cn']})",
+            "experiment": r["experiment"],
+            "CTC Reg.": _ctc_label(r["ctc_weight"]),
+            "FPS/TPS": _fps_tps(r),
+            "CN/CS": f"{r['cn']}/{r['cs']}",
+            "BR (kbps)": r["kbps"],
+        }
         row.update({label: r.get(k) for k, label in UNDERSTANDING + EXTRA_UNDERSTANDING})
         row["paper row"] = p["row"] if p else ""
         row.update({f"paper {label}": (p[k] if p else None) for k, label in UNDERSTANDING})
         out.append(row)
     for s in probe_only:
         tokens = s["features"] == "tokens"
-        row = {"model": f"SiTok (CN = {s['cn']})" if tokens else FEATURE_LABELS.get(s["features"], s["features"]),
-               "experiment": s["name"], "CTC Reg.": _ctc_label(s["ctc_weight"]) if s.get("ctc_weight") is not None else "",
-               "FPS/TPS": f"{s['fps']:g}/{s['tps']:g}" if tokens else f"{s['fps']:g}/-",
-               "CN/CS": f"{s['cn']}/{s['cs']}" if tokens else "-", "BR (kbps)": s["kbps"]}  # fmt: skip
+        row = {
+            "model": f"SiTok (CN = {s['cn']})" if tokens else FEATURE_LABELS.get(s["features"], s["features"]),
+            "experiment": s["name"],
+            "CTC Reg.": _ctc_label(s["ctc_weight"]) if s.get("ctc_weight") is not None else "",
+            "FPS/TPS": f"{s['fps']:g}/{s['tps']:g}" if tokens else f"{s['fps']:g}/-",
+            "CN/CS": f"{s['cn']}/{s['cs']}" if tokens else "-",
+            "BR (kbps)": s["kbps"],
+        }
         cols = {"ctc_asr": s.get("ctc_asr_wer"), **probe_columns(s)}
         row.update({label: cols.get(k) for k, label in UNDERSTANDING + EXTRA_UNDERSTANDING})
         row["paper row"] = ""
@@ -233,8 +318,14 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
     for _, r in base.sort_values(["ctc_weight", "tps"], ascending=[False, True]).iterrows():
         reg = r["ctc_weight"] > 0
         p = next((x for x in paper.TABLE3 if x["ctc"] == reg and x["tps"] == r["tps"]), None)
-        row = {"CTC Reg.": f"Yes ({r['ctc_weight']:g})" if reg else "No", "experiment": r["experiment"],
-               "FPS/TPS": _fps_tps(r), "WER": r["wer"], "SIM": r["sim"], "MOS": r["mos"]}  # fmt: skip
+        row = {
+            "CTC Reg.": f"Yes ({r['ctc_weight']:g})" if reg else "No",
+            "experiment": r["experiment"],
+            "FPS/TPS": _fps_tps(r),
+            "WER": r["wer"],
+            "SIM": r["sim"],
+            "MOS": r["mos"],
+        }
         row.update({label: r[k] for k, label in UNDERSTANDING})
         for k, label in [("wer", "WER"), ("sim", "SIM"), ("utmos", "UTMOS")] + UNDERSTANDING:
             row[f"paper {label}"] = p[k] if p else None
@@ -249,9 +340,19 @@ def table5(df: pd.DataFrame) -> pd.DataFrame:
     rows = rows[(rows["quantizer"] != "fsq") & (rows["light_head"] == 0)]
     for _, r in rows.iterrows():
         p = paper.table5_match(r["loss"], r["ctc_weight"], r["cn"], r["cd"], r["token_cfg"], r["fps"])
-        row = {"experiment": r["experiment"], "Loss": r["loss"], "CTC W.": r["ctc_weight"], "CS": r["cs"],
-               "CN": r["cn"], "CD": r["cd"], "Tok. CFG": "✓" if r["token_cfg"] else "×", "FPS": r["fps"],
-               "WER": r["wer"], "SIM": r["sim"], "MOS": r["mos"]}  # fmt: skip
+        row = {
+            "experiment": r["experiment"],
+            "Loss": r["loss"],
+            "CTC W.": r["ctc_weight"],
+            "CS": r["cs"],
+            "CN": r["cn"],
+            "CD": r["cd"],
+            "Tok. CFG": "✓" if r["token_cfg"] else "×",
+            "FPS": r["fps"],
+            "WER": r["wer"],
+            "SIM": r["sim"],
+            "MOS": r["mos"],
+        }
         row.update({label: r[k] for k, label in UNDERSTANDING})
         row["paper CS"] = p["cs"] if p else None
         for k, label in [("wer", "WER"), ("sim", "SIM"), ("utmos", "UTMOS")] + UNDERSTANDING:
@@ -276,10 +377,22 @@ def table6(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for _, r in rows.sort_values("light_head").iterrows():
         p = paper.TABLE6[1 if r["light_head"] else 0]
-        out.append({"model": p["row"], "experiment": r["experiment"], "light head layers": r["light_head"],
-                    "steps": r["steps"], "WER": r["wer"], "SIM": r["sim"], "MOS": r["mos"], "mel L1": r["mel_l1"],
-                    "decoder RTF": r["decoder_rtf"], "paper WER": p["wer"], "paper SIM": p["sim"],
-                    "paper UTMOS": p["utmos"]})  # fmt: skip
+        out.append(
+            {
+                "model": p["row"],
+                "experiment": r["experiment"],
+                "light head layers": r["light_head"],
+                "steps": r["steps"],
+                "WER": r["wer"],
+                "SIM": r["sim"],
+                "MOS": r["mos"],
+                "mel L1": r["mel_l1"],
+                "decoder RTF": r["decoder_rtf"],
+                "paper WER": p["wer"],
+                "paper SIM": p["sim"],
+                "paper UTMOS": p["utmos"],
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -289,8 +402,14 @@ def table9(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for _, r in rows.sort_values("quantizer", key=lambda q: q != "vq").iterrows():
         p = next((x for x in paper.TABLE9 if x["quantizer"] == r["quantizer"]), None)
-        row = {"model": f"SiTok ({r['quantizer'].upper()})", "experiment": r["experiment"], "CS": r["cs"],
-               "WER": r["wer"], "SIM": r["sim"], "MOS": r["mos"]}  # fmt: skip
+        row = {
+            "model": f"SiTok ({r['quantizer'].upper()})",
+            "experiment": r["experiment"],
+            "CS": r["cs"],
+            "WER": r["wer"],
+            "SIM": r["sim"],
+            "MOS": r["mos"],
+        }
         row.update({label: r[k] for k, label in UNDERSTANDING})
         for k, label in [("wer", "WER"), ("sim", "SIM"), ("utmos", "UTMOS")] + UNDERSTANDING:
             row[f"paper {label}"] = p[k] if p else None

@@ -50,8 +50,13 @@ def use_weights_only_loaders() -> None:
     """Make SpeechBrain's checkpointer load every torch-pickled recoverable with ``weights_only=True``
     (process-wide; idempotent)."""
     hooks = sb_checkpoints.DEFAULT_LOAD_HOOKS
-    kinds = [torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
-             torch.optim.lr_scheduler.ReduceLROnPlateau, torch.amp.GradScaler]  # fmt: skip
+    kinds = [
+        torch.nn.Module,
+        torch.optim.Optimizer,
+        torch.optim.lr_scheduler.LRScheduler,
+        torch.optim.lr_scheduler.ReduceLROnPlateau,
+        torch.amp.GradScaler,
+    ]
     for cls in kinds:
         hooks[cls] = _state_dict_loader
     hooks[WarmAndExpDecayLRSchedule] = _warm_exp_loader

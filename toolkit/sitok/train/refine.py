@@ -39,8 +39,9 @@ KINDS = ("decoder_ft", "token_cfg", "shortcut", "light_head", "diffusion", "repa
 DECODER_OVERRIDES = ("prediction", "x_skip", "loss", "dec_hidden", "dec_layers", "dec_intermediate")
 
 
-def refined_config(base: dict, refine: str, light_head_layers: int = 0, keep_cfg: bool = True,
-                   decoder_overrides: dict | None = None) -> dict:
+def refined_config(
+    base: dict, refine: str, light_head_layers: int = 0, keep_cfg: bool = True, decoder_overrides: dict | None = None
+) -> dict:
     """The model config of a refinement run of kind ``refine`` from the base config."""
     if refine not in KINDS:
         raise ValueError(f"refine must be one of {KINDS}, got {refine!r}")
@@ -54,8 +55,10 @@ def refined_config(base: dict, refine: str, light_head_layers: int = 0, keep_cfg
         raise ValueError(f"decoder_overrides: unknown keys {bad} (allowed: {list(DECODER_OVERRIDES)})")
     if refine == "diffusion":
         if not regression:
-            raise ValueError("refine=diffusion (R + D) starts from a regression model (decoder: regression); "
-                             "refine=reparam re-trains a diffusion decoder under decoder_overrides")
+            raise ValueError(
+                "refine=diffusion (R + D) starts from a regression model (decoder: regression); "
+                "refine=reparam re-trains a diffusion decoder under decoder_overrides"
+            )
         cfg["decoder"] = "diffusion"
         cfg.update(overrides)
         return cfg
@@ -63,13 +66,17 @@ def refined_config(base: dict, refine: str, light_head_layers: int = 0, keep_cfg
         if regression:
             raise ValueError("refine=reparam needs a diffusion decoder (refine=diffusion turns an R model into one)")
         if not {k: v for k, v in overrides.items() if cfg.get(k) != v}:
-            raise ValueError("refine=reparam: give decoder_overrides that change the decoder, "
-                             f"e.g. {{prediction: velocity}} (got {overrides or 'none'})")
+            raise ValueError(
+                "refine=reparam: give decoder_overrides that change the decoder, "
+                f"e.g. {{prediction: velocity}} (got {overrides or 'none'})"
+            )
         cfg.update(overrides)
         return cfg
     if regression:
-        raise ValueError(f"refine={refine} needs a diffusion decoder (this model is a regression 'R' baseline; "
-                         "refine=diffusion turns it into one)")
+        raise ValueError(
+            f"refine={refine} needs a diffusion decoder (this model is a regression 'R' baseline; "
+            "refine=diffusion turns it into one)"
+        )
     if refine == "token_cfg":
         cfg["token_cfg"] = True
     elif refine == "shortcut":
@@ -99,7 +106,7 @@ def _remap_light_head(state: dict, cfg: dict) -> dict:
                 out[f"decoder.body.blocks.{i}.{rest[: -len('gain.bias')]}weight"] = v
                 continue
         if k.startswith("decoder.body.norm."):
-            out["decoder.head.norm." + k[len("decoder.body.norm."):]] = v
+            out["decoder.head.norm." + k[len("decoder.body.norm.") :]] = v
             continue
         out[k] = v
     return out
@@ -117,8 +124,13 @@ def _remap_regression(state: dict) -> dict:
     return out
 
 
-def load_for_refinement(init_model: str, refine: str, light_head_layers: int = 0, keep_cfg: bool = True,
-                        decoder_overrides: dict | None = None) -> SiTok:
+def load_for_refinement(
+    init_model: str,
+    refine: str,
+    light_head_layers: int = 0,
+    keep_cfg: bool = True,
+    decoder_overrides: dict | None = None,
+) -> SiTok:
     """Build the refinement model from a model directory; logs what is new and what is left out.
     The directory's config.json and model.pt are checked against each other first (format, ranges,
     every weight's name and shape: ``sitok.models.loading``)."""
@@ -159,8 +171,14 @@ def load_for_refinement(init_model: str, refine: str, light_head_layers: int = 0
         missing = [k for k in new if k.startswith(part + ".")]
         if missing:
             raise ValueError(f"{init_model}: frozen part {part} lacks weights {missing[:3]}: wrong model directory?")
-    logger.info("refine=%s from %s: %d tensors loaded; new (initialised here): %s; not used: %s", refine, init_model,
-                len(loadable), new or "none", unused or "none")  # fmt: skip
+    logger.info(
+        "refine=%s from %s: %d tensors loaded; new (initialised here): %s; not used: %s",
+        refine,
+        init_model,
+        len(loadable),
+        new or "none",
+        unused or "none",
+    )
     return model
 
 
@@ -186,8 +204,13 @@ class RefineBrain(TokenizerBrain):
     def on_fit_start(self):
         n_train, n_frozen = freeze_all_but_decoder(self.model)
         hp = self.hparams
-        logger.info("refine=%s: %.2f M decoder parameters train, %.2f M (encoder, VQ, CTC) frozen; "
-                    "cfg_drop_prob=%g", hp.refine, n_train / 1e6, n_frozen / 1e6, self.cfg_drop_prob)  # fmt: skip
+        logger.info(
+            "refine=%s: %.2f M decoder parameters train, %.2f M (encoder, VQ, CTC) frozen; cfg_drop_prob=%g",
+            hp.refine,
+            n_train / 1e6,
+            n_frozen / 1e6,
+            self.cfg_drop_prob,
+        )
         self.ema = None
         if hp.refine == "shortcut" and float(hp.ema_decay) > 0:
             self.ema = copy.deepcopy(self.model.decoder).to(self.device).eval().requires_grad_(False)
@@ -213,8 +236,9 @@ class RefineBrain(TokenizerBrain):
         if self.model.config.shortcut:
             hp = self.hparams
             shortcut = {"kind": hp.shortcut_loss, "bootstrap_every": hp.bootstrap_every}
-        return self.modules.model(mel, mel_lengths, frozen_tokens=True, cfg_drop_prob=self.cfg_drop_prob,
-                                  shortcut=shortcut, teacher=self.ema)  # fmt: skip
+        return self.modules.model(
+            mel, mel_lengths, frozen_tokens=True, cfg_drop_prob=self.cfg_drop_prob, shortcut=shortcut, teacher=self.ema
+        )
 
     @torch.no_grad()
     def on_fit_batch_end(self, batch, outputs, loss, should_step):

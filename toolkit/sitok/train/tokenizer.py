@@ -35,11 +35,7 @@ import time
 import numpy as np
 import speechbrain as sb
 import torch
-from speechbrain.utils.checkpoints import (
-    mark_as_loader,
-    mark_as_saver,
-    register_checkpoint_hooks,
-)
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 from sitok.data.kaldi import allow_pipes, check_rxspec, read_mat
 from sitok.data.mel import GlobalCMVN, MelConfig
@@ -79,8 +75,11 @@ def dataio_prepare(hparams: dict):
 
     datasets, stats = {}, {}
     for name in ("train", "valid"):
-        ds = DynamicItemDataset.from_csv(hparams[f"{name}_csv"], dynamic_items=[mel_pipeline, text_pipeline],
-                                         output_keys=["id", "mel", "tokens", "duration"])  # fmt: skip
+        ds = DynamicItemDataset.from_csv(
+            hparams[f"{name}_csv"],
+            dynamic_items=[mel_pipeline, text_pipeline],
+            output_keys=["id", "mel", "tokens", "duration"],
+        )
         for uid in ds.data_ids:
             check_rxspec(ds.data[uid]["feats"], f"{hparams[f'{name}_csv']}: utterance {uid}")
         n = len(ds)
@@ -88,12 +87,22 @@ def dataio_prepare(hparams: dict):
         stats[f"{name}_utterances"] = len(ds)
         stats[f"{name}_too_long"] = n - len(ds)
         if n - len(ds):
-            logger.warning("%s: %d utterances longer than %.1f s left out", hparams[f"{name}_csv"], n - len(ds),
-                           hparams["max_duration"])  # fmt: skip
+            logger.warning(
+                "%s: %d utterances longer than %.1f s left out",
+                hparams[f"{name}_csv"],
+                n - len(ds),
+                hparams["max_duration"],
+            )
         datasets[name] = ds
-    sampler = DynamicBatchSampler(datasets["train"], max_batch_length=hparams["batch_seconds"],
-                                  num_buckets=hparams["num_buckets"], length_func=lambda x: x["duration"],
-                                  shuffle=True, batch_ordering="random", seed=hparams["seed"])  # fmt: skip
+    sampler = DynamicBatchSampler(
+        datasets["train"],
+        max_batch_length=hparams["batch_seconds"],
+        num_buckets=hparams["num_buckets"],
+        length_func=lambda x: x["duration"],
+        shuffle=True,
+        batch_ordering="random",
+        seed=hparams["seed"],
+    )
     stats["train_batches_per_epoch"] = len(sampler)
     train = datasets["train"]
     stats["train_hours"] = round(sum(float(train.data[i]["duration"]) for i in train.data_ids) / 3600, 3)
@@ -123,9 +132,14 @@ class RNGState:
     def save(self, path):
         name, keys, pos, has_gauss, gauss = np.random.get_state()
         version, internal, gauss_next = random.getstate()
-        torch.save({"torch": torch.get_rng_state(),
-                    "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
-                    "random": [version, list(internal), gauss_next]}, path)  # fmt: skip
+        torch.save(
+            {
+                "torch": torch.get_rng_state(),
+                "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
+                "random": [version, list(internal), gauss_next],
+            },
+            path,
+        )
 
     @mark_as_loader
     def load(self, path, end_of_epoch=True):
@@ -197,9 +211,8 @@ class TokenizerBrain(sb.Brain):
         self.plan = TrainingPlan(hp.number_of_epochs, float(getattr(hp, "phase_a_fraction", 0.0)), n_batches)
         self.checkpointer.add_recoverable("plan", self.plan)
         self.lr_schedule = sb.nnet.schedulers.WarmAndExpDecayLRSchedule(
-            lr=hp.lr, n_warmup_steps=hp.warmup_steps, total_steps=self.plan.total_steps,
-            decay_factor=hp.lr_decay_factor,
-        )  # fmt: skip
+            lr=hp.lr, n_warmup_steps=hp.warmup_steps, total_steps=self.plan.total_steps, decay_factor=hp.lr_decay_factor
+        )
         self.set_decay()
         self.checkpointer.add_recoverable("lr_schedule", self.lr_schedule)
         super().on_fit_start()  # recovers the last checkpoint: plan, schedule, counter
@@ -209,12 +222,18 @@ class TokenizerBrain(sb.Brain):
         cfg = model.config
         logger.info(
             "SiTok: %.2f M parameters; %.2f tokens/s, %d x %d codes, %.1f bit/s; %d torch threads; %s",
-            model.num_parameters() / 1e6, cfg.token_rate, cfg.num_codebooks, cfg.codebook_size,
-            cfg.bits_per_second, torch.get_num_threads(), json.dumps(self.data_stats),
-        )  # fmt: skip
+            model.num_parameters() / 1e6,
+            cfg.token_rate,
+            cfg.num_codebooks,
+            cfg.codebook_size,
+            cfg.bits_per_second,
+            torch.get_num_threads(),
+            json.dumps(self.data_stats),
+        )
         if self.plan.fraction > 0:
-            logger.info("content-first schedule: the first %.0f %% of the steps train without the VQ",
-                        100 * self.plan.fraction)  # fmt: skip
+            logger.info(
+                "content-first schedule: the first %.0f %% of the steps train without the VQ", 100 * self.plan.fraction
+            )
         self.train_start = time.time()
 
     # ---- schedule ------------------------------------------------------------------------
@@ -242,9 +261,14 @@ class TokenizerBrain(sb.Brain):
         self.plan.fix(epochs, self.global_step)
         self.hparams.epoch_counter.limit = epochs
         self.set_decay()
-        logger.info("plan: %.1f s per epoch -> %d epochs (%d steps) within max_train_minutes=%g; phase A %s",
-                    per_epoch, epochs, self.plan.total_steps, limit,
-                    f"until step {self.plan.phase_a_steps}" if self.plan.fraction > 0 else "off")  # fmt: skip
+        logger.info(
+            "plan: %.1f s per epoch -> %d epochs (%d steps) within max_train_minutes=%g; phase A %s",
+            per_epoch,
+            epochs,
+            self.plan.total_steps,
+            limit,
+            f"until step {self.plan.phase_a_steps}" if self.plan.fraction > 0 else "off",
+        )
 
     @torch.no_grad()
     def kmeans_codebook(self) -> None:
@@ -269,8 +293,12 @@ class TokenizerBrain(sb.Brain):
         self.modules.train()
         t0 = time.time()
         stats = q.init_kmeans(torch.cat(frames)[:want], iters=int(getattr(hp, "kmeans_iters", 10)), seed=hp.seed)
-        logger.info("k-means codebook start before step %d (%.1f s): %s", self.global_step - 1, time.time() - t0,
-                    json.dumps(stats))  # fmt: skip
+        logger.info(
+            "k-means codebook start before step %d (%.1f s): %s",
+            self.global_step - 1,
+            time.time() - t0,
+            json.dumps(stats),
+        )
 
     @property
     def model(self):
@@ -291,8 +319,7 @@ class TokenizerBrain(sb.Brain):
         if continuous:  # phase A's own weight; CTC off (the ablation) stays off
             on = self.model.config.ctc_weight > 0
             ctc_weight = float(getattr(self.hparams, "phase_a_ctc_weight", 1.0)) if on else 0.0
-        return self.modules.model(mel, mel_lengths, tokens, token_lengths, continuous=continuous,
-                                  ctc_weight=ctc_weight)  # fmt: skip
+        return self.modules.model(mel, mel_lengths, tokens, token_lengths, continuous=continuous, ctc_weight=ctc_weight)
 
     def compute_objectives(self, out, batch, stage):
         parts = {k: float(v.detach()) for k, v in out.items() if k in ("diff", "vq", "ctc")}
@@ -358,8 +385,9 @@ class TokenizerBrain(sb.Brain):
             if self.plan.fraction > 0:
                 meta["phase"] = phase
             self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=self.train_stats, valid_stats=summary)
-            self.checkpointer.save_and_keep_only(meta={"loss": stage_loss, "epoch": epoch}, min_keys=["loss"],
-                                                 num_to_keep=2)  # fmt: skip
+            self.checkpointer.save_and_keep_only(
+                meta={"loss": stage_loss, "epoch": epoch}, min_keys=["loss"], num_to_keep=2
+            )
             if sb.utils.distributed.if_main_process():  # full-precision curve, one JSON line per epoch
                 record = {**meta, "train": self.train_stats, "valid": summary}
                 with open(os.path.join(self.hparams.exp_dir, "train_stats.jsonl"), "a", encoding="utf-8") as fh:
@@ -381,15 +409,21 @@ def run_recipe(argv: list[str], brain_class: type) -> None:
     sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
     with open(hparams_file, encoding="utf-8") as fh:
         hparams = load_hyperpyyaml(fh, overrides)
-    sb.create_experiment_directory(experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file,
-                                   overrides=overrides)  # fmt: skip
+    sb.create_experiment_directory(
+        experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
     if hparams.get("allow_pipes"):  # feats entries that are shell commands ("cmd |") may run
         allow_pipes(True)
     if sb.utils.distributed.if_main_process():
         write_train_config(hparams)
     datasets, train_sampler, stats = dataio_prepare(hparams)
-    brain = brain_class(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
-                        run_opts=run_opts, checkpointer=hparams["checkpointer"])  # fmt: skip
+    brain = brain_class(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
     brain.data_stats = stats
     brain.kmeans_data = datasets["train"]
     brain.train_sampler = train_sampler  # Brain calls set_epoch(): batches depend on (seed, epoch) only
@@ -454,8 +488,11 @@ def write_train_config(hparams: dict) -> str:
         **{k: str(hparams[k]) for k in ("cmvn_file", "sp_model", "train_csv")},
     }
     if hparams.get("refine"):
-        config.update(refine=hparams["refine"], init_model=hparams.get("init_model"),
-                      decoder_overrides=dict(hparams.get("decoder_overrides") or {}))  # fmt: skip
+        config.update(
+            refine=hparams["refine"],
+            init_model=hparams.get("init_model"),
+            decoder_overrides=dict(hparams.get("decoder_overrides") or {}),
+        )
     path = os.path.join(exp_dir, TRAIN_CONFIG)
     write_text_atomic(path, json.dumps(config, indent=1) + "\n")
     return path
@@ -478,9 +515,11 @@ def export_checkpoint(exp_dir: str, out_dir: str | None = None) -> str:
 
     path = os.path.join(exp_dir, TRAIN_CONFIG)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: not found; export reads this plain-data file (written when training "
-                                "starts), never hyperparams.yaml, whose tags run code; re-running the training "
-                                "command on this experiment writes it")  # fmt: skip
+        raise FileNotFoundError(
+            f"{path}: not found; export reads this plain-data file (written when training "
+            "starts), never hyperparams.yaml, whose tags run code; re-running the training "
+            "command on this experiment writes it"
+        )
     config = read_config(path, TRAIN_CONFIG_FORMAT)
     model_cfg = parse_config(SiTokConfig.from_dict, config.get("model"), path)
     for key in ("save_folder", "cmvn_file", "sp_model", "train_csv"):

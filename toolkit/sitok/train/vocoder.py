@@ -57,9 +57,19 @@ class MultiResolutionMelLoss(nn.Module):
         from speechbrain.lobes.models.HifiGAN import L1SpecLoss
 
         self.losses = nn.ModuleList(
-            L1SpecLoss(sample_rate=sample_rate, hop_length=int(hop), win_length=int(n_fft), n_mel_channels=int(n_mels),
-                       n_fft=int(n_fft), mel_fmin=0.0, mel_fmax=f_max, power=1.0, norm="slaney", mel_scale="slaney",
-                       dynamic_range_compression=True)  # fmt: skip
+            L1SpecLoss(
+                sample_rate=sample_rate,
+                hop_length=int(hop),
+                win_length=int(n_fft),
+                n_mel_channels=int(n_mels),
+                n_fft=int(n_fft),
+                mel_fmin=0.0,
+                mel_fmax=f_max,
+                power=1.0,
+                norm="slaney",
+                mel_scale="slaney",
+                dynamic_range_compression=True,
+            )
             for n_fft, hop, n_mels in resolutions
         )
 
@@ -146,7 +156,9 @@ class SpectrumLoss(nn.Module):
         crop = slice(e, t - e)
         spec = self.stft(y)[..., crop]
         mag_hat, phase_hat = mag_hat[..., crop], phase_hat[..., crop]
-        amplitude = (torch.log(mag_hat.clamp(min=self.floor)) - torch.log(spec.abs().clamp(min=self.floor))).abs().mean()
+        amplitude = (
+            (torch.log(mag_hat.clamp(min=self.floor)) - torch.log(spec.abs().clamp(min=self.floor))).abs().mean()
+        )
         consistent = self.stft(y_hat)[..., crop]
         consistency = (torch.polar(mag_hat, phase_hat) - consistent).abs().mean() / spec.abs().mean().clamp(min=1e-6)
         return amplitude, consistency
@@ -204,8 +216,10 @@ def dataio_prepare(hparams: dict):
     frontend = MelFrontend(mel_cfg)
     hop = mel_cfg.hop_length
     segment_frames = int(hparams["segment_frames"])
-    croppers = {"train": SegmentCropper(hparams["seed"], segment_frames, hop),
-                "valid": SegmentCropper(hparams["seed"], segment_frames, hop)}  # valid: epoch stays 0  # fmt: skip
+    croppers = {
+        "train": SegmentCropper(hparams["seed"], segment_frames, hop),
+        "valid": SegmentCropper(hparams["seed"], segment_frames, hop),
+    }  # valid: epoch stays 0
     stats: dict = {"segment_frames": segment_frames, "segment_seconds": segment_frames * hop / mel_cfg.sample_rate}
     datasets = {}
     for name in ("train", "valid"):
@@ -218,8 +232,9 @@ def dataio_prepare(hparams: dict):
             yield seg
             yield mel
 
-        ds = DynamicItemDataset.from_csv(hparams[f"{name}_csv"], dynamic_items=[audio_pipeline],
-                                         output_keys=["id", "sig", "mel"])  # fmt: skip
+        ds = DynamicItemDataset.from_csv(
+            hparams[f"{name}_csv"], dynamic_items=[audio_pipeline], output_keys=["id", "sig", "mel"]
+        )
         bad = []  # (path, reason): every file is decoded once here, so that no bad file stops training
         for uid in ds.data_ids:
             path = ds.data[uid]["wav"]
@@ -230,8 +245,12 @@ def dataio_prepare(hparams: dict):
         if bad:
             bad_paths = {p for p, _ in bad}
             ds = ds.filtered_sorted(key_test={"wav": lambda p, bad_paths=bad_paths: p not in bad_paths})
-            logger.warning("%s: %d unusable audio files left out:\n  %s", hparams[f"{name}_csv"], len(bad),
-                           "\n  ".join(msg for _, msg in bad))  # fmt: skip
+            logger.warning(
+                "%s: %d unusable audio files left out:\n  %s",
+                hparams[f"{name}_csv"],
+                len(bad),
+                "\n  ".join(msg for _, msg in bad),
+            )
         limit = int(hparams.get(f"{name}_max_utts", 0) or 0)
         if limit and len(ds) > limit:
             ds = ds.filtered_sorted(select_n=limit)
@@ -289,10 +308,14 @@ class VocoderBrain(sb.Brain):
         total = max(2, per_epoch * hp.number_of_epochs)
         gan_steps = max(2, total - hp.gan_start_step)
         self.lr_schedule_g = sb.nnet.schedulers.WarmAndExpDecayLRSchedule(
-            lr=hp.lr, n_warmup_steps=min(hp.warmup_steps, total - 1), total_steps=total, decay_factor=hp.lr_decay_factor)
+            lr=hp.lr, n_warmup_steps=min(hp.warmup_steps, total - 1), total_steps=total, decay_factor=hp.lr_decay_factor
+        )
         self.lr_schedule_d = sb.nnet.schedulers.WarmAndExpDecayLRSchedule(
-            lr=hp.lr_discriminator, n_warmup_steps=min(hp.warmup_steps, gan_steps - 1), total_steps=gan_steps,
-            decay_factor=hp.lr_decay_factor)  # fmt: skip
+            lr=hp.lr_discriminator,
+            n_warmup_steps=min(hp.warmup_steps, gan_steps - 1),
+            total_steps=gan_steps,
+            decay_factor=hp.lr_decay_factor,
+        )
         self.checkpointer.add_recoverable("lr_schedule_g", self.lr_schedule_g)
         self.checkpointer.add_recoverable("lr_schedule_d", self.lr_schedule_d)
         super().on_fit_start()  # optimisers, then recover the latest checkpoint
@@ -301,9 +324,16 @@ class VocoderBrain(sb.Brain):
             self.lr_schedule_d(self.optimizer_d)
         g = sum(p.numel() for p in self.modules.generator.parameters())
         d = sum(p.numel() for p in self.modules.discriminator.parameters())
-        logger.info("Vocoder: generator %.3f M parameters, discriminator %.3f M; %d steps planned "
-                    "(%d per epoch), GAN from step %d; %s", g / 1e6, d / 1e6, total, per_epoch, hp.gan_start_step,
-                    json.dumps(self.data_stats))  # fmt: skip
+        logger.info(
+            "Vocoder: generator %.3f M parameters, discriminator %.3f M; %d steps planned "
+            "(%d per epoch), GAN from step %d; %s",
+            g / 1e6,
+            d / 1e6,
+            total,
+            per_epoch,
+            hp.gan_start_step,
+            json.dumps(self.data_stats),
+        )
         self.train_start = time.time()
 
     def on_stage_start(self, stage, epoch=None):
@@ -354,8 +384,9 @@ class VocoderBrain(sb.Brain):
             scores_fake, feats_fake = self.modules.discriminator(yd_hat)
             with torch.no_grad():
                 _, feats_real = self.modules.discriminator(yd)
-            losses = hp.generator_loss(sb.Stage.TRAIN, y_hat=y_hat, y=y, scores_fake=scores_fake,
-                                       feats_fake=feats_fake, feats_real=feats_real)  # fmt: skip
+            losses = hp.generator_loss(
+                sb.Stage.TRAIN, y_hat=y_hat, y=y, scores_fake=scores_fake, feats_fake=feats_fake, feats_real=feats_real
+            )
         else:
             losses = hp.generator_loss(sb.Stage.TRAIN, y_hat=y_hat, y=y)
         loss = losses["G_loss"]
@@ -416,8 +447,13 @@ class VocoderBrain(sb.Brain):
         if a["pesq_n"]:
             s["pesq_wb"] = a["pesq"] / a["pesq_n"]
         elapsed = max(1e-9, time.time() - self._t0)
-        s.update(steps=int(a["n"]), gan_steps=int(a["gan_steps"]), steps_per_s=a["n"] / elapsed,
-                 audio_s_per_s=a["audio_s"] / elapsed, nonfinite_skipped=int(a["nonfinite"]))  # fmt: skip
+        s.update(
+            steps=int(a["n"]),
+            gan_steps=int(a["gan_steps"]),
+            steps_per_s=a["n"] / elapsed,
+            audio_s_per_s=a["audio_s"] / elapsed,
+            nonfinite_skipped=int(a["nonfinite"]),
+        )
         return s
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
@@ -429,9 +465,13 @@ class VocoderBrain(sb.Brain):
             self.test_stats = summary
             return
         minutes = (time.time() - self.train_start) / 60
-        meta = {"epoch": epoch, "lr_g": self.optimizer_g.param_groups[0]["lr"],
-                "lr_d": self.optimizer_d.param_groups[0]["lr"], "optimizer_step": self.optimizer_step,
-                "minutes": minutes}  # fmt: skip
+        meta = {
+            "epoch": epoch,
+            "lr_g": self.optimizer_g.param_groups[0]["lr"],
+            "lr_d": self.optimizer_d.param_groups[0]["lr"],
+            "optimizer_step": self.optimizer_step,
+            "minutes": minutes,
+        }
         self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=self.train_stats, valid_stats=summary)
         limit = float(self.hparams.max_train_minutes or 0)
         stop = limit > 0 and minutes > limit
