@@ -1,4 +1,4 @@
-"""Bad input (SPEC 11): every case is repaired or refused with the file and reason named."""
+"""Bad input audio: every case is repaired or refused with the file and reason named."""
 
 import pathlib
 import warnings

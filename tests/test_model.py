@@ -106,12 +106,39 @@ def test_continuous_phase_bypasses_the_codebook():
     m = tiny()
     mel, lengths, tg, tl = batch()
     before = m.quantizer.embed.clone()
-    out = m(mel, lengths, tg, tl, continuous=True, ctc_weight=2.0)
+    out = m.forward_continuous(mel, lengths, tg, tl, ctc_weight=2.0)
     assert out["codes"] is None and float(out["vq"]) == 0.0
     torch.testing.assert_close(out["loss"], out["diff"] + 2.0 * out["ctc"])
     assert torch.equal(m.quantizer.embed, before) and not bool(m.quantizer.initted)  # no EMA step, no data init
     out["loss"].backward()
     assert m.to_latent.weight.grad.abs().sum() > 0  # the encoder learns through the continuous latents
+
+
+def test_calling_the_model_runs_the_named_training_mode():
+    """model(..., mode=m) is forward_<m>: trainers call the model itself, so a DDP wrapper sees the step."""
+    mel, lengths, tg, tl = batch()
+    for mode, args in (("joint", (tg, tl)), ("continuous", (tg, tl)), ("refine", ())):
+        torch.manual_seed(5)
+        via_call = tiny()(mel, lengths, *args, mode=mode)
+        torch.manual_seed(5)
+        direct = getattr(tiny(), f"forward_{mode}")(mel, lengths, *args)
+        assert via_call.keys() == direct.keys()
+        torch.testing.assert_close(via_call["loss"], direct["loss"])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        tiny()(mel, lengths, mode="phase_a")
+
+
+def test_initialisation_by_module_type():
+    """Linear layers start at N(0, 0.02) with zero bias; AdaRMSNorm gains at weight 0, bias 1 (a plain
+    RMSNorm) and the shortcut step-size embedding's output at 0 (a no-op)."""
+    from sitok.layers import AdaRMSNorm
+
+    m = tiny(shortcut=True)
+    gains = [g.gain for g in m.modules() if isinstance(g, AdaRMSNorm)]
+    assert gains and all(not g.weight.any() and bool((g.bias == 1).all()) for g in gains)
+    d_out = m.decoder.d_embed.mlp[-1]
+    assert not d_out.weight.any() and not d_out.bias.any()
+    assert 0.015 < float(m.in_proj.weight.detach().std()) < 0.025 and not m.in_proj.bias.any()
 
 
 def test_causal_encoder_ignores_the_future():
@@ -303,7 +330,7 @@ def test_paper_config_forward_on_a_tiny_input(name):
     """Paper-scale configs instantiate with real weights (fp32, up to ~6 GB) and run one forward."""
     import gc
 
-    from sitok.cli import load_model_config
+    from sitok.models.loading import load_model_config
 
     cfg = SiTokConfig.from_dict(load_model_config(os.path.join(ROOT, "recipes/tokenizer/hparams", f"{name}.yaml")))
     torch.manual_seed(0)

@@ -276,20 +276,20 @@ def test_model_dir_weights_must_match_the_config_before_the_model_is_built(tmp_p
     """A config within range but far larger than its weights: the meta-device check refuses it, and
     the only SiTok built is the one on the meta device (nothing allocated)."""
     from sitok import Tokenizer
-    from sitok.models import tokenizer as tokenizer_module
+    from sitok.models import sitok as sitok_module
 
     d = model_dir(tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text(
         json.dumps({"model": {**TINY, "hidden": 4096, "intermediate": 16384, "enc_layers": 16}})
     )
     devices = []
-    init = tokenizer_module.SiTok.__init__
+    init = sitok_module.SiTok.__init__
 
     def recording_init(self, *a, **kw):
         devices.append(torch.empty(0).device.type)
         init(self, *a, **kw)
 
-    monkeypatch.setattr(tokenizer_module.SiTok, "__init__", recording_init)
+    monkeypatch.setattr(sitok_module.SiTok, "__init__", recording_init)
     expected = r"m/model.pt: in_proj.weight has shape \[32, 512\], the config's model has \[4096, 512\]"
     with pytest.raises(ValueError, match=expected):
         Tokenizer.from_pretrained(d, vocoder="griffin_lim")

@@ -1,4 +1,5 @@
-"""The embedded corpus: design (SPEC 4.1) and reproducibility (same seed -> same bytes)."""
+"""The embedded corpus: its design (speakers and engines, held-out voices, split sizes, styles) and
+reproducibility (same seed -> same bytes)."""
 
 import hashlib
 import os

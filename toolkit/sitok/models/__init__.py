@@ -1,5 +1,5 @@
 """Models: the SiTok tokenizer (diffusion or regression decoder)."""
 
-from sitok.models.tokenizer import SiTok, SiTokConfig, count_parameters
+from sitok.models.sitok import SiTok, SiTokConfig, count_parameters
 
 __all__ = ["SiTok", "SiTokConfig", "count_parameters"]

@@ -17,12 +17,17 @@ is built.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
 from collections.abc import Callable
 
 import torch
+import yaml
+
+from sitok.data.mel import MelConfig
+from sitok.models.sitok import SiTok, SiTokConfig
 
 MODEL_FORMAT = "sitok-model-1"
 
@@ -120,8 +125,6 @@ def build_checked(
 
 def load_model_dir(model_dir: str):
     """(SiTok, config.json as a dict) of a model directory, checked as the module docstring says."""
-    from sitok.models.tokenizer import SiTok, SiTokConfig
-
     cfg_path = os.path.join(model_dir, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{cfg_path}: not a SiTok model directory (no config.json)")
@@ -136,6 +139,40 @@ def load_model_dir(model_dir: str):
 
 def mel_config(cfg: dict, where: str):
     """The ``mel`` mapping of a model or vocoder config.json, range-checked (defaults when absent)."""
-    from sitok.data.mel import MelConfig
-
     return parse_config(MelConfig.from_dict, cfg.get("mel"), where)
+
+
+def load_model_config(path: str) -> dict:
+    """The ``model_config`` mapping of an hparams YAML, or the ``model`` mapping of a model
+    directory's config.json. The YAML is read by a safe loader: no code runs."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)["model"]
+    with open(path, encoding="utf-8") as fh:
+        doc = yaml.load(fh, Loader=_RefLoader)
+    if "model_config" not in doc:
+        raise ValueError(f"{path}: no model_config mapping")
+    return _resolve_refs(doc["model_config"], doc, path)
+
+
+class _RefLoader(yaml.SafeLoader):
+    """Keeps hyperpyyaml's ``!ref <key>`` as ("!ref", "<key>") markers and reads other tags as None."""
+
+
+_RefLoader.add_constructor("!ref", lambda loader, node: ("!ref", loader.construct_scalar(node)))
+_RefLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _resolve_refs(value, doc: dict, path: str):
+    if isinstance(value, tuple) and value and value[0] == "!ref":
+        key = value[1].strip()
+        if not (key.startswith("<") and key.endswith(">")):
+            raise ValueError(f"{path}: only plain !ref <key> is supported in model_config, got {value[1]!r}")
+        return _resolve_refs(doc[key[1:-1]], doc, path)
+    if isinstance(value, dict):
+        return {k: _resolve_refs(v, doc, path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_refs(v, doc, path) for v in value]
+    return value

@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sitok.checks import check_fields
+from sitok.data.mel import MelConfig, mel_filterbank
+
 
 @dataclass
 class VocosConfig:
@@ -48,8 +51,6 @@ class VocosConfig:
     def from_dict(cls, d: dict) -> VocosConfig:
         """A config from plain data (a vocoder directory's config.json), range-checked."""
         from dataclasses import fields
-
-        from sitok.checks import check_fields
 
         known = {f.name for f in fields(cls)}
         if not isinstance(d, dict) or set(d) - known:
@@ -150,8 +151,6 @@ class Vocos(nn.Module):
         self.head = ISTFTHead(cfg.dim, cfg.n_fft, cfg.hop, cfg.max_magnitude, cfg.integrate_phase)
         self.apply(self._init_weights)
         if cfg.magnitude_prior:  # the least-squares inverse of our mel filterbank (as Griffin-Lim uses)
-            from sitok.data.mel import MelConfig, mel_filterbank
-
             if torch.empty(0).is_meta:  # a shape-only build (sitok.models.loading): nothing to compute
                 pinv = torch.empty(cfg.n_mels, cfg.n_fft // 2 + 1)
             else:

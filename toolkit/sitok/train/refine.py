@@ -28,6 +28,7 @@ import os
 import torch
 
 from sitok.models import SiTok, SiTokConfig
+from sitok.models.loading import MODEL_FORMAT, check_state, load_weights, parse_config, read_config
 from sitok.train.tokenizer import TokenizerBrain
 
 logger = logging.getLogger(__name__)
@@ -134,8 +135,6 @@ def load_for_refinement(
     """Build the refinement model from a model directory; logs what is new and what is left out.
     The directory's config.json and model.pt are checked against each other first (format, ranges,
     every weight's name and shape: ``sitok.models.loading``)."""
-    from sitok.models.loading import MODEL_FORMAT, check_state, load_weights, parse_config, read_config
-
     cfg_path = os.path.join(init_model, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"init_model: {cfg_path} not found (export a tokenizer first: recipe stage 4)")
@@ -236,8 +235,8 @@ class RefineBrain(TokenizerBrain):
         if self.model.config.shortcut:
             hp = self.hparams
             shortcut = {"kind": hp.shortcut_loss, "bootstrap_every": hp.bootstrap_every}
-        return self.modules.model(
-            mel, mel_lengths, frozen_tokens=True, cfg_drop_prob=self.cfg_drop_prob, shortcut=shortcut, teacher=self.ema
+        return self.modules.model(  # SiTok.forward_refine
+            mel, mel_lengths, mode="refine", cfg_drop_prob=self.cfg_drop_prob, shortcut=shortcut, teacher=self.ema
         )
 
     @torch.no_grad()

@@ -40,6 +40,9 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 from sitok.data.kaldi import allow_pipes, check_rxspec, read_mat
 from sitok.data.mel import GlobalCMVN, MelConfig
 from sitok.fileio import atomic_dir, write_text_atomic
+from sitok.models import SiTok, SiTokConfig
+from sitok.models.loading import build_checked, load_weights, parse_config, read_config
+from sitok.quantizers import CodebookUsage
 from sitok.train.checkpoints import use_weights_only_loaders
 
 logger = logging.getLogger(__name__)
@@ -319,7 +322,8 @@ class TokenizerBrain(sb.Brain):
         if continuous:  # phase A's own weight; CTC off (the ablation) stays off
             on = self.model.config.ctc_weight > 0
             ctc_weight = float(getattr(self.hparams, "phase_a_ctc_weight", 1.0)) if on else 0.0
-        return self.modules.model(mel, mel_lengths, tokens, token_lengths, continuous=continuous, ctc_weight=ctc_weight)
+        mode = "continuous" if continuous else "joint"  # SiTok.forward_continuous / forward_joint
+        return self.modules.model(mel, mel_lengths, tokens, token_lengths, mode=mode, ctc_weight=ctc_weight)
 
     def compute_objectives(self, out, batch, stage):
         parts = {k: float(v.detach()) for k, v in out.items() if k in ("diff", "vq", "ctc")}
@@ -344,8 +348,6 @@ class TokenizerBrain(sb.Brain):
         self._acc = defaultdict(float)
         self._t0 = time.time()
         if stage != sb.Stage.TRAIN:
-            from sitok.quantizers import CodebookUsage
-
             self._usage = CodebookUsage(self.model.config.codebook_size, self.model.config.num_codebooks)
 
     def evaluate_batch(self, batch, stage):
@@ -509,9 +511,6 @@ def export_checkpoint(exp_dir: str, out_dir: str | None = None) -> str:
     from types import SimpleNamespace
 
     from speechbrain.utils.checkpoints import Checkpointer
-
-    from sitok.models import SiTok, SiTokConfig
-    from sitok.models.loading import build_checked, load_weights, parse_config, read_config
 
     path = os.path.join(exp_dir, TRAIN_CONFIG)
     if not os.path.exists(path):

@@ -38,7 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sitok.data.audio import AudioError, load_audio
 from sitok.data.mel import MelConfig, MelFrontend
+from sitok.eval.quality import pesq_wb
+from sitok.infer.vocoder import VocosVocoder, vocoder_dir
 from sitok.train.checkpoints import use_weights_only_loaders
 from sitok.train.tokenizer import RNGState, read_train_stats  # noqa: F401  (read_train_stats: the same train_stats.jsonl format)
 
@@ -207,8 +210,6 @@ def dataio_prepare(hparams: dict):
     here, left out, counted and listed in the log; the run goes on without them."""
     from speechbrain.dataio.dataset import DynamicItemDataset
 
-    from sitok.data.audio import AudioError, load_audio
-
     for key in ("train_csv", "valid_csv"):
         if not os.path.exists(hparams[key]):
             raise FileNotFoundError(f"{key}: {hparams[key]} not found (run the recipe's data stages first)")
@@ -263,8 +264,6 @@ def dataio_prepare(hparams: dict):
 def load_generator_weights(generator: nn.Module, path: str) -> None:
     """Copy an exported vocoder's weights into ``generator`` (``path``: a vocoder directory, or a
     model directory holding ``vocoder/``); the architectures must match."""
-    from sitok.infer.vocoder import VocosVocoder, vocoder_dir
-
     found = vocoder_dir(path)
     if found is None:
         raise FileNotFoundError(f"init_from: no exported vocoder (config.json + model.pt) at {path} nor {path}/vocoder")
@@ -418,8 +417,6 @@ class VocoderBrain(sb.Brain):
 
     # ---- validation ----------------------------------------------------------------------
     def evaluate_batch(self, batch, stage):
-        from sitok.eval.quality import pesq_wb
-
         batch = batch.to(self.device)
         y = batch.sig.data.unsqueeze(1)
         y_hat = self.modules.generator(batch.mel.data).unsqueeze(1)

@@ -17,8 +17,18 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn as nn
 
-from sitok.layers import LlamaStack, TimestepEmbedding, lengths_to_mask, stack_frames, stacked_lengths, unstack_frames
+from sitok.checks import check_fields
+from sitok.layers import (
+    AdaRMSNorm,
+    LlamaStack,
+    TimestepEmbedding,
+    lengths_to_mask,
+    stack_frames,
+    stacked_lengths,
+    unstack_frames,
+)
 from sitok.losses import ctc_loss, flow_matching_loss, reconstruction_error, shortcut_loss
+from sitok.quantizers import KINDS, build_quantizer
 
 SHORTCUT_BASE_STEPS = 128  # the smallest shortcut step (d = 1/128) stands in for d = 0
 
@@ -90,8 +100,6 @@ class SiTokConfig:
         """Every field within plausible bounds (ValueError naming the first that is not); returns self.
         The bounds keep a config read from a file from asking for absurd allocations; the weights'
         shapes are checked against the model before it is built (``sitok.models.loading``)."""
-        from sitok.checks import check_fields
-
         check_fields(
             "SiTokConfig",
             self,
@@ -164,11 +172,7 @@ class Decoder(nn.Module):
             tdim = cfg.time_embed_dim or width
             self.x_proj = nn.Linear(cfg.frame_dim, width)
             self.t_embed = TimestepEmbedding(tdim)
-            self.d_embed = TimestepEmbedding(tdim) if cfg.shortcut else None
-            if self.d_embed is not None:  # starts as a no-op: a fine-tuned model begins where its base was
-                nn.init.zeros_(self.d_embed.mlp[-1].weight)
-                nn.init.zeros_(self.d_embed.mlp[-1].bias)
-                self.d_embed.mlp[-1]._keep_init = True
+            self.d_embed = TimestepEmbedding(tdim) if cfg.shortcut else None  # starts as a no-op (_init_weights)
             self.skip = nn.Linear(cfg.frame_dim, cfg.frame_dim) if cfg.x_skip else None
         else:
             tdim = None
@@ -226,8 +230,6 @@ def _accepted_kwargs(kind: str, kwargs: dict) -> dict:
     import inspect
     import logging
 
-    from sitok.quantizers import KINDS
-
     cls = KINDS[kind]
     names = set(inspect.signature(cls.__init__).parameters)
     if kind == "rvq":
@@ -245,7 +247,6 @@ class SiTok(nn.Module):
             config = SiTokConfig.from_dict(config)
         cfg = config or SiTokConfig.from_dict(kwargs)
         self.config = cfg
-        from sitok.quantizers import build_quantizer
 
         # encoder: stacked mel -> z
         self.in_proj = nn.Linear(cfg.frame_dim, cfg.hidden)
@@ -280,19 +281,24 @@ class SiTok(nn.Module):
             # U CTC frames per token: one linear map to U x vocab logits, read as U consecutive frames
             self.ctc_head = nn.Linear(cfg.hidden, cfg.vocab_size * cfg.ctc_upsample)
         self.decoder = Decoder(cfg)
-        self.apply(self._init_weights)
+        self._init_weights()
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear) and not hasattr(m, "_keep_init"):
-            if m.weight.is_meta:
-                return
-            # AdaRMSNorm gains keep their (0, 1) initialisation
-            if m.bias is not None and m.weight.abs().sum() == 0 and bool((m.bias == 1).all()):
-                return
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
+    def _init_weights(self) -> None:
+        """Every Linear: weight N(0, 0.02), bias 0, drawn in module order; except two kinds that start as no-ops:
+        AdaRMSNorm gains keep their own weight 0, bias 1 (a plain RMSNorm; no draw), and the shortcut step-size
+        embedding's output layer starts at 0 (a shortcut model fine-tuned from a base model starts as the base)."""
+        ada_gains = {m.gain for m in self.modules() if isinstance(m, AdaRMSNorm)}
+        d_out = self.decoder.d_embed.mlp[-1] if getattr(self.decoder, "d_embed", None) is not None else None
+        for m in self.modules():
+            if not isinstance(m, nn.Linear) or m.weight.is_meta or m in ada_gains:
+                continue
+            if m is d_out:
+                nn.init.zeros_(m.weight)
                 nn.init.zeros_(m.bias)
+            else:
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     # ---- sizes --------------------------------------------------------------------------
     def num_parameters(self) -> int:
@@ -356,7 +362,56 @@ class SiTok(nn.Module):
 
         return fn
 
-    # ---- training -----------------------------------------------------------------------
+    # ---- training: one method per mode --------------------------------------------------
+    TRAINING_MODES = ("joint", "continuous", "refine")
+
+    def forward(self, *args, mode: str = "joint", **kwargs) -> dict:
+        """Losses of one batch by ``forward_<mode>``; trainers call the model itself so a DDP wrapper syncs grads."""
+        if mode not in self.TRAINING_MODES:
+            raise ValueError(f"mode must be one of {self.TRAINING_MODES}, got {mode!r}")
+        return getattr(self, f"forward_{mode}")(*args, **kwargs)
+
+    def forward_joint(self, mel, mel_lengths, targets=None, target_lengths=None, *, ctc_weight=None) -> dict:
+        """The paper's training: encoder, VQ, decoder and CTC branch learn together.
+
+        mel [B, T50, 128] normalised; targets [B, U] CTC ids (0 = blank). loss = diff + vq + ctc_weight * ctc;
+        ``ctc_weight`` overrides the configured CTC weight for this batch (a weight schedule).
+        """
+        z, mask = self.encode_latents(mel, mel_lengths)
+        q = self.quantizer(z, mask)
+        cond = self.from_latent(q.z_q)
+        out = {"vq": q.loss, "stats": dict(q.stats), "codes": q.codes, "token_mask": mask}
+        return self._decoder_and_ctc_losses(out, cond, mel, mel_lengths, targets, target_lengths, ctc_weight)
+
+    def forward_continuous(self, mel, mel_lengths, targets=None, target_lengths=None, *, ctc_weight=None) -> dict:
+        """The first phase of the content-first schedule: ``forward_joint`` with the VQ bypassed. Decoder and CTC
+        branch read the continuous latents z: no VQ loss, no codebook update, no codes."""
+        z, mask = self.encode_latents(mel, mel_lengths)
+        if getattr(self.quantizer, "normalize", False):  # cosine VQ: the latents it will see lie on the sphere
+            z = nn.functional.normalize(z, dim=-1)
+        cond = self.from_latent(z)
+        out = {"vq": torch.zeros((), device=mel.device), "stats": {}, "codes": None, "token_mask": mask}
+        return self._decoder_and_ctc_losses(out, cond, mel, mel_lengths, targets, target_lengths, ctc_weight)
+
+    def forward_refine(self, mel, mel_lengths, *, cfg_drop_prob: float = 0.0, shortcut=None, teacher=None) -> dict:
+        """Decoder refinement: the frozen encoder + VQ give cond (no gradients, no codebook update, no VQ or CTC
+        loss) and only the decoder learns.
+
+        ``cfg_drop_prob``: token CFG, the share of utterances that get the null condition (in training mode).
+        ``shortcut``: kwargs of ``shortcut_loss`` (shortcut models); ``teacher`` is the decoder that builds its
+        targets (default: this one, without gradients).
+        """
+        cond, mask, codes = self.frozen_cond(mel, mel_lengths)
+        out = {"vq": torch.zeros((), device=mel.device), "stats": {}, "codes": codes, "token_mask": mask}
+        drop = None
+        if cfg_drop_prob > 0 and self.training:
+            drop = torch.rand(mel.shape[0], device=mel.device) < cfg_drop_prob
+            out["stats"]["cfg_dropped"] = drop.float().mean().detach()
+        out["diff"], stats = self._decoder_loss(cond, mask, mel, drop, shortcut, teacher)
+        out["stats"].update(stats)
+        out["loss"] = out["diff"] + out["vq"]
+        return out
+
     def frozen_cond(self, mel, mel_lengths):
         """cond and token mask from the frozen encoder + VQ (refinement stages): no gradients and
         no codebook update, the same cond ``decode`` builds from the codes."""
@@ -365,85 +420,48 @@ class SiTok(nn.Module):
             codes = self.quantizer.encode(z, mask)
             return self.cond_from_codes(codes), mask, codes
 
-    def forward(
-        self,
-        mel,
-        mel_lengths,
-        targets=None,
-        target_lengths=None,
-        *,
-        frozen_tokens: bool = False,
-        continuous: bool = False,
-        ctc_weight: float | None = None,
-        cfg_drop_prob: float = 0.0,
-        shortcut: dict | None = None,
-        teacher=None,
-    ) -> dict:
-        """Losses for one batch. mel [B, T50, 128] normalised; targets [B, U] CTC ids (0 = blank).
-
-        ``continuous``: the VQ is bypassed (cond from the continuous latents z, no VQ loss, no
-        codebook update): the first phase of the content-first schedule. ``ctc_weight``
-        overrides the configured CTC weight for this batch (a weight schedule).
-        Refinement options: ``frozen_tokens`` (encoder + VQ give cond without gradients or
-        codebook updates; no VQ/CTC loss), ``cfg_drop_prob`` (token CFG: whole utterances get the
-        null condition), ``shortcut`` (kwargs of ``shortcut_loss``; ``teacher`` is the decoder
-        that builds its targets, default this one).
-        """
-        cfg = self.config
-        if cfg.prediction not in ("velocity", "x"):
-            raise ValueError(f"prediction must be velocity|x, got {cfg.prediction!r}")
-        x = stack_frames(mel, cfg.stack)  # target [B, T, 512]
-        if frozen_tokens:
-            cond, mask, codes = self.frozen_cond(mel, mel_lengths)
-            zero = torch.zeros((), device=mel.device)
-            out = {"vq": zero, "stats": {}, "codes": codes, "token_mask": mask}
-        elif continuous:
-            z, mask = self.encode_latents(mel, mel_lengths)
-            if getattr(self.quantizer, "normalize", False):  # cosine VQ: the latents it will see lie on the sphere
-                z = nn.functional.normalize(z, dim=-1)
-            cond = self.from_latent(z)
-            zero = torch.zeros((), device=mel.device)
-            out = {"vq": zero, "stats": {}, "codes": None, "token_mask": mask}
-        else:
-            z, mask = self.encode_latents(mel, mel_lengths)
-            q = self.quantizer(z, mask)
-            cond = self.from_latent(q.z_q)
-            out = {"vq": q.loss, "stats": dict(q.stats), "codes": q.codes, "token_mask": mask}
-        drop = None
-        if cfg_drop_prob > 0 and self.training:
-            drop = torch.rand(x.shape[0], device=x.device) < cfg_drop_prob
-            out["stats"]["cfg_dropped"] = drop.float().mean().detach()
-        if cfg.decoder != "diffusion":
-            out["diff"] = reconstruction_error(self.decoder(cond, mask, drop=drop), x, mask, cfg.loss)
-        elif shortcut is not None:
-            h = self.decoder.condition(cond, mask, drop)
-            t_dec = teacher if teacher is not None else self.decoder
-            with torch.no_grad():
-                h_t = h.detach() if teacher is None else t_dec.condition(cond, mask, drop)
-            parts = shortcut_loss(
-                lambda x_t, t, d, r: self.decoder.step(h[r], _rows(mask, r), x_t, t, d),
-                lambda x_t, t, d, r: t_dec.step(h_t[r], _rows(mask, r), x_t, t, d),
-                x,
-                mask,
-                prediction=cfg.prediction,
-                **shortcut,
-            )
-            out["diff"] = parts["loss"]
-            out["stats"].update(shortcut_fm=parts["fm"], shortcut_sc=parts["sc"])
-        else:
-            h = self.decoder.condition(cond, mask, drop)
-            out["diff"] = flow_matching_loss(
-                lambda x_t, t: self.decoder.step(h, mask, x_t, t), x, mask, cfg.loss, prediction=cfg.prediction
-            )
+    def _decoder_and_ctc_losses(self, out, cond, mel, mel_lengths, targets, target_lengths, ctc_weight) -> dict:
+        """Adds the decoder loss "diff", the CTC loss (with targets, a CTC branch and a weight > 0) and the total."""
+        mask = out["token_mask"]
+        out["diff"], _ = self._decoder_loss(cond, mask, mel)
         loss = out["diff"] + out["vq"]
-        weight = cfg.ctc_weight if ctc_weight is None else ctc_weight
-        if self.ctc is not None and targets is not None and weight > 0 and not frozen_tokens:
+        weight = self.config.ctc_weight if ctc_weight is None else ctc_weight
+        if self.ctc is not None and targets is not None and weight > 0:
             logits = self.ctc_from_cond(cond, mask)  # [B, T * U, V]
             lengths = self.ctc_lengths(self.token_lengths(mel_lengths))
             out["ctc"], out["ctc_not_fitting"] = ctc_loss(logits, lengths, targets, target_lengths)
             loss = loss + weight * out["ctc"]
         out["loss"] = loss
         return out
+
+    def _decoder_loss(self, cond, mask, mel, drop=None, shortcut=None, teacher=None) -> tuple[torch.Tensor, dict]:
+        """(loss, stats) of the decoder on the stacked mel given cond: L1/L2 for the regression decoder, else
+        flow matching, or with ``shortcut`` the shortcut loss (``teacher``: see ``forward_refine``).
+        ``drop`` [B]: utterances that get the null condition (token CFG)."""
+        cfg = self.config
+        if cfg.prediction not in ("velocity", "x"):
+            raise ValueError(f"prediction must be velocity|x, got {cfg.prediction!r}")
+        x = stack_frames(mel, cfg.stack)  # target [B, T, 512]
+        if cfg.decoder != "diffusion":
+            return reconstruction_error(self.decoder(cond, mask, drop=drop), x, mask, cfg.loss), {}
+        h = self.decoder.condition(cond, mask, drop)
+        if shortcut is None:
+            loss = flow_matching_loss(
+                lambda x_t, t: self.decoder.step(h, mask, x_t, t), x, mask, cfg.loss, prediction=cfg.prediction
+            )
+            return loss, {}
+        t_dec = teacher if teacher is not None else self.decoder
+        with torch.no_grad():
+            h_t = h.detach() if teacher is None else t_dec.condition(cond, mask, drop)
+        parts = shortcut_loss(
+            lambda x_t, t, d, r: self.decoder.step(h[r], _rows(mask, r), x_t, t, d),
+            lambda x_t, t, d, r: t_dec.step(h_t[r], _rows(mask, r), x_t, t, d),
+            x,
+            mask,
+            prediction=cfg.prediction,
+            **shortcut,
+        )
+        return parts["loss"], {"shortcut_fm": parts["fm"], "shortcut_sc": parts["sc"]}
 
     # ---- CTC branch ---------------------------------------------------------------------
     def ctc_from_cond(self, cond: torch.Tensor, mask=None) -> torch.Tensor:
