@@ -142,7 +142,7 @@ def test_bit_rate_arithmetic():
 def test_code_statistics_usage_and_perplexity():
     import torch
 
-    from sitok.eval.evaluate import code_statistics
+    from sitok.eval.metrics import code_statistics
 
     uniform = {"a": torch.arange(8).view(1, 8), "b": torch.arange(8).view(1, 8)}
     s = code_statistics(uniform, 1, 16)
@@ -158,6 +158,7 @@ def _summary(name, wer, config=None, refine=None, steps=(1,), cfg=(1.0,), ctc=80
         settings.append(
             {
                 "setting": "groundtruth_griffin_lim",
+                "model": "ground truth",
                 "source": "groundtruth",
                 "steps": 0,
                 "cfg_scale": 1.0,
@@ -174,7 +175,8 @@ def _summary(name, wer, config=None, refine=None, steps=(1,), cfg=(1.0,), ctc=80
         for w in cfg:
             settings.append(
                 {
-                    "setting": f"steps{s}_cfg{w:g}_griffin_lim",
+                    "setting": f"{name}_griffin_lim_steps{s}_cfg{w:g}",
+                    "model": name,
                     "source": "model",
                     "steps": s,
                     "cfg_scale": w,
@@ -189,32 +191,34 @@ def _summary(name, wer, config=None, refine=None, steps=(1,), cfg=(1.0,), ctc=80
                 }
             )
     return {
-        "format": "sitok-eval-1",
+        "format": "sitok-eval-2",
         "set": "test",
         "utterances": 233,
         "dump_dir": "/nonexistent/dump/test",
         "judges": {"asr": {"judge": "pocketsphinx", "version": "5.1.1"}},
-        "model": {
-            "name": name,
-            "model_dir": f"/x/{name}/model",
-            "config": cfg_d,
-            "refine": refine,
-            "parameters": 11.8e6,
-            "fps": c.token_rate,
-            "tps": c.token_rate * c.num_codebooks,
-            "num_codebooks": c.num_codebooks,
-            "codebook_size": c.codebook_size,
-            "bits_per_second": c.bits_per_second,
-            "codebook_usage": 0.9,
-            "code_perplexity": 700.0,
-            "ctc_asr_wer": ctc if c.ctc_weight > 0 else None,
+        "models": {
+            name: {
+                "name": name,
+                "model_dir": f"/x/{name}/model",
+                "config": cfg_d,
+                "refine": refine,
+                "parameters": 11.8e6,
+                "fps": c.token_rate,
+                "tps": c.token_rate * c.num_codebooks,
+                "num_codebooks": c.num_codebooks,
+                "codebook_size": c.codebook_size,
+                "bits_per_second": c.bits_per_second,
+                "codebook_usage": 0.9,
+                "code_perplexity": 700.0,
+                "ctc_asr_wer": ctc if c.ctc_weight > 0 else None,
+            }
         },
         "settings": settings,
     }
 
 
 def write_fixtures(root):
-    fixtures = [
+    fixtures = [  # one model per summary, as sitok evaluate writes them
         _summary("tokenizer_abl_base", 70.0, gt=True, steps=(1, 2, 4)),
         _summary("tokenizer_abl_ctc0", 90.0, {"ctc_weight": 0.0}),
         _summary("tokenizer_abl_R", 75.0, {"decoder": "regression"}, steps=(0,)),
@@ -227,7 +231,7 @@ def write_fixtures(root):
     ]
     dirs = []
     for s in fixtures:
-        d = os.path.join(root, s["model"]["name"])
+        d = os.path.join(root, next(iter(s["models"])))
         os.makedirs(os.path.join(d, "eval", "test"))
         with open(os.path.join(d, "eval", "test", "summary.json"), "w") as fh:
             json.dump(s, fh)
@@ -313,8 +317,22 @@ def test_report_chooses_the_setting_it_is_told(tmp_path):
         write_report([str(tmp_path / "nothing")], str(tmp_path / "r5"))
 
 
+def test_report_reads_one_view_per_model_of_a_summary(tmp_path):
+    from sitok.report.tables import load_summary
+
+    a, b = _summary("m1", 70.0, gt=True), _summary("m2", 80.0)
+    both = {**a, "models": {**a["models"], **b["models"]}, "settings": a["settings"] + b["settings"]}
+    (tmp_path / "summary.json").write_text(json.dumps(both))
+    views = load_summary(str(tmp_path / "summary.json"))
+    assert [v["model"]["name"] for v in views] == ["m1", "m2"]
+    assert {r["model"] for r in views[1]["settings"]} == {"m2", "ground truth"}  # its rows and the reference rows
+    (tmp_path / "summary.json").write_text(json.dumps({**both, "format": "sitok-eval-1"}))
+    with pytest.raises(ValueError, match="not a sitok evaluation summary"):
+        load_summary(str(tmp_path / "summary.json"))
+
+
 def test_ctc_greedy_merges_repeats_and_drops_blank_id_zero():
-    from sitok.eval.evaluate import ctc_greedy
+    from sitok.losses.ctc import ctc_greedy
 
     assert ctc_greedy([0, 5, 5, 0, 5, 7, 7, 0, 0, 3]) == [5, 5, 7, 3]  # SentencePiece ids as trained (no offset)
     assert ctc_greedy([0, 0]) == [] and ctc_greedy([]) == []
@@ -328,7 +346,7 @@ def test_report_table2_merges_probe_results_and_continuous_baselines(tmp_path):
     for d, er in zip(dirs, (61.0, 55.0)):
         with open(os.path.join(d, "eval", "test", "summary.json")) as fh:
             s = json.load(fh)
-        s["model"]["model_dir"] = os.path.join(d, "model")  # the probes sit beside the model dir
+        next(iter(s["models"].values()))["model_dir"] = os.path.join(d, "model")  # the probes sit beside it
         with open(os.path.join(d, "eval", "test", "summary.json"), "w") as fh:
             json.dump(s, fh)
         os.makedirs(os.path.join(d, "probes"))
@@ -419,3 +437,198 @@ def test_report_from_probe_summaries_alone(tmp_path):
     report = (tmp_path / "r" / "report.md").read_text()
     assert "## Table 2: understanding" in report and "Table 1" not in report
     assert (tmp_path / "r" / "table2_understanding.csv").exists()
+
+
+# ---- the evaluation engine ---------------------------------------------------------------------
+ENGINE_TEXTS = ["hello world", "the cat sat", "a dog ran far", "blue sky today", "one two three"]
+
+
+@pytest.fixture(scope="module")
+def eval_set(tmp_path_factory):
+    """A five-utterance dump (tones of several lengths, two speakers) and an untrained tiny model."""
+    from sitok.data.entries import Entry
+    from sitok.data.features import compute_features
+    from sitok.data.prep import make_data_dir
+
+    from conftest import tone, write, write_model_dir
+
+    root = tmp_path_factory.mktemp("engine")
+    entries = []
+    for i, text in enumerate(ENGINE_TEXTS):
+        path = write(str(root / "wav" / f"u{i}.wav"), tone(0.6 + 0.15 * i, freq=150 + 20 * i))
+        entries.append(Entry(f"s{i % 2}-u{i}", f"s{i % 2}", path, text))
+    make_data_dir(entries, str(root / "data"))
+    compute_features(str(root / "data"), str(root / "dump"), progress=False)
+    return str(root / "dump"), write_model_dir(str(root / "exp" / "model"))
+
+
+class FakeASR:
+    """Stands in for an ASR judge: one fixed transcript, so the WER is known."""
+
+    kind, name, sample_rate, needs_reference = "asr", "fake", 16000, False
+
+    def info(self):
+        return {"kind": self.kind, "judge": self.name, "version": "1", "sample_rate": self.sample_rate}
+
+    def score(self, ref, hyp, sr, text=None):
+        return {"hyp": "the cat"}
+
+
+class FakeSim(FakeASR):
+    """A judge with a reference: the hypothesis' length over the reference's (1 for the recordings)."""
+
+    kind, name, needs_reference = "sim", "fake", True
+
+    def score(self, ref, hyp, sr, text=None):
+        return {"sim": len(hyp) / len(ref)}
+
+
+def fake_judges(monkeypatch):
+    from sitok.eval import judges
+
+    monkeypatch.setitem(judges.BACKENDS["asr"], "fake", FakeASR)
+    monkeypatch.setitem(judges.BACKENDS["sim"], "fake", FakeSim)
+    return {"asr": "fake", "sim": "fake"}
+
+
+def test_engine_scores_the_grid_as_the_tokenizer_decodes_and_caches_each_setting(eval_set, tmp_path, monkeypatch):
+    import torch
+
+    from sitok.data.kaldi import read_mat, read_scp
+    from sitok.eval.asr import word_error_rate
+    from sitok.eval.engine import evaluate, example_utts
+    from sitok.infer import Tokenizer
+
+    dump, model_dir = eval_set
+    out = str(tmp_path / "eval")
+    run = dict(steps=[1, 2], temperatures=[1.0, 0.0], judges=fake_judges(monkeypatch), original=True, progress=False)
+    s = evaluate(model_dir, dump, out, max_utts=4, name="m", **run)
+    assert s == json.load(open(f"{out}/summary.json")) and s["format"] == "sitok-eval-2"
+    keys = [r["setting"] for r in s["settings"]]
+    assert keys == ["original", "groundtruth_griffin_lim"] + [
+        f"m_griffin_lim_steps{n}_cfg1{t}" for n in (1, 2) for t in ("", "_temp0")
+    ]
+    utts = sorted(read_scp(f"{dump}/feats.scp"))
+    assert s["utterances"] == 4 and s["models"]["m"]["num_codebooks"] == 1 and 0 < s["models"]["m"]["codebook_usage"]
+    per_utt = pd.read_csv(f"{out}/per_utt.csv", dtype={"utt": str})
+    chosen = sorted(set(per_utt["utt"]))
+    assert chosen == [utts[i] for i in (0, 1, 3, 4)]  # --max-utts: evenly spaced over the sorted set
+    assert len(per_utt) == len(keys) * 4
+    # every figure from the public Tokenizer, one utterance at a time
+    tok = Tokenizer.from_pretrained(model_dir)
+    rows = {r["setting"]: r for r in s["settings"]}
+    for steps, tau, suffix in ((1, 1.0, ""), (2, 0.0, "_temp0")):
+        l1, frames = [], []
+        for u in chosen:
+            ref = torch.from_numpy(read_mat(read_scp(f"{dump}/feats.scp")[u]).copy())
+            codes = tok.encode_mels([ref])[0]
+            hyp = tok.decode_mel(codes, steps=steps, temperature=tau)[0, : ref.shape[0]]
+            hyp_n, ref_n = tok.normalise(hyp), tok.normalise(ref)
+            n = min(len(hyp_n), len(ref_n))
+            l1.append(float((hyp_n[:n] - ref_n[:n]).abs().mean()))
+            frames.append(hyp_n[:n])
+        row = rows[f"m_griffin_lim_steps{steps}_cfg1{suffix}"]
+        assert row["mel_l1"] == pytest.approx(float(np.mean(l1)), rel=1e-5) and row["fmd"] > 0
+        assert row["wer"] == pytest.approx(
+            100 * word_error_rate([ENGINE_TEXTS[int(u[-1])] for u in chosen], ["the cat"] * 4)
+        )
+        assert row["sim"] == pytest.approx(1.0, abs=0.1)  # vocoded to the recording's length (whole hops)
+    assert "sim" not in rows["original"]  # the recordings have no reference to compare with
+    assert rows["original"]["wer"] == rows["m_griffin_lim_steps1_cfg1"]["wer"]
+    assert rows["groundtruth_griffin_lim"]["mel_l1"] == 0.0 and rows["groundtruth_griffin_lim"]["fmd"] == 0.0
+    assert list(pd.read_csv(f"{out}/results.csv")["setting"]) == keys
+    assert open(f"{out}/results.md").readline().startswith("| model | vocoder | steps | CFG w | temperature | WER %")
+    assert sorted(os.listdir(f"{out}/mels/m_griffin_lim_steps1_cfg1")) == [f"{u}.npy" for u in example_utts(chosen, 3)]
+    # a re-run decodes nothing; another model recomputes its settings only
+    calls = []
+    monkeypatch.setattr(Tokenizer, "decode_mel", lambda self, *a, **k: calls.append(1) / 0)
+    again = evaluate(model_dir, dump, out, max_utts=4, name="m", **run)
+    assert [r["mel_l1"] for r in again["settings"]] == [r["mel_l1"] for r in s["settings"]] and not calls
+    monkeypatch.undo()
+    from conftest import write_model_dir
+
+    write_model_dir(model_dir, seed=1)
+    changed = evaluate(model_dir, dump, out, max_utts=4, name="m", **{**run, "judges": fake_judges(monkeypatch)})
+    assert changed["settings"][:2] == s["settings"][:2]  # the recordings and ground truth: kept
+    assert all(a["mel_l1"] != b["mel_l1"] for a, b in zip(changed["settings"][2:], s["settings"][2:]))
+    write_model_dir(model_dir, seed=0)
+
+
+def test_evaluate_without_a_model_scores_vocoders_on_ground_truth(eval_set, tmp_path, monkeypatch):
+    """The vocoder's copy-synthesis evaluation (stage 10): the recordings and ground-truth mel through
+    Griffin-Lim and a trained vocoder directory, no tokenizer."""
+    from sitok.infer.vocoder import export_vocoder
+    from sitok.models.vocos import Vocos, VocosConfig
+
+    from conftest import run_cli
+
+    dump, _ = eval_set
+    voc = export_vocoder(Vocos(VocosConfig(dim=16, intermediate=32, layers=1)), str(tmp_path / "vocoder"))
+    out = str(tmp_path / "voc_eval")
+    run_cli(
+        "evaluate",
+        dump,
+        out,
+        "--original",
+        "--judges",
+        "asr=none",
+        "sim=none",
+        "mos=none",
+        "pesq=none",
+        "--vocoders",
+        "griffin_lim",
+        f"vocos={voc}",
+        "--max-utts",
+        "2",
+        "--no-progress",
+    )
+    s = json.load(open(f"{out}/summary.json"))
+    assert s["models"] == {} and [r["setting"] for r in s["settings"]] == [
+        "original",
+        "groundtruth_griffin_lim",
+        "groundtruth_vocos",
+    ]
+    orig, gl, vocos = s["settings"]
+    assert "stoi" not in orig and 0 < gl["stoi"] <= 1 and vocos["stoi"] is not None and gl["vocoder_rtf"] > 0
+
+
+def test_judge_wer_is_the_asr_judge_on_the_recordings(eval_set, tmp_path):
+    from sitok.eval.asr import word_error_rate
+    from sitok.eval.engine import judge_wer
+
+    data_dir = os.path.join(os.path.dirname(eval_set[0]), "data")
+    out = str(tmp_path / "judge.tsv")
+    row = judge_wer(data_dir, out, max_utts=3, progress=False)
+    lines = open(out).read().splitlines()
+    assert (
+        lines[0].startswith("# pocketsphinx ") and f"WER {row['wer']:.2f} %" in lines[0] and lines[1] == "utt\tref\thyp"
+    )
+    body = [ln.split("\t") for ln in lines[2:]]
+    assert [b[0] for b in body] == ["s0-u0", "s0-u4", "s1-u3"]  # evenly spaced, sorted
+    assert row["wer"] == pytest.approx(
+        100 * word_error_rate([b[1] for b in body], [b[2] if len(b) > 2 else "" for b in body])
+    )
+
+
+def test_tokenizer_encodes_feature_mels_and_reads_its_ctc_head_item_by_item(eval_set):
+    """The public API the engine decodes and scores through: a padded batch of a dump's log-mels
+    encodes as each alone; the CTC head of a padded batch reads each item as alone."""
+    import torch
+
+    from sitok.data.kaldi import read_mat, read_scp
+    from sitok.infer import Tokenizer
+
+    dump, model_dir = eval_set
+    tok = Tokenizer.from_pretrained(model_dir)
+    mels = [torch.from_numpy(read_mat(p).copy()) for p in read_scp(f"{dump}/feats.scp").values()]
+    codes = tok.encode_mels(mels)
+    assert all(torch.equal(c, tok.encode_mels([m])[0]) for c, m in zip(codes, mels))
+    assert [c.shape[1] for c in codes] == [-(-m.shape[0] // 4) for m in mels]
+    assert torch.allclose(tok.cmvn.inverse(tok.normalise(mels[0])), mels[0], atol=1e-5)
+    lengths = torch.tensor([c.shape[1] for c in codes])
+    padded = torch.nn.utils.rnn.pad_sequence([c.T for c in codes], batch_first=True).transpose(1, 2)
+    log_probs, frames = tok.ctc_log_probs(padded, lengths)
+    assert frames.tolist() == (lengths * tok.config.ctc_upsample).tolist()
+    for i, c in enumerate(codes):
+        alone, n = tok.ctc_log_probs(c)
+        assert n.tolist() == [frames[i]] and torch.allclose(log_probs[i, : frames[i]], alone[0], atol=1e-5)

@@ -52,10 +52,9 @@ def test_fine_tune_step_leaves_encoder_vq_ctc_bit_identical(kw):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     mel, lengths = batch()
     for _ in range(2):
-        out = model(
+        out = model.forward_refine(
             mel,
             lengths,
-            frozen_tokens=True,
             cfg_drop_prob=0.5 if kw.get("token_cfg") else 0.0,
             shortcut={"bootstrap_every": 2} if kw.get("shortcut") else None,
         )
@@ -74,15 +73,13 @@ def test_token_drop_rate_is_about_ten_percent_and_uses_the_null_condition():
     model = tiny(token_cfg=True).train()
     mel, lengths = batch(b=4, t=16)
     torch.manual_seed(1)
-    rates = [
-        float(model(mel, lengths, frozen_tokens=True, cfg_drop_prob=0.1)["stats"]["cfg_dropped"]) for _ in range(400)
-    ]
+    rates = [float(model.forward_refine(mel, lengths, cfg_drop_prob=0.1)["stats"]["cfg_dropped"]) for _ in range(400)]
     assert abs(sum(rates) / len(rates) - 0.1) < 0.02  # 1,600 utterances: std of the mean 0.0075
     cond = torch.randn(3, 5, 32)
     dropped = model.decoder.drop_tokens(cond, torch.tensor([False, True, False]))
     assert torch.equal(dropped[0], cond[0]) and torch.equal(dropped[2], cond[2])
     assert torch.equal(dropped[1], model.decoder.null_cond.expand(5, 32))
-    assert model.eval()(mel, lengths, frozen_tokens=True, cfg_drop_prob=0.1)["stats"].get("cfg_dropped") is None
+    assert model.eval().forward_refine(mel, lengths, cfg_drop_prob=0.1)["stats"].get("cfg_dropped") is None
     with pytest.raises(ValueError, match="null condition"):
         tiny().decoder.drop_tokens(cond, torch.tensor([True, False, False]))
 
@@ -153,9 +150,9 @@ def test_select_setting_takes_the_lowest_mean_mel_l1_but_never_the_plain_one():
     assert select_setting(r, "sc", grid, [1], "x") == (1.0, 0.5)
     assert select_setting(r, "sc", grid, [1, 2, 16], "x") == (1.0, 0.5)  # steps the rows lack are left out
     assert select_setting(r, "sc", [(1.0, 1.0)], [1, 2], "x") is None
-    # rows cached before temperatures existed count as temperature 1; CFG scales compete too
-    old = [{"model": "cfg", "steps": 1, "cfg_scale": w, "mel_l1": v} for w, v in ((1.0, 0.3), (2.0, 0.2), (3.0, 0.25))]
-    assert select_setting(old, "cfg", [(1.0, 1.0), (2.0, 1.0), (3.0, 1.0)], [1], "x") == (2.0, 1.0)
+    # CFG scales compete too
+    cfg = rows("cfg", {(1.0, 1.0): [0.3, 0.3], (2.0, 1.0): [0.2, 0.2], (3.0, 1.0): [0.25, 0.25]})
+    assert select_setting(cfg, "cfg", [(1.0, 1.0), (2.0, 1.0), (3.0, 1.0)], [1], "x") == (2.0, 1.0)
     with pytest.raises(ValueError, match="dev/results: model 'sc' lacks mel L1 at cfg_scale=2"):
         select_setting(r, "sc", grid + [(2.0, 1.0)], [1, 2], "dev/results")
     with pytest.raises(ValueError, match="no results of model 'missing'"):
@@ -167,7 +164,7 @@ def test_eval_refine_scores_temperatures_and_selects_on_another_set(tmp_path, ca
     import numpy as np
     import pandas as pd
 
-    from sitok.eval.refine import best_decoding, evaluate_refinement
+    from sitok.eval.refine import best_decoding, evaluate_refinement, paired_comparison
 
     model, model_dir = tiny(), tmp_path / "model"
     model_dir.mkdir()
@@ -213,12 +210,26 @@ def test_eval_refine_scores_temperatures_and_selects_on_another_set(tmp_path, ca
         best_decoding(f"{dev}/results.csv", "x")
     test = str(tmp_path / "eval" / "test")
     caplog.set_level(logging.INFO, logger="sitok.eval.refine")
-    evaluate_refinement(str(tmp_path / "dump/test"), str(tmp_path / "codes/test"), test, select_from=dev, **run)
+    judged = dict(run, wer_steps=[1], select_from=dev)
+    evaluate_refinement(str(tmp_path / "dump/test"), str(tmp_path / "codes/test"), test, **judged)
     assert f"(selected on {dev}): cfg_scale 1, temperature {want[1]:g}" in caplog.text
-    rows = [f for f in os.listdir(f"{test}/rows") if not f.startswith(".")]  # .stamp: what the rows were made from
-    assert len(rows) == 6  # temperature 1 keeps its old file name: steps1_cfg1.json
-    assert os.path.exists(f"{test}/rows/m_griffin_lim_steps1_cfg1.json")
-    assert os.path.exists(f"{test}/rows/m_griffin_lim_steps1_cfg1_temp0.json")
+    cached = [f for f in os.listdir(f"{test}/cache") if not f.startswith(".")]  # .stamp: the set they were made from
+    assert len(cached) == 1 + 6 and "m_griffin_lim_steps1_cfg1_temp0.json" in cached
+    res = pd.read_csv(f"{test}/results.csv")
+    wer = res[res["wer"].notna()]  # ground truth, and the plain and the dev-selected setting at --wer-steps
+    assert list(wer["setting"]) == [
+        "groundtruth_griffin_lim",
+        f"m_griffin_lim_steps1_cfg1_temp{want[1]:g}",
+        "m_griffin_lim_steps1_cfg1",
+    ]
+    (r,) = paired_comparison(test, f"m@{want[1]:g}", "m", [1], metric="wer")
+    assert r["utterances"] == 2 and r["a_value"] == pytest.approx(wer["wer"].iloc[1])
+    # a re-run reuses every setting: nothing is decoded
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(Tokenizer, "decode_mel", lambda *a, **k: 1 / 0)
+    again = evaluate_refinement(str(tmp_path / "dump/test"), str(tmp_path / "codes/test"), test, **judged)
+    monkey.undo()
+    assert [x["mel_l1"] for x in again] == list(res["mel_l1"])
     with pytest.raises(FileNotFoundError, match="results.csv"):
         evaluate_refinement(
             str(tmp_path / "dump/test"),
@@ -250,7 +261,11 @@ def test_paired_comparison_of_two_settings_utterance_by_utterance(tmp_path):
             {"model": name, "steps": 1, "cfg_scale": 1.0, "temperature": tau, "utt": f"u{i}", "mel_l1": v}
             for i, v in enumerate(vals)
         ]
+    for r in rows:
+        r["setting"] = f"{r['model']}_griffin_lim_steps1_cfg1_temp{r['temperature']:g}"
+    settings = [dict(rows[0], wer=None), dict(rows[50], wer=None), dict(rows[100], wer=None)]
     pd.DataFrame(rows[:-1]).to_csv(tmp_path / "per_utt.csv", index=False)  # sc@1 lacks one utterance
+    pd.DataFrame(settings).to_csv(tmp_path / "results.csv", index=False)
     (r,) = paired_comparison(str(tmp_path), "sc@0", "base", [1])
     assert r["utterances"] == 50 and r["diff"] == pytest.approx((noise - 0.02).mean())
     assert r["ci95"][0] < r["diff"] < r["ci95"][1] < 0
@@ -265,16 +280,26 @@ def test_paired_comparison_of_two_settings_utterance_by_utterance(tmp_path):
     refs = ["the cat sat", "a dog ran far away", "hello there", ""]
     hyp_a = ["the cat sat", "a dog ran far away", "hello", "noise"]
     hyp_b = ["the bat sat down", "a frog ran far away", "hello there", ""]
-    (tmp_path / "hyps").mkdir()
-    for key, hyps in (("sc_griffin_lim_steps2_cfg1_temp0", hyp_a), ("base_vocos_steps2_cfg1", hyp_b)):
-        body = "utt\tref\thyp\n" + "".join(f"u{i}\t{r}\t{h}\n" for i, (r, h) in enumerate(zip(refs, hyps)))
-        (tmp_path / "hyps" / f"{key}.tsv").write_text(body)
+    judged = [("sc", 0.0, "griffin_lim", "sc_griffin_lim_steps2_cfg1_temp0", hyp_a)]
+    judged += [
+        ("base", 1.0, "vocos", "base_vocos_steps2_cfg1", hyp_b),
+        ("base", 0.0, "vocos", "base_vocos_steps2_cfg1_temp0", None),
+    ]
+    for name, tau, voc, key, hyps in judged:
+        st = {"setting": key, "model": name, "vocoder": voc, "steps": 2, "cfg_scale": 1.0, "temperature": tau}
+        settings.append({**st, "wer": None if hyps is None else 50.0})
+        rows += [
+            {**st, "utt": f"u{i}", "mel_l1": 0.1, "ref": r, "hyp": h}
+            for i, (r, h) in enumerate(zip(refs, hyps or refs))
+        ]
+    pd.DataFrame(rows).to_csv(tmp_path / "per_utt.csv", index=False)
+    pd.DataFrame(settings).to_csv(tmp_path / "results.csv", index=False)
     (r,) = paired_comparison(str(tmp_path), "sc@0", "base", [2], metric="wer")
     assert r["utterances"] == 3  # the empty reference is left out, as in word_error_rate
     assert r["a_value"] == pytest.approx(100 * word_error_rate(refs, hyp_a))
     assert r["b_value"] == pytest.approx(100 * word_error_rate(refs, hyp_b)) and r["b_value"] == pytest.approx(300 / 10)
     assert r["a_better_share"] == pytest.approx(2 / 3) and r["a_worse_share"] == pytest.approx(1 / 3)
-    with pytest.raises(ValueError, match="no judge output for base@0"):
+    with pytest.raises(ValueError, match="no judged setting for base@0"):  # scored, not judged
         paired_comparison(str(tmp_path), "sc@0", "base@0", [2], metric="wer")
 
 
@@ -407,7 +432,7 @@ def test_r_plus_d_starts_as_the_regression_decoder_and_learns_x_t(tmp_path):
         for t in (0.0, 0.7):
             got = rd.decoder.step(h, None, torch.randn(2, 9, 512), torch.full((2,), t))
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    out = rd.train()(*batch(), frozen_tokens=True)  # the flow-matching loss reaches x_proj
+    out = rd.train().forward_refine(*batch())  # the flow-matching loss reaches x_proj
     out["loss"].backward()
     assert rd.decoder.x_proj.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="regression"):
@@ -453,64 +478,53 @@ def test_reparameterised_decoder_starts_with_the_x_prediction_velocity_at_t0(tmp
 
 
 def test_eval_refine_batches_and_table():
-    import pandas as pd
 
-    from sitok.eval.refine import length_batches, results_markdown  # length_batches: from sitok.infer.sets
+    from sitok.eval.engine import results_markdown
+    from sitok.infer.sets import length_batches
 
     lengths = {f"u{i}": n for i, n in enumerate([5, 50, 7, 48, 6, 30])}
     batches = length_batches(lengths, max_frames=100)
     assert sorted(u for b in batches for u in b) == sorted(lengths)  # every utterance exactly once
     assert all(max(lengths[u] for u in b) * len(b) <= 100 for b in batches)
     assert [lengths[b[0]] for b in batches] == sorted(lengths[b[0]] for b in batches)  # sorted by length
+    base = {"vocoder": "vocos", "cfg_scale": 1.0, "temperature": 1.0, "decoder_rtf": 0.0}
     md = results_markdown(
-        pd.DataFrame(
-            [
-                {
-                    "model": "ground truth",
-                    "steps": 0,
-                    "cfg_scale": 1.0,
-                    "temperature": 1.0,
-                    "vocoder": "vocos",
-                    "mel_l1": 0.0,
-                    "fmd": 0.0,
-                    "wer": 4.5,
-                    "decoder_rtf": 0.0,
-                },
-                {
-                    "model": "shortcut",
-                    "steps": 2,
-                    "cfg_scale": 1.5,
-                    "temperature": 0.5,
-                    "vocoder": "vocos",
-                    "mel_l1": 0.25,
-                    "fmd": None,
-                    "wer": None,
-                    "decoder_rtf": 0.01,
-                },
-                {
-                    "model": "old",
-                    "steps": 1,
-                    "cfg_scale": 1.0,
-                    "vocoder": "vocos",
-                    "mel_l1": 0.3,
-                    "fmd": 1.0,
-                    "wer": 9.0,
-                    "decoder_rtf": 0.01,
-                },
-            ]
-        )
+        [
+            {**base, "model": "original", "source": "original", "vocoder": "", "steps": 0, "wer": 3.0},
+            {
+                **base,
+                "model": "ground truth",
+                "source": "groundtruth",
+                "steps": 0,
+                "mel_l1": 0.0,
+                "fmd": 0.0,
+                "wer": 4.5,
+            },
+            {
+                **base,
+                "model": "sc",
+                "source": "model",
+                "steps": 2,
+                "cfg_scale": 1.5,
+                "temperature": 0.5,
+                "mel_l1": 0.25,
+            },
+            {**base, "model": "R", "source": "model", "steps": 0, "mel_l1": 0.3, "fmd": 1.0, "wer": 9.0, "sim": 0.5},
+        ]
     )
-    lines = md.splitlines()
-    assert lines[0].startswith("| model | vocoder | steps | CFG w | temperature |") and len(lines) == 5
-    assert lines[2] == "| ground truth | vocos | — | 1 | — | 0.0000 | 0.000 | 4.50 | 0.0000 |"
-    assert lines[3] == "| shortcut | vocos | 2 | 1.5 | 0.5 | 0.2500 |  |  | 0.0100 |"
-    assert lines[4] == "| old | vocos | 1 | 1 | 1 | 0.3000 | 1.000 | 9.00 | 0.0100 |"  # cached before temperatures
+    lines = md.splitlines()  # the columns some row has, in a fixed order
+    assert lines[0] == "| model | vocoder | steps | CFG w | temperature | WER % | SIM | mel L1 | FMD | decoder RTF |"
+    assert len(lines) == 6 and lines[1] == "|" + "---|" * 10
+    assert lines[2] == "| original | — | — | 1 | — | 3.00 |  |  |  | 0.0000 |"
+    assert lines[3] == "| ground truth | vocos | — | 1 | — | 4.50 |  | 0.0000 | 0.000 | 0.0000 |"
+    assert lines[4] == "| sc | vocos | 2 | 1.5 | 0.5 |  |  | 0.2500 |  | 0.0000 |"
+    assert lines[5] == "| R | vocos | regression | 1 | — | 9.00 | 0.500 | 0.3000 | 1.000 | 0.0000 |"
 
 
 def test_frechet_distance_known_values_and_what_it_sees_that_l1_does_not():
     import numpy as np
 
-    from sitok.eval.refine import frechet_distance
+    from sitok.eval.metrics import frechet_distance
 
     rng = np.random.default_rng(0)
     d, n = 8, 200_000

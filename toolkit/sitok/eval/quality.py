@@ -7,7 +7,6 @@ the DNSMOS ONNX models ship inside the ``speechmos`` package.
     pesq_wb(ref, deg, sr)  -> float in [-0.5, 4.64]   (pesq, ITU-T P.862.2 at 16 kHz)
     stoi(ref, deg, sr)     -> float in [0, 1]         (pystoi, resamples to 10 kHz itself)
     dnsmos(wav, sr)        -> {"sig", "bak", "ovrl", "p808"}  (speechmos' DNSMOS at 16 kHz)
-    judge_versions()       -> package versions, to store beside every score
 """
 
 from __future__ import annotations
@@ -116,17 +115,3 @@ def dnsmos(wav, sr: int) -> dict[str, float]:
         "ovrl": float(out["ovrl_mos"]),
         "p808": float(out["p808_mos"]),
     }
-
-
-def judge_versions() -> dict[str, str]:
-    """Versions of the packages behind the judges (stored with every evaluation)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("pesq", "pystoi", "speechmos", "onnxruntime", "librosa"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    out["dnsmos_models"] = "speechmos dnsmos_models/sig_bak_ovr.onnx + model_v8.onnx (P.835, P.808)"
-    return out

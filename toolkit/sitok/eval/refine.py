@@ -1,16 +1,16 @@
-"""Reconstruction of a set by several models and decode settings (recipe stage 11).
+"""Reconstruction of a set by several models and decode settings (recipe stage 11): the
+evaluation engine (``sitok.eval.engine``) configured for decoder refinements, and its views.
 
-For every model x Euler steps x token-CFG scale x start-noise temperature: decode the set's
-codes, score the normalised log-mel L1 distance to the ground truth (the training space of the
-decoder; lower is better), the Fréchet mel distance (FMD: the Fréchet distance between the
-Gaussians fitted to all decoded and all ground-truth normalised log-mel frames of the set; a
-distribution distance, like the FID by which shortcut models are judged, where L1 to one
-reference rewards the conditional mean) and the decoder's real-time factor; at the steps in
-``wer_steps`` also vocode and score the offline ASR judge's WER, for the plain setting (w = 1,
-temperature 1) and for the other setting with the lowest mean mel distance over the steps (the
-CFG scale of a token-CFG model, a temperature), selected on this set or, with ``select_from``,
-on an earlier run's results (a dev set's). Ground-truth mel through each available vocoder
-gives the reference rows. Writes ``per_utt.csv``, ``results.csv``, ``results.md`` and ``summary.json``.
+For every model x Euler steps x token-CFG scale x start-noise temperature: the normalised log-mel
+L1 distance to the ground truth (lower is better), the Fréchet mel distance (FMD: between the
+Gaussians fitted to all decoded and all ground-truth normalised frames of the set; a distribution
+distance, like the FID by which shortcut models are judged, where L1 to one reference rewards the
+conditional mean) and the decoder's real-time factor; at the steps in ``wer_steps`` also the
+offline ASR judge's WER, for the plain setting (w = 1, temperature 1) and for the other setting
+with the lowest mean mel distance over the steps (a CFG scale, a temperature), selected on this
+set or, with ``select_from``, on an earlier run's results (a dev set's). Ground-truth mel through
+each available vocoder gives the reference rows. The engine's files: ``summary.json``,
+``results.csv``, ``results.md``, ``per_utt.csv``, ``cache/``.
 
     sitok eval-refine dump/test exp/tokenizer_mini/codes/test exp/refine_eval_mini/test \
         --models base=exp/tokenizer_mini/model shortcut=exp/refine_mini_shortcut/model \
@@ -23,84 +23,18 @@ gives the reference rows. Writes ``per_utt.csv``, ``results.csv``, ``results.md`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
 
 import numpy as np
-import torch
 
-from sitok.data.kaldi import read_mat, read_scp, read_table
-from sitok.fileio import atomic_open, write_text_atomic
-from sitok.infer.sets import length_batches
-from sitok.stamp import digest, digest_dump, fresh_cache
+from sitok.eval.asr import scored_pairs
+from sitok.eval.engine import Engine, EvalSet, Setting
+from sitok.eval.judges import build_judges
+from sitok.infer.tokenizer import check_temperature
+from sitok.infer.vocoder import vocoder_dir
 
 logger = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def decode_set(
-    tok, codes: dict, frames: dict, steps: int, cfg_scale: float = 1.0, seed: int = 0, temperature: float = 1.0
-):
-    """Decode every utterance (batched); returns ({utt: log-mel [frames, 128]}, decoder seconds)."""
-    out, seconds = {}, 0.0
-    for batch in length_batches({u: codes[u].shape[1] for u in codes}):
-        c = torch.nn.utils.rnn.pad_sequence(
-            [torch.from_numpy(codes[u].T.astype(np.int64)) for u in batch], batch_first=True
-        ).transpose(1, 2)  # [B, CN, T]
-        lengths = torch.tensor([codes[u].shape[1] for u in batch])
-        t0 = time.perf_counter()
-        mel = tok.decode_mel(c, steps=steps, seed=seed, lengths=lengths, cfg_scale=cfg_scale, temperature=temperature)
-        seconds += time.perf_counter() - t0
-        for i, u in enumerate(batch):
-            out[u] = mel[i, : frames[u]].cpu()
-    return out, seconds
-
-
-def mel_l1(tok, hyp: torch.Tensor, ref: torch.Tensor) -> float:
-    """Mean |cmvn(hyp) - cmvn(ref)| over the frames both have (normalised log-mel L1)."""
-    n = min(hyp.shape[0], ref.shape[0])
-    return float((tok.cmvn(hyp[:n].to(tok.device)) - tok.cmvn(ref[:n].to(tok.device))).abs().mean())
-
-
-def gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of the rows of ``x`` [N, D], in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    return x.mean(0), np.cov(x, rowvar=False)
-
-
-def frechet_distance(a, b) -> float:
-    """Fréchet distance between two Gaussians, each given as rows [N, D] or as (mean, cov):
-    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))."""
-    from scipy import linalg
-
-    (mu_a, s_a), (mu_b, s_b) = (g if isinstance(g, tuple) else gaussian(g) for g in (a, b))
-    root = linalg.sqrtm(s_a @ s_b)
-    root = root.real if np.iscomplexobj(root) else root  # numerical noise in the imaginary part
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2.0 * root))
-
-
-def _wer(tok, asr, mels: dict, texts: dict, progress: bool) -> tuple[float, list]:
-    """Vocode every mel and transcribe it with the judge (sorted order, see PocketSphinxASR); WER."""
-    from tqdm import tqdm
-
-    from sitok.data.audio import resample
-    from sitok.eval.asr import word_error_rate
-
-    utts = sorted(mels)
-    hyps = []
-    for u in tqdm(utts, desc="vocode + asr", unit="utt", disable=not progress, mininterval=2):
-        wav = resample(tok.vocoder(mels[u].to(tok.device)).cpu(), tok.sample_rate, 16000)
-        hyps.append(asr.transcribe(wav.numpy(), 16000))
-    refs = [texts[u] for u in utts]
-    return word_error_rate(refs, hyps), list(zip(utts, refs, hyps))
-
-
-def setting_key(name: str, vocoder: str, steps: int, cfg_scale: float, temperature: float) -> str:
-    """File name of a scored setting (temperature 1 keeps the name it had before temperatures)."""
-    key = f"{name}_{vocoder}_steps{steps}_cfg{cfg_scale:g}"
-    return key if temperature == 1.0 else f"{key}_temp{temperature:g}"
 
 
 def select_setting(rows: list[dict], name: str, settings: list[tuple], steps: list[int], source: str):
@@ -116,9 +50,7 @@ def select_setting(rows: list[dict], name: str, settings: list[tuple], steps: li
         raise ValueError(f"{source}: no results of model {name!r} at any of steps {list(steps)}")
     mean = {}
     for w, tau in candidates:
-        vals = [
-            r["mel_l1"] for r in mine if r["steps"] in use and r["cfg_scale"] == w and r.get("temperature", 1.0) == tau
-        ]
+        vals = [r["mel_l1"] for r in mine if r["steps"] in use and r["cfg_scale"] == w and r["temperature"] == tau]
         if len(vals) != len(use):
             raise ValueError(
                 f"{source}: model {name!r} lacks mel L1 at cfg_scale={w:g}, temperature={tau:g} for "
@@ -158,11 +90,8 @@ def evaluate_refinement(
     temperatures: list[float] = (1.0,),
     select_from: str | None = None,
 ) -> list[dict]:
-    """Score ``models`` (name -> model dir) on a set; see the module docstring. Returns the rows."""
+    """Score ``models`` (name -> model dir) on a set's codes; see the module docstring. Returns the rows."""
     import pandas as pd
-
-    from sitok.infer import Tokenizer
-    from sitok.infer.tokenizer import check_temperature
 
     for tau in temperatures:  # before any work, not at the first decode
         check_temperature(tau)
@@ -172,134 +101,24 @@ def evaluate_refinement(
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no eval-refine results to select settings from")
         selection_rows = pd.read_csv(path).to_dict("records")
-    feats = read_scp(os.path.join(dump_dir, "feats.scp"))
-    texts = read_table(os.path.join(dump_dir, "text"))
-    frames = {u: int(n) for u, n in read_table(os.path.join(dump_dir, "utt2num_frames")).items()}
-    codes_scp = read_scp(os.path.join(codes_dir, "codes.scp"))
-    missing = sorted(set(feats) - set(codes_scp))
-    if missing:
-        logger.warning(
-            "%s: %d utterances of %s have no codes; left out (first: %s)", codes_dir, len(missing), dump_dir, missing[0]
-        )
-    utts = sorted(set(feats) & set(codes_scp))[: max_utts or None]
-    codes = {u: read_mat(codes_scp[u]) for u in utts}
-    ref = {u: torch.from_numpy(read_mat(feats[u]).copy()) for u in utts}
-    audio_s = sum(frames[u] for u in utts) / 50.0
-    asr = None
-    if wer_steps:
-        from sitok.eval.asr import PocketSphinxASR
-
-        asr = PocketSphinxASR(lm=lm)
-    os.makedirs(out_dir, exist_ok=True)
-    rows, per_utt = [], []
-    t_start = time.time()
-    done_dir = os.path.join(out_dir, "rows")  # one JSON per finished setting: a re-run skips them
-    inputs = {f"model_{n}": digest(d) for n, d in models.items()}
-    inputs.update(feats=digest_dump(dump_dir), codes=digest(codes_dir), lm=digest(lm) if lm else "none")
-    options = {"max_utts": str(max_utts), "vocoder": str(vocoder)}
-    fresh_cache(done_dir, {"inputs": inputs, "options": options}, out_dir)  # rows of other inputs go
-
-    def cached(key):
-        path = os.path.join(done_dir, f"{key}.json")
-        if not os.path.exists(path):
-            return None
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-
-    def keep(key, row):
-        write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps({"row": row, "per_utt": []}))
-        rows.append(row)
-
-    # reference rows: ground-truth mel -> each vocoder a model directory offers
-    vocoders = {"griffin_lim": next(iter(models.values()))}
-    for d in models.values():
-        if os.path.exists(os.path.join(d, "vocoder", "config.json")):
-            vocoders["vocos"] = d
-            break
-    for voc, src in vocoders.items() if asr is not None else ():
-        key = f"groundtruth_{voc}"
-        if (c := cached(key)) is not None:
-            rows.append(c["row"])
-            continue
-        tok = Tokenizer.from_pretrained(src, vocoder=voc)
-        t0 = time.time()
-        wer, hyp_rows = _wer(tok, asr, ref, texts, progress)
-        _write_hyps(out_dir, key, hyp_rows)
-        keep(
-            key,
-            {
-                "model": "ground truth",
-                "steps": 0,
-                "cfg_scale": 1.0,
-                "temperature": 1.0,
-                "vocoder": voc,
-                "mel_l1": 0.0,
-                "fmd": 0.0,
-                "wer": 100 * wer,
-                "decoder_rtf": 0.0,
-            },
-        )
-        logger.info("ground-truth mel -> %s: WER %.2f %% (%.0f s)", voc, 100 * wer, time.time() - t0)
-    # 1) mel distance and decoder RTF of every setting; 2) WER at wer_steps for the plain setting
-    # (w = 1, temperature 1) and the other setting with the lowest mean mel distance
+    judges = build_judges({"asr": "pocketsphinx"}, lm=lm) if wer_steps else {}
+    data = EvalSet.load(dump_dir, max_utts, audio=False, text=bool(wer_steps), codes_dir=codes_dir)
+    eng = Engine(data, out_dir, judges, lm=lm, progress=progress)
     for name, model_dir in models.items():
-        tok = Tokenizer.from_pretrained(model_dir, vocoder=vocoder)
-        voc = getattr(tok.vocoder, "name", "custom")
-        scales = [w for w in cfg_scales if w == 1.0 or tok.model.config.token_cfg] or [1.0]
-        settings = [(float(w), float(tau)) for w in scales for tau in temperatures]
-        ref_n = None  # the set in this model's CMVN and its frame Gaussian: once per model, when needed
-        l1 = {}
-        for w, tau in settings:
-            for s in steps:
-                key = setting_key(name, voc, s, w, tau)
-                if (c := cached(key)) is None:
-                    t0 = time.time()
-                    mels, dec_s = decode_set(tok, codes, frames, s, w, temperature=tau)
-                    if ref_n is None:
-                        ref_n = {u: tok.cmvn(ref[u].to(tok.device)).cpu() for u in utts}
-                        ref_gauss = gaussian(torch.cat([ref_n[u] for u in utts]).numpy())
-                    hyp_n = {u: tok.cmvn(mels[u].to(tok.device)).cpu() for u in utts}  # normalised once, used twice
-                    cut = {u: min(len(hyp_n[u]), len(ref_n[u])) for u in utts}
-                    dists = {u: float((hyp_n[u][: cut[u]] - ref_n[u][: cut[u]]).abs().mean()) for u in utts}
-                    fmd = frechet_distance(torch.cat([hyp_n[u][: cut[u]] for u in utts]).numpy(), ref_gauss)
-                    row = {
-                        "model": name,
-                        "steps": s,
-                        "cfg_scale": w,
-                        "temperature": tau,
-                        "vocoder": voc,
-                        "mel_l1": float(np.mean(list(dists.values()))),
-                        "fmd": fmd,
-                        "wer": None,
-                        "decoder_rtf": dec_s / audio_s,
-                    }
-                    c = {
-                        "row": row,
-                        "per_utt": [
-                            {"model": name, "steps": s, "cfg_scale": w, "temperature": tau, "utt": u, "mel_l1": d}
-                            for u, d in dists.items()
-                        ],
-                    }
-                    write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps(c))
-                    logger.info(
-                        "%s steps=%d cfg=%g temperature=%g: mel L1 %.4f, FMD %.3f, decoder RTF %.4f (%.0f s)",
-                        name,
-                        s,
-                        w,
-                        tau,
-                        row["mel_l1"],
-                        row["fmd"],
-                        row["decoder_rtf"],
-                        time.time() - t0,
-                    )
-                for r in (c["row"], *c["per_utt"]):
-                    r.setdefault("temperature", 1.0)  # rows cached before temperatures existed
-                l1[(w, tau, s)] = c
-        if selection_rows is None:
-            best = select_setting([c["row"] for c in l1.values()], name, settings, list(steps), out_dir)
-        else:
-            best = select_setting(selection_rows, name, settings, list(steps), select_from)
-        wer_settings = [(1.0, 1.0)] + ([best] if best is not None else [])
+        eng.add_model(name, model_dir)
+    if judges:  # reference rows: ground-truth mel through Griffin-Lim and the first trained vocoder of the models
+        own = next((d for d in models.values() if vocoder_dir(d)), None)
+        for v in eng.load_vocoders(["griffin_lim"] + ([f"vocos={own}"] if own else [])):
+            eng.score(Setting.groundtruth(v))
+    for name in models:
+        (voc,) = eng.load_vocoders([vocoder], name)
+        steps_, scales, taus = eng.decodings(name, steps, cfg_scales, temperatures)
+        grid = [(w, tau) for w in scales for tau in taus]
+        settings = [Setting("model", name, voc, s, w, tau) for w, tau in grid for s in steps_]
+        rows = [eng.score(st, judged=False) for st in settings]  # 1) mel distances of every setting
+        best = select_setting(
+            rows if selection_rows is None else selection_rows, name, grid, steps_, select_from or out_dir
+        )
         if best is not None:
             logger.info(
                 "%s: setting with the lowest mean mel distance (selected on %s): cfg_scale %g, temperature %g",
@@ -307,46 +126,11 @@ def evaluate_refinement(
                 select_from or dump_dir,
                 *best,
             )
-        for (w, tau, s), c in l1.items():
-            row = c["row"]
-            if asr is not None and s in wer_steps and (w, tau) in wer_settings and row["wer"] is None:
-                key = setting_key(name, voc, s, w, tau)
-                t0 = time.time()
-                mels, _ = decode_set(tok, codes, frames, s, w, temperature=tau)
-                wer, hyp_rows = _wer(tok, asr, mels, texts, progress)
-                row["wer"] = 100 * wer
-                _write_hyps(out_dir, key, hyp_rows)
-                write_text_atomic(os.path.join(done_dir, f"{key}.json"), json.dumps(c))
-                logger.info(
-                    "%s steps=%d cfg=%g temperature=%g (%s): WER %.2f %% (%.0f s)",
-                    name,
-                    s,
-                    w,
-                    tau,
-                    voc,
-                    row["wer"],
-                    time.time() - t0,
-                )
-            rows.append(row)
-            per_utt.extend(c["per_utt"])
-    df = pd.DataFrame(rows)
-    _save_csv(df, os.path.join(out_dir, "results.csv"))
-    _save_csv(pd.DataFrame(per_utt), os.path.join(out_dir, "per_utt.csv"))
-    write_text_atomic(os.path.join(out_dir, "results.md"), results_markdown(df) + "\n")
-    summary = {
-        "dump_dir": dump_dir,
-        "codes_dir": codes_dir,
-        "utterances": len(utts),
-        "audio_seconds": audio_s,
-        "models": models,
-        "asr_judge": None if asr is None else f"{asr.name} {asr.version}",
-        "lm": lm,
-        "wall_seconds": time.time() - t_start,
-        "rows": rows,
-    }
-    write_text_atomic(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
-    logger.info("%s: %d rows, %d utterances, %.0f s", out_dir, len(rows), len(utts), time.time() - t_start)
-    return rows
+        judged = [(1.0, 1.0)] + ([best] if best is not None else [])
+        for st in settings:  # 2) the judge at wer_steps for the plain and the selected setting
+            if judges and (st.steps in wer_steps or st.steps == 0) and (st.cfg_scale, st.temperature) in judged:
+                eng.score(st)
+    return eng.write(select_from=select_from)["settings"]
 
 
 def parse_setting(spec: str) -> tuple[str, float, float]:
@@ -361,19 +145,15 @@ def parse_setting(spec: str) -> tuple[str, float, float]:
     return name, vals[0], vals[1]
 
 
-def utterance_errors(hyps_tsv: str) -> dict[str, tuple[int, int]]:
-    """{utt: (word errors, reference words)} of a judge's ``hyps/<setting>.tsv`` (utt, ref, hyp),
-    counted as :func:`sitok.eval.asr.word_error_rate` counts them (:func:`scored_pairs`)."""
+def utterance_errors(utts: list[str], refs: list[str], hyps: list[str]) -> dict[str, tuple[int, int]]:
+    """{utt: (word errors, reference words)} of a judge's transcripts, counted as
+    :func:`sitok.eval.asr.word_error_rate` counts them (:func:`scored_pairs`)."""
     import jiwer
-    import pandas as pd
 
-    from sitok.eval.asr import scored_pairs
-
-    df = pd.read_csv(hyps_tsv, sep="\t", dtype=str, keep_default_na=False, quoting=3)
     out = {}
-    for i, r, h in scored_pairs(list(df["ref"]), list(df["hyp"])):
+    for i, r, h in scored_pairs(refs, hyps):
         m = jiwer.process_words(r, h)
-        out[df["utt"][i]] = (m.substitutions + m.deletions + m.insertions, len(r.split()))
+        out[utts[i]] = (m.substitutions + m.deletions + m.insertions, len(r.split()))
     return out
 
 
@@ -382,47 +162,37 @@ def paired_comparison(
 ) -> list[dict]:
     """Two settings of one eval-refine output (``NAME[@TEMPERATURE[@CFG_SCALE]]`` each) compared
     utterance by utterance, for each of ``steps``: the set's value for each (``mel_l1``: mean of
-    the per-utterance distances, from per_utt.csv; ``wer``: corpus WER in %, from the judge's
-    hyps/*.tsv), the difference a - b, its 95 % paired-bootstrap interval (``n_boot`` resamples of
+    the per-utterance distances; ``wer``: corpus WER in %, from the judge's transcripts; both from
+    per_utt.csv), the difference a - b, its 95 % paired-bootstrap interval (``n_boot`` resamples of
     the utterances both have) and the shares of utterances where ``a`` is better and worse."""
     import pandas as pd
 
     if metric not in ("mel_l1", "wer"):
         raise ValueError(f"metric must be mel_l1|wer, got {metric!r}")
-    per_utt = None
-    if metric == "mel_l1":
-        path = os.path.join(eval_dir, "per_utt.csv")
+    paths = [os.path.join(eval_dir, f) for f in ("results.csv", "per_utt.csv")]
+    for path in paths:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: not an eval-refine output directory (run sitok eval-refine first)")
-        per_utt = pd.read_csv(path)
-        per_utt = per_utt.assign(temperature=per_utt["temperature"].fillna(1.0) if "temperature" in per_utt else 1.0)
+    results = pd.read_csv(paths[0])
+    per_utt = pd.read_csv(paths[1], dtype={"utt": str, "ref": str, "hyp": str})
 
     def values(spec: str, s: int) -> tuple[dict, dict]:  # {utt: numerator}, {utt: denominator}
         name, tau, w = parse_setting(spec)
+        sel = results[(results.model == name) & (results.steps == s) & (results.temperature == tau)]
+        sel = sel[(sel.cfg_scale == w) & (sel.wer.notna() if metric == "wer" else True)]
         if metric == "mel_l1":
-            sel = per_utt[
-                (per_utt.model == name) & (per_utt.steps == s) & (per_utt.temperature == tau) & (per_utt.cfg_scale == w)
-            ]
-            if sel.empty:
-                raise ValueError(
-                    f"{eval_dir}/per_utt.csv: no rows for {spec} at {s} steps (scored: {sorted(set(per_utt.model))})"
-                )
-            num = dict(zip(sel["utt"], sel["mel_l1"]))
+            rows = per_utt[per_utt.setting.isin(sel.setting)].drop_duplicates("utt")
+            if rows.empty:
+                raise ValueError(f"{eval_dir}: no rows for {spec} at {s} steps (scored: {sorted(set(results.model))})")
+            num = dict(zip(rows["utt"], rows["mel_l1"]))
             return num, dict.fromkeys(num, 1.0)
-        found = [
-            f
-            for f in (
-                os.path.join(eval_dir, "hyps", setting_key(name, v, s, w, tau) + ".tsv")
-                for v in ("griffin_lim", "vocos", "custom")
-            )
-            if os.path.exists(f)
-        ]
-        if len(found) != 1:
+        if len(sel) != 1:
             raise ValueError(
-                f"{eval_dir}/hyps: {'no' if not found else 'more than one'} judge output for {spec} at "
-                f"{s} steps (the judge runs at --wer-steps, for the plain and the selected setting)"
+                f"{eval_dir}: {'no' if sel.empty else 'more than one'} judged setting for {spec} at {s} steps "
+                "(the judge runs at --wer-steps, for the plain and the selected setting)"
             )
-        errs = utterance_errors(found[0])
+        rows = per_utt[per_utt.setting == sel.setting.iloc[0]]
+        errs = utterance_errors(list(rows.utt), list(rows.ref.fillna("")), list(rows.hyp.fillna("")))
         return {u: e for u, (e, _) in errs.items()}, {u: n for u, (_, n) in errs.items()}
 
     rng = np.random.default_rng(seed)
@@ -452,36 +222,3 @@ def paired_comparison(
             }
         )
     return out
-
-
-def results_markdown(df) -> str:
-    """The rows as a markdown table: model, vocoder, steps, CFG scale, temperature, mel L1, FMD, WER,
-    decoder RTF."""
-    lines = [
-        "| model | vocoder | steps | CFG w | temperature | normalised log-mel L1 | FMD | judge WER (%) | decoder RTF |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-
-    def num(v, fmt):  # rows cached before a column existed hold None (NaN in a frame)
-        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
-
-    for r in df.to_dict("records"):
-        steps = "—" if r["steps"] == 0 else str(int(r["steps"]))
-        tau = r.get("temperature")
-        tau = 1.0 if tau is None or np.isnan(tau) else tau  # rows cached before temperatures: 1
-        tau = "—" if r["steps"] == 0 else f"{tau:g}"
-        lines.append(
-            f"| {r['model']} | {r['vocoder']} | {steps} | {r['cfg_scale']:g} | {tau} | {r['mel_l1']:.4f} | "
-            f"{num(r.get('fmd'), '.3f')} | {num(r['wer'], '.2f')} | {r['decoder_rtf']:.4f} |"
-        )
-    return "\n".join(lines)
-
-
-def _save_csv(df, path: str) -> None:
-    with atomic_open(path) as fh:
-        df.to_csv(fh, index=False)
-
-
-def _write_hyps(out_dir: str, name: str, rows: list) -> None:
-    body = "utt\tref\thyp\n" + "".join(f"{u}\t{r}\t{h}\n" for u, r, h in rows)
-    write_text_atomic(os.path.join(out_dir, "hyps", f"{name}.tsv"), body)

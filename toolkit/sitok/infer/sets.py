@@ -54,14 +54,9 @@ def encode_mels(tok, mels: dict, batch_frames: int = 20000, progress: bool = Fal
 
     codes, seconds = {}, 0.0
     for batch in _progress(length_batches({u: m.shape[0] for u, m in mels.items()}, batch_frames), desc, progress):
-        x = [tok.cmvn(mels[u].to(tok.device)) for u in batch]
-        lengths = torch.tensor([m.shape[0] for m in x], device=tok.device)
         t0 = time.perf_counter()
-        c = tok.model.encode(torch.nn.utils.rnn.pad_sequence(x, batch_first=True), lengths).cpu()
+        codes.update(zip(batch, tok.encode_mels([mels[u] for u in batch])))
         seconds += time.perf_counter() - t0
-        t = tok.model.token_lengths(lengths).cpu()
-        for i, u in enumerate(batch):
-            codes[u] = c[i, :, : t[i]]
     return codes, seconds
 
 

@@ -28,8 +28,10 @@ import torch
 from sitok.data.audio import load_audio, probe_audio, resample
 from sitok.data.mel import GlobalCMVN, MelConfig, MelFrontend
 from sitok.infer.sampler import euler_sample
+from sitok.infer.vocoder import load_vocoder
 from sitok.layers import lengths_to_mask
 from sitok.models import SiTok
+from sitok.models.loading import load_model_dir, mel_config
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000  # plausible audio rates; anything else is a unit mistake
 # integer PCM -> float in [-1, 1]: (x - offset) / scale
@@ -143,8 +145,6 @@ class Tokenizer:
         self.frontend = MelFrontend(self.mel_cfg).to(self.device)
         self.model_dir = model_dir
         if vocoder is None or isinstance(vocoder, str):
-            from sitok.infer.vocoder import load_vocoder
-
             vocoder = load_vocoder(vocoder or "griffin_lim", model_dir, self.mel_cfg)
         self.vocoder = vocoder.to(self.device).eval()
 
@@ -176,8 +176,6 @@ class Tokenizer:
 
         config.json and model.pt are checked before the model is built (format version, field
         ranges, every weight's name and shape: ``sitok.models.loading``); errors name the file."""
-        from sitok.models.loading import load_model_dir, mel_config
-
         model, cfg = load_model_dir(model_dir)
         mel_cfg = mel_config(cfg, os.path.join(model_dir, "config.json"))
         cmvn = GlobalCMVN.load(os.path.join(model_dir, "cmvn.json"))
@@ -192,6 +190,11 @@ class Tokenizer:
     @property
     def sample_rate(self) -> int:
         return self.mel_cfg.sample_rate
+
+    @property
+    def config(self):
+        """The model's ``SiTokConfig`` (decoder kind, token CFG, codebooks, CTC weight, ...)."""
+        return self.model.config
 
     def info(self) -> dict:
         c = self.model.config
@@ -259,12 +262,46 @@ class Tokenizer:
         wavs = list(wavs)
         if not wavs:
             raise ValueError("encode_batch: no waveforms to encode (an empty list)")
-        mels = [self._mel_of(*self._waveform(w, sample_rate)) for w in wavs]
+        return self._encode_normalised([self._mel_of(*self._waveform(w, sample_rate)) for w in wavs], keep_device)
+
+    @torch.no_grad()
+    def encode_mels(self, mels, keep_device: bool = False) -> list[torch.Tensor]:
+        """Un-normalised log-mels [T50, n_mels] (a feature dump's, or ``decode_mel``'s), padded into one
+        batch -> codes [CN, T] each, as ``encode_batch`` gives for the waveforms they came from."""
+        return self._encode_normalised([self.normalise(m, keep_device=True) for m in mels], keep_device)
+
+    def _encode_normalised(self, mels: list[torch.Tensor], keep_device: bool) -> list[torch.Tensor]:
         lengths = torch.tensor([m.shape[0] for m in mels], device=self.device)
         batch = torch.nn.utils.rnn.pad_sequence(mels, batch_first=True).to(self.dtype)
         codes = self.model.encode(batch, lengths)
         t = self.model.token_lengths(lengths)
-        return [codes[i, :, : t[i]] if keep_device else codes[i, :, : t[i]].cpu() for i in range(len(wavs))]
+        return [codes[i, :, : t[i]] if keep_device else codes[i, :, : t[i]].cpu() for i in range(len(mels))]
+
+    @torch.no_grad()
+    def normalise(self, mel, keep_device: bool = False) -> torch.Tensor:
+        """Un-normalised log-mel [..., n_mels] -> the model's normalised space (its CMVN), float32: the
+        space the decoder is trained in, where reconstructions are compared."""
+        out = self.cmvn(torch.as_tensor(mel).to(self.device, torch.float32))
+        return out if keep_device else out.cpu()
+
+    @property
+    def has_ctc(self) -> bool:
+        """Whether the model has a CTC head that was trained (a CTC weight above 0)."""
+        return self.model.ctc is not None and self.model.config.ctc_weight > 0
+
+    @torch.no_grad()
+    def ctc_log_probs(self, codes, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CTC head on codes [CN, T] or [B, CN, T] (``lengths``: tokens of a padded batch) ->
+        (log-probabilities [B, T * U, V] float32 CPU, CTC frames [B]); the head is causal, so an
+        item's frames do not depend on its padding."""
+        if self.model.ctc is None:
+            raise ValueError("ctc_log_probs: the model has no CTC head")
+        codes = self.check_codes(codes, lengths)
+        b, _, t = codes.shape
+        lens = self.check_lengths(lengths, b, t)
+        lens = torch.full((b,), t) if lens is None else lens
+        mask = lengths_to_mask(lens, t).to(self.device)
+        return self.model.ctc_logits(codes, mask).float().log_softmax(-1).cpu(), self.model.ctc_lengths(lens)
 
     # ---- decode -----------------------------------------------------------------------------
     @staticmethod

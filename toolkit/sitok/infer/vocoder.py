@@ -19,8 +19,10 @@ import os
 
 import torch
 
-from sitok.data.mel import MelConfig
+from sitok.data.mel import MelConfig, mel_filterbank
 from sitok.fileio import atomic_dir, write_text_atomic
+from sitok.models.loading import build_checked, load_weights, mel_config, parse_config, read_config
+from sitok.models.vocos import Vocos, VocosConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +44,6 @@ class GriffinLimVocoder(torch.nn.Module):
     def __init__(self, cfg: MelConfig | None = None, n_iter: int = 32):
         super().__init__()
         import torchaudio
-
-        from sitok.data.mel import mel_filterbank
 
         self.cfg = cfg = cfg or MelConfig()
         self.register_buffer("fbank", mel_filterbank(cfg), persistent=False)  # [F, M]
@@ -85,9 +85,6 @@ class VocosVocoder(torch.nn.Module):
     def from_pretrained(cls, path: str, map_location="cpu") -> VocosVocoder:
         """config.json and model.pt are checked as a tokenizer's are (``sitok.models.loading``): format
         version, field ranges, every weight's name and shape before the generator is built."""
-        from sitok.models.loading import build_checked, load_weights, mel_config, parse_config, read_config
-        from sitok.models.vocos import Vocos, VocosConfig
-
         config_path = os.path.join(path, "config.json")
         if not os.path.exists(config_path):
             raise FileNotFoundError(f"vocoder directory {path}: no config.json")

@@ -46,3 +46,17 @@ def ctc_loss(
         zero_infinity=False,
     )
     return loss, n_bad
+
+
+def ctc_greedy(ids: list[int], blank: int = 0) -> list[int]:
+    """Best-path CTC decoding of one utterance's argmax ids: merge repeats, drop blanks (the
+    SentencePiece targets use id 0, the pad piece, as the blank)."""
+    return [i for j, i in enumerate(ids) if i != blank and (j == 0 or ids[j - 1] != i)]
+
+
+def ctc_beam_searcher(sp, beam_size: int = 10):
+    """speechbrain's CTC prefix beam search over SentencePiece units (blank = id 0), no LM."""
+    from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
+
+    vocab = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    return CTCPrefixBeamSearcher(blank_index=0, vocab_list=vocab, beam_size=beam_size)

@@ -55,12 +55,19 @@ def find_summaries(paths: list[str], set_name: str | None = None) -> list[str]:
     return out
 
 
-def load_summary(path: str) -> dict:
+def load_summary(path: str) -> list[dict]:
+    """One view per model of an evaluation summary: its facts as ``model``, its settings and the
+    ground-truth rows as ``settings``."""
     with open(path, encoding="utf-8") as fh:
         s = json.load(fh)
-    if s.get("format") != "sitok-eval-1":
+    if s.get("format") != "sitok-eval-2":
         raise ValueError(f"{path}: not a sitok evaluation summary (format {s.get('format')!r})")
-    s["path"] = path
+    return [_model_view(s, path, m) for m in s["models"].values()]
+
+
+def _model_view(s: dict, path: str, m: dict) -> dict:
+    rows = [r for r in s["settings"] if r["source"] == "groundtruth" or r["model"] == m["name"]]
+    s = {**s, "path": path, "model": dict(m), "settings": rows}
     m = s["model"]
     if not m.get("refine"):  # model directories exported before lineage was recorded: the exp name
         exp = os.path.basename(os.path.dirname(m["model_dir"]))
@@ -129,6 +136,7 @@ def model_rows(
                 "params_m": m["parameters"] / 1e6,
                 "usage": m.get("codebook_usage"),
                 "perplexity": m.get("code_perplexity"),
+                "setting": r["setting"],
                 "steps": r["steps"],
                 "cfg_scale": r["cfg_scale"],
                 "vocoder": r["vocoder"],
