@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from sitok.data.kaldi import read_table, validate_data_dir
-from sitok.probes.data import read_trials
+from sitok.data.trials import read_trials
 
 from conftest import ROOT, run_cli
 
@@ -238,7 +238,7 @@ def test_every_stage_and_rerun(tmp_path):
         "--no-progress",
     )
     rows = json.load(open(f"{ev}/summary.json"))["settings"]
-    assert [(r["setting"], r["temperature"]) for r in rows] == [("steps1_cfg1_griffin_lim_temp0", 0.0)]
+    assert [(r["setting"], r["temperature"]) for r in rows] == [("tokenizer_tiny_griffin_lim_steps1_cfg1_temp0", 0.0)]
     for s in ("test", "test_unseen"):
         for d in (f"{s}_groundtruth", f"{s}_steps{dec_steps}_temp{dec_temp}"):
             assert validate_data_dir(f"{exp}/resynth/{d}", check_files=True) == []
@@ -280,15 +280,16 @@ def test_every_stage_and_rerun(tmp_path):
         (f"refine_tiny_{k}", f"{tmp}/exp/refine_tiny_{k}") for k in ("decoder_ft", "token_cfg")
     ]:
         summary = json.load(open(f"{d}/eval/test/summary.json"))
-        assert summary["utterances"] == 3 and summary["model"]["name"] == name
+        assert summary["utterances"] == 3 and list(summary["models"]) == [name]
         assert set(summary["judges"]) == {"asr", "sim", "mos", "pesq", "stoi"}
         keys = {r["setting"] for r in summary["settings"]}
         scales = ("1", "2") if name.endswith("token_cfg") else ("1",)
-        want = {f"steps{s}_cfg{w}_{v}" for s in (1, 2) for w in scales for v in ("vocos", "griffin_lim")}
+        want = {f"{name}_{v}_steps{s}_cfg{w}" for s in (1, 2) for w in scales for v in ("vocos", "griffin_lim")}
         assert keys == want | ({"groundtruth_vocos", "groundtruth_griffin_lim"} if d == exp else set())
         per_utt = pd.read_csv(f"{d}/eval/test/per_utt.csv")
         assert len(per_utt) == 3 * len(keys) and per_utt[["sim", "dnsmos_ovrl", "stoi", "mel_l1"]].notna().all().all()
-        assert summary["model"]["bits_per_second"] == 75.0 and 0 < summary["model"]["codebook_usage"] <= 1
+        facts = summary["models"][name]
+        assert facts["bits_per_second"] == 75.0 and 0 < facts["codebook_usage"] <= 1
     report = f"{tmp}/exp/report_tiny"
     t1 = pd.read_csv(f"{report}/table1_reconstruction.csv")
     assert len(t1) == 1 + 5 and t1["WER"].notna().all()  # ground truth + base + 4 refinements
@@ -307,6 +308,13 @@ def test_every_stage_and_rerun(tmp_path):
     t2 = pd.read_csv(f"{report}/table2_understanding.csv").set_index("experiment")
     assert {"tokenizer_tiny", "features_mel12.5", "features_mel50"} <= set(t2.index)
     assert t2[["ER", "SV", "KS", "ASR"]].notna().all().all()
+    records = json.load(open(f"{tmp}/exp/probes_tiny.json"))  # what stage 13 probed, read by stage 14
+    assert [(r["name"], r["features"]) for r in records] == [
+        ("tokenizer_tiny", "tokens"),
+        ("features_mel12.5", "mel12.5"),
+        ("features_mel50", "mel50"),
+    ]
+    assert all(r["results"]["er_accuracy"] is not None for r in records)
 
     # the ablation script on two variants (+ R + D), sharing the prepared data
     abl = subprocess.run(

@@ -9,12 +9,12 @@
 # re-run only when both are unchanged: a killed run is resumed by running the same command
 # again, and changed inputs or options redo what depends on them (the log names what changed).
 # A trained model is never deleted for you: when its inputs changed the stage stops and says so.
+#
+# Corpus locations: one variable per corpus in egs/db.sh (overridable from the environment),
+# which run.sh passes as --corpus_dir; --db_root DIR on the command line wins over both.
 set -euo pipefail
-
-log() {
-    local fname=${BASH_SOURCE[1]##*/}
-    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
-}
+# log, run_stage, is_done, mark_done, begin_work, train_or_skip (shared with the drivers in egs/*/sitok/)
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SECONDS=0
 
 # ---- options (any of them can be given as --name value) -------------------------------
@@ -22,7 +22,8 @@ stage=0                 # first stage to run
 stop_stage=100          # last stage to run
 nj=2                    # parallel jobs for synthesis and features
 python=                 # Python interpreter (default: <toolkit>/.venv/bin/python)
-corpus_dir=corpus       # stage 0: where the corpus is synthesised / found
+corpus_dir=corpus       # stage 0: where the corpus is synthesised / found (real corpora: run.sh gives egs/db.sh's)
+db_root=                # the same as --corpus_dir, and wins over it: where an extracted corpus is (see egs/db.sh)
 local_corpus_opts=      # extra options for local/corpus.sh
 local_data_opts=        # extra options for local/data.sh
 train_set=train         # data sets (names of data/<set> directories)
@@ -82,6 +83,7 @@ progress=true           # progress bars
 
 help_message=$(cat <<EOF
 Usage: $0 [options]   (run from egs/<corpus>/sitok/)
+Corpus paths: egs/db.sh (one variable per corpus, also read from the environment) or --db_root DIR.
 
 Stages:
   0  corpus       synthesise (mini) or locate (real corpora) the audio: local/corpus.sh
@@ -107,13 +109,16 @@ Stages:
  13  probes       DASB-style probes on frozen features (recipes/probes/<task>/train.py): ER, SV (EER,
                   minDCF), KS, ASR (BiLSTM + CTC) for the tokenizer's codes, --probe_models and
                   continuous mel (12.5 / 50 Hz); CTC ASR of each tokenizer's own head (greedy + beam)
-                  -> <exp>/probes/<task>/results.json, <exp>/probes/summary.json
- 14  report       sitok report: the paper's tables (markdown + CSV) and figures -> exp/report_<tag>/
+                  -> <exp>/probes/<task>/results.json, <exp>/probes/summary.json; the list of what
+                  was probed (name, features, model, results): exp/probes_<tag>.json
+ 14  report       sitok report of the evaluated models (stage 12) and exp/probes_<tag>.json: the
+                  paper's tables (markdown + CSV) and figures -> exp/report_<tag>/
 EOF
 )
 
 toolkit_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 . "${toolkit_root}/tools/parse_options.sh"
+[ -z "${db_root}" ] || corpus_dir=${db_root}
 
 if [ -z "${python}" ]; then
     python="${toolkit_root}/.venv/bin/python"
@@ -123,35 +128,6 @@ for f in local/corpus.sh local/data.sh; do
     [ -x "${f}" ] || { log "ERROR: $(pwd)/${f} missing or not executable: run this script from egs/<corpus>/sitok/"; exit 1; }
 done
 sitok=("${python}" -m sitok.cli)
-stamp=("${python}" -m sitok.stamp)  # no torch import: a check costs the digests only
-# is_done MARKER [--input NAME=PATH | --option NAME=VALUE | --what TEXT]...: true when MARKER
-# records the same inputs and options; false (logging what changed, if anything) otherwise
-is_done() { "${stamp[@]}" check "$@"; }
-mark_done() { "${stamp[@]}" write "$@"; }
-# begin_work DIR STAMP_ARGS...: the partial results in DIR (caches, checkpoints of a killed run)
-# are resumed only when they were begun from the same inputs and options; otherwise DIR is emptied
-begin_work() {
-    local dir=$1; shift
-    if [ -d "${dir}" ] && ! is_done "${dir}/.started" "$@"; then
-        log "  ${dir}: removing what was begun from other inputs or options"
-        rm -rf "${dir}"
-    fi
-    mkdir -p "${dir}" && mark_done "${dir}/.started" "$@"
-}
-# train_or_skip EXP MODEL_DIR STAMP_ARGS...: false when MODEL_DIR was exported from the same
-# inputs and options (skip); true to train (a fresh run, or the resumption of the same one);
-# stops the recipe when EXP was begun from other inputs or options.
-train_or_skip() {
-    local exp=$1 model=$2; shift 2
-    if [ -f "${exp}/.started" ]; then
-        is_done "${exp}/.started" --what "${exp}" "$@" \
-            || { log "ERROR: ${exp} was trained from other inputs or options (logged above): delete it to train again"; exit 1; }
-    else
-        [ -f "${model}/config.json" ] && log "  ${exp}: trained before inputs were recorded; recording them now"
-        mkdir -p "${exp}" && mark_done "${exp}/.started" "$@"
-    fi
-    [ ! -f "${model}/config.json" ]
-}
 # ensure_codes MODEL_DIR SET OUT: codes of dump/SET by MODEL_DIR in OUT, made again when the
 # model's weights or the features changed
 ensure_codes() {
@@ -170,8 +146,6 @@ all_sets="${train_set} ${valid_set} ${test_sets} ${extra_sets}"
 lang_dir="${datadir}/lang_${vocab_type}${vocab_size}"
 [ "${vocab_type}" = char ] && lang_dir="${datadir}/lang_char"  # one unit per character: no size to choose
 export PYTHONUNBUFFERED=1
-
-run_stage() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
 
 log "$0 $*"
 
@@ -394,8 +368,8 @@ if run_stage 10; then
     if [ -n "${first_test}" ] && ! is_done "${voc_exp}/eval_${first_test}/.done" "${st[@]}"; then
         begin_work "${voc_exp}/eval_${first_test}" "${st[@]}"
         log "  ground-truth mel -> vocoder vs Griffin-Lim on ${first_test} (PESQ-WB, STOI, DNSMOS): ${voc_exp}/eval_${first_test}"
-        "${python}" "${toolkit_root}/recipes/vocoder/evaluate.py" --dump "${dumpdir}/${first_test}" \
-            --vocoder "${voc_exp}/model" --out "${voc_exp}/eval_${first_test}" --max-utts "${vocoder_eval_utts}" "${no_progress[@]}"
+        "${sitok[@]}" evaluate "${dumpdir}/${first_test}" "${voc_exp}/eval_${first_test}" --original --judges asr=none sim=none \
+            --vocoders griffin_lim "vocos=${voc_exp}/model" --max-utts "${vocoder_eval_utts}" "${no_progress[@]}"
         mark_done "${voc_exp}/eval_${first_test}/.done" "${st[@]}"
     fi
     for m in "${model_dir}" $(for k in ${refine_kinds}; do echo "$(refine_exp ${k})/model"; done); do
@@ -502,19 +476,27 @@ probe_sets() {  # TRAIN VALID TEST of a task
         *) log "ERROR: unknown probe task '$1' (er sv ks asr)"; exit 1 ;;
     esac
 }
-probe_list() {  # NAME=FEATURES=MODEL_DIR of every probed feature set
+probe_records="${expdir}/probes_${tok_tag}.json"  # what stage 13 probed, read by stage 14
+if run_stage 13; then
+    for task in ${probe_tasks}; do
+        case ${task} in er|sv|ks|asr) ;; *) log "ERROR: unknown probe task '${task}' (er sv ks asr)"; exit 1 ;; esac
+    done
+    # the probed feature sets, one index across the three arrays: name, features, model dir (none: mel)
+    p_names=(); p_feats=(); p_mdirs=()
     for f in ${probe_features}; do
         case ${f} in
-            tokens) echo "$(basename "${tok_exp}")=tokens=${model_dir}" ;;
-            mel12.5|mel50) echo "features_${f}=${f}=" ;;
+            tokens) p_names+=("$(basename "${tok_exp}")"); p_feats+=(tokens); p_mdirs+=("${model_dir}") ;;
+            mel12.5|mel50) p_names+=("features_${f}"); p_feats+=("${f}"); p_mdirs+=("") ;;
             *) log "ERROR: unknown probe feature '${f}' (tokens mel12.5 mel50)"; exit 1 ;;
         esac
     done
-    for m in ${probe_models}; do echo "${m%%=*}=tokens=${m#*=}"; done
-}
-if run_stage 13; then
-    for entry in $(probe_list); do
-        name=${entry%%=*}; rest=${entry#*=}; feats=${rest%%=*}; mdir=${rest#*=}
+    for m in ${probe_models}; do
+        [[ ${m} == ?*=?* ]] || { log "ERROR: --probe_models entry '${m}' is not NAME=MODEL_DIR"; exit 1; }
+        p_names+=("${m%%=*}"); p_feats+=(tokens); p_mdirs+=("${m#*=}")
+    done
+    records=()
+    for i in "${!p_names[@]}"; do
+        name=${p_names[i]}; feats=${p_feats[i]}; mdir=${p_mdirs[i]}
         if [ "${feats}" = tokens ]; then
             pexp=$(dirname "${mdir}"); codes_root="${pexp}/codes"
             [ -f "${mdir}/config.json" ] || { log "ERROR: ${mdir}/config.json not found (probe model ${name})"; exit 1; }
@@ -572,7 +554,9 @@ if run_stage 13; then
             "${sitok[@]}" probe-summary "${pexp}" --name "${name}" --features "${feats}" \
                 ${mdir:+--model-dir "${mdir}" --codes-dir "${codes_root}/${test_set}"} --dump-dir "${dumpdir}/${test_set}"
         fi
+        records+=(--record "${name}" "${feats}" "${mdir}" "${pexp}")
     done
+    "${sitok[@]}" probe-records "${probe_records}" ${records[@]+"${records[@]}"}
 fi
 
 # ---- stage 14: report --------------------------------------------------------------------------
@@ -581,11 +565,11 @@ if run_stage 14; then
     report_set=${eval_sets:-${test_sets}}; report_set=${report_set%% *}
     exps=()
     for entry in $(eval_model_list); do exps+=("$(dirname "${entry#*=}")"); done
-    for entry in $(probe_list); do  # probe-only experiments (continuous features, --probe_models)
-        rest=${entry#*=}; feats=${rest%%=*}; mdir=${rest#*=}
-        if [ "${feats}" = tokens ]; then p=$(dirname "${mdir}"); else p="${expdir}/${entry%%=*}"; fi
-        [[ " ${exps[*]} " == *" ${p} "* ]] || [ ! -f "${p}/probes/summary.json" ] || exps+=("${p}")
-    done
+    found=false  # something to report: an evaluation (stage 12) or the probe records (stage 13)
+    for e in "${exps[@]}"; do compgen -G "${e}/eval/*/summary.json" > /dev/null && found=true; done
+    # sitok report reads the record file as the experiments it names (probe-only ones included)
+    [ -f "${probe_records}" ] && exps+=("${probe_records}") && found=true
+    ${found} || { log "ERROR: Stage 14: nothing to report: no evaluation summary (<exp>/eval/<set>/summary.json, stage 12) under ${exps[*]} and no probe records ${probe_records} (stage 13); run those stages first"; exit 1; }
     log "Stage 14: sitok report ${exps[*]} -> ${report_out}"
     "${sitok[@]}" report "${exps[@]}" --out "${report_out}" --set "${report_set}" --dump-dir "${dumpdir}/${report_set}"
 fi

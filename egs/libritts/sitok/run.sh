@@ -1,29 +1,23 @@
 #!/usr/bin/env bash
-# SiTok on LibriTTS. Point --db_root at the folder that holds the extracted LibriTTS/ directory
-# (nothing is downloaded), e.g. ./run.sh --db_root /data/corpora --stage 0 --stop_stage 3
+# SiTok on LibriTTS (README.md). The corpus folder is LIBRITTS in ../../db.sh (or --db_root DIR);
+# every option of ../../TEMPLATE/sitok.sh can be added, e.g. ./run.sh --stage 0 --stop_stage 3.
+# More training splits: --local_data_opts "--train_splits 'train-clean-100 train-clean-360'".
 set -euo pipefail
 cd "$(dirname "$0")"
+. ../../db.sh
 
-db_root=${DB_ROOT:-downloads}
-train_splits="train-clean-100"      # LibriTTS splits joined into data/train
-valid_split=dev-clean
-test_splits="test-clean"
-args=()
-while [ $# -gt 0 ]; do  # recipe-level options; everything else goes to the template
-    case "$1" in
-        --db_root) db_root=$2; shift 2 ;;
-        --train_splits) train_splits=$2; shift 2 ;;
-        *) args+=("$1"); shift ;;
-    esac
-done
+train_set=train                     # local/data.sh joins the training splits into data/train
+valid_set=dev_clean
+test_sets="test_clean"
+local_data_opts="--train_splits 'train-clean-100' --valid_split dev-clean --test_splits 'test-clean'"
 
 ../../TEMPLATE/sitok.sh \
-    --corpus_dir "${db_root}" \
-    --local_data_opts "--train_splits '${train_splits}' --valid_split ${valid_split} --test_splits '${test_splits}'" \
-    --train_set train \
-    --valid_set dev_clean \
-    --test_sets "test_clean" \
+    --corpus_dir "${LIBRITTS}" \
+    --local_data_opts "${local_data_opts}" \
+    --train_set "${train_set}" \
+    --valid_set "${valid_set}" \
+    --test_sets "${test_sets}" \
     --vocab_type unigram \
     --vocab_size 5000 \
     --max_duration 35 \
-    ${args[@]+"${args[@]}"}
+    "$@"

@@ -31,7 +31,7 @@ help_message="Usage: $0 [--stage N] [--stop_stage N] [--ablations 'base ctc0 ...
 
 toolkit_root="$(cd ../../.. && pwd)"
 . "${toolkit_root}/tools/parse_options.sh"
-log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (run_ablations.sh) $*"; }
+. ../../TEMPLATE/lib.sh  # log, run_stage, train_or_skip: the template's own
 python=${python:-${toolkit_root}/.venv/bin/python}
 eval "extra=(${run_args})"
 expdir=exp
@@ -54,12 +54,12 @@ PY
 SECONDS=0
 log "$0 $*"
 
-if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+if run_stage 1; then
     log "Stage 1: corpus, data, features, vocabulary (run.sh stages 0-3; skipped where done)"
     run --stage 0 --stop_stage 3
 fi
 
-if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+if run_stage 2; then
     threads=$(( $(nproc) / nj_train )); [ "${threads}" -ge 1 ] || threads=1
     log "Stage 2: train ${ablations} (${ablation_args}), ${nj_train} at a time with ${threads} threads each"
     for name in ${ablations}; do overrides "${name}" > /dev/null; done  # every name known before anything starts
@@ -83,27 +83,23 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     for name in ${ablations}; do log "  abl_${name}: $(grep -h 'minutes:' "${expdir}/tokenizer_abl_${name}/train_log.txt" | tail -1 | cut -c1-60)"; done
 fi
 
-if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ] && [[ " ${ablations} " == *" R "* ]]; then
+if run_stage 3 && [[ " ${ablations} " == *" R "* ]]; then
     out="${expdir}/refine_abl_R_diffusion"
     init="${expdir}/tokenizer_abl_R/model"
     config="${toolkit_root}/recipes/refine/hparams/${refine_config}.yaml"
     st=(--input "config=${config}" --input "init_weights=${init}/model.pt" --input "init_config=${init}/config.json"
         --dump "train=${dumpdir}/train" --option "rd_args=${rd_args}")
-    if [ -f "${out}/.started" ] && ! "${python}" -m sitok.stamp check "${out}/.started" --what "${out}" "${st[@]}"; then
-        log "ERROR: ${out} was begun from another R model or other arguments (logged above): delete it to train again"
-        exit 1
-    elif [ -f "${out}/model/config.json" ]; then
+    if ! train_or_skip "${out}" "${out}/model" "${st[@]}"; then  # stops when begun from another R model or other arguments
         log "Stage 3: R + D ${out}/model already exported, skipping"
     else
         log "Stage 3: R + D: the R variant's decoder becomes a diffusion decoder, trained on frozen tokens -> ${out}"
-        mkdir -p "${out}" && "${python}" -m sitok.stamp write "${out}/.started" "${st[@]}"
         eval "rd=(${rd_args})"
         "${python}" "${toolkit_root}/recipes/refine/train.py" "${config}" \
             --refine diffusion --init_model "${init}" --exp_dir "${out}" --dump_dir "${dumpdir}" ${rd[@]+"${rd[@]}"}
     fi
 fi
 
-if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+if run_stage 4; then
     log "Stage 4: evaluate every variant on ${eval_set} (run.sh stage 12; steps ${eval_steps})"
     gt=${eval_groundtruth}  # ground truth through the vocoder: once, with the first variant
     for name in ${ablations}; do
@@ -116,7 +112,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     done
 fi
 
-if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+if run_stage 5; then
     exps=()
     for name in ${ablations}; do exps+=("${expdir}/tokenizer_abl_${name}"); done
     [ -d "${expdir}/refine_abl_R_diffusion" ] && exps+=("${expdir}/refine_abl_R_diffusion")

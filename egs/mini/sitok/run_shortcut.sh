@@ -52,7 +52,7 @@ help_message="Usage: $0 [--stage N] [--stop_stage N] [--base_model DIR] [--name 
 
 toolkit_root="$(cd ../../.. && pwd)"
 . "${toolkit_root}/tools/parse_options.sh"
-log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (run_shortcut.sh) $*"; }
+. ../../TEMPLATE/lib.sh  # log, run_stage, is_done, mark_done, train_or_skip: the template's own
 python=${python:-${toolkit_root}/.venv/bin/python}
 config="${toolkit_root}/recipes/refine/hparams/${refine_config}.yaml"
 [ -f "${refine_config}" ] && config=${refine_config}
@@ -62,20 +62,15 @@ start="${vbase}/model"                 # what stage 2 fine-tunes
 SECONDS=0
 log "$0 $*"
 
-refine() {  # refine KIND INIT OUT ARGS...
+refine() {  # refine KIND INIT OUT ARGS...: one refinement run (stops when OUT was begun from another model or other arguments)
     local kind=$1 init=$2 out=$3
     shift 3
     local st=(--input "config=${config}" --input "init_weights=${init}/model.pt" --input "init_config=${init}/config.json"
               --dump "train=${dumpdir}/train" --option "kind=${kind}" --option "args=$*")
-    if [ -f "${out}/.started" ] && ! "${python}" -m sitok.stamp check "${out}/.started" --what "${out}" "${st[@]}"; then
-        log "ERROR: ${out} was begun from another model or other arguments (logged above): delete it to train again"
-        return 1
-    fi
-    if [ -f "${out}/model/config.json" ]; then
+    if ! train_or_skip "${out}" "${out}/model" "${st[@]}"; then
         log "  ${out}/model already exported, skipping (delete it to train again)"
         return 0
     fi
-    mkdir -p "${out}" && "${python}" -m sitok.stamp write "${out}/.started" "${st[@]}"
     log "  ${kind} from ${init} -> ${out} (log: ${out}.log; resumes from its last checkpoint)"
     mkdir -p "$(dirname "${out}")"
     "${python}" "${toolkit_root}/recipes/refine/train.py" "${config}" --refine "${kind}" --init_model "${init}" \
@@ -83,18 +78,18 @@ refine() {  # refine KIND INIT OUT ARGS...
         || { log "ERROR: ${kind} failed; see ${out}.log"; return 1; }
 }
 
-if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+if run_stage 1; then
     [ -f "${base_model}/config.json" ] || { log "ERROR: ${base_model}/config.json missing: run ./run.sh --stop_stage 4 first"; exit 1; }
 fi
-if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ] && [ -z "${overrides}" ]; then
+if run_stage 1 && [ -z "${overrides}" ]; then
     log "Stage 1: no --overrides: stage 2 fine-tunes ${base_model} itself"
-elif [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+elif run_stage 1; then
     log "Stage 1: re-parameterised base: the decoder of ${base_model} re-trained with ${overrides} on frozen tokens"
     eval "args=(${base_args} ${train_args})"
     refine reparam "${base_model}" "${vbase}" --decoder_overrides "${overrides}" ${args[@]+"${args[@]}"}
 fi
 
-if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+if run_stage 2; then
     threads=$(( $(nproc) / 2 )); [ "${threads}" -ge 1 ] || threads=1
     log "Stage 2: from ${start}: shortcut fine-tuning and the decoder_ft control (${ft_args}), ${threads} thread(s) each"
     eval "args=(${ft_args} ${train_args})"
@@ -106,7 +101,7 @@ if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
     wait ${p2} || exit 1
 fi
 
-if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+if run_stage 3; then
     models=("base=${base_model}")
     [ -n "${overrides}" ] && models+=("${name}=${vbase}/model")
     models+=("${name}_ft=${vbase}_ft/model" "${name}_shortcut=${vbase}_shortcut/model")
@@ -119,7 +114,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
         local st=(--input "codes=${codes_dir}/${set}" --dump "feats=${dumpdir}/${set}" --option "steps=${eval_steps}"
                   --option "temperatures=${eval_temperatures}" --option "eval_args=${eval_args}" --option "args=$*")
         for m in "${models[@]}"; do st+=(--input "${m%%=*}=${m#*=}"); done
-        if "${python}" -m sitok.stamp check "${out}/.done" --what "${out}" "${st[@]}"; then
+        if is_done "${out}/.done" --what "${out}" "${st[@]}"; then
             log "Stage 3: ${out} already done, skipping"
             return 0
         fi
@@ -128,7 +123,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
         "${python}" -m sitok.cli eval-refine "${dumpdir}/${set}" "${codes_dir}/${set}" "${out}" --models "${models[@]}" \
             --steps ${eval_steps} --temperatures ${eval_temperatures} --vocoder griffin_lim ${more[@]+"${more[@]}"} "$@"
         while read -r line; do log "  ${line}"; done < "${out}/results.md"
-        "${python}" -m sitok.stamp write "${out}/.done" "${st[@]}"
+        mark_done "${out}/.done" "${st[@]}"
     }
     out="${expdir}/refine_eval_${tag}_${name}"
     select=()

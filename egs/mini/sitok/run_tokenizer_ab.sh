@@ -71,7 +71,7 @@ for name in sys.argv[1:]:
     with open(f"{exp}/eval_test/summary.json", encoding="utf-8") as fh:
         s = json.load(fh)
     row = next(r for r in s["settings"] if r["source"] == "model" and r["steps"] == 1)
-    m, v = s["model"], last["valid"]
+    m, v = next(iter(s["models"].values())), last["valid"]
     cols = [row.get("wer", nan), row.get("sim", nan), row.get("mel_l1", nan), m.get("ctc_asr_wer", nan),
             m.get("codebook_usage", nan), v.get("diff", nan), v.get("ctc", nan), v.get("codebook_usage", nan),
             last["minutes"]]

@@ -1,6 +1,7 @@
 """``sitok report EXPDIR...``: the paper's tables (markdown + CSV) and figures from evaluations.
 
     sitok report exp/tokenizer_mini exp/refine_mini_* --out exp/report_mini --set test --dump-dir dump/test
+    sitok report exp/tokenizer_mini exp/probes_mini.json --out ...   # + what stage 13 probed
 
 Writes into ``--out``:
     table1_reconstruction.{md,csv}  table2_understanding.{md,csv}  table3_ctc.{md,csv}
@@ -19,9 +20,11 @@ import os
 import numpy as np
 import pandas as pd
 
+from sitok.data.kaldi import read_mat, read_scp
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.report import paper
 from sitok.report import tables as T
+from sitok.report.probe_records import expand_paths
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +118,6 @@ def mel_figures(summaries: list[dict], df, dump_dir: str | None, out_dir: str, m
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sitok.data.kaldi import read_mat, read_scp
-
     if not dump_dir or not os.path.exists(os.path.join(dump_dir, "feats.scp")):
         logger.warning("report: no --dump-dir with feats.scp: mel-spectrogram figures left out")
         return []
@@ -127,11 +128,10 @@ def mel_figures(summaries: list[dict], df, dump_dir: str | None, out_dir: str, m
         r = chosen.get(s["model"]["name"])
         if r is None:
             continue
-        key = "steps{}_cfg{:g}_{}".format(r["steps"], r["cfg_scale"], r["vocoder"])
         panels.append(
             (
                 f"{r['experiment']} ({'regression' if r['steps'] == 0 else str(r['steps']) + ' steps'})",
-                os.path.join(os.path.dirname(s["path"]), "mels", key),
+                os.path.join(os.path.dirname(s["path"]), "mels", r["setting"]),
             )
         )
     utts = sorted({f[:-4] for _, d in panels if os.path.isdir(d) for f in os.listdir(d) if f.endswith(".npy")})
@@ -187,7 +187,9 @@ def write_report(
     cfg_scale: float | None = None,
     vocoder: str | None = None,
 ) -> dict:
-    """Build every table and figure; returns {stem: DataFrame}."""
+    """Build every table and figure; returns {stem: DataFrame}. A path may also be the probe
+    record file of stage 13 (``<expdir>/probes_<tag>.json``): it stands for the probed experiments."""
+    paths = expand_paths(paths)
     probe_only = T.find_probe_summaries(paths)
     probe_paths = {os.path.normpath(p) for p in paths if os.path.isfile(os.path.join(p, "probes", "summary.json"))}
     files = T.find_summaries(
@@ -202,7 +204,7 @@ def write_report(
         return _write_probe_only_report(probe_only, out_dir)
     if not files:
         raise FileNotFoundError(f"report: no evaluation summary under {paths} (run the evaluate stage, e.g. stage 12)")
-    summaries = [T.load_summary(f) for f in files]
+    summaries = [view for f in files for view in T.load_summary(f)]
     os.makedirs(out_dir, exist_ok=True)
     df = T.model_rows(summaries, steps, cfg_scale, vocoder)
     gt = T.groundtruth_row(summaries, vocoder)

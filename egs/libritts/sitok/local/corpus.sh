@@ -10,7 +10,7 @@ help_message="Usage: $0 --corpus_dir DIR   (DIR holds LibriTTS/<split>/...)"
 
 if [ ! -d "${corpus_dir}/LibriTTS" ]; then
     echo "ERROR: ${corpus_dir}/LibriTTS not found. Download and extract LibriTTS yourself (this machine has no" >&2
-    echo "       network access), then run: ./run.sh --db_root <folder holding LibriTTS/>" >&2
+    echo "       network access), then set LIBRITTS in egs/db.sh to <folder holding LibriTTS/> (or run ./run.sh --db_root <folder holding LibriTTS/>)" >&2
     exit 1
 fi
 echo "found $(ls -d "${corpus_dir}/LibriTTS"/*/ | wc -l) LibriTTS split(s) under ${corpus_dir}/LibriTTS"
