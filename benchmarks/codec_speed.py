@@ -28,10 +28,10 @@ sys.path.insert(0, os.path.join(ROOT, "toolkit"))
 
 from timing import best_time  # noqa: E402
 
-from sitok.cli import load_model_config  # noqa: E402
 from sitok.data.mel import GlobalCMVN  # noqa: E402
 from sitok.infer import Tokenizer  # noqa: E402
 from sitok.models import SiTok, SiTokConfig  # noqa: E402
+from sitok.models.loading import load_model_config  # noqa: E402
 
 KINDS = {
     "full/base": {},

@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.join(ROOT, "toolkit"))
 
 from timing import best_time  # noqa: E402
 
-from sitok.cli import load_model_config  # noqa: E402
 from sitok.models import SiTok, SiTokConfig  # noqa: E402
+from sitok.models.loading import load_model_config  # noqa: E402
 
 
 def matmul_peak(n: int = 1024, repeats: int = 5) -> float:

@@ -12,7 +12,7 @@ import soundfile as sf
 from sitok.data.dasb_prep import read_iemocap, read_speech_commands, read_voxceleb1, voxceleb_trials
 from sitok.data.kaldi import read_table
 from sitok.data.prep import make_data_dir
-from sitok.probes.data import read_trials
+from sitok.data.trials import read_trials
 
 from conftest import ROOT
 

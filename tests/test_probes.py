@@ -3,16 +3,16 @@
 import pytest
 import torch
 
+from sitok.data.trials import make_trials, read_trials, write_trials
 from sitok.probes.brain import ctc_frames_needed, sv_metrics
-from sitok.probes.data import make_trials, read_trials, write_trials
-from sitok.probes.frontend import MelFrontEnd, TokenFrontEnd, build_frontend, codebook_vectors
+from sitok.probes.frontend import MelProbeInput, TokenProbeInput, build_frontend, codebook_vectors
 from sitok.quantizers import FSQ, EMAVectorQuantizer, ResidualVQ
 
 
 @pytest.mark.parametrize("cn", [1, 4])
 def test_token_frontend_shapes_and_weights(cn):
     torch.manual_seed(0)
-    fe = TokenFrontEnd(num_codebooks=cn, codebook_size=50, dim=16)
+    fe = TokenProbeInput(num_codebooks=cn, codebook_size=50, dim=16)
     codes = torch.randint(0, 50, (3, 7, cn))
     before = codes.clone()
     out = fe(codes)
@@ -33,7 +33,7 @@ def test_token_frontend_shapes_and_weights(cn):
 def test_codebook_init_with_identity_projection_reproduces_codebook(cn):
     torch.manual_seed(0)
     books = torch.randn(cn, 20, 8)
-    fe = TokenFrontEnd(num_codebooks=cn, codebook_size=20, dim=8, init=books)
+    fe = TokenProbeInput(num_codebooks=cn, codebook_size=20, dim=8, init=books)
     ids = torch.arange(20)
     for c in range(cn):  # each table, through the identity-initialised projection, is its codebook
         torch.testing.assert_close(fe.proj(fe.embeddings[c](ids)), books[c])
@@ -41,11 +41,11 @@ def test_codebook_init_with_identity_projection_reproduces_codebook(cn):
         torch.testing.assert_close(fe(ids.view(1, 20, 1))[0], books[0])
     books[0, 0] += 1.0  # the tables are copies, not views of the quantizer's buffers
     assert not torch.equal(fe.embeddings[0].weight[0], books[0, 0])
-    frozen = TokenFrontEnd(cn, 20, 16, init=torch.randn(cn, 20, 8), freeze_init=True)
+    frozen = TokenProbeInput(cn, 20, 16, init=torch.randn(cn, 20, 8), freeze_init=True)
     assert not frozen.embeddings[0].weight.requires_grad and frozen.proj.weight.requires_grad
     assert frozen(torch.zeros(2, 3, cn, dtype=torch.long)).shape == (2, 3, 16)
     with pytest.raises(ValueError, match="init codebooks"):
-        TokenFrontEnd(cn, 21, 8, init=books)
+        TokenProbeInput(cn, 21, 8, init=books)
 
 
 def test_codebook_vectors_match_quantizer_decode():
@@ -66,8 +66,8 @@ def test_codebook_vectors_match_quantizer_decode():
 
 def test_mel_frontend_rates():
     mel = torch.randn(2, 50, 128)
-    m12 = MelFrontEnd(stack=4, dim=32)
-    m50 = MelFrontEnd(stack=1, dim=32)
+    m12 = MelProbeInput(stack=4, dim=32)
+    m50 = MelProbeInput(stack=1, dim=32)
     assert m12.frame_rate == 12.5 and m50.frame_rate == 50.0
     assert m12(mel).shape == (2, 13, 32)  # 50 frames -> ceil(50 / 4) stacks
     assert m50(mel).shape == (2, 50, 32)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
+from sitok.fileio import atomic_open
+
 if TYPE_CHECKING:
     import torch
 
@@ -139,8 +141,6 @@ def load_audio(
 def write_wav_atomic(path: str, wav, sample_rate: int, subtype: str = "PCM_16") -> None:
     """Write a wav file through a temporary name + rename (never half-written): on any error the
     temporary file is removed and a previous ``path`` is left as it was."""
-    from sitok.fileio import atomic_open
-
     if hasattr(wav, "detach"):  # torch.Tensor
         wav = wav.detach().cpu().numpy()
     data = np.asarray(wav, dtype=np.float32)

@@ -1,6 +1,6 @@
 """Readers for the DASB probe corpora, in their released layouts (nothing is downloaded).
 
-Each reader yields :class:`sitok.data.prep.Entry` rows (or :class:`Skip` rows for items it
+Each reader yields :class:`sitok.data.entries.Entry` rows (or :class:`Skip` rows for items it
 leaves out on purpose, so they are counted in ``skipped.tsv``) for ``make_data_dir``:
 
 * :func:`read_iemocap` — ``[IEMOCAP_full_release/]Session{1..5}/sentences/wav/<dialog>/<utt>.wav``,
@@ -33,7 +33,10 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 
-from sitok.data.prep import Entry, Skip
+from sitok.data.entries import Entry, Skip
+from sitok.data.kaldi import read_table
+from sitok.data.trials import read_trials, write_trials
+from sitok.fileio import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -127,26 +130,11 @@ def _vox_utt(rel: str) -> str:
     return f"{spk}-{video}-{n}"
 
 
-def _read_trial_lines(path: str) -> list[tuple[str, str, str]]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3 or parts[0] not in ("0", "1"):
-                raise ValueError(
-                    f"{path}:{n}: expected '<0|1> <spk/video/n.wav> <spk/video/n.wav>', got {line.strip()!r}"
-                )
-            rows.append((parts[0], parts[1], parts[2]))
-    return rows
-
-
 def read_voxceleb1(root: str, split: str, dev_per_speaker: int = 2, **_) -> Iterator[Entry]:
     if split not in ("train", "dev", "test"):
         raise ValueError(f"VoxCeleb1 split must be train, dev or test, got {split!r}")
     wavs = _voxceleb_wavs(root)
-    test_spk = {rel.split("/")[0] for row in _read_trial_lines(_voxceleb_trial_file(root)) for rel in row[1:]}
+    test_spk = {rel.split("/")[0] for row in read_trials(_voxceleb_trial_file(root)) for rel in row[1:]}
     by_spk = defaultdict(list)
     for rel in sorted(wavs):
         by_spk[rel.split("/")[0]].append(rel)
@@ -166,15 +154,12 @@ def read_voxceleb1(root: str, split: str, dev_per_speaker: int = 2, **_) -> Iter
 def voxceleb_trials(root: str, data_dir: str) -> dict:
     """Write ``<data_dir>/trials`` (``<1|0> <enrol utt> <test utt>``) from veri_test2.txt, keeping
     trials whose two utterances are in the data dir; the others are counted and logged."""
-    from sitok.data.kaldi import read_table
-    from sitok.probes.data import write_trials
-
     have = set(read_table(os.path.join(data_dir, "wav.scp")))
     path = _voxceleb_trial_file(root)
     kept, missing = [], []
-    for lab, a, b in _read_trial_lines(path):
+    for lab, a, b in read_trials(path):
         ua, ub = _vox_utt(a), _vox_utt(b)
-        (kept if ua in have and ub in have else missing).append((int(lab), ua, ub))
+        (kept if ua in have and ub in have else missing).append((lab, ua, ub))
     if not kept:
         raise ValueError(f"{path}: no trial has both utterances in {data_dir}")
     write_trials(os.path.join(data_dir, "trials"), kept)
@@ -209,8 +194,6 @@ def silence_slices(
     """1 s slices of the background-noise files for ``split`` (see the module doc), written as
     16-bit wav files into ``<out_dir>/silence_wavs/`` (atomically); returns their entries."""
     import soundfile as sf
-
-    from sitok.fileio import atomic_open
 
     noise = sorted(glob.glob(os.path.join(root, "_background_noise_", "*.wav")))
     slices = []  # (file, start sample, sample rate)

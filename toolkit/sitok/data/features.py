@@ -27,7 +27,7 @@ import numpy as np
 
 from sitok.data.audio import AudioError, load_audio
 from sitok.data.kaldi import DataDir, read_table, write_table
-from sitok.data.mel import CMVNStats, GlobalCMVN, MelConfig
+from sitok.data.mel import CMVNStats, GlobalCMVN, MelConfig, MelFrontend
 from sitok.data.prep import Skip, summarize_skips, write_skipped
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.stamp import is_current, write_stamp
@@ -61,8 +61,6 @@ def _run_job(args) -> int:
     counter = _counter
     import kaldiio.matio
     import torch
-
-    from sitok.data.mel import MelFrontend
 
     torch.set_num_threads(1)
     p = _job_paths(dump_dir, job)

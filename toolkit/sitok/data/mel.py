@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sitok.checks import check_fields
 from sitok.fileio import write_text_atomic
 
 
@@ -50,8 +51,6 @@ class MelConfig:
     def from_dict(cls, d: dict | None) -> MelConfig:
         """A mel config from plain data (a model directory's config.json), range-checked."""
         from dataclasses import fields
-
-        from sitok.checks import check_fields
 
         d = d or {}
         if not isinstance(d, dict) or set(d) - {f.name for f in fields(cls)}:

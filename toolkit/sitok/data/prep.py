@@ -21,51 +21,19 @@ import glob
 import logging
 import os
 import re
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from sitok.data.audio import AudioError, probe_audio
+from sitok.data.dasb_prep import READERS as DASB_READERS
+from sitok.data.entries import Entry, Skip, summarize_skips, write_skipped
 from sitok.data.kaldi import DataDir
+from sitok.data.synth import read_metadata
 from sitok.data.text import check_transcript, non_ascii_count
-from sitok.fileio import atomic_open
 
 logger = logging.getLogger(__name__)
 
 _SPECIAL = re.compile(r"^<[a-z_]+>$")  # non-speech markers such as <silence> are kept as they are
 _UTT_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-
-@dataclass
-class Entry:
-    utt: str
-    speaker: str
-    path: str
-    text: str | None  # None: no transcript file
-    label: str | None = None
-
-
-@dataclass
-class Skip:
-    utt: str
-    path: str
-    reason: str
-    detail: str = ""
-
-
-def write_skipped(path: str, skips: list[Skip]) -> None:
-    """``skipped.tsv``: one line per dropped item (utt, file, reason, detail)."""
-    with atomic_open(path) as fh:
-        fh.write("utt\tpath\treason\tdetail\n")
-        for s in skips:
-            fh.write(f"{s.utt}\t{s.path}\t{s.reason}\t{s.detail}\n")
-
-
-def summarize_skips(skips: list[Skip]) -> str:
-    if not skips:
-        return "0 skipped"
-    counts = Counter(s.reason for s in skips)
-    return f"{len(skips)} skipped (" + ", ".join(f"{r}: {n}" for r, n in sorted(counts.items())) + ")"
 
 
 def make_data_dir(
@@ -139,8 +107,6 @@ def make_data_dir(
 # Readers
 # ---------------------------------------------------------------------------------------
 def read_mini(corpus_root: str, split: str) -> Iterator[Entry]:
-    from sitok.data.synth import read_metadata
-
     rows = [r for r in read_metadata(corpus_root) if r["split"] == split]
     if not rows:
         raise ValueError(f"{corpus_root}/metadata.tsv: no utterance in split {split!r}")
@@ -202,9 +168,7 @@ READERS = {"mini": read_mini, "librispeech": read_librispeech, "libritts": read_
 
 def get_reader(corpus: str):
     """The reader of ``corpus``: READERS above or a DASB probe corpus (sitok.data.dasb_prep)."""
-    from sitok.data.dasb_prep import READERS as DASB
-
-    readers = {**READERS, **DASB}
+    readers = {**READERS, **DASB_READERS}
     if corpus not in readers:
         raise ValueError(f"unknown corpus {corpus!r}; expected one of {sorted(readers)}")
     return readers[corpus]

@@ -128,6 +128,44 @@ def ctc_fit_report(sp_model: str, data_dir: str, token_rate: float = 12.5, top: 
     }
 
 
-def write_report(report: dict, path: str) -> None:
+def write_ctc_fit_report(report: dict, path: str) -> None:
     with atomic_open(path) as fh:
         json.dump(report, fh, indent=1)
+
+
+def train_vocabulary(
+    data_dir: str, out: str, vocab_size: int, model_type: str, token_rate: float, ctc_upsample: int, nj: int = 1
+) -> dict:
+    """The CTC vocabulary of a training data dir: ``out/sp.model`` and ``out/ctc_fit.json``, the fit
+    checked at ``token_rate`` x ``ctc_upsample`` CTC frames per second. Returns the fit report."""
+    texts = [t for t in read_table(os.path.join(data_dir, "text")).values() if not t.startswith("<")]
+    model = train_sentencepiece(texts, out, vocab_size=vocab_size, model_type=model_type, num_threads=nj)
+    rate = token_rate * ctc_upsample
+    report = ctc_fit_report(model, data_dir, token_rate=rate)
+    report["ctc_upsample"] = ctc_upsample
+    write_ctc_fit_report(report, os.path.join(out, "ctc_fit.json"))
+    logger.info(
+        "%s: %d pieces (%s) from %d transcripts; %.2f units/s; CTC fit at %.2f Hz (%g Hz tokens x %d): worst "
+        "%.3f, p99 %.3f, mean %.3f, %d utterances do not fit",
+        model,
+        report["vocab_size"],
+        model_type,
+        len(texts),
+        report["units_per_second"],
+        rate,
+        token_rate,
+        ctc_upsample,
+        report["ratio_max"],
+        report["ratio_p99"],
+        report["ratio_mean"],
+        report["not_fitting"],
+    )
+    if report["not_fitting"]:
+        logger.warning(
+            "%d training targets are longer than their token sequence (worst: %s); use a coarser "
+            "vocabulary (larger --vocab_size) or a larger --ctc-upsample; see %s/ctc_fit.json",
+            report["not_fitting"],
+            report["worst"][0],
+            out,
+        )
+    return report

@@ -22,17 +22,13 @@ import time
 import speechbrain as sb
 import torch
 
-from sitok.eval.evaluate import ctc_greedy
+from sitok.data.kaldi import allow_pipes, read_table
+from sitok.data.trials import make_trials, read_trials, write_trials
+from sitok.eval.asr import word_error_rate
 from sitok.fileio import atomic_open, write_text_atomic
-from sitok.probes.data import (
-    FeatureReader,
-    feature_paths,
-    load_set,
-    make_dataset,
-    make_trials,
-    read_trials,
-    write_trials,
-)
+from sitok.losses.ctc import ctc_beam_searcher, ctc_greedy
+from sitok.probes.data import FeatureReader, feature_paths, load_set, make_dataset
+from sitok.train.checkpoints import use_weights_only_loaders
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +63,6 @@ class _Budget:
             self.hparams.epoch_counter.limit = epoch
 
     def on_fit_start(self):
-        from sitok.train.checkpoints import use_weights_only_loaders
-
         use_weights_only_loaders()  # checkpoints are read as data, never unpickled objects
         super().on_fit_start()  # recovers the last checkpoint: the epoch counter resumes
         self.t_fit, self.first_epoch = time.time(), self.hparams.epoch_counter.current + 1
@@ -195,18 +189,8 @@ class CTCProbe(_Budget, sb.Brain):
             self.test_stats = stats
 
     def wer(self, hyps: dict) -> float:
-        from sitok.eval.asr import word_error_rate
-
         utts = sorted(hyps)
         return 100 * word_error_rate([self.refs[u] for u in utts], [hyps[u] for u in utts])
-
-
-def ctc_beam_searcher(sp, beam_size: int = 10):
-    """speechbrain's CTC prefix beam search over SentencePiece units (blank = id 0), no LM."""
-    from speechbrain.decoders.ctc import CTCPrefixBeamSearcher
-
-    vocab = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
-    return CTCPrefixBeamSearcher(blank_index=0, vocab_list=vocab, beam_size=beam_size)
 
 
 def ctc_frames_needed(ids: list[int]) -> int:
@@ -421,8 +405,6 @@ def run_asr(hparams, run_opts, t0) -> None:
 
 
 def _durations(dump_dir: str, set_name: str) -> dict:
-    from sitok.data.kaldi import read_table
-
     return {u: float(d) for u, d in read_table(os.path.join(dump_dir, set_name, "utt2dur")).items()}
 
 
@@ -440,8 +422,6 @@ def run_probe(argv: list[str]) -> None:
         experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file, overrides=overrides
     )
     if hparams.get("allow_pipes"):  # codes.scp / feats.scp entries that are shell commands ("cmd |") may run
-        from sitok.data.kaldi import allow_pipes
-
         allow_pipes(True)
     source = hparams["codes_root"] if hparams["features"] == "tokens" else f"{hparams['dump_dir']}/*/feats.scp"
     logger.info("probe %s on %s features (%s) -> %s", hparams["task"], hparams["features"], source, hparams["exp_dir"])

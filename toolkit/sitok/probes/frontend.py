@@ -1,13 +1,14 @@
-"""Probe front ends: frozen tokens or continuous mel features -> [B, T, D] frame vectors.
+"""Probe inputs (the probe's front end): frozen tokens or continuous mel features -> [B, T, D] frame vectors.
 
-Every front end takes a padded batch ``x`` and returns ``[B, T', D]`` with ``frame_rate`` frames
-per second, so one probe head (ECAPA-TDNN, BiLSTM) works on any of them:
+Every probe input takes a padded batch ``x`` and returns ``[B, T', D]`` with ``frame_rate`` frames
+per second, so one probe head (ECAPA-TDNN, BiLSTM) works on any of them. (Not to be confused with
+``sitok.data.mel.MelFrontend``, which computes the log-mel from a waveform.)
 
-* :class:`TokenFrontEnd` (discrete, DASB style): codes ``[B, T, CN]`` (long) -> one embedding
+* :class:`TokenProbeInput` (discrete, DASB style): codes ``[B, T, CN]`` (long) -> one embedding
   table per codebook -> optional projection -> the CN codebook vectors of each frame combined by
   a learned per-frame attention weighting (:class:`AttentionMLP`). A table can start from the
   tokenizer's own codebook (``init``); the ids are read, never modified in place.
-* :class:`MelFrontEnd` (continuous upper baseline): the normalised log-mel ``[B, T50, 128]``
+* :class:`MelProbeInput` (continuous upper baseline): the normalised log-mel ``[B, T50, 128]``
   either at 50 Hz (``stack=1``) or stacked 4 frames at a time to the token rate of 12.5 Hz
   (``stack=4``, the same stacking as the tokenizer's encoder input), then a linear layer.
 """
@@ -16,6 +17,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from sitok.infer import Tokenizer
+from sitok.models.loading import load_model_config
 
 
 class AttentionMLP(nn.Module):
@@ -31,7 +35,7 @@ class AttentionMLP(nn.Module):
         return (w.unsqueeze(-1) * x).sum(dim=2), w  # [B, T, D], [B, T, CN]
 
 
-class TokenFrontEnd(nn.Module):
+class TokenProbeInput(nn.Module):
     """Codes [B, T, CN] -> [B, T, dim].
 
     ``init``: optional tensor [CN, K, Dc] (the quantizer's codebooks, :func:`codebook_vectors`).
@@ -85,7 +89,7 @@ class TokenFrontEnd(nn.Module):
         return out
 
 
-class MelFrontEnd(nn.Module):
+class MelProbeInput(nn.Module):
     """Normalised log-mel [B, T50, n_mels] -> [B, T50 / stack, dim] (stack 4: 12.5 Hz; 1: 50 Hz)."""
 
     def __init__(self, n_mels: int = 128, stack: int = 4, dim: int = 256, mel_rate: float = 50.0):
@@ -135,23 +139,19 @@ def build_frontend(
     """``features``: "tokens" (needs ``model_dir``: the tokenizer whose codes are probed),
     "mel12.5" or "mel50" (continuous baselines)."""
     if features == "mel12.5":
-        return MelFrontEnd(n_mels, stack=4, dim=dim)
+        return MelProbeInput(n_mels, stack=4, dim=dim)
     if features == "mel50":
-        return MelFrontEnd(n_mels, stack=1, dim=dim)
+        return MelProbeInput(n_mels, stack=1, dim=dim)
     if features != "tokens":
         raise ValueError(f"unknown probe features {features!r}; expected one of {FEATURES}")
     if not model_dir:
         raise ValueError("token features need model_dir (the tokenizer model directory)")
-    from sitok.cli import load_model_config
-
     cfg = load_model_config(model_dir)
     tps = cfg["mel_rate"] / cfg["stack"]
     init = None
     if init_from_codebook:
-        from sitok.infer import Tokenizer
-
         init = codebook_vectors(Tokenizer.from_pretrained(model_dir, vocoder="griffin_lim").model.quantizer)
-    return TokenFrontEnd(
+    return TokenProbeInput(
         cfg["num_codebooks"],
         cfg["codebook_size"],
         dim,

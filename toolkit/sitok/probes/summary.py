@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 
 from sitok.fileio import write_text_atomic
+from sitok.models import SiTokConfig
+from sitok.models.loading import load_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -30,18 +31,14 @@ METRICS = {
 def feature_facts(features: str, model_dir: str | None = None) -> dict:
     """FPS, TPS, CN, CS, bit-rate and CTC weight of the probed features (continuous: no CN/CS/rate/CTC)."""
     if features == "tokens":
-        from sitok.cli import load_model_config
-
-        cfg = load_model_config(model_dir)
-        fps = cfg["mel_rate"] / cfg["stack"]
-        cn, cs = cfg["num_codebooks"], cfg["codebook_size"]
+        cfg = SiTokConfig.from_dict(load_model_config(model_dir))
         return {
-            "fps": fps,
-            "tps": fps * cn,
-            "cn": cn,
-            "cs": cs,
-            "kbps": fps * cn * math.log2(cs) / 1000,
-            "ctc_weight": cfg["ctc_weight"],
+            "fps": cfg.token_rate,
+            "tps": cfg.token_rate * cfg.num_codebooks,
+            "cn": cfg.num_codebooks,
+            "cs": cfg.codebook_size,
+            "kbps": cfg.bits_per_second / 1000,
+            "ctc_weight": cfg.ctc_weight,
         }
     fps = {"mel12.5": 12.5, "mel50": 50.0}[features]
     return {"fps": fps, "tps": None, "cn": None, "cs": None, "kbps": None, "ctc_weight": None}
@@ -93,7 +90,7 @@ def ctc_asr_on_codes(model_dir: str, codes_dir: str, dump_dir: str, beam_size: i
     import torch
 
     from sitok.data.kaldi import read_mat, read_scp, read_table
-    from sitok.eval.evaluate import ctc_asr
+    from sitok.eval.metrics import ctc_asr
     from sitok.infer import Tokenizer
 
     t0 = time.time()

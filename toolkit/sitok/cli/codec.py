@@ -1,0 +1,212 @@
+"""Model commands: encode, decode and resynthesise audio, inspect and export model directories,
+dump a set's codes (recipe stages 4-5).
+
+Library modules are imported inside each command, so ``sitok --help`` starts without torch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from sitok.cli.common import (
+    DEVICE_HELP,
+    MODEL_DIR_HELP,
+    NO_PROGRESS_HELP,
+    VOCODER_HELP,
+    VOCODERS,
+    add_command,
+    add_decoding,
+    check_output,
+    load_tokenizer,
+    one_line,
+)
+
+logger = logging.getLogger("sitok")
+
+
+def load_codes(path: str):
+    """Codes from a .npy file (no pickles), with the file named in every error."""
+    import numpy as np
+
+    with open(path, "rb") as fh:  # OSError names the file
+        try:
+            return np.lib.format.read_array(fh, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:
+            raise ValueError(f"{path}: not a .npy codes file ({one_line(exc, 200)})") from None
+
+
+def batch_output_paths(output: str, n: int) -> list[str]:
+    """One output per batch item: out.wav -> out_0.wav, out_1.wav, ..."""
+    root, ext = os.path.splitext(output)
+    return [f"{root}_{i}{ext}" for i in range(n)]
+
+
+def cmd_count_params(a) -> int:
+    from sitok.models import SiTokConfig, count_parameters
+    from sitok.models.loading import load_model_config
+
+    for path in a.configs:
+        cfg = SiTokConfig.from_dict(load_model_config(path))
+        counts = count_parameters(cfg)
+        parts = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in counts.items() if k != "total")
+        print(
+            f"{path}: {counts['total']:,} parameters ({counts['total'] / 1e9:.3f} B; {parts}); "
+            f"{cfg.token_rate:g} tokens/s x {cfg.num_codebooks} x {cfg.codebook_size} codes = "
+            f"{cfg.bits_per_second:g} bit/s"
+        )
+    return 0
+
+
+def cmd_info(a) -> int:
+    print(json.dumps(load_tokenizer(a).info(), indent=1))
+    return 0
+
+
+def cmd_encode(a) -> int:
+    import numpy as np
+
+    from sitok.data.audio import probe_audio
+    from sitok.fileio import atomic_open
+
+    check_output(a.output)
+    probe_audio(a.input)  # a bad input fails before the model loads
+    codes = load_tokenizer(a).encode(a.input)
+    with atomic_open(a.output, "wb") as fh:  # through a handle: np.save appends no ".npy"
+        np.save(fh, codes.numpy())
+    logger.info("%s -> %s: codes %s", a.input, a.output, tuple(codes.shape))
+    return 0
+
+
+def cmd_decode(a) -> int:
+    from sitok.data.audio import write_wav_atomic
+
+    check_output(a.output)
+    codes = load_codes(a.input)
+    tok = load_tokenizer(a)
+    try:
+        tok.check_codes(codes)
+    except ValueError as exc:
+        raise ValueError(f"{a.input}: {str(exc).removeprefix('decode: ')}") from None
+    wav, sr = tok.decode(codes, steps=a.steps, seed=a.seed, cfg_scale=a.cfg_scale, temperature=a.temperature)
+    outputs = batch_output_paths(a.output, len(wav)) if codes.ndim == 3 else [a.output]
+    for path in outputs:
+        check_output(path)
+    for path, w in zip(outputs, wav if codes.ndim == 3 else [wav]):
+        write_wav_atomic(path, w, sr)
+    logger.info(
+        "%s -> %s: %d x %.2f s at %d Hz (%d steps)",
+        a.input,
+        ", ".join(outputs),
+        len(outputs),
+        wav.shape[-1] / sr,
+        sr,
+        a.steps,
+    )
+    return 0
+
+
+def cmd_resynth(a) -> int:
+    from sitok.data.audio import probe_audio, write_wav_atomic
+
+    check_output(a.output)
+    probe_audio(a.input)
+    tok = load_tokenizer(a)
+    wav, sr = tok.resynth(a.input, steps=a.steps, seed=a.seed, cfg_scale=a.cfg_scale, temperature=a.temperature)
+    write_wav_atomic(a.output, wav, sr)
+    logger.info("%s -> %s (%d steps)", a.input, a.output, a.steps)
+    return 0
+
+
+def cmd_export(a) -> int:
+    from sitok.train.tokenizer import export_checkpoint
+
+    export_checkpoint(a.exp_dir, a.output)
+    return 0
+
+
+def cmd_dump_codes(a) -> int:
+    from sitok.infer.sets import dump_codes
+
+    n = dump_codes(load_tokenizer(a), a.dump_dir, a.out_dir, progress=not a.no_progress)
+    logger.info("%s/codes.scp: %d utterances", a.out_dir, n)
+    return 0
+
+
+def cmd_resynth_set(a) -> int:
+    from sitok.infer.sets import resynth_set, vocode_set
+
+    tok = load_tokenizer(a)
+    if a.codes_dir:
+        resynth_set(
+            tok,
+            a.dump_dir,
+            a.codes_dir,
+            a.out_dir,
+            steps=a.steps,
+            seed=a.seed,
+            progress=not a.no_progress,
+            cfg_scale=a.cfg_scale,
+            temperature=a.temperature,
+        )
+    else:
+        vocode_set(tok, a.dump_dir, a.out_dir, progress=not a.no_progress)
+    return 0
+
+
+def _model_options(s, vocoder: bool = True) -> None:
+    s.add_argument("-m", "--model-dir", required=True, help=MODEL_DIR_HELP)
+    if vocoder:
+        s.add_argument("--vocoder", default="auto", choices=VOCODERS, help=VOCODER_HELP)
+    s.add_argument("--device", default="cpu", help=DEVICE_HELP)
+
+
+def add_parsers(sub) -> None:
+    s = add_command(sub, "count-params", cmd_count_params, "parameters of a tokenizer config (meta device, no memory)")
+    s.add_argument("configs", nargs="+", help="hparams YAML(s) with a model_config mapping, or model dirs")
+
+    s = add_command(sub, "info", cmd_info, "facts of a model directory (params, token rate, CN, CS, bit-rate)")
+    _model_options(s)
+
+    s = add_command(sub, "encode", cmd_encode, "wav -> codes (.npy [CN, T])")
+    s.add_argument("input", help="audio file (any format libsndfile reads, any rate and channel count)")
+    s.add_argument("-o", "--output", required=True, help="codes file, int64 .npy [CN, T] (written under this name)")
+    _model_options(s)
+
+    s = add_command(sub, "decode", cmd_decode, "codes (.npy) -> 24 kHz wav")
+    s.add_argument("input", help=".npy codes [CN, T], or [B, CN, T] for B files")
+    s.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output wav; codes [B, CN, T] give one wav per item, OUTPUT with _0, _1, ... before the "
+        "extension (out.wav -> out_0.wav, out_1.wav)",
+    )
+    add_decoding(s, seed_help="start-noise seed (an utterance's noise depends only on it and the utterance's length)")
+    _model_options(s)
+
+    s = add_command(sub, "resynth", cmd_resynth, "wav -> codes -> wav")
+    s.add_argument("input", help="audio file (any format libsndfile reads, any rate and channel count)")
+    s.add_argument("-o", "--output", required=True, help="output wav (24 kHz, cut to the input's duration)")
+    add_decoding(s)
+    _model_options(s)
+
+    s = add_command(sub, "export", cmd_export, "model directory from a training run's latest checkpoint")
+    s.add_argument("exp_dir", help="training experiment dir (train_config.json, save/)")
+    s.add_argument("-o", "--output", default=None, help="output model directory (default: EXP_DIR/model)")
+
+    s = add_command(sub, "dump-codes", cmd_dump_codes, "codes of every utterance of a feature dump dir (stage 5)")
+    s.add_argument("dump_dir", help="feature dump dir (feats.scp)")
+    s.add_argument("out_dir", help="output dir (codes.scp + ark)")
+    _model_options(s, vocoder=False)
+    s.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+
+    s = add_command(
+        sub, "resynth-set", cmd_resynth_set, "decode a set's codes (or vocode its ground-truth mel) to wavs (stage 5)"
+    )
+    s.add_argument("dump_dir", help="the set's feature dump dir (feats.scp, utt2num_frames)")
+    s.add_argument("out_dir", help="output dir of wavs (wav.scp)")
+    s.add_argument("--codes-dir", default=None, help="codes.scp to decode; without it: ground truth -> vocoder")
+    add_decoding(s)
+    _model_options(s)
+    s.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
