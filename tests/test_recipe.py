@@ -163,10 +163,11 @@ def kill_and_resume(tmp, reference, seconds, kills=10, seed=0):
 
 def same_outputs(a, b):
     """Every output of stages 1-5 under ``a`` and ``b`` is the same (text with the directory
-    names replaced); logs, timings, stamps and checkpoints are not outputs."""
+    names replaced); logs, timings, stamps, evaluation caches (timings, fingerprints) and checkpoints
+    are not outputs."""
     skip = re.compile(
         r"(^|/)(\.[^/]*|summary\.json|log\.txt|train_log\.txt|train_stats\.jsonl|env\.log|"
-        r"hyperparams\.yaml|tokenizer\.py|save|results\.(md|csv)|per_utt\.csv|rows|eval_temp)(/|$)"
+        r"hyperparams\.yaml|tokenizer\.py|save|results\.(md|csv)|per_utt\.csv|cache|eval_temp)(/|$)"
     )
     files = []
     for root, _, names in os.walk(a):
