@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from sitok.data.audio import resample
+
 JUDGE_SR = 16000  # PESQ-WB and DNSMOS operate at 16 kHz
 
 
@@ -34,8 +36,6 @@ def _resample(x: np.ndarray, sr: int, new_sr: int) -> np.ndarray:
     if sr == new_sr:
         return x
     import torch
-
-    from sitok.data.audio import resample
 
     return resample(torch.from_numpy(x.astype(np.float32)), int(sr), int(new_sr)).double().numpy()
 

@@ -20,7 +20,8 @@ import soundfile as sf
 import torch
 
 from sitok.data.audio import write_wav_atomic
-from sitok.data.kaldi import DataDir, read_table, write_table
+from sitok.data.kaldi import DataDir, read_mat, read_scp, read_table, write_table
+from sitok.fileio import atomic_open
 from sitok.stamp import digest, digest_dump, fresh_cache
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,6 @@ def dump_codes(tok, dump_dir: str, out_dir: str, batch_frames: int = 20000, prog
     Batches of similar length are padded together; codes do not depend on the padding.
     """
     import kaldiio
-
-    from sitok.data.kaldi import read_mat, read_scp
-    from sitok.fileio import atomic_open
 
     feats = read_scp(os.path.join(dump_dir, "feats.scp"))
     os.makedirs(out_dir, exist_ok=True)
@@ -156,8 +154,6 @@ def resynth_set(
     temperature: float = 1.0,
 ) -> int:
     """Decode ``codes_dir/codes.scp`` to wavs, cut to each utterance's original frame count."""
-    from sitok.data.kaldi import read_mat, read_scp
-
     codes = read_scp(os.path.join(codes_dir, "codes.scp"))
     frames = {u: int(n) for u, n in read_table(os.path.join(dump_dir, "utt2num_frames")).items()}
     hop = tok.mel_cfg.hop_length
@@ -178,8 +174,6 @@ def resynth_set(
 @torch.no_grad()
 def vocode_set(tok, dump_dir: str, out_dir: str, progress: bool = True) -> int:
     """Ground-truth log-mel -> the tokenizer's vocoder: the reference row of every table."""
-    from sitok.data.kaldi import read_mat, read_scp
-
     feats = read_scp(os.path.join(dump_dir, "feats.scp"))
 
     def render(u):

@@ -14,7 +14,10 @@ import logging
 import os
 import time
 
+from sitok.data.kaldi import read_mat, read_scp, read_table
+from sitok.eval.metrics import ctc_asr
 from sitok.fileio import write_text_atomic
+from sitok.infer import Tokenizer
 from sitok.models import SiTokConfig
 from sitok.models.loading import load_model_config
 
@@ -88,10 +91,6 @@ def collect(
 def ctc_asr_on_codes(model_dir: str, codes_dir: str, dump_dir: str, beam_size: int = 10) -> dict:
     """Greedy + beam WER of the tokenizer's CTC head on the dumped codes of one split."""
     import torch
-
-    from sitok.data.kaldi import read_mat, read_scp, read_table
-    from sitok.eval.metrics import ctc_asr
-    from sitok.infer import Tokenizer
 
     t0 = time.time()
     tok = Tokenizer.from_pretrained(model_dir, vocoder="griffin_lim")
