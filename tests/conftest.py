@@ -92,6 +92,11 @@ def run_cli(*args, cwd=None, check=True):
     )
 
 
+def run_one_thread(cmd, **kw):
+    """``cmd`` run to its end with OMP_NUM_THREADS=1, its output captured as text (no check of its status)."""
+    return subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), **kw)
+
+
 TINY_MODEL = {
     "hidden": 32,
     "intermediate": 64,
@@ -105,6 +110,16 @@ TINY_MODEL = {
 }
 
 
+def tiny_sitok(seed=0, **kw):
+    """An untrained SiTok of the TINY_MODEL sizes (``kw`` replace fields), its weights drawn from ``seed``."""
+    import torch
+
+    from sitok.models import SiTok, SiTokConfig
+
+    torch.manual_seed(seed)
+    return SiTok(SiTokConfig(**{**TINY_MODEL, **kw}))
+
+
 def write_model_dir(path, seed=0, **kw):
     """A model directory of an untrained tiny SiTok (config.json, model.pt, cmvn.json), as export writes it."""
     import json
@@ -112,11 +127,9 @@ def write_model_dir(path, seed=0, **kw):
     import torch
 
     from sitok.data.mel import GlobalCMVN, MelConfig
-    from sitok.models import SiTok, SiTokConfig
 
     os.makedirs(path, exist_ok=True)
-    torch.manual_seed(seed)
-    model = SiTok(SiTokConfig(**{**TINY_MODEL, **kw}))
+    model = tiny_sitok(seed, **kw)
     torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(path, "model.pt"))
     config = {
         "format": "sitok-model-1",

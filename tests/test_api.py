@@ -11,14 +11,12 @@ import torch
 from sitok.data.audio import load_audio
 from sitok.data.mel import GlobalCMVN
 from sitok.infer import Tokenizer
-from sitok.models import SiTok, SiTokConfig
 
-from conftest import TINY_MODEL, tone
+from conftest import tiny_sitok, tone
 
 
 def tiny_tokenizer(**kw) -> Tokenizer:
-    torch.manual_seed(0)
-    return Tokenizer(SiTok(SiTokConfig(**{**TINY_MODEL, **kw})), GlobalCMVN.paper())
+    return Tokenizer(tiny_sitok(**kw), GlobalCMVN.paper())
 
 
 @pytest.fixture(scope="module")

@@ -13,24 +13,7 @@ from sitok.infer.sampler import euler_sample
 from sitok.losses import ctc_loss, ctc_required_frames, flow_matching_loss
 from sitok.models import SiTok, SiTokConfig, count_parameters
 
-from conftest import ROOT
-
-TINY = dict(
-    hidden=32,
-    intermediate=64,
-    heads=2,
-    enc_layers=1,
-    dec_layers=2,
-    ctc_layers=1,
-    codebook_size=64,
-    codebook_dim=8,
-    vocab_size=20,
-)
-
-
-def tiny(**kw):
-    torch.manual_seed(0)
-    return SiTok(SiTokConfig(**{**TINY, **kw}))
+from conftest import ROOT, TINY_MODEL, tiny_sitok
 
 
 def batch(b=3, t=37, seed=0):
@@ -42,7 +25,7 @@ def batch(b=3, t=37, seed=0):
 
 
 def test_forward_shapes_and_loss_parts():
-    m = tiny()
+    m = tiny_sitok()
     mel, lengths, tg, tl = batch()
     out = m(mel, lengths, tg, tl)
     assert set(out) >= {"loss", "diff", "vq", "ctc", "ctc_not_fitting", "stats"}
@@ -89,8 +72,8 @@ def test_ctc_upsampling_fits_character_rate_targets():
     mel, lengths, _, _ = batch(b=2, t=40)
     lengths = torch.tensor([40, 40])
     targets, tl = torch.randint(1, 20, (2, 12), generator=torch.Generator().manual_seed(1)), torch.tensor([12, 12])
-    assert tiny()(mel, lengths, targets, tl)["ctc_not_fitting"] == 2
-    m = tiny(ctc_upsample=3)
+    assert tiny_sitok()(mel, lengths, targets, tl)["ctc_not_fitting"] == 2
+    m = tiny_sitok(ctc_upsample=3)
     out = m(mel, lengths, targets, tl)
     assert out["ctc_not_fitting"] == 0 and torch.isfinite(out["ctc"])
     codes = m.eval().encode(mel, lengths)
@@ -99,11 +82,11 @@ def test_ctc_upsampling_fits_character_rate_targets():
     cut = m.ctc_logits(codes[:, :, :6])  # the first 6 tokens alone give the same first 18 frames
     torch.testing.assert_close(cut, logits[:, :18])
     with pytest.raises(ValueError, match="ctc_upsample"):
-        tiny(ctc_upsample=0)
+        tiny_sitok(ctc_upsample=0)
 
 
 def test_continuous_phase_bypasses_the_codebook():
-    m = tiny()
+    m = tiny_sitok()
     mel, lengths, tg, tl = batch()
     before = m.quantizer.embed.clone()
     out = m.forward_continuous(mel, lengths, tg, tl, ctc_weight=2.0)
@@ -119,13 +102,13 @@ def test_calling_the_model_runs_the_named_training_mode():
     mel, lengths, tg, tl = batch()
     for mode, args in (("joint", (tg, tl)), ("continuous", (tg, tl)), ("refine", ())):
         torch.manual_seed(5)
-        via_call = tiny()(mel, lengths, *args, mode=mode)
+        via_call = tiny_sitok()(mel, lengths, *args, mode=mode)
         torch.manual_seed(5)
-        direct = getattr(tiny(), f"forward_{mode}")(mel, lengths, *args)
+        direct = getattr(tiny_sitok(), f"forward_{mode}")(mel, lengths, *args)
         assert via_call.keys() == direct.keys()
         torch.testing.assert_close(via_call["loss"], direct["loss"])
     with pytest.raises(ValueError, match="mode must be one of"):
-        tiny()(mel, lengths, mode="phase_a")
+        tiny_sitok()(mel, lengths, mode="phase_a")
 
 
 def test_initialisation_by_module_type():
@@ -133,7 +116,7 @@ def test_initialisation_by_module_type():
     RMSNorm) and the shortcut step-size embedding's output at 0 (a no-op)."""
     from sitok.layers import AdaRMSNorm
 
-    m = tiny(shortcut=True)
+    m = tiny_sitok(shortcut=True)
     gains = [g.gain for g in m.modules() if isinstance(g, AdaRMSNorm)]
     assert gains and all(not g.weight.any() and bool((g.bias == 1).all()) for g in gains)
     d_out = m.decoder.d_embed.mlp[-1]
@@ -142,7 +125,7 @@ def test_initialisation_by_module_type():
 
 
 def test_causal_encoder_ignores_the_future():
-    m = tiny().eval()
+    m = tiny_sitok().eval()
     mel = torch.randn(1, 40, 128)
     mel2 = mel.clone()
     mel2[:, 20:] = torch.randn(1, 20, 128)  # frames of tokens >= 5 change
@@ -153,7 +136,7 @@ def test_causal_encoder_ignores_the_future():
 
 
 def test_codes_do_not_depend_on_padding_or_batch_mates():
-    m = tiny().eval()
+    m = tiny_sitok().eval()
     mel, lengths, _, _ = batch()
     codes = m.encode(mel, lengths)
     alone = m.encode(mel[1:2, : lengths[1]], lengths[1:2])
@@ -167,7 +150,7 @@ def test_codes_do_not_depend_on_padding_or_batch_mates():
 def test_tiny_model_overfits_one_batch(decoder, prediction, factor):
     """Encoder + VQ + decoder memorise one batch. The regression decoder's L1 drops >= 10x; the
     diffusion losses, scored at fresh random (t, noise) every step, fall more slowly."""
-    m = tiny(decoder=decoder, prediction=prediction, ctc_weight=0.0, quantizer_kwargs={"dead_threshold": 0.9})
+    m = tiny_sitok(decoder=decoder, prediction=prediction, ctc_weight=0.0, quantizer_kwargs={"dead_threshold": 0.9})
     g = torch.Generator().manual_seed(0)
     mel = torch.randn(2, 6, 1, 128, generator=g).repeat(1, 1, 4, 1).reshape(2, 24, 128)  # a random frame per token
     lengths = torch.tensor([24, 16])
@@ -205,7 +188,7 @@ def test_same_seed_same_output_across_save_load_and_processes(tmp_path):
 
     model_dir = write_model_dir(str(tmp_path / "model"), seed=3)
     torch.manual_seed(3)
-    tok = Tokenizer(SiTok(SiTokConfig(**TINY)), GlobalCMVN.paper())
+    tok = Tokenizer(SiTok(SiTokConfig(**TINY_MODEL)), GlobalCMVN.paper())
     wav = (np.random.default_rng(0).standard_normal(36000) * 0.1).astype(np.float32)
     codes = tok.encode(wav, 24000)
     np.save(tmp_path / "codes.npy", codes.numpy())
@@ -258,7 +241,7 @@ def test_paper_configs_count_within_5_percent():
 @pytest.fixture(scope="module")
 def tok():
     torch.manual_seed(0)
-    model = SiTok(SiTokConfig(**TINY))
+    model = SiTok(SiTokConfig(**TINY_MODEL))
     return Tokenizer(model, GlobalCMVN.paper())
 
 

@@ -55,12 +55,14 @@ TINY = "--train_minutes 0.6 --dev_minutes 0.2 --test_minutes 0.2 --unseen_minute
 pytestmark = pytest.mark.tools("flite", "espeak-ng")
 
 
-def run(tmp, *args, check=True, **kw):
-    cmd = [
+def run_sh(tmp, *args, corpus_dir=None):
+    """The run.sh command line on ``tmp`` (its corpus from ``corpus_dir``, by default ``tmp/corpus``)
+    at the tiny sizes of these tests, then ``args``."""
+    return [
         "bash",
         RUN,
         "--corpus_dir",
-        f"{tmp}/corpus",
+        corpus_dir or f"{tmp}/corpus",
         "--datadir",
         f"{tmp}/data",
         "--dumpdir",
@@ -89,7 +91,10 @@ def run(tmp, *args, check=True, **kw):
         "3",
         *args,
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def run(tmp, *args, check=True, **kw):
+    r = subprocess.run(run_sh(tmp, *args), capture_output=True, text=True, **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"run.sh failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
@@ -109,42 +114,7 @@ def kill_and_resume(tmp, reference, seconds, kills=10, seed=0):
     points spread over ``seconds`` of work, then run to the end. Returns the kill times."""
     rng = random.Random(seed)
     points = sorted(round(rng.uniform(0.5, seconds), 2) for _ in range(kills))
-    cmd = [
-        "bash",
-        RUN,
-        "--corpus_dir",
-        f"{reference}/corpus",
-        "--datadir",
-        f"{tmp}/data",
-        "--dumpdir",
-        f"{tmp}/dump",
-        "--expdir",
-        f"{tmp}/exp",
-        "--python",
-        sys.executable,
-        "--local_corpus_opts",
-        TINY,
-        "--progress",
-        "false",
-        "--vocab_size",
-        "64",
-        "--judge_check_utts",
-        "5",
-        "--tokenizer_config",
-        "tiny",
-        "--tokenizer_args",
-        "--number_of_epochs 1 --batch_seconds 8",
-        "--decode_steps",
-        "1 2",
-        "--decode_temperatures",
-        "0 1",
-        "--decode_select_utts",
-        "3",
-        "--stage",
-        "1",
-        "--stop_stage",
-        "5",
-    ]
+    cmd = run_sh(tmp, "--stage", "1", "--stop_stage", "5", corpus_dir=f"{reference}/corpus")
     start, killed = 0.0, 0
     for t in points:  # each run resumes what the killed ones left, so the kills fall all along the stages
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -13,24 +13,13 @@ from sitok.losses import bootstrap_target, shortcut_loss
 from sitok.models import SiTok, SiTokConfig
 from sitok.train.refine import freeze_all_but_decoder, load_for_refinement
 
-from conftest import run_cli
+from conftest import TINY_MODEL, run_cli, tiny_sitok
 
-TINY = dict(
-    hidden=32,
-    intermediate=64,
-    heads=2,
-    enc_layers=1,
-    dec_layers=4,
-    ctc_layers=1,
-    codebook_size=64,
-    codebook_dim=8,
-    vocab_size=20,
-)
+TINY = {**TINY_MODEL, "dec_layers": 4}
 
 
 def tiny(**kw):
-    torch.manual_seed(0)
-    return SiTok(SiTokConfig(**{**TINY, **kw}))
+    return tiny_sitok(**{**TINY, **kw})
 
 
 def batch(b=4, t=40, seed=0):

@@ -12,19 +12,8 @@ import torch
 
 from sitok.data.kaldi import PipeRefused, allow_pipes, is_pipe, read_mat, read_scp
 from sitok.data.mel import GlobalCMVN
-from sitok.models import SiTok, SiTokConfig
 
-TINY = {
-    "hidden": 32,
-    "intermediate": 64,
-    "heads": 2,
-    "enc_layers": 1,
-    "dec_layers": 2,
-    "ctc_layers": 1,
-    "codebook_size": 64,
-    "codebook_dim": 8,
-    "vocab_size": 20,
-}
+from conftest import TINY_MODEL, tiny_sitok
 
 
 class Payload:
@@ -37,14 +26,9 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def tiny_model() -> SiTok:
-    torch.manual_seed(0)
-    return SiTok(SiTokConfig(**TINY))
-
-
 def model_dir(path, model=None, **config_fields):
     """A model directory like export_model_dir's; ``config_fields`` replace top-level config keys."""
-    model = model or tiny_model()
+    model = model or tiny_sitok()
     os.makedirs(path)
     torch.save(model.state_dict(), os.path.join(path, "model.pt"))
     GlobalCMVN(torch.zeros(128), torch.ones(128)).save(os.path.join(path, "cmvn.json"))
@@ -65,7 +49,7 @@ def test_export_reads_train_config_and_never_runs_hyperparams_yaml(tmp_path):
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / "hyperparams.yaml").write_text(f'__x: !apply:os.system ["touch {marker}"]\nexp_dir: {exp}\n')
-    model = tiny_model()
+    model = tiny_sitok()
     ckpt = Checkpointer(str(exp / "save"), recoverables={"model": model})
     ckpt.save_checkpoint(meta={"epoch": 1})
     GlobalCMVN(torch.zeros(128), torch.ones(128)).save(str(tmp_path / "cmvn.json"))
@@ -255,8 +239,8 @@ def test_model_dir_config_out_of_range_is_refused_before_building(tmp_path):
 
     good = model_dir(tmp_path / "good")
     assert Tokenizer.from_pretrained(good, vocoder="griffin_lim").model.config.codebook_size == 64
-    cfg = {**tiny_model().config.to_dict(), "codebook_size": 8589934592}  # a 1 KB file asking for 256 GB
-    d = model_dir(tmp_path / "huge", model=tiny_model())
+    cfg = {**tiny_sitok().config.to_dict(), "codebook_size": 8589934592}  # a 1 KB file asking for 256 GB
+    d = model_dir(tmp_path / "huge", model=tiny_sitok())
     (tmp_path / "huge" / "config.json").write_text(json.dumps({"format": "sitok-model-1", "model": cfg}))
     expected = r"huge/config.json: SiTokConfig: codebook_size must be an integer in \[2, 1048576\], got 8589934592"
     with pytest.raises(ValueError, match=expected):
@@ -267,7 +251,7 @@ def test_model_dir_config_out_of_range_is_refused_before_building(tmp_path):
         ("x_skip", "yes", "x_skip must be true or false"),
         ("surprise", 1, r"unknown fields \['surprise'\]"),
     ):
-        (tmp_path / "huge" / "config.json").write_text(json.dumps({"model": {**TINY, field: value}}))
+        (tmp_path / "huge" / "config.json").write_text(json.dumps({"model": {**TINY_MODEL, field: value}}))
         with pytest.raises(ValueError, match=message):
             Tokenizer.from_pretrained(d, vocoder="griffin_lim")
 
@@ -280,7 +264,7 @@ def test_model_dir_weights_must_match_the_config_before_the_model_is_built(tmp_p
 
     d = model_dir(tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text(
-        json.dumps({"model": {**TINY, "hidden": 4096, "intermediate": 16384, "enc_layers": 16}})
+        json.dumps({"model": {**TINY_MODEL, "hidden": 4096, "intermediate": 16384, "enc_layers": 16}})
     )
     devices = []
     init = sitok_module.SiTok.__init__
@@ -296,7 +280,7 @@ def test_model_dir_weights_must_match_the_config_before_the_model_is_built(tmp_p
     assert devices == ["meta"]
     # missing and extra weights are named too
     state = torch.load(os.path.join(d, "model.pt"), weights_only=True)
-    (tmp_path / "m" / "config.json").write_text(json.dumps({"model": TINY}))
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model": TINY_MODEL}))
     torch.save({k: v for k, v in state.items() if k != "to_latent.bias"}, os.path.join(d, "model.pt"))
     with pytest.raises(ValueError, match=r"model.pt: no weights for to_latent.bias \[8\]"):
         Tokenizer.from_pretrained(d, vocoder="griffin_lim")

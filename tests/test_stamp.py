@@ -15,9 +15,8 @@ from sitok.data.kaldi import read_table
 from sitok.data.mel import GlobalCMVN
 from sitok.infer import Tokenizer
 from sitok.infer.sets import dump_codes, resynth_set, vocode_set
-from sitok.models import SiTok, SiTokConfig
 
-from conftest import tone, write
+from conftest import tiny_sitok, tone, write
 
 
 def test_digest_follows_content_and_ignores_hidden_and_temporary_files(tmp_path):
@@ -129,22 +128,8 @@ def test_compute_feats_redoes_a_job_when_its_audio_list_changed(tmp_path):
 
 
 # ---- resynth-set ---------------------------------------------------------------------------
-TINY = {
-    "hidden": 32,
-    "intermediate": 64,
-    "heads": 2,
-    "enc_layers": 1,
-    "dec_layers": 1,
-    "ctc_layers": 1,
-    "codebook_size": 64,
-    "codebook_dim": 8,
-    "vocab_size": 20,
-}
-
-
 def _tokenizer(seed=0):
-    torch.manual_seed(seed)
-    return Tokenizer(SiTok(SiTokConfig(**TINY)).eval(), GlobalCMVN(torch.zeros(128), torch.ones(128)))
+    return Tokenizer(tiny_sitok(seed, dec_layers=1).eval(), GlobalCMVN(torch.zeros(128), torch.ones(128)))
 
 
 def _resynth_setup(tmp_path):

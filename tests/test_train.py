@@ -17,7 +17,7 @@ from sitok.data.synth import make_sentence
 from sitok.data.vocab import train_sentencepiece
 from sitok.train.tokenizer import read_train_stats
 
-from conftest import ROOT, tone, write
+from conftest import ROOT, run_one_thread, tone, write
 
 TRAIN = os.path.join(ROOT, "recipes", "tokenizer", "train.py")
 TINY = os.path.join(ROOT, "recipes", "tokenizer", "hparams", "tiny.yaml")
@@ -67,15 +67,10 @@ def args(root, n_pieces, exp, epochs=3):
     ]
 
 
-def run(cmd, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, **kw)
-
-
 def test_train_export_and_load(tiny_dump):
     root, n = tiny_dump
     exp = root / "exp_full"
-    r = run(args(root, n, exp))
+    r = run_one_thread(args(root, n, exp))
     assert r.returncode == 0, r.stderr[-3000:]
     stats = read_train_stats(str(exp))
     assert [s["epoch"] for s in stats] == [1, 2, 3]
@@ -89,7 +84,7 @@ def test_train_export_and_load(tiny_dump):
     tok = Tokenizer.from_pretrained(str(exp / "model"))
     codes = tok.encode(tone(1.0), 24000)
     assert codes.shape == (1, 13) and int(codes.max()) < 64
-    info = run([sys.executable, "-m", "sitok.cli", "info", "-m", str(exp / "model")])
+    info = run_one_thread([sys.executable, "-m", "sitok.cli", "info", "-m", str(exp / "model")])
     assert '"tokens_per_second": 12.5' in info.stdout and '"bits_per_second": 75.0' in info.stdout
     # the command line: encode -> codes.npy -> decode, and resynth
     import numpy as np
@@ -97,12 +92,12 @@ def test_train_export_and_load(tiny_dump):
 
     wav = write(str(root / "in48k.wav"), tone(1.0, sr=48000), sr=48000)
     cli = [sys.executable, "-m", "sitok.cli"]
-    r = run([*cli, "encode", wav, "-m", str(exp / "model"), "-o", str(root / "codes.npy")])
+    r = run_one_thread([*cli, "encode", wav, "-m", str(exp / "model"), "-o", str(root / "codes.npy")])
     assert r.returncode == 0, r.stderr
     codes = np.load(root / "codes.npy")
     assert codes.shape == (1, 13) and codes.dtype.kind == "i"
     assert (
-        run(
+        run_one_thread(
             [
                 *cli,
                 "decode",
@@ -118,15 +113,15 @@ def test_train_export_and_load(tiny_dump):
         == 0
     )
     assert sf.info(str(root / "out.wav")).samplerate == 24000 and sf.info(str(root / "out.wav")).frames == 13 * 4 * 480
-    assert run([*cli, "resynth", wav, "-m", str(exp / "model"), "-o", str(root / "re.wav")]).returncode == 0
+    assert run_one_thread([*cli, "resynth", wav, "-m", str(exp / "model"), "-o", str(root / "re.wav")]).returncode == 0
     assert sf.info(str(root / "re.wav")).frames == 24000
     assert (
-        run(
+        run_one_thread(
             [*cli, "resynth", wav, "-m", str(exp / "model"), "-o", str(root / "re0.wav"), "--temperature", "0"]
         ).returncode
         == 0
     )
-    r = run(
+    r = run_one_thread(
         [
             *cli,
             "decode",
@@ -141,14 +136,14 @@ def test_train_export_and_load(tiny_dump):
     )
     assert r.returncode == 2 and "--temperature: must be a finite number >= 0, got '-1'" in r.stderr  # usage error
     np.save(root / "bad.npy", codes + 1000)
-    r = run([*cli, "decode", str(root / "bad.npy"), "-m", str(exp / "model"), "-o", str(root / "bad.wav")])
+    r = run_one_thread([*cli, "decode", str(root / "bad.npy"), "-m", str(exp / "model"), "-o", str(root / "bad.wav")])
     assert r.returncode == 1 and f"{root / 'bad.npy'}: codes must lie in [0, 64)" in r.stderr
 
 
 def test_killed_training_resumes_with_identical_losses(tiny_dump):
     root, n = tiny_dump
     ref = root / "exp_ref"
-    assert run(args(root, n, ref)).returncode == 0
+    assert run_one_thread(args(root, n, ref)).returncode == 0
     exp = root / "exp_killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.Popen(
@@ -161,7 +156,7 @@ def test_killed_training_resumes_with_identical_losses(tiny_dump):
     p.wait()
     done_before = len(read_train_stats(str(exp)))
     assert 1 <= done_before < 3, "the kill came too late to test resuming"
-    r = run(args(root, n, exp))
+    r = run_one_thread(args(root, n, exp))
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = read_train_stats(str(ref)), read_train_stats(str(exp))
     assert [s["epoch"] for s in b] == [1, 2, 3]
@@ -186,7 +181,7 @@ def test_ddp_two_cpu_processes_agree(tiny_dump):
         "--distributed_backend",
         "gloo",
     ]
-    r = run(cmd, timeout=300)
+    r = run_one_thread(cmd, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     log = open(exp / "log.txt").read()
     assert "2 ranks, weights and codebooks identical across ranks: True" in log
@@ -211,7 +206,7 @@ def test_content_first_schedule_resumes_in_both_phases(tiny_dump):
     root, n = tiny_dump
     extra = ["--phase_a_fraction", "0.5", "--kmeans_init", "True", "--dead_relative", "0.03"]
     ref = root / "exp_phases_ref"
-    r = run(args(root, n, ref, epochs=6) + extra)
+    r = run_one_thread(args(root, n, ref, epochs=6) + extra)
     assert r.returncode == 0, r.stderr[-3000:]
     a = read_train_stats(str(ref))
     assert [s["phase"] for s in a] == ["A"] * 3 + ["B"] * 3
@@ -224,7 +219,7 @@ def test_content_first_schedule_resumes_in_both_phases(tiny_dump):
         done = _kill_after(args(root, n, exp, epochs=6) + extra, exp, kill_at)
         assert kill_at <= done < 6, "the kill came too late to test resuming"
         assert a[done]["phase"] == phase  # the epoch that was running when killed
-        r = run(args(root, n, exp, epochs=6) + extra)
+        r = run_one_thread(args(root, n, exp, epochs=6) + extra)
         assert r.returncode == 0, r.stderr[-3000:]
         b = read_train_stats(str(exp))
         assert [s["epoch"] for s in b] == [1, 2, 3, 4, 5, 6]
@@ -237,7 +232,7 @@ def test_content_first_schedule_resumes_in_both_phases(tiny_dump):
 def test_learning_rate_decay_ends_at_the_last_planned_step(tiny_dump):
     root, n = tiny_dump
     exp = root / "exp_plan"
-    r = run(args(root, n, exp, epochs=3) + ["--max_train_minutes", "30", "--lr_decay_factor", "0.1"])
+    r = run_one_thread(args(root, n, exp, epochs=3) + ["--max_train_minutes", "30", "--lr_decay_factor", "0.1"])
     assert r.returncode == 0, r.stderr[-3000:]
     stats = read_train_stats(str(exp))
     assert [s["epoch"] for s in stats] == [1, 2, 3]  # a 30-minute cap does not cut a 3-epoch run

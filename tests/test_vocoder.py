@@ -21,7 +21,7 @@ from sitok.infer.vocoder import GriffinLimVocoder, VocosVocoder, export_vocoder,
 from sitok.models.vocos import Vocos, VocosConfig
 from sitok.train.vocoder import SegmentCropper, load_generator_weights, read_train_stats
 
-from conftest import ROOT, tone
+from conftest import ROOT, run_one_thread, tone
 
 TRAIN = os.path.join(ROOT, "recipes", "vocoder", "train.py")
 TINY = os.path.join(ROOT, "recipes", "vocoder", "hparams", "tiny.yaml")
@@ -189,11 +189,6 @@ def train_args(root, exp, epochs=2):
     ]
 
 
-def run(cmd, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, **kw)
-
-
 def start(cmd, log):
     """Start a training run in the background (its own process group), output to ``log``."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -226,7 +221,7 @@ def test_train_export_kill_and_resume(tiny_dump):  # noqa: F811
     done_before = len(read_train_stats(str(exp)))
     assert done_before == 1, "the kill came too late to test resuming"
     assert not (exp / "model").exists()
-    r = run(train_args(root, exp))
+    r = run_one_thread(train_args(root, exp))
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = read_train_stats(str(ref)), read_train_stats(str(exp))
     assert [s["epoch"] for s in b] == [1, 2]
@@ -265,7 +260,9 @@ def test_init_from_and_checkpoint_interval(tiny_dump, tmp_path):  # noqa: F811
     root, _ = tiny_dump
     export_vocoder(tiny_generator(seed=5), str(tmp_path / "init"))
     exp = tmp_path / "exp"
-    r = run(train_args(root, exp, epochs=3) + ["--init_from", str(tmp_path / "init"), "--checkpoint_every_epochs", "2"])
+    r = run_one_thread(
+        train_args(root, exp, epochs=3) + ["--init_from", str(tmp_path / "init"), "--checkpoint_every_epochs", "2"]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     log = (exp / "log.txt").read_text()
     assert "generator initialised from " + str(tmp_path / "init" / "model.pt") in log

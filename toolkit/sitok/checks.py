@@ -14,6 +14,11 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def unknown_fields(cls, d: dict) -> list:
+    """The keys of the mapping ``d`` that name no field of the dataclass ``cls``, sorted."""
+    return sorted(set(d) - {f.name for f in fields(cls)})
+
+
 def check_fields(
     owner: str,
     cfg,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sitok.checks import check_fields
+from sitok.checks import check_fields, unknown_fields
 from sitok.fileio import write_text_atomic
 
 
@@ -53,7 +53,7 @@ class MelConfig:
         from dataclasses import fields
 
         d = d or {}
-        if not isinstance(d, dict) or set(d) - {f.name for f in fields(cls)}:
+        if not isinstance(d, dict) or unknown_fields(cls, d):
             raise ValueError(f"MelConfig: expected a mapping of {[f.name for f in fields(cls)]}, got {d!r}")
         cfg = cls(**d)
         sizes = (1, 65536)

@@ -124,13 +124,19 @@ def _find_split(root: str, corpus: str, split: str) -> str:
     )
 
 
+def _split_files(root: str, corpus: str, split: str, name: str, what: str) -> list[str]:
+    """The files ``*/*/<name>`` (a glob: speaker/chapter folders) of a corpus split, sorted;
+    FileNotFoundError naming ``what`` was looked for when there are none."""
+    base = _find_split(root, corpus, split)
+    found = sorted(glob.glob(os.path.join(base, "*", "*", name)))
+    if not found:
+        raise FileNotFoundError(f"{base}: no */*/{name} {what} (not a {corpus} split?)")
+    return found
+
+
 def read_librispeech(root: str, split: str) -> Iterator[Entry]:
     """LibriSpeech: one ``<spk>-<chapter>.trans.txt`` per chapter, lines ``<utt> TEXT``."""
-    base = _find_split(root, "LibriSpeech", split)
-    trans_files = sorted(glob.glob(os.path.join(base, "*", "*", "*.trans.txt")))
-    if not trans_files:
-        raise FileNotFoundError(f"{base}: no */*/*.trans.txt transcript files (not a LibriSpeech split?)")
-    for trans in trans_files:
+    for trans in _split_files(root, "LibriSpeech", split, "*.trans.txt", "transcript files"):
         chapter_dir = os.path.dirname(trans)
         with open(trans, encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -146,11 +152,7 @@ def read_librispeech(root: str, split: str) -> Iterator[Entry]:
 
 def read_libritts(root: str, split: str) -> Iterator[Entry]:
     """LibriTTS / LibriTTS-R: ``<utt>.wav`` beside ``<utt>.normalized.txt``."""
-    base = _find_split(root, "LibriTTS", split)
-    wavs = sorted(glob.glob(os.path.join(base, "*", "*", "*.wav")))
-    if not wavs:
-        raise FileNotFoundError(f"{base}: no */*/*.wav files (not a LibriTTS split?)")
-    for wav in wavs:
+    for wav in _split_files(root, "LibriTTS", split, "*.wav", "files"):
         utt = os.path.basename(wav)[:-4]
         spk = utt.split("_")[0]
         txt = wav[:-4] + ".normalized.txt"

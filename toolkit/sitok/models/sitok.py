@@ -12,12 +12,12 @@ T = T50 / 4 is the token rate (12.5 Hz). Total loss = L_diff + L_vq + ctc_weight
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 
-from sitok.checks import check_fields
+from sitok.checks import check_fields, unknown_fields
 from sitok.layers import (
     AdaRMSNorm,
     LlamaStack,
@@ -90,10 +90,9 @@ class SiTokConfig:
         """A config from plain data (config.json, hparams), range-checked by ``validate``."""
         if not isinstance(d, dict):
             raise ValueError(f"SiTokConfig: expected a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = unknown_fields(cls, d)
         if unknown:
-            raise ValueError(f"SiTokConfig: unknown fields {sorted(unknown)}")
+            raise ValueError(f"SiTokConfig: unknown fields {unknown}")
         return cls(**d).validate()
 
     def validate(self) -> SiTokConfig:

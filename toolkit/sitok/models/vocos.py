@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sitok.checks import check_fields
+from sitok.checks import check_fields, unknown_fields
 from sitok.data.mel import MelConfig, mel_filterbank
 
 
@@ -50,11 +50,8 @@ class VocosConfig:
     @classmethod
     def from_dict(cls, d: dict) -> VocosConfig:
         """A config from plain data (a vocoder directory's config.json), range-checked."""
-        from dataclasses import fields
-
-        known = {f.name for f in fields(cls)}
-        if not isinstance(d, dict) or set(d) - known:
-            unknown = sorted(set(d) - known) if isinstance(d, dict) else d
+        unknown = unknown_fields(cls, d) if isinstance(d, dict) else d
+        if not isinstance(d, dict) or unknown:
             raise ValueError(f"VocosConfig: unknown fields {unknown!r}")
         cfg = cls(**d)
         dim = (1, 65536)

@@ -227,6 +227,21 @@ def _finish(hparams, results: dict, t0: float) -> None:
     )
 
 
+def _brain(brain_class, hparams, run_opts, name: str, layer):
+    """A ``brain_class`` over the probe's modules plus its output ``layer`` (as ``name``), which the
+    checkpointer saves and restores with the rest."""
+    modules = hparams["modules"]
+    modules[name] = layer
+    hparams["checkpointer"].add_recoverable(name, layer)
+    return brain_class(
+        modules=modules,
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+
+
 def _fit(brain, hparams, train, valid, t0):
     brain.t_start, brain.epochs_done = t0, None
     brain.fit(
@@ -257,16 +272,8 @@ def run_classifier(hparams, run_opts, t0) -> None:
                 f"training set {hparams['train_set']}"
             )
     ds = {s: make_dataset(items, reader, index.get) for s, (items, reader) in sets.items() if s != "test"}
-    modules = hparams["modules"]
-    modules["classifier"] = hparams["classifier_class"](out_neurons=len(classes))
-    hparams["checkpointer"].add_recoverable("classifier", modules["classifier"])
-    brain = ClassifierProbe(
-        modules=modules,
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    classifier = hparams["classifier_class"](out_neurons=len(classes))
+    brain = _brain(ClassifierProbe, hparams, run_opts, "classifier", classifier)
     results["parameters"] = sum(p.numel() for p in brain.modules.parameters())
     _fit(brain, hparams, ds["train"], ds["valid"], t0)
     results.update({"epochs": brain.epochs_done, "epoch_limit": hparams["number_of_epochs"]})
@@ -364,16 +371,7 @@ def run_asr(hparams, run_opts, t0) -> None:
             )
     encode = lambda t: torch.tensor(sp.encode(t), dtype=torch.long)  # noqa: E731
     ds = {s: make_dataset(items, reader, encode) for s, (items, reader) in sets.items()}
-    modules = hparams["modules"]
-    modules["ctc_lin"] = hparams["ctc_lin_class"](n_neurons=sp.get_piece_size())
-    hparams["checkpointer"].add_recoverable("ctc_lin", modules["ctc_lin"])
-    brain = CTCProbe(
-        modules=modules,
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    brain = _brain(CTCProbe, hparams, run_opts, "ctc_lin", hparams["ctc_lin_class"](n_neurons=sp.get_piece_size()))
     brain.sp, brain.beam_searcher, brain.upsample = sp, None, up
     brain.refs = {u: t for items, _ in sets.values() for u, t in items.items()}
     results = {

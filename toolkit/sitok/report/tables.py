@@ -319,6 +319,19 @@ def _ctc_label(weight) -> str:
     return f"Yes ({weight:g})" if weight and weight > 0 else "No"
 
 
+def _scores(r) -> dict:
+    """Our WER, SIM, MOS and understanding columns of the result row ``r``."""
+    return {"WER": r["wer"], "SIM": r["sim"], "MOS": r["mos"], **{label: r[k] for k, label in UNDERSTANDING}}
+
+
+def _paper_scores(p: dict | None) -> dict:
+    """The same columns from the paper's matching row ``p`` (UTMOS for MOS); None where no row matches."""
+    return {
+        f"paper {label}": p[k] if p else None
+        for k, label in [("wer", "WER"), ("sim", "SIM"), ("utmos", "UTMOS")] + UNDERSTANDING
+    }
+
+
 def table3(df: pd.DataFrame) -> pd.DataFrame:
     """CTC regularisation: regularised (weight > 0) vs not, by tokens per second."""
     out = []
@@ -330,13 +343,9 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
             "CTC Reg.": f"Yes ({r['ctc_weight']:g})" if reg else "No",
             "experiment": r["experiment"],
             "FPS/TPS": _fps_tps(r),
-            "WER": r["wer"],
-            "SIM": r["sim"],
-            "MOS": r["mos"],
+            **_scores(r),
+            **_paper_scores(p),
         }
-        row.update({label: r[k] for k, label in UNDERSTANDING})
-        for k, label in [("wer", "WER"), ("sim", "SIM"), ("utmos", "UTMOS")] + UNDERSTANDING:
-            row[f"paper {label}"] = p[k] if p else None
         out.append(row)
     return pd.DataFrame(out)
 
@@ -357,14 +366,10 @@ def table5(df: pd.DataFrame) -> pd.DataFrame:
             "CD": r["cd"],
             "Tok. CFG": "✓" if r["token_cfg"] else "×",
             "FPS": r["fps"],
-            "WER": r["wer"],
-            "SIM": r["sim"],
-            "MOS": r["mos"],
+            **_scores(r),
+            "paper CS": p["cs"] if p else None,
+            **_paper_scores(p),
         }
-        row.update({label: r[k] for k, label in UNDERSTANDING})
-        row["paper CS"] = p["cs"] if p else None
-        for k, label in [("wer", "WER"), ("sim", "SIM"), ("utmos", "UTMOS")] + UNDERSTANDING:
-            row[f"paper {label}"] = p[k] if p else None
         out.append(row)
     return pd.DataFrame(out)
 
@@ -414,13 +419,9 @@ def table9(df: pd.DataFrame) -> pd.DataFrame:
             "model": f"SiTok ({r['quantizer'].upper()})",
             "experiment": r["experiment"],
             "CS": r["cs"],
-            "WER": r["wer"],
-            "SIM": r["sim"],
-            "MOS": r["mos"],
+            **_scores(r),
+            **_paper_scores(p),
         }
-        row.update({label: r[k] for k, label in UNDERSTANDING})
-        for k, label in [("wer", "WER"), ("sim", "SIM"), ("utmos", "UTMOS")] + UNDERSTANDING:
-            row[f"paper {label}"] = p[k] if p else None
         out.append(row)
     return pd.DataFrame(out)
 
