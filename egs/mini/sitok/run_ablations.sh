@@ -16,7 +16,7 @@ cd "$(dirname "$0")"
 stage=1
 stop_stage=100
 ablations="base ctc0 R cn2 cn4 fsq light"   # names in recipes/tokenizer/hparams/ablations.yaml
-ablation_args="--max_train_minutes 18"  # the training budget every variant shares (the run is planned to fit it)
+ablation_args="--number_of_epochs 10 --max_train_minutes 30"  # the budget every variant shares: the same steps (the time cap only guards)
 rd_args="--number_of_epochs 4 --max_train_minutes 10"      # R + D: decoder-only diffusion training
 nj_train=2            # variants trained at once; each gets nproc / nj_train threads
 tokenizer_config=mini
