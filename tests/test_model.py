@@ -326,3 +326,18 @@ def test_paper_config_forward_on_a_tiny_input(name):
     assert model.config.bits_per_second == 200.0
     del model, out
     gc.collect()
+
+
+def test_ctc_dropout_acts_in_training_only():
+    """The CTC decoder's dropout changes the training logits and nothing at inference: the same weights
+    read with dropout 0.5 or 0 give the same eval-mode logits."""
+    torch.manual_seed(0)
+    m = tiny_sitok(ctc_dropout=0.5)
+    plain = tiny_sitok()
+    plain.load_state_dict(m.state_dict())
+    codes = m.eval().encode(*batch()[:2])
+    torch.testing.assert_close(m.ctc_logits(codes), plain.eval().ctc_logits(codes))
+    m.train()
+    assert not torch.allclose(m.ctc_logits(codes), m.ctc_logits(codes))
+    with pytest.raises(ValueError, match="ctc_dropout"):
+        SiTokConfig.from_dict({**TINY_MODEL, "ctc_dropout": 1.5})

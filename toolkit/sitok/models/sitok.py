@@ -59,6 +59,7 @@ class SiTokConfig:
     vocab_size: int = 256  # CTC vocabulary incl. blank = 0; 0 disables the CTC branch
     ctc_weight: float = 0.1
     ctc_upsample: int = 1  # CTC frames per token: characters or phones (10-17/s) need 2-3 at 12.5 Hz
+    ctc_dropout: float = 0.0  # dropout on the CTC decoder's input and before its output layer (training only)
     decoder: str = "diffusion"  # diffusion | regression
     loss: str = "l1"  # l1 | l2
     prediction: str = "velocity"  # velocity (v = x - eps) | x (predict clean x; v = (x_hat - x_t) / (1 - t))
@@ -134,7 +135,7 @@ _CONFIG_INTS = {
     "time_embed_dim": _DIM,
     "light_head_layers": _LAYERS,
 }
-_CONFIG_FLOATS = {"mel_rate": (1e-3, 1e5), "ctc_weight": (0.0, 1e6)}
+_CONFIG_FLOATS = {"mel_rate": (1e-3, 1e5), "ctc_weight": (0.0, 1e6), "ctc_dropout": (0.0, 0.9)}
 _CONFIG_CHOICES = {
     "quantizer": ("vq", "rvq", "fsq", "bsq"),
     "decoder": ("diffusion", "regression"),
@@ -279,6 +280,7 @@ class SiTok(nn.Module):
             self.ctc = LlamaStack(cfg.ctc_layers, cfg.hidden, cfg.intermediate, cfg.heads, causal=True)
             # U CTC frames per token: one linear map to U x vocab logits, read as U consecutive frames
             self.ctc_head = nn.Linear(cfg.hidden, cfg.vocab_size * cfg.ctc_upsample)
+            self.ctc_dropout = nn.Dropout(cfg.ctc_dropout)
         self.decoder = Decoder(cfg)
         self._init_weights()
 
@@ -466,7 +468,8 @@ class SiTok(nn.Module):
     def ctc_from_cond(self, cond: torch.Tensor, mask=None) -> torch.Tensor:
         """cond [B, T, hidden] -> CTC logits [B, T * U, V]: token t gives frames tU .. tU + U - 1."""
         b, t, _ = cond.shape
-        return self.ctc_head(self.ctc(cond, mask)).reshape(b, t * self.config.ctc_upsample, self.config.vocab_size)
+        h = self.ctc(self.ctc_dropout(cond), mask)
+        return self.ctc_head(self.ctc_dropout(h)).reshape(b, t * self.config.ctc_upsample, self.config.vocab_size)
 
     def ctc_lengths(self, token_lengths: torch.Tensor) -> torch.Tensor:
         return token_lengths * self.config.ctc_upsample
