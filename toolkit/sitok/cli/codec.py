@@ -20,6 +20,7 @@ from sitok.cli.common import (
     check_output,
     load_tokenizer,
     one_line,
+    positive_int,
 )
 
 logger = logging.getLogger("sitok")
@@ -154,6 +155,37 @@ def cmd_resynth_set(a) -> int:
     return 0
 
 
+def cmd_transcribe(a) -> int:
+    """Speech (wav) or codes (.npy) -> text through an LLM-ASR model of recipe stage 15."""
+    import torch
+
+    from sitok.models.speech_lm import SpeechLM
+
+    tok = load_tokenizer(a)
+    try:
+        asr = SpeechLM.load(a.asr).to(a.device)
+    except Exception as exc:
+        raise ValueError(f"{a.asr}: not a usable LLM-ASR model directory ({one_line(exc, 200)})") from exc
+    for path in a.inputs:
+        if path.endswith(".npy"):
+            if asr.config.inputs != "tokens":
+                raise ValueError(f"{path}: {a.asr} reads mel, not codes: give the audio file")
+            codes = torch.as_tensor(load_codes(path)).long()
+            try:
+                tok.check_codes(codes)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {str(exc).removeprefix('decode: ')}") from None
+            speech = codes[-1] if codes.dim() == 3 else codes  # [CN, T]
+            x = speech.T[None]
+        elif asr.config.inputs == "tokens":
+            x = tok.encode(path).T[None]
+        else:
+            x = tok.normalise(tok.mel(path))[None]
+        text = asr.transcribe(x.to(a.device), torch.tensor([x.shape[1]], device=a.device), beam_size=a.beam_size)[0]
+        print(f"{path}\t{text}")
+    return 0
+
+
 def _model_options(s, vocoder: bool = True) -> None:
     s.add_argument("-m", "--model-dir", required=True, help=MODEL_DIR_HELP)
     if vocoder:
@@ -190,6 +222,12 @@ def add_parsers(sub) -> None:
     s.add_argument("-o", "--output", required=True, help="output wav (24 kHz, cut to the input's duration)")
     add_decoding(s)
     _model_options(s)
+
+    s = add_command(sub, "transcribe", cmd_transcribe, "speech or codes -> text with an LLM-ASR model (stage 15)")
+    s.add_argument("inputs", nargs="+", help="audio files, or .npy codes files written by 'sitok encode'")
+    s.add_argument("--asr", required=True, help="LLM-ASR model directory (<exp>/llm_asr/model, written by stage 15)")
+    s.add_argument("--beam-size", type=positive_int, default=1, help="1: greedy decoding; more: beam search")
+    _model_options(s, vocoder=False)
 
     s = add_command(sub, "export", cmd_export, "model directory from a training run's latest checkpoint")
     s.add_argument("exp_dir", help="training experiment dir (train_config.json, save/)")

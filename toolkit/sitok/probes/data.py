@@ -83,7 +83,7 @@ def load_set(dump_dir: str, set_name: str, label_file: str | None, scp: str) -> 
     return kept, counts
 
 
-def make_dataset(items: dict, reader: FeatureReader, encode=None, length_file: str | None = None):
+def make_dataset(items: dict, reader: FeatureReader, encode=None):
     """A speechbrain DynamicItemDataset of (id, feats, target) from {utt: label}. ``encode`` maps a
     label to its target (class index or unit ids)."""
     import speechbrain as sb

