@@ -269,3 +269,31 @@ def test_plan_fits_the_time_cap():
     fake.plan = plan2
     TokenizerBrain.make_plan(fake, epoch=1)
     assert plan2.phase_a_steps == 50  # never shorter than the epoch already trained without the VQ
+
+
+def test_atomic_checkpointer_ignores_a_save_that_did_not_complete(tmp_path):
+    """A save that dies after some files (a killed run) leaves no checkpoint to recover from: the
+    last complete one is recovered, and the leftover directory goes at the next save."""
+    from sitok.train.checkpoints import AtomicCheckpointer
+
+    lin = torch.nn.Linear(2, 2)
+    ck = AtomicCheckpointer(tmp_path, recoverables={"lin": lin})
+    ck.save_checkpoint(name="good")
+    saved = lin.weight.detach().clone()
+
+    def die(obj, path):
+        raise KeyboardInterrupt("killed while saving")
+
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ck.add_recoverable("late", torch.nn.Linear(1, 1), custom_save_hook=die)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(name="partial")
+    partial = [d for d in tmp_path.iterdir() if d.name.endswith("partial")]
+    assert partial and (partial[0] / "lin.ckpt").exists()  # some files were written ...
+    fresh = AtomicCheckpointer(tmp_path, recoverables={"lin": lin})
+    assert [c.path.name for c in fresh.list_checkpoints()] == ["CKPT+good"]  # ... but it is no checkpoint
+    fresh.recover_if_possible()
+    assert torch.equal(lin.weight, saved)
+    fresh.save_checkpoint(name="next")
+    assert not partial[0].exists()

@@ -36,7 +36,7 @@ from sitok.models.loading import load_model_config
 from sitok.models.speech_lm import SpeechLM, SpeechLMConfig
 from sitok.probes.data import FeatureReader, feature_paths, load_set, make_dataset
 from sitok.probes.frontend import codebook_vectors
-from sitok.train.checkpoints import use_weights_only_loaders
+from sitok.train.checkpoints import AtomicCheckpointer, use_weights_only_loaders
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ class LLMASRBrain(sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         self.tokens, self.correct, self.t_stage = 0, 0, time.time()
+        if stage == sb.Stage.TRAIN and epoch is not None:  # the epoch's batches, also in a resumed run
+            self.train_batches.set_epoch(epoch)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         stats = {"loss": stage_loss, "token_accuracy": self.correct / max(1, self.tokens)}
@@ -218,6 +220,7 @@ def run(argv: list[str]) -> None:
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     with open(hparams_file, encoding="utf-8") as fh:
         hparams = load_hyperpyyaml(fh, overrides)
+    sb.utils.distributed.ddp_init_group(run_opts)  # under torchrun: one process per rank
     sb.create_experiment_directory(
         experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file, overrides=overrides
     )
@@ -225,14 +228,14 @@ def run(argv: list[str]) -> None:
         allow_pipes(True)
     model = build_model(hparams)
     sets, counts = _datasets(hparams, model.text)
-    checkpointer = sb.utils.checkpoints.Checkpointer(
+    checkpointer = AtomicCheckpointer(
         hparams["save_folder"], recoverables={"speech_lm": model, "counter": hparams["epoch_counter"]}
     )
     brain = LLMASRBrain(modules={"speech_lm": model}, hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
     brain.t_start = t0
     sampler = _length_batches(hparams, sets["train"][0], shuffle=True)
     loader = {"batch_sampler": sampler, "num_workers": 0}
-    brain.batches_per_epoch = len(sampler)
+    brain.batches_per_epoch, brain.train_batches = len(sampler), sampler
     brain.planned_steps = hparams["number_of_epochs"] * brain.batches_per_epoch
     logger.info(
         "LLM-ASR on %s: %s backbone (%s), %.1f M parameters, %.2f M trained; %d train / %d valid / %d test utterances",

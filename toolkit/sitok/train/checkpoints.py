@@ -15,9 +15,14 @@ The other recoverables (epoch counter, Brain step counter, data loader position)
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
+
 import torch
 from speechbrain.nnet.schedulers import WarmAndExpDecayLRSchedule
 from speechbrain.utils import checkpoints as sb_checkpoints
+from speechbrain.utils.distributed import if_main_process
 
 
 def load_state(path) -> dict:
@@ -60,3 +65,34 @@ def use_weights_only_loaders() -> None:
     for cls in kinds:
         hooks[cls] = _state_dict_loader
     hooks[WarmAndExpDecayLRSchedule] = _warm_exp_loader
+
+
+class AtomicCheckpointer(sb_checkpoints.Checkpointer):
+    """A SpeechBrain Checkpointer whose checkpoints appear complete or not at all.
+
+    SpeechBrain writes a checkpoint's meta file (CKPT.yaml) first and the recoverables after it, so
+    a run killed while saving leaves a listed checkpoint with a truncated file that the next run
+    fails to load. Here the meta file is written last, atomically: a directory without it is not a
+    checkpoint to SpeechBrain, and such leftovers are removed at the next save."""
+
+    def _save_checkpoint_metafile(self, fpath, meta_to_include=None, end_of_epoch=True):
+        self._pending_meta = (fpath, dict(meta_to_include or {}), end_of_epoch)
+        return {"unixtime": time.time(), "end-of-epoch": end_of_epoch, **(meta_to_include or {})}
+
+    def save_checkpoint(self, *args, **kwargs):
+        leftovers = self.checkpoints_dir.iterdir() if self.checkpoints_dir.exists() and if_main_process() else ()
+        for d in leftovers:  # on the main process only: another rank may be filling a new directory
+            if (
+                d.is_dir()
+                and d.name.startswith(sb_checkpoints.CKPT_PREFIX)
+                and not (d / sb_checkpoints.METAFNAME).exists()
+            ):
+                shutil.rmtree(d, ignore_errors=True)  # a save that was killed before it completed
+        self._pending_meta = None
+        ckpt = super().save_checkpoint(*args, **kwargs)
+        if self._pending_meta is not None:
+            fpath, meta, end_of_epoch = self._pending_meta
+            tmp = fpath.with_name(fpath.name + ".tmp")
+            super()._save_checkpoint_metafile(tmp, meta, end_of_epoch)
+            os.replace(tmp, fpath)
+        return ckpt
