@@ -275,7 +275,9 @@ def test_report_tables_from_fixture_summaries(tmp_path):
     cfg = t1[t1["experiment"] == "refine_mini_token_cfg"].iloc[0]
     assert cfg["model"] == "+ Token CFG (w = 1.25)" and cfg["WER"] == 65.0 + 1 + 0.25 and cfg["paper WER"] == 3.34
     assert pd.isna(t1[t1["experiment"] == "tokenizer_abl_ctc0"].iloc[0]["paper WER"])  # no Table 1 row for it
-    assert {"CTC ASR", "ASR", "ER", "SV", "KS", "paper ASR", "paper KS"} <= set(built["table2_understanding"].columns)
+    assert {"CTC ASR", "LLM ASR", "ER", "SV", "KS", "paper LLM ASR", "paper KS"} <= set(
+        built["table2_understanding"].columns
+    )
     # Table 3: regularised rows first, the unregularised one beside the paper's 33.0
     t3 = built["table3_ctc"]
     no = t3[t3["CTC Reg."] == "No"].iloc[0]
@@ -388,17 +390,24 @@ def test_report_table2_merges_probe_results_and_continuous_baselines(tmp_path):
             },
             fh,
         )
+    for d, wer in ((dirs[0], 40.0), (mel, 25.0)):  # LLM-ASR (stage 15) on the tokens and on mel
+        os.makedirs(os.path.join(d, "llm_asr"))
+        with open(os.path.join(d, "llm_asr", "results.json"), "w") as fh:
+            json.dump({"task": "llm_asr", "wer": wer}, fh)
     t2 = write_report(dirs + [mel], str(tmp_path / "r"), set_name="test")["table2_understanding"].set_index(
         "experiment"
     )
     assert list(t2.index) == ["tokenizer_abl_base", "tokenizer_abl_ctc0", "features_mel50"]
     base, ctc0, cont = t2.loc["tokenizer_abl_base"], t2.loc["tokenizer_abl_ctc0"], t2.loc["features_mel50"]
-    assert (base["ER"], base["SV"], base["KS"], base["ASR"], base["ASR (beam)"]) == (61.0, 20.0, 80.0, 50.0, 49.0)
+    probe = (base["ASR probe (BiLSTM)"], base["ASR probe (beam)"])
+    assert (base["ER"], base["SV"], base["KS"], *probe) == (61.0, 20.0, 80.0, 50.0, 49.0)
     assert (base["CTC Reg."], base["CTC ASR (beam)"], base["paper ER"]) == ("Yes (0.1)", 79.5, 63.5)
+    assert (base["LLM ASR"], base["paper LLM ASR"], cont["LLM ASR"]) == (40.0, 4.95, 25.0) and pd.isna(ctc0["LLM ASR"])
     assert ctc0["CTC Reg."] == "No" and pd.isna(ctc0["CTC ASR"]) and pd.isna(ctc0["CTC ASR (beam)"])
     assert ctc0["ER"] == 55.0 and pd.isna(ctc0["paper ER"])
     assert cont["model"] == "Mel (continuous, 50 Hz)" and cont["CN/CS"] == "-" and cont["FPS/TPS"] == "50/-"
-    assert (cont["ER"], cont["SV"], cont["KS"], cont["ASR"]) == (90.0, 5.0, 95.0, 30.0) and pd.isna(cont["paper ER"])
+    assert (cont["ER"], cont["SV"], cont["KS"], cont["ASR probe (BiLSTM)"]) == (90.0, 5.0, 95.0, 30.0)
+    assert pd.isna(cont["paper ER"])
 
 
 def test_report_from_probe_summaries_alone(tmp_path):
@@ -432,7 +441,7 @@ def test_report_from_probe_summaries_alone(tmp_path):
     built = write_report([str(tok)], str(tmp_path / "r"))
     assert list(built) == ["table2_understanding"]
     row = built["table2_understanding"].set_index("experiment").loc["tokenizer_x"]
-    got = (row["CTC Reg."], row["ER"], row["SV"], row["KS"], row["ASR"], row["CTC ASR"])
+    got = (row["CTC Reg."], row["ER"], row["SV"], row["KS"], row["ASR probe (BiLSTM)"], row["CTC ASR"])
     assert got == ("Yes (0.1)", 70.0, 12.0, 75.0, 60.0, 85.0)
     report = (tmp_path / "r" / "report.md").read_text()
     assert "## Table 2: understanding" in report and "Table 1" not in report

@@ -38,9 +38,11 @@ TABLES = [
         "table2_understanding",
         "Table 2: understanding",
         "CTC ASR: the tokenizer's own CTC head on the split's codes "
-        "(greedy; beam = CTC prefix beam search, 10 beams, no LM). ASR / ER / SV / KS: the DASB-style probes on the "
-        "frozen features (stage 13): ASR = BiLSTM + CTC WER (%), ER and KS accuracy (%), SV EER (%) and normalised "
-        "minDCF (p_target 0.01) on held-out speakers' trials. Continuous mel rows are the upper baseline.",
+        "(greedy; beam = CTC prefix beam search, 10 beams, no LM). LLM ASR: a decoder-only LM fine-tuned on the "
+        "features (stage 15; the paper's ASR column: a 1 B LLM), greedy WER (%). ER / SV / KS and the ASR probe: "
+        "the DASB-style probes on the frozen features (stage 13): ER and KS accuracy (%), SV EER (%) and normalised "
+        "minDCF (p_target 0.01) on held-out speakers' trials, ASR probe = BiLSTM + CTC WER (%). Continuous mel rows "
+        "are the upper baseline.",
     ),
     ("table3_ctc", "Table 3: CTC regularisation", "Regularised (CTC weight > 0) vs not, by tokens per second."),
     (

@@ -73,11 +73,25 @@ def _model_view(s: dict, path: str, m: dict) -> dict:
         exp = os.path.basename(os.path.dirname(m["model_dir"]))
         hit = re.match(r"refine_.+_(decoder_ft|token_cfg|shortcut|light_head|diffusion)$", exp)
         m["refine"] = {"kind": hit.group(1)} if hit else None
-    probes = os.path.join(os.path.dirname(m["model_dir"]), "probes", "summary.json")
+    exp = os.path.dirname(m["model_dir"])
+    probes = os.path.join(exp, "probes", "summary.json")
     if os.path.exists(probes):
         with open(probes, encoding="utf-8") as fh:
             s["probes"] = json.load(fh)
+    s["llm_asr"] = read_llm_asr(exp)
     return s
+
+
+def read_llm_asr(exp_dir: str) -> dict:
+    """``<exp_dir>/llm_asr/results.json`` (LLM-ASR, recipe stage 15), or {} when there is none."""
+    path = os.path.join(exp_dir, "llm_asr", "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        res = json.load(fh)
+    if res.get("task") != "llm_asr":
+        raise ValueError(f"{path}: not an LLM-ASR result (task {res.get('task')!r})")
+    return res
 
 
 # ---- one row per model -------------------------------------------------------------------------
@@ -115,6 +129,7 @@ def model_rows(
         if r is None:
             continue
         probes = s.get("probes", {})
+        llm = s.get("llm_asr", {})
         kind = (m.get("refine") or {}).get("kind")
         rows.append(
             {
@@ -149,7 +164,7 @@ def model_rows(
                 "mel_l1": r.get("mel_l1"),
                 "decoder_rtf": r.get("decoder_rtf"),
                 "ctc_asr": m.get("ctc_asr_wer") if cfg["ctc_weight"] > 0 else None,  # untrained head: "-"
-                **probe_columns(probes),
+                **probe_columns(probes, llm),
             }
         )
         if rows[-1]["ctc_asr"] is None or cfg["ctc_weight"] == 0:
@@ -157,11 +172,13 @@ def model_rows(
     return pd.DataFrame(rows)
 
 
-def probe_columns(probes: dict) -> dict:
-    """The understanding columns of one ``<exp>/probes/summary.json`` (empty dict: all None)."""
+def probe_columns(probes: dict, llm_asr: dict) -> dict:
+    """The understanding columns of one ``<exp>/probes/summary.json`` and the LLM-ASR result of
+    the same experiment (empty dicts: all None)."""
     cols = {
-        "asr": probes.get("asr_wer"),
-        "asr_beam": probes.get("asr_wer_beam"),
+        "asr": llm_asr.get("wer"),
+        "asr_probe": probes.get("asr_wer"),
+        "asr_probe_beam": probes.get("asr_wer_beam"),
         "er": probes.get("er_accuracy"),
         "sv": probes.get("sv_eer"),
         "sv_min_dcf": probes.get("sv_min_dcf"),
@@ -182,7 +199,7 @@ def find_probe_summaries(paths: list[str]) -> list[dict]:
                 s = json.load(fh)
             if s.get("format") != "sitok-probes-1":
                 raise ValueError(f"{f}: not a sitok probe summary (format {s.get('format')!r})")
-            out.append(s)
+            out.append({**s, "llm_asr": read_llm_asr(p)})
     return out
 
 
@@ -271,8 +288,14 @@ def table1(df: pd.DataFrame, gt: dict | None) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-UNDERSTANDING = [("ctc_asr", "CTC ASR"), ("asr", "ASR"), ("er", "ER"), ("sv", "SV"), ("ks", "KS")]
-EXTRA_UNDERSTANDING = [("ctc_asr_beam", "CTC ASR (beam)"), ("asr_beam", "ASR (beam)"), ("sv_min_dcf", "SV minDCF")]
+# the paper's understanding columns ("ASR" there is the LLM-based ASR), then our extra ones
+UNDERSTANDING = [("ctc_asr", "CTC ASR"), ("asr", "LLM ASR"), ("er", "ER"), ("sv", "SV"), ("ks", "KS")]
+EXTRA_UNDERSTANDING = [
+    ("ctc_asr_beam", "CTC ASR (beam)"),
+    ("asr_probe", "ASR probe (BiLSTM)"),
+    ("asr_probe_beam", "ASR probe (beam)"),
+    ("sv_min_dcf", "SV minDCF"),
+]
 FEATURE_LABELS = {"mel12.5": "Mel (continuous, 12.5 Hz stacked)", "mel50": "Mel (continuous, 50 Hz)"}
 
 
@@ -307,7 +330,7 @@ def table2(df: pd.DataFrame, probe_only: list[dict] = ()) -> pd.DataFrame:
             "CN/CS": f"{s['cn']}/{s['cs']}" if tokens else "-",
             "BR (kbps)": s["kbps"],
         }
-        cols = {"ctc_asr": s.get("ctc_asr_wer"), **probe_columns(s)}
+        cols = {"ctc_asr": s.get("ctc_asr_wer"), **probe_columns(s, s.get("llm_asr", {}))}
         row.update({label: cols.get(k) for k, label in UNDERSTANDING + EXTRA_UNDERSTANDING})
         row["paper row"] = ""
         row.update({f"paper {label}": None for _, label in UNDERSTANDING})
