@@ -11,7 +11,7 @@ from sitok.models.speech_lm import IGNORE, SpeechLM, SpeechLMConfig
 
 def tiny(**kw):
     torch.manual_seed(0)
-    return SpeechLM(SpeechLMConfig(backbone="tiny", codebook_size=40, speech_dim=8, **kw))
+    return SpeechLM(SpeechLMConfig(**{"backbone": "tiny", "codebook_size": 40, "speech_dim": 8, **kw}))
 
 
 def items(t=(14, 9, 5), seed=1):
@@ -130,3 +130,14 @@ def test_shipped_smollm2_gguf_loads_into_transformers_and_answers():
     ids = ids if torch.is_tensor(ids) else ids["input_ids"]
     out = lm.generate(ids, max_new_tokens=12, do_sample=False)
     assert "paris" in text.decode(out[0, ids.shape[1] :].tolist()).lower()
+
+
+def test_speech_embeddings_start_at_the_scale_of_the_text_embeddings():
+    m = tiny(codebook_size=4000)
+    with torch.no_grad():
+        m.lm.get_input_embeddings().weight.mul_(3.0)  # any LM: the speech side follows its scale
+    m = SpeechLM(m.config, m.lm, m.text)
+    text_std = m.lm.get_input_embeddings().weight.std()
+    codes = torch.arange(4000).reshape(1, 4000, 1)
+    speech_std = m.speech_embeddings(codes, torch.tensor([4000]))[0].std()
+    assert 0.8 < float(speech_std / text_std) < 1.25

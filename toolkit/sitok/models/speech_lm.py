@@ -223,7 +223,10 @@ class SpeechLM(nn.Module):
         else:
             self.speech_embed = None
             self.speech_proj = nn.Linear(cfg.n_mels * cfg.mel_stack, width)
-        nn.init.normal_(self.speech_proj.weight, std=1.0 / self.speech_proj.in_features**0.5)
+        # unit-variance inputs (tables drawn N(0, 1) or scaled codebooks; normalised mel) come out at the
+        # scale of the LM's own token embeddings, so speech does not swamp the residual stream at the start
+        scale = float(self.lm.get_input_embeddings().weight.detach().float().std())
+        nn.init.normal_(self.speech_proj.weight, std=scale / self.speech_proj.in_features**0.5)
         nn.init.zeros_(self.speech_proj.bias)
         self.register_buffer(
             "prompt_ids", torch.tensor(self.text.encode(cfg.prompt), dtype=torch.long), persistent=False
