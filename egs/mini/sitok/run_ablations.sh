@@ -63,6 +63,7 @@ if run_stage 2; then
     threads=$(( $(nproc) / nj_train )); [ "${threads}" -ge 1 ] || threads=1
     log "Stage 2: train ${ablations} (${ablation_args}), ${nj_train} at a time with ${threads} threads each"
     for name in ${ablations}; do overrides "${name}" > /dev/null; done  # every name known before anything starts
+    wait_variant() { wait "$1" || { log "ERROR: a variant failed; see ${expdir}/tokenizer_abl_*.log"; exit 1; }; }
     pids=()
     for name in ${ablations}; do
         args="${ablation_args} $(overrides "${name}")"
@@ -72,14 +73,9 @@ if run_stage 2; then
         OMP_NUM_THREADS=${threads} run --stage 4 --stop_stage 5 --tokenizer_tag "abl_${name}" \
             --tokenizer_args "${args}" --resynth_sets none > "${logfile}" 2>&1 &
         pids+=($!)
-        if [ "${#pids[@]}" -ge "${nj_train}" ]; then
-            wait "${pids[0]}" || { log "ERROR: a variant failed; see ${expdir}/tokenizer_abl_*.log"; exit 1; }
-            pids=("${pids[@]:1}")
-        fi
+        if [ "${#pids[@]}" -ge "${nj_train}" ]; then wait_variant "${pids[0]}"; pids=("${pids[@]:1}"); fi
     done
-    for p in ${pids[@]+"${pids[@]}"}; do
-        wait "${p}" || { log "ERROR: a variant failed; see ${expdir}/tokenizer_abl_*.log"; exit 1; }
-    done
+    for p in ${pids[@]+"${pids[@]}"}; do wait_variant "${p}"; done
     for name in ${ablations}; do log "  abl_${name}: $(grep -h 'minutes:' "${expdir}/tokenizer_abl_${name}/train_log.txt" | tail -1 | cut -c1-60)"; done
 fi
 

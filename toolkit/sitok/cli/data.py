@@ -16,12 +16,7 @@ def cmd_synth_mini(a) -> int:
     from sitok.data import synth
 
     items = synth.plan_corpus(
-        seed=a.seed,
-        train_minutes=a.train_minutes,
-        dev_minutes=a.dev_minutes,
-        test_minutes=a.test_minutes,
-        unseen_minutes=a.unseen_minutes,
-        ks_per_class=tuple(a.ks_per_class),
+        a.seed, a.train_minutes, a.dev_minutes, a.test_minutes, a.unseen_minutes, tuple(a.ks_per_class)
     )
     logger.info("synthesising %d utterances into %s with %d jobs (seed %d)", len(items), a.out, a.nj, a.seed)
     seconds = synth.synthesize_corpus(a.out, items, nj=a.nj, progress=not a.no_progress)

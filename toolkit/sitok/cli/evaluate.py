@@ -56,20 +56,10 @@ def cmd_codes_stats(a) -> int:
     }
     cn = next(iter(codes.values())).shape[0]
     s = code_statistics(codes, cn, a.codebook_size)
-    tokens = sum(c.shape[1] for c in codes.values())
-    print(
-        json.dumps(
-            {
-                "codes_dir": a.codes_dir,
-                "utterances": len(codes),
-                "frames": tokens,
-                "num_codebooks": cn,
-                "codebook_size": a.codebook_size,
-                "usage": s["codebook_usage"],
-                "perplexity": s["code_perplexity"],
-            }
-        )
-    )
+    frames = sum(c.shape[1] for c in codes.values())
+    out = {"codes_dir": a.codes_dir, "utterances": len(codes), "frames": frames, "num_codebooks": cn}
+    out.update(codebook_size=a.codebook_size, usage=s["codebook_usage"], perplexity=s["code_perplexity"])
+    print(json.dumps(out))
     return 0
 
 

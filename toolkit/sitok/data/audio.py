@@ -29,9 +29,7 @@ class AudioError(ValueError):
     """An audio file that cannot be used. ``reason`` is a short machine-friendly tag."""
 
     def __init__(self, path: str, reason: str, detail: str = ""):
-        self.path = str(path)
-        self.reason = reason
-        self.detail = detail
+        self.path, self.reason, self.detail = str(path), reason, detail
         msg = f"{path}: {reason}"
         super().__init__(f"{msg} ({detail})" if detail else msg)
 
@@ -87,11 +85,6 @@ def resample(wav, orig_sr: int, new_sr: int):
     return _resampler(int(orig_sr), int(new_sr))(wav)
 
 
-def to_mono(wav: np.ndarray) -> np.ndarray:
-    """[N] or [N, C] -> [N] by averaging channels."""
-    return wav if wav.ndim == 1 else wav.mean(axis=1)
-
-
 def load_audio(
     path: str,
     sample_rate: int = 24000,
@@ -114,7 +107,8 @@ def load_audio(
         data, sr = sf.read(path, dtype="float32", always_2d=False)
     except Exception as exc:
         raise AudioError(path, "unreadable", str(exc).strip().splitlines()[-1][:200]) from None
-    data = to_mono(np.asarray(data))
+    data = np.asarray(data)
+    data = data if data.ndim == 1 else data.mean(axis=1)  # [N, C] -> [N] by averaging channels
     if data.size == 0:
         raise AudioError(path, "no-samples", "no sample could be decoded (truncated?)")
     if info.truncated or data.shape[0] < info.num_frames:

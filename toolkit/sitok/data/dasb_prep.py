@@ -66,13 +66,11 @@ def _iemocap_root(root: str) -> str:
 
 
 def iemocap_sessions(split: str, test_session: int = 5, valid_session: int = 4) -> list[int]:
-    if split == "test":
-        return [test_session]
-    if split == "dev":
-        return [valid_session]
-    if split == "train":
-        return [s for s in range(1, 6) if s not in (test_session, valid_session)]
-    raise ValueError(f"IEMOCAP split must be train, dev or test, got {split!r}")
+    train = [s for s in range(1, 6) if s not in (test_session, valid_session)]
+    sessions = {"test": [test_session], "dev": [valid_session], "train": train}
+    if split not in sessions:
+        raise ValueError(f"IEMOCAP split must be train, dev or test, got {split!r}")
+    return sessions[split]
 
 
 def read_iemocap(root: str, split: str, test_session: int = 5, valid_session: int = 4, **_) -> Iterator[Entry | Skip]:
@@ -106,12 +104,8 @@ def read_iemocap(root: str, split: str, test_session: int = 5, valid_session: in
 def _voxceleb_wavs(root: str) -> dict[str, str]:
     """{"id10270/x6uYqmx31kE/00001.wav": absolute path} over every wav/ folder of the release."""
     out = {}
-    for wav_root in (
-        os.path.join(root, "wav"),
-        os.path.join(root, "vox1_dev_wav", "wav"),
-        os.path.join(root, "vox1_test_wav", "wav"),
-    ):
-        for p in sorted(glob.glob(os.path.join(wav_root, "id*", "*", "*.wav"))):
+    for release in ("", "vox1_dev_wav", "vox1_test_wav"):
+        for p in sorted(glob.glob(os.path.join(root, release, "wav", "id*", "*", "*.wav"))):
             out["/".join(p.split(os.sep)[-3:])] = p
     if not out:
         raise FileNotFoundError(f"{root}: no wav/id*/<video>/<n>.wav files (nor under vox1_dev_wav/ or vox1_test_wav/)")
@@ -139,14 +133,11 @@ def read_voxceleb1(root: str, split: str, dev_per_speaker: int = 2, **_) -> Iter
     for rel in sorted(wavs):
         by_spk[rel.split("/")[0]].append(rel)
     for spk in sorted(by_spk):
+        if (split == "test") != (spk in test_spk):  # test: the trial list's speakers; train, dev: the others
+            continue
         rels = by_spk[spk]
-        if split == "test":
-            chosen = rels if spk in test_spk else []
-        elif spk in test_spk:
-            chosen = []
-        else:
-            cut = max(0, len(rels) - dev_per_speaker) if len(rels) > dev_per_speaker else len(rels)
-            chosen = rels[cut:] if split == "dev" else rels[:cut]
+        cut = len(rels) - dev_per_speaker if len(rels) > dev_per_speaker else len(rels)
+        chosen = rels if split == "test" else rels[cut:] if split == "dev" else rels[:cut]
         for rel in chosen:
             yield Entry(_vox_utt(rel), spk, wavs[rel], NO_TRANSCRIPT, spk)
 
@@ -188,9 +179,7 @@ def _list(root: str, name: str) -> set[str]:
         return {line.strip() for line in fh if line.strip()}
 
 
-def silence_slices(
-    root: str, split: str, count: int | None, out_dir: str, sample_rate_check: bool = True
-) -> list[Entry]:
+def silence_slices(root: str, split: str, count: int | None, out_dir: str) -> list[Entry]:
     """1 s slices of the background-noise files for ``split`` (see the module doc), written as
     16-bit wav files into ``<out_dir>/silence_wavs/`` (atomically); returns their entries."""
     import soundfile as sf

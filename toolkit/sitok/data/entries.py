@@ -30,8 +30,7 @@ def write_skipped(path: str, skips: list[Skip]) -> None:
     """``skipped.tsv``: one line per dropped item (utt, file, reason, detail)."""
     with atomic_open(path) as fh:
         fh.write("utt\tpath\treason\tdetail\n")
-        for s in skips:
-            fh.write(f"{s.utt}\t{s.path}\t{s.reason}\t{s.detail}\n")
+        fh.writelines(f"{s.utt}\t{s.path}\t{s.reason}\t{s.detail}\n" for s in skips)
 
 
 def summarize_skips(skips: list[Skip]) -> str:

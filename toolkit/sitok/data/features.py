@@ -105,13 +105,10 @@ def _job_stamp(utts, wav_scp, mel_cfg: MelConfig, min_dur: float, max_dur: float
     import hashlib
 
     listing = "".join(f"{u} {wav_scp[u]}\n" for u in utts).encode()
+    mel = json.dumps(mel_cfg.to_dict(), sort_keys=True)
     return {
         "inputs": {"utterances": hashlib.sha256(listing).hexdigest()},
-        "options": {
-            "mel": json.dumps(mel_cfg.to_dict(), sort_keys=True),
-            "min_duration": str(min_dur),
-            "max_duration": str(max_dur),
-        },
+        "options": {"mel": mel, "min_duration": str(min_dur), "max_duration": str(max_dur)},
     }
 
 
@@ -166,15 +163,8 @@ def compute_features(
     chunks = [list(c) for c in np.array_split(np.array(utts, dtype=object), nj)]
     _clean_dump_dir(dump_dir, nj)
     wav_scp = dd.tables["wav.scp"]
-    todo = [
-        j
-        for j in range(nj)
-        if not is_current(
-            _job_paths(dump_dir, j)["done"],
-            _job_stamp(chunks[j], wav_scp, mel_cfg, min_duration, max_duration),
-            f"{dump_dir} job {j}",
-        )
-    ]
+    stamps = [_job_stamp(c, wav_scp, mel_cfg, min_duration, max_duration) for c in chunks]
+    todo = [j for j in range(nj) if not is_current(_job_paths(dump_dir, j)["done"], stamps[j], f"{dump_dir} job {j}")]
     done_before = sum(len(chunks[j]) for j in range(nj) if j not in todo)
     if len(todo) < nj:
         logger.info("%s: %d of %d jobs already done, running %d", dump_dir, nj - len(todo), nj, len(todo))
@@ -184,14 +174,8 @@ def compute_features(
     counter = ctx.Value("l", 0)
     _init_worker(counter)
     jobs = [(j, chunks[j], wav_scp, dump_dir, mel_cfg, min_duration, max_duration) for j in todo]
-    bar = tqdm(
-        total=len(utts),
-        initial=done_before,
-        desc=f"features {os.path.basename(dump_dir)}",
-        unit="utt",
-        disable=not progress,
-        mininterval=1,
-    )
+    desc = f"features {os.path.basename(dump_dir)}"
+    bar = tqdm(total=len(utts), initial=done_before, desc=desc, unit="utt", disable=not progress, mininterval=1)
     if len(jobs) == 1:
         _run_job(jobs[0])
         bar.update(counter.value)

@@ -16,7 +16,6 @@ byte order), with ids that start with their speaker id:
 from __future__ import annotations
 
 import csv
-import io
 import os
 from collections import OrderedDict
 
@@ -169,19 +168,17 @@ class DataDir:
             cols.append("label")
         if "feats.scp" in t:
             cols += ["feats", "num_frames"]
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(cols)
         dur = t.get("utt2dur", {})
-        for u in self.utts:
-            row = [u, dur.get(u, ""), t["wav.scp"][u], t["utt2spk"][u], t["text"].get(u, "")]
-            if "utt2label" in t:
-                row.append(t["utt2label"].get(u, ""))
-            if "feats.scp" in t:
-                row += [t["feats.scp"].get(u, ""), t.get("utt2num_frames", {}).get(u, "")]
-            w.writerow(row)
         with atomic_open(path) as fh:
-            fh.write(buf.getvalue())
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(cols)
+            for u in self.utts:
+                row = [u, dur.get(u, ""), t["wav.scp"][u], t["utt2spk"][u], t["text"].get(u, "")]
+                if "utt2label" in t:
+                    row.append(t["utt2label"].get(u, ""))
+                if "feats.scp" in t:
+                    row += [t["feats.scp"].get(u, ""), t.get("utt2num_frames", {}).get(u, "")]
+                w.writerow(row)
 
 
 def validate_data_dir(path: str, *, need=("utt2dur",), check_files: bool = False) -> list[str]:
@@ -205,14 +202,12 @@ def validate_data_dir(path: str, *, need=("utt2dur",), check_files: bool = False
         if table is None:
             problems.append(f"{path}/{name}: missing")
             continue
-        lacking = utts - set(table)
-        if lacking:
+        if lacking := utts - set(table):
             problems.append(
                 f"{path}/{name}: {len(lacking)} utterances of wav.scp lack an entry, e.g. {sorted(lacking)[:3]}"
             )
     for name, table in dd.tables.items():
-        extra = set(table) - utts
-        if extra:
+        if extra := set(table) - utts:
             problems.append(f"{path}/{name}: {len(extra)} entries not in wav.scp, e.g. {sorted(extra)[:3]}")
         keys = list(table)  # read_table keeps the file's order
         if keys != sorted(keys, key=lambda k: k.encode()):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -50,8 +50,6 @@ class MelConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> MelConfig:
         """A mel config from plain data (a model directory's config.json), range-checked."""
-        from dataclasses import fields
-
         d = d or {}
         if not isinstance(d, dict) or unknown_fields(cls, d):
             raise ValueError(f"MelConfig: expected a mapping of {[f.name for f in fields(cls)]}, got {d!r}")
@@ -60,19 +58,8 @@ class MelConfig:
         check_fields(
             "MelConfig",
             cfg,
-            ints={
-                "sample_rate": (1, 768000),
-                "n_fft": (2, 65536),
-                "win_length": sizes,
-                "hop_length": sizes,
-                "n_mels": (1, 4096),
-            },
-            floats={
-                "f_min": (0.0, 384000.0),
-                "f_max": (0.0, 384000.0),
-                "power": (0.1, 10.0),
-                "log_floor": (1e-30, 1.0),
-            },
+            ints=dict(sample_rate=(1, 768000), n_fft=(2, 65536), win_length=sizes, hop_length=sizes, n_mels=(1, 4096)),
+            floats=dict(f_min=(0.0, 384000.0), f_max=(0.0, 384000.0), power=(0.1, 10.0), log_floor=(1e-30, 1.0)),
             choices={"mel_scale": ("slaney", "htk"), "mel_norm": ("slaney", None)},
         )
         if cfg.win_length > cfg.n_fft:
@@ -87,15 +74,8 @@ def mel_filterbank(cfg: MelConfig) -> torch.Tensor:
     """[n_fft // 2 + 1, n_mels] triangular filters (torchaudio's implementation)."""
     import torchaudio.functional as AF
 
-    return AF.melscale_fbanks(
-        n_freqs=cfg.n_fft // 2 + 1,
-        f_min=cfg.f_min,
-        f_max=cfg.f_max,
-        n_mels=cfg.n_mels,
-        sample_rate=cfg.sample_rate,
-        norm=cfg.mel_norm,
-        mel_scale=cfg.mel_scale,
-    )
+    n_freqs = cfg.n_fft // 2 + 1
+    return AF.melscale_fbanks(n_freqs, cfg.f_min, cfg.f_max, cfg.n_mels, cfg.sample_rate, cfg.mel_norm, cfg.mel_scale)
 
 
 class MelFrontend(torch.nn.Module):
@@ -127,13 +107,7 @@ class MelFrontend(torch.nn.Module):
         mode = "reflect" if x.shape[-1] > side else "constant"
         x = F.pad(x.unsqueeze(1), (side, side), mode=mode).squeeze(1)
         spec = torch.stft(
-            x.float(),
-            n_fft=cfg.n_fft,
-            hop_length=cfg.hop_length,
-            win_length=cfg.win_length,
-            window=self.window,
-            center=False,
-            return_complex=True,
+            x.float(), cfg.n_fft, cfg.hop_length, cfg.win_length, self.window, center=False, return_complex=True
         ).abs()  # [B, F, T]
         if cfg.power != 1.0:
             spec = spec.pow(cfg.power)

@@ -22,6 +22,7 @@ byte-identical audio and metadata.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -98,13 +99,7 @@ UNKNOWN_WORDS = (
 
 def make_sentence(rng: random.Random) -> str:
     template = rng.choice(TEMPLATES)
-    out = []
-    for piece in template.split():
-        if piece.startswith("{"):
-            out.append(rng.choice(WORDS[piece[1:-1]]))
-        else:
-            out.append(piece)
-    return " ".join(out)
+    return " ".join(rng.choice(WORDS[p[1:-1]]) if p.startswith("{") else p for p in template.split())
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,21 +175,9 @@ def _synthesize_raw(item: Item, tmpdir: str) -> tuple[np.ndarray, int]:
     rate = spk.rate * rate_s / spk.vtl  # slower before the speed-up of the VTL resampling
     out = os.path.join(tmpdir, f"{item.utt}.wav")
     if spk.engine == "flite":
-        cmd = [
-            "flite",
-            "-voice",
-            spk.voice,
-            "--setf",
-            f"int_f0_target_mean={spk.pitch * pitch_s / spk.vtl:.1f}",
-            "--setf",
-            f"int_f0_target_stddev={20 * range_s:.1f}",
-            "--setf",
-            f"duration_stretch={1.0 / rate:.3f}",
-            "-t",
-            item.text,
-            "-o",
-            out,
-        ]
+        f0 = f"int_f0_target_mean={spk.pitch * pitch_s / spk.vtl:.1f}"
+        setf = [f0, f"int_f0_target_stddev={20 * range_s:.1f}", f"duration_stretch={1.0 / rate:.3f}"]
+        cmd = ["flite", "-voice", spk.voice, *(x for v in setf for x in ("--setf", v)), "-t", item.text, "-o", out]
     else:
         pitch = int(min(99, max(0, round(spk.pitch * pitch_s))))
         ssml = f'<speak><prosody range="{ESPEAK_RANGE[range_s]}">{item.text}</prosody></speak>'
@@ -263,12 +246,8 @@ def plan_corpus(
     items: list[Item] = []
     eval_text: set[str] = set()  # every sentence of test, test_unseen and dev: never in another split
 
-    def count(minutes: float) -> int:
-        return max(1, int(round(minutes * 60 / MEAN_SENTENCE_SECONDS)))
-
     def sentences(split: str, minutes: float, speakers: list[Speaker]) -> None:
-        n = count(minutes)
-        for i in range(n):
+        for i in range(max(1, int(round(minutes * 60 / MEAN_SENTENCE_SECONDS)))):
             spk = speakers[i % len(speakers)]
             text = make_sentence(rng)
             while text in eval_text:  # a sentence of an evaluation split occurs in no other split
@@ -315,15 +294,9 @@ def synthesize_corpus(root: str, items: list[Item], nj: int = 2, progress: bool 
     jobs = [(it, root) for it in items]
     durations: dict[str, float] = {}
     bar = tqdm(total=len(jobs), desc="synthesise", unit="utt", disable=not progress, mininterval=2)
-    if nj > 1:
-        # not fork: a forked child of a process with live torch/OpenMP threads can deadlock
-        with get_context("forkserver").Pool(nj) as pool:
-            for utt, dur in pool.imap_unordered(_render_to_file, jobs, chunksize=8):
-                durations[utt] = dur
-                bar.update()
-    else:
-        for job in jobs:
-            utt, dur = _render_to_file(job)
+    # not fork: a forked child of a process with live torch/OpenMP threads can deadlock
+    with get_context("forkserver").Pool(nj) if nj > 1 else contextlib.nullcontext() as pool:
+        for utt, dur in pool.imap_unordered(_render_to_file, jobs, chunksize=8) if pool else map(_render_to_file, jobs):
             durations[utt] = dur
             bar.update()
     bar.close()
@@ -349,8 +322,7 @@ def read_metadata(root: str) -> list[dict]:
         raise FileNotFoundError(f"{path}: corpus metadata missing; run stage 0 (corpus synthesis) first")
     with open(path, encoding="utf-8") as fh:
         header = fh.readline().rstrip("\n").split("\t")
-        rows = [dict(zip(header, line.rstrip("\n").split("\t"))) for line in fh if line.strip()]
-    return rows
+        return [dict(zip(header, line.rstrip("\n").split("\t"))) for line in fh if line.strip()]
 
 
 def total_hours(seconds: dict[str, float]) -> str:

@@ -34,9 +34,7 @@ def check_transcript(text: str) -> tuple[str, str | None]:
     through :func:`non_ascii_count`).
     """
     norm = normalize_text(text)
-    if not norm:
-        return norm, "empty-text"
-    return norm, None
+    return norm, None if norm else "empty-text"
 
 
 def non_ascii_count(text: str) -> int:

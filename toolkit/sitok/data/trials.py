@@ -30,13 +30,10 @@ def make_trials(utt2spk: dict, n_trials: int = 2000, seed: int = 0, exclude_spea
     rng = random.Random(seed)
     pos, neg = set(), set()
     while len(pos) < half:
-        s = rng.choice(speakers)
-        a, b = sorted(rng.sample(spk2utt[s], 2))
-        pos.add((a, b))
+        pos.add(tuple(sorted(rng.sample(spk2utt[rng.choice(speakers)], 2))))
     while len(neg) < half:
         s1, s2 = rng.sample(speakers, 2)
-        a, b = sorted((rng.choice(spk2utt[s1]), rng.choice(spk2utt[s2])))
-        neg.add((a, b))
+        neg.add(tuple(sorted((rng.choice(spk2utt[s1]), rng.choice(spk2utt[s2])))))
     trials = [(1, a, b) for a, b in sorted(pos)] + [(0, a, b) for a, b in sorted(neg)]
     rng.shuffle(trials)
     return trials

@@ -128,11 +128,6 @@ def ctc_fit_report(sp_model: str, data_dir: str, token_rate: float = 12.5, top: 
     }
 
 
-def write_ctc_fit_report(report: dict, path: str) -> None:
-    with atomic_open(path) as fh:
-        json.dump(report, fh, indent=1)
-
-
 def train_vocabulary(
     data_dir: str, out: str, vocab_size: int, model_type: str, token_rate: float, ctc_upsample: int, nj: int = 1
 ) -> dict:
@@ -143,7 +138,8 @@ def train_vocabulary(
     rate = token_rate * ctc_upsample
     report = ctc_fit_report(model, data_dir, token_rate=rate)
     report["ctc_upsample"] = ctc_upsample
-    write_ctc_fit_report(report, os.path.join(out, "ctc_fit.json"))
+    with atomic_open(os.path.join(out, "ctc_fit.json")) as fh:
+        json.dump(report, fh, indent=1)
     logger.info(
         "%s: %d pieces (%s) from %d transcripts; %.2f units/s; CTC fit at %.2f Hz (%g Hz tokens x %d): worst "
         "%.3f, p99 %.3f, mean %.3f, %d utterances do not fit",

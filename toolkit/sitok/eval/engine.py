@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -98,15 +98,7 @@ class Setting:
         return ORIGINAL if self.source == "original" else f"groundtruth_{self.vocoder}"
 
     def fields(self) -> dict:
-        return {
-            "setting": self.key,
-            "model": self.model,
-            "source": self.source,
-            "vocoder": self.vocoder,
-            "steps": self.steps,
-            "cfg_scale": self.cfg_scale,
-            "temperature": self.temperature,
-        }
+        return {"setting": self.key, "model": self.model, **asdict(self)}  # the row's columns: model before source
 
 
 def example_utts(utts: list[str], n: int) -> list[str]:
@@ -432,9 +424,7 @@ class Engine:
             out = self.out_dir
             write_text_atomic(os.path.join(out, "summary.json"), json.dumps(summary, indent=1) + "\n")
             with atomic_open(os.path.join(out, "results.csv")) as fh:
-                pd.DataFrame([{k: v for k, v in r.items() if k != "judge_seconds"} for r in rows]).to_csv(
-                    fh, index=False
-                )
+                pd.DataFrame(rows).drop(columns="judge_seconds", errors="ignore").to_csv(fh, index=False)
             with atomic_open(os.path.join(out, "per_utt.csv")) as fh:
                 pd.DataFrame([p for r in self.results.values() for p in r["per_utt"]]).to_csv(fh, index=False)
             write_text_atomic(os.path.join(out, "results.md"), results_markdown(rows) + "\n")

@@ -64,6 +64,27 @@ class Judge:
     def info(self) -> dict:
         return {"kind": self.kind, "judge": self.name, "version": self.version, "sample_rate": self.sample_rate}
 
+    def _local(self, model: str | None, file: bool = False) -> str:
+        """``model`` when it is a local model directory (``file``: a file), else a FileNotFoundError
+        naming the option that gives one."""
+        if not model or not (os.path.isfile(model) if file else os.path.isdir(model)):
+            what, arg = ("TorchScript file", "FILE") if file else ("local model directory", "DIR")
+            raise FileNotFoundError(
+                f"{self.name} judge: {what} {model!r} not found; give one with "
+                f"--judge-opt {self.kind}.model={arg} (nothing is downloaded)"
+            )
+        return model
+
+
+class _TransformersJudge(Judge):
+    """A judge on a local ``transformers`` model directory (``model_dir``)."""
+
+    model_dir = ""
+
+    @property
+    def version(self) -> str:
+        return f"transformers {_pkg_version('transformers')}, {os.path.basename(self.model_dir.rstrip('/'))}"
+
 
 # ---- intelligibility ------------------------------------------------------------------------
 class PocketSphinxJudge(Judge):
@@ -102,27 +123,18 @@ class PocketSphinxJudge(Judge):
         return {"hyp": normalize_text(out.hypstr if out is not None else "")}
 
 
-class WhisperJudge(Judge):
+class WhisperJudge(_TransformersJudge):
     """Whisper through ``transformers`` from a local model directory (the paper's judge is
     whisper-large-v3). ``model``: a directory holding its config and weights."""
 
     kind, name = "asr", "whisper"
 
     def __init__(self, model: str | None = None, language: str = "en", device: str = "cpu"):
-        if not model or not os.path.isdir(model):
-            raise FileNotFoundError(
-                f"whisper judge: local model directory {model!r} not found; give one with "
-                "--judge-opt asr.model=DIR (nothing is downloaded)"
-            )
+        self.model_dir = self._local(model)
         from transformers import pipeline
 
-        self.model_dir = model
         self._pipe = pipeline("automatic-speech-recognition", model=model, device=device)
         self._kwargs = {"generate_kwargs": {"language": language, "task": "transcribe"}}
-
-    @property
-    def version(self) -> str:
-        return f"transformers {_pkg_version('transformers')}, {os.path.basename(self.model_dir.rstrip('/'))}"
 
     def score(self, ref, hyp, sr, text=None):
         x = _to_rate(hyp, sr, self.sample_rate)
@@ -165,28 +177,19 @@ class ResemblyzerJudge(Judge):
         return {"sim": float(np.dot(self._ref_cache[key], self.embed(hyp, sr)))}
 
 
-class WavLMSimJudge(Judge):
+class WavLMSimJudge(_TransformersJudge):
     """Cosine similarity of ``transformers`` WavLMForXVector embeddings from a local model
     directory (e.g. microsoft/wavlm-base-plus-sv; the paper uses a WavLM-TDNN verifier)."""
 
     kind, name, needs_reference = "sim", "wavlm", True
 
     def __init__(self, model: str | None = None, device: str = "cpu"):
-        if not model or not os.path.isdir(model):
-            raise FileNotFoundError(
-                f"wavlm judge: local model directory {model!r} not found; give one with "
-                "--judge-opt sim.model=DIR (nothing is downloaded)"
-            )
+        self.model_dir = self._local(model)
         from transformers import AutoFeatureExtractor, WavLMForXVector
 
-        self.model_dir = model
         self._fe = AutoFeatureExtractor.from_pretrained(model)
         self._net = WavLMForXVector.from_pretrained(model).eval().to(device)
         self.device = device
-
-    @property
-    def version(self) -> str:
-        return f"transformers {_pkg_version('transformers')}, {os.path.basename(self.model_dir.rstrip('/'))}"
 
     @torch.no_grad()
     def embed(self, wav, sr: int) -> torch.Tensor:
@@ -219,12 +222,7 @@ class UTMOSJudge(Judge):
     kind, name = "mos", "utmos"
 
     def __init__(self, model: str | None = None):
-        if not model or not os.path.isfile(model):
-            raise FileNotFoundError(
-                f"utmos judge: TorchScript file {model!r} not found; give one with "
-                "--judge-opt mos.model=FILE (nothing is downloaded)"
-            )
-        self.model_path = model
+        self.model_path = self._local(model, file=True)
         self._net = torch.jit.load(model, map_location="cpu").eval()
 
     @property

@@ -69,11 +69,10 @@ def ctc_asr(tok, codes: dict, texts: dict, beam_size: int = 0) -> dict | None:
         c = torch.nn.utils.rnn.pad_sequence([torch.as_tensor(codes[u]).T for u in batch], batch_first=True)
         log_probs, lengths = tok.ctc_log_probs(c.transpose(1, 2), lengths)
         best = log_probs.argmax(-1)
-        for i, u in enumerate(batch):
-            hyps[u] = sp.decode(ctc_greedy(best[i, : lengths[i]].tolist()))
+        hyps.update((u, sp.decode(ctc_greedy(best[i, : lengths[i]].tolist()))) for i, u in enumerate(batch))
         if searcher is not None:
-            for u, h in zip(batch, searcher(log_probs, lengths.float() / log_probs.shape[1])):
-                beam_hyps[u] = h[0].text
+            beams = searcher(log_probs, lengths.float() / log_probs.shape[1])
+            beam_hyps.update((u, h[0].text) for u, h in zip(batch, beams))
     utts = sorted(codes)
     refs = [texts[u] for u in utts]
     out = {"ctc_asr_wer": 100 * word_error_rate(refs, [hyps[u] for u in utts]), "ctc_decoding": "greedy"}

@@ -34,13 +34,11 @@ def write_bigram_arpa(sentences, path: str, discount: float = 0.5, vocab=None) -
     words = set(uni) | set(vocab or ()) | {EOS}
     total = sum(uni.values())
     p_uni = {w: (uni[w] + 1) / (total + len(words)) for w in words}
-    hist: Counter = Counter()
-    for (h, _), c in bi.items():
-        hist[h] += c
-    p_bi = {(h, w): (c - discount) / hist[h] for (h, w), c in bi.items()}
     listed: dict[str, list[str]] = {}
     for h, w in bi:
         listed.setdefault(h, []).append(w)
+    hist = {h: sum(bi[(h, w)] for w in ws) for h, ws in listed.items()}
+    p_bi = {(h, w): (c - discount) / hist[h] for (h, w), c in bi.items()}
     backoff = {}
     for h, ws in listed.items():
         left = 1.0 - sum(p_bi[(h, w)] for w in ws)

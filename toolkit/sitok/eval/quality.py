@@ -1,4 +1,4 @@
-"""Offline signal-quality judges (SPEC 9): PESQ-WB, STOI, DNSMOS P.835 / P.808.
+"""Offline signal-quality judges: PESQ-WB, STOI, DNSMOS P.835 / P.808.
 
 Plain functions on 1-D waveforms (numpy or torch) at any sample rate; each returns floats.
 Reference and degraded signals are trimmed to their common length. Everything runs offline:
@@ -84,9 +84,9 @@ def _dnsmos_model(threads: int):
     opts.inter_op_num_threads = 1
     model = sm.DNSMOS.__new__(sm.DNSMOS)  # speechmos' class, our session options
     model.primary_model_path = os.path.join(models, "sig_bak_ovr.onnx")
-    model.onnx_sess = ort.InferenceSession(model.primary_model_path, opts, providers=["CPUExecutionProvider"])
-    model.p808_onnx_sess = ort.InferenceSession(
-        os.path.join(models, "model_v8.onnx"), opts, providers=["CPUExecutionProvider"]
+    model.onnx_sess, model.p808_onnx_sess = (
+        ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        for path in (model.primary_model_path, os.path.join(models, "model_v8.onnx"))
     )
     return model
 
@@ -109,9 +109,4 @@ def dnsmos(wav, sr: int) -> dict[str, float]:
     if x.size < window:
         x = np.tile(x, -(-window // x.size))[:window]
     out = _dnsmos_model(max(1, torch.get_num_threads()))(x, JUDGE_SR, False)
-    return {
-        "sig": float(out["sig_mos"]),
-        "bak": float(out["bak_mos"]),
-        "ovrl": float(out["ovrl_mos"]),
-        "p808": float(out["p808_mos"]),
-    }
+    return {k: float(out[f"{k}_mos"]) for k in ("sig", "bak", "ovrl", "p808")}

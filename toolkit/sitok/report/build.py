@@ -100,8 +100,7 @@ def steps_figure(summaries: list[dict], path: str, vocoder: str | None = None) -
                 continue
             ax.plot(xs, [np.nan if y is None else y for y in ys], marker="o", label=name)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("Euler steps")
-        ax.set_ylabel(label)
+        ax.set(xlabel="Euler steps", ylabel=label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(
@@ -125,17 +124,12 @@ def mel_figures(summaries: list[dict], df, dump_dir: str | None, out_dir: str, m
         return []
     feats = read_scp(os.path.join(dump_dir, "feats.scp"))
     chosen = {r["experiment"]: r for r in df.to_dict("records")}
-    panels = []  # (name, setting key, eval dir)
+    panels = []  # (name, the mels dir of its reported setting)
     for s in summaries[:max_models]:
-        r = chosen.get(s["model"]["name"])
-        if r is None:
-            continue
-        panels.append(
-            (
-                f"{r['experiment']} ({'regression' if r['steps'] == 0 else str(r['steps']) + ' steps'})",
-                os.path.join(os.path.dirname(s["path"]), "mels", r["setting"]),
-            )
-        )
+        if (r := chosen.get(s["model"]["name"])) is not None:
+            steps = "regression" if r["steps"] == 0 else f"{r['steps']} steps"
+            mels = os.path.join(os.path.dirname(s["path"]), "mels", r["setting"])
+            panels.append((f"{r['experiment']} ({steps})", mels))
     utts = sorted({f[:-4] for _, d in panels if os.path.isdir(d) for f in os.listdir(d) if f.endswith(".npy")})
     written = []
     for u in utts:
@@ -193,15 +187,14 @@ def write_report(
     record file of stage 13 (``<expdir>/probes_<tag>.json``): it stands for the probed experiments."""
     paths = expand_paths(paths)
     probe_only = T.find_probe_summaries(paths)
-    probe_paths = {os.path.normpath(p) for p in paths if os.path.isfile(os.path.join(p, "probes", "summary.json"))}
-    files = T.find_summaries(
-        [
-            p
-            for p in paths
-            if os.path.normpath(p) not in probe_paths or glob.glob(os.path.join(p, "eval", "*", "summary.json"))
-        ],
-        set_name,
-    )
+    # a probed experiment is looked at for evaluation summaries only when it has some
+    evaluated = [
+        p
+        for p in paths
+        if not os.path.isfile(os.path.join(p, "probes", "summary.json"))
+        or glob.glob(os.path.join(p, "eval", "*", "summary.json"))
+    ]
+    files = T.find_summaries(evaluated, set_name)
     if not files and probe_only:  # probes without the evaluate stage: Table 2 alone
         return _write_probe_only_report(probe_only, out_dir)
     if not files:

@@ -58,29 +58,16 @@ def _rel(path: str | None, base: str) -> str | None:
     return os.path.relpath(path, base) if path else None
 
 
-def _abs(path: str | None, base: str) -> str | None:
-    return os.path.normpath(os.path.join(base, path)) if path else None
-
-
 def make_record(name: str, features: str, model_dir: str | None, exp_dir: str, base: str) -> dict:
     """One record, with paths relative to ``base``; results from ``<exp_dir>/probes/summary.json``."""
     summary = os.path.join(exp_dir, "probes", "summary.json")
-    rec = {
-        "name": name,
-        "features": features,
-        "model_dir": _rel(model_dir, base),
-        "exp_dir": _rel(exp_dir, base),
-        "summary": None,
-        "tasks": [],
-        "results": {},
-    }
-    if os.path.isfile(summary):
-        with open(summary, encoding="utf-8") as fh:
-            s = json.load(fh)
-        rec["summary"] = _rel(summary, base)
-        rec["tasks"] = sorted(s.get("tasks", {}))
-        rec["results"] = {k: s.get(k) for k in RESULT_KEYS}
-    return rec
+    rec = {"name": name, "features": features, "model_dir": _rel(model_dir, base), "exp_dir": _rel(exp_dir, base)}
+    if not os.path.isfile(summary):
+        return {**rec, "summary": None, "tasks": [], "results": {}}
+    with open(summary, encoding="utf-8") as fh:
+        s = json.load(fh)
+    results = {k: s.get(k) for k in RESULT_KEYS}
+    return {**rec, "summary": _rel(summary, base), "tasks": sorted(s.get("tasks", {})), "results": results}
 
 
 @contextlib.contextmanager
@@ -124,14 +111,8 @@ def read_records(path: str) -> list[dict]:
     if not isinstance(data, list) or not all(isinstance(r, dict) and all(k in r for k in REQUIRED) for r in data):
         raise ValueError(f"{path}: not a list of probe records (each with {', '.join(REQUIRED)})")
     base = os.path.dirname(os.path.abspath(path))
-    out = []
-    for r in data:
-        r = dict(r)
-        for k in ("model_dir", "exp_dir", "summary"):
-            p = _abs(r.get(k), base)
-            r[k] = os.path.relpath(p) if p else None
-        out.append(r)
-    return out
+    keys = ("model_dir", "exp_dir", "summary")
+    return [{**r, **{k: os.path.relpath(os.path.join(base, r[k])) if r.get(k) else None for k in keys}} for r in data]
 
 
 def is_record_file(path: str) -> bool:

@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("decoder_ft", "token_cfg", "shortcut", "light_head", "diffusion", "reparam")
 
-
 # decoder keys a refine=diffusion|reparam run may set (the decoder trains anew under them)
 DECODER_OVERRIDES = ("prediction", "x_skip", "loss", "dec_hidden", "dec_layers", "dec_intermediate")
 
@@ -83,8 +82,7 @@ def refined_config(
     elif refine == "shortcut":
         cfg["shortcut"] = True
     elif refine == "light_head":
-        n = int(light_head_layers) or max(1, cfg["dec_layers"] // 4)
-        cfg["light_head_layers"] = n
+        cfg["light_head_layers"] = int(light_head_layers) or max(1, cfg["dec_layers"] // 4)
     if not keep_cfg and refine != "token_cfg":
         cfg["token_cfg"] = False
     return cfg
@@ -183,14 +181,10 @@ def load_for_refinement(
 
 def freeze_all_but_decoder(model: torch.nn.Module) -> tuple[int, int]:
     """requires_grad only for decoder.* parameters. Returns (trainable, frozen) counts."""
-    n_train = n_frozen = 0
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("decoder."))
-        if p.requires_grad:
-            n_train += p.numel()
-        else:
-            n_frozen += p.numel()
-    return n_train, n_frozen
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return n_train, sum(p.numel() for p in model.parameters()) - n_train
 
 
 class RefineBrain(TokenizerBrain):

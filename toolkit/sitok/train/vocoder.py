@@ -101,7 +101,28 @@ def anti_wrap(x: torch.Tensor) -> torch.Tensor:
     return (x - 2 * math.pi * torch.round(x / (2 * math.pi))).abs()
 
 
-class PhaseLoss(nn.Module):
+class _FramedSTFT(nn.Module):
+    """An STFT framed like ``sitok.data.mel`` (so its frame k is the generator's frame k), with the
+    ``edge_frames`` at each end (reflect-padded) to leave out of a loss."""
+
+    def __init__(self, n_fft: int = 1920, hop: int = 480, edge_frames: int = 2):
+        super().__init__()
+        self.n_fft, self.hop, self.edge = n_fft, hop, edge_frames
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def stft(self, y: torch.Tensor) -> torch.Tensor:
+        y = y.reshape(y.shape[0], -1)
+        side = (self.n_fft - self.hop) // 2
+        y = F.pad(y.unsqueeze(1), (side, side), mode="reflect").squeeze(1)
+        return torch.stft(y, self.n_fft, self.hop, self.n_fft, self.window, center=False, return_complex=True)
+
+    def crop(self, t: int) -> slice:
+        """The frames of ``t`` a loss counts: all but the edges (all of a short segment)."""
+        e = self.edge if t > 2 * self.edge + 1 else 0
+        return slice(e, t - e)
+
+
+class PhaseLoss(_FramedSTFT):
     """Anti-wrapped instantaneous-frequency (time difference) and group-delay (frequency
     difference) losses between the generator's predicted STFT phase and the phase of the real
     audio, as in APNet (Ai and Ling, 2023). Both are blind to a frame's absolute phase, which the
@@ -110,20 +131,10 @@ class PhaseLoss(nn.Module):
 
     The real STFT is framed like ``sitok.data.mel``, so its frame k is the generator's frame k."""
 
-    def __init__(self, n_fft: int = 1920, hop: int = 480, edge_frames: int = 2):
-        super().__init__()
-        self.n_fft, self.hop, self.edge = n_fft, hop, edge_frames
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-
     def forward(self, phase_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """phase_hat [B, F, T], real audio y [B, T * hop] (or [B, 1, T * hop])."""
-        y = y.reshape(y.shape[0], -1)
-        side = (self.n_fft - self.hop) // 2
-        y = F.pad(y.unsqueeze(1), (side, side), mode="reflect").squeeze(1)
-        spec = torch.stft(y, self.n_fft, self.hop, self.n_fft, self.window, center=False, return_complex=True)
-        e = self.edge if phase_hat.shape[-1] > 2 * self.edge + 1 else 0
-        t = phase_hat.shape[-1]
-        spec, phase_hat = spec[..., e : t - e], phase_hat[..., e : t - e]
+        crop = self.crop(phase_hat.shape[-1])
+        spec, phase_hat = self.stft(y)[..., crop], phase_hat[..., crop]
         phase, w = spec.angle(), torch.log1p(spec.abs())
         wt = torch.minimum(w[..., 1:], w[..., :-1])
         wf = torch.minimum(w[:, 1:], w[:, :-1])
@@ -132,7 +143,7 @@ class PhaseLoss(nn.Module):
         return (wt * iaf).sum() / wt.sum().clamp_min(1e-6) + (wf * gd).sum() / wf.sum().clamp_min(1e-6)
 
 
-class SpectrumLoss(nn.Module):
+class SpectrumLoss(_FramedSTFT):
     """Losses on the generator's own STFT (APNet-style, Ai and Ling 2023), framed like the mel:
 
     * ``amplitude``: L1 between the predicted log-magnitudes and those of the real audio;
@@ -143,20 +154,11 @@ class SpectrumLoss(nn.Module):
     The ``edge_frames`` at each end (reflect-padded) are left out."""
 
     def __init__(self, n_fft: int = 1920, hop: int = 480, edge_frames: int = 2, floor: float = 1e-4):
-        super().__init__()
-        self.n_fft, self.hop, self.edge, self.floor = n_fft, hop, edge_frames, floor
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-
-    def stft(self, y: torch.Tensor) -> torch.Tensor:
-        y = y.reshape(y.shape[0], -1)
-        side = (self.n_fft - self.hop) // 2
-        y = F.pad(y.unsqueeze(1), (side, side), mode="reflect").squeeze(1)
-        return torch.stft(y, self.n_fft, self.hop, self.n_fft, self.window, center=False, return_complex=True)
+        super().__init__(n_fft, hop, edge_frames)
+        self.floor = floor
 
     def forward(self, mag_hat, phase_hat, y_hat, y) -> tuple[torch.Tensor, torch.Tensor]:
-        t = mag_hat.shape[-1]
-        e = self.edge if t > 2 * self.edge + 1 else 0
-        crop = slice(e, t - e)
+        crop = self.crop(mag_hat.shape[-1])
         spec = self.stft(y)[..., crop]
         mag_hat, phase_hat = mag_hat[..., crop], phase_hat[..., crop]
         amplitude = (
@@ -217,10 +219,7 @@ def dataio_prepare(hparams: dict):
     frontend = MelFrontend(mel_cfg)
     hop = mel_cfg.hop_length
     segment_frames = int(hparams["segment_frames"])
-    croppers = {
-        "train": SegmentCropper(hparams["seed"], segment_frames, hop),
-        "valid": SegmentCropper(hparams["seed"], segment_frames, hop),
-    }  # valid: epoch stays 0
+    croppers = {n: SegmentCropper(hparams["seed"], segment_frames, hop) for n in ("train", "valid")}  # valid: epoch 0
     stats: dict = {"segment_frames": segment_frames, "segment_seconds": segment_frames * hop / mel_cfg.sample_rate}
     datasets = {}
     for name in ("train", "valid"):
@@ -306,15 +305,13 @@ class VocoderBrain(sb.Brain):
         per_epoch = max(1, (self.data_stats or {}).get("train_batches_per_epoch", 1))
         total = max(2, per_epoch * hp.number_of_epochs)
         gan_steps = max(2, total - hp.gan_start_step)
-        self.lr_schedule_g = sb.nnet.schedulers.WarmAndExpDecayLRSchedule(
-            lr=hp.lr, n_warmup_steps=min(hp.warmup_steps, total - 1), total_steps=total, decay_factor=hp.lr_decay_factor
-        )
-        self.lr_schedule_d = sb.nnet.schedulers.WarmAndExpDecayLRSchedule(
-            lr=hp.lr_discriminator,
-            n_warmup_steps=min(hp.warmup_steps, gan_steps - 1),
-            total_steps=gan_steps,
-            decay_factor=hp.lr_decay_factor,
-        )
+
+        def schedule(lr: float, n: int):  # warm-up, then exponential decay over n steps
+            return sb.nnet.schedulers.WarmAndExpDecayLRSchedule(
+                lr=lr, n_warmup_steps=min(hp.warmup_steps, n - 1), total_steps=n, decay_factor=hp.lr_decay_factor
+            )
+
+        self.lr_schedule_g, self.lr_schedule_d = schedule(hp.lr, total), schedule(hp.lr_discriminator, gan_steps)
         self.checkpointer.add_recoverable("lr_schedule_g", self.lr_schedule_g)
         self.checkpointer.add_recoverable("lr_schedule_d", self.lr_schedule_d)
         super().on_fit_start()  # optimisers, then recover the latest checkpoint
