@@ -279,7 +279,7 @@ class SpeechLM(nn.Module):
             target = list(ids) + [self.text.eos_id]
             seqs.append(torch.cat([p, self._text_embeddings(target, device)]))
             labels.append(torch.tensor([IGNORE] * len(p) + target, dtype=torch.long, device=device))
-        emb, mask = _pad(seqs, left=False)
+        emb, mask = pad_sequences(seqs, left=False)
         labels = nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)
         hidden = self.lm.get_decoder()(inputs_embeds=emb, attention_mask=mask).last_hidden_state
         scored = labels[:, 1:] != IGNORE  # position i predicts token i + 1
@@ -297,7 +297,7 @@ class SpeechLM(nn.Module):
     def greedy(self, speech, lengths, max_new_tokens: int | None = None) -> list[list[int]]:
         """Greedy decoding with the KV cache, batched: left-padded prefixes, positions counted from
         each utterance's first real input. Returns the text ids before eos."""
-        emb, mask = _pad(self._prefix(speech, lengths), left=True)
+        emb, mask = pad_sequences(self._prefix(speech, lengths), left=True)
         n = max_new_tokens or self._max_new(lengths)
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
         out = self.lm(inputs_embeds=emb, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
@@ -322,7 +322,7 @@ class SpeechLM(nn.Module):
     @torch.no_grad()
     def beam(self, speech, lengths, beam_size: int, max_new_tokens: int | None = None) -> list[list[int]]:
         """Beam search through ``transformers``' ``generate`` (KV cache, length-normalised scores)."""
-        emb, mask = _pad(self._prefix(speech, lengths), left=True)
+        emb, mask = pad_sequences(self._prefix(speech, lengths), left=True)
         out = self.lm.generate(
             inputs_embeds=emb,
             attention_mask=mask,
@@ -348,36 +348,49 @@ class SpeechLM(nn.Module):
 
     # ---- model directory ------------------------------------------------------------------
     def save(self, out_dir: str) -> None:
-        os.makedirs(os.path.join(out_dir, "backbone"), exist_ok=True)
-        self.lm.config.save_pretrained(os.path.join(out_dir, "backbone"))
-        self.text.save(os.path.join(out_dir, "backbone"))
-        tmp = os.path.join(out_dir, f"model.pt.tmp{os.getpid()}")
-        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
-        os.replace(tmp, os.path.join(out_dir, "model.pt"))
-        write_text_atomic(os.path.join(out_dir, "speech_lm.json"), json.dumps(asdict(self.config), indent=1) + "\n")
+        save_model_dir(self, out_dir, "speech_lm.json")
 
     @classmethod
     def load(cls, model_dir: str, map_location="cpu") -> SpeechLM:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-        path = os.path.join(model_dir, "speech_lm.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{model_dir}: no speech_lm.json (not a SpeechLM model directory)")
-        with open(path, encoding="utf-8") as fh:
-            cfg = SpeechLMConfig.from_dict(json.load(fh))
-        backbone = os.path.join(model_dir, "backbone")
-        lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(backbone, local_files_only=True))
-        if os.path.isfile(os.path.join(backbone, "char_tokenizer.json")):
-            text = CharText()
-        else:
-            text = HFText(AutoTokenizer.from_pretrained(backbone, local_files_only=True))
-        model = cls(cfg, lm, text)
-        state = torch.load(os.path.join(model_dir, "model.pt"), map_location=map_location, weights_only=True)
+        cfg, lm, text, state = read_model_dir(model_dir, "speech_lm.json", map_location)
+        model = cls(SpeechLMConfig.from_dict(cfg), lm, text)
         model.load_state_dict(state)
         return model.eval()
 
 
-def _pad(seqs: list[torch.Tensor], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def save_model_dir(model: nn.Module, out_dir: str, config_name: str) -> None:
+    """``out_dir``: ``config_name`` (the model's config), ``backbone/`` (the LM's config and text
+    tokenizer) and ``model.pt`` (every weight); files replaced atomically."""
+    os.makedirs(os.path.join(out_dir, "backbone"), exist_ok=True)
+    model.lm.config.save_pretrained(os.path.join(out_dir, "backbone"))
+    model.text.save(os.path.join(out_dir, "backbone"))
+    tmp = os.path.join(out_dir, f"model.pt.tmp{os.getpid()}")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, os.path.join(out_dir, "model.pt"))
+    write_text_atomic(os.path.join(out_dir, config_name), json.dumps(asdict(model.config), indent=1) + "\n")
+
+
+def read_model_dir(model_dir: str, config_name: str, map_location="cpu"):
+    """(config dict, LM with fresh weights, text tokenizer, state dict) of a directory written by
+    ``save_model_dir``: the LM is built from its config, the weights are read as data only."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = os.path.join(model_dir, config_name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{model_dir}: no {config_name} (not a model directory of this kind)")
+    with open(path, encoding="utf-8") as fh:
+        cfg = json.load(fh)
+    backbone = os.path.join(model_dir, "backbone")
+    lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(backbone, local_files_only=True))
+    if os.path.isfile(os.path.join(backbone, "char_tokenizer.json")):
+        text = CharText()
+    else:
+        text = HFText(AutoTokenizer.from_pretrained(backbone, local_files_only=True))
+    state = torch.load(os.path.join(model_dir, "model.pt"), map_location=map_location, weights_only=True)
+    return cfg, lm, text, state
+
+
+def pad_sequences(seqs: list[torch.Tensor], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """[L_i, D] tensors -> ([B, L, D] zero-padded on the left or right, mask [B, L] True = real)."""
     n = max(len(s) for s in seqs)
     x = seqs[0].new_zeros(len(seqs), n, seqs[0].shape[-1])

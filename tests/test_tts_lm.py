@@ -1,0 +1,89 @@
+"""SpeechTTS (AR-TTS on the tokens): the loss, sampling, batched and prompted generation, the model directory."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sitok.models.tts_lm import Sampling, SpeechTTS, SpeechTTSConfig, sample_next
+
+TEXTS = ["red fox", "a cat", "go home"]
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return SpeechTTS(SpeechTTSConfig(**{"backbone": "tiny", "codebook_size": 30, "speech_dim": 8, **kw}))
+
+
+def codes(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 30, (n,), generator=g) for n in (9, 6, 11)]
+
+
+def trained(steps=200):
+    m = tiny(min_tokens_per_char=0.0)
+    ids, cs = [m.text.encode(t) for t in TEXTS], codes()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        m(ids, cs)["loss"].backward()
+        opt.step()
+    return m.eval(), cs
+
+
+def test_loss_scores_every_speech_token_and_the_end():
+    m = tiny()
+    ids, cs = [m.text.encode(t) for t in TEXTS], codes()
+    out = m(ids, cs)
+    assert out["tokens"] == sum(len(c) + 1 for c in cs)
+    total = 0.0
+    for t, c in zip(ids, cs):  # by hand, one utterance at a time
+        x = torch.cat([m._text(t, "cpu"), m._speech(torch.cat([torch.tensor([m.start_id]), c]))])[None]
+        h = m.lm.get_decoder()(inputs_embeds=x).last_hidden_state[0, len(t) :]
+        total = total + F.cross_entropy(m.speech_head(h), torch.cat([c, torch.tensor([m.end_id])]), reduction="sum")
+    torch.testing.assert_close(out["loss"], total / out["tokens"], rtol=1e-4, atol=1e-5)
+
+
+def test_greedy_generation_batched_alone_and_from_a_prompt():
+    m, cs = trained()
+    greedy = Sampling(temperature=0)
+    batch = m.generate(TEXTS, sampling=greedy)
+    assert all(torch.equal(b, c) for b, c in zip(batch, cs))  # it learnt them: the checks below mean something
+    alone = [m.generate([t], sampling=greedy)[0] for t in TEXTS]
+    assert all(torch.equal(a, b) for a, b in zip(alone, batch))
+    cont = m.generate(TEXTS, prompts=[c[:3] for c in cs], sampling=greedy)  # continuation after the prompt
+    assert all(torch.equal(x, c[3:]) for x, c in zip(cont, cs))
+
+
+def test_length_bounds_follow_the_text():
+    m = tiny(min_tokens_per_char=1.0, max_tokens_per_char=1.5)
+    assert m.length_bounds("abcd") == (4, 16)
+    out = m.generate(["abcd"], sampling=Sampling(temperature=0))[0]
+    assert 4 <= len(out) <= 16
+
+
+def test_sampling_filters_and_repetition_aware_redraw():
+    logits = torch.log(torch.tensor([0.85, 0.1, 0.05]))
+    g = torch.Generator().manual_seed(0)
+    assert sample_next(logits, [], Sampling(temperature=0)) == 0
+    assert {sample_next(logits, [], Sampling(top_k=1, ras_window=0), g) for _ in range(50)} == {0}
+    assert {sample_next(logits, [], Sampling(top_p=0.5, ras_window=0), g) for _ in range(50)} == {0}
+    # top-k 1 always proposes 0; when 0 already fills the window, the redraw comes from the full distribution
+    draws = [sample_next(logits, [0] * 10, Sampling(top_k=1, ras_window=10, ras_ratio=0.5), g) for _ in range(400)]
+    assert 0.05 < sum(d != 0 for d in draws) / 400 < 0.25
+    draws = [sample_next(logits, [1] * 10, Sampling(top_k=1, ras_window=10, ras_ratio=0.5), g) for _ in range(50)]
+    assert set(draws) == {0}  # no repetition of the proposal: no redraw
+
+
+def test_codebook_start_and_model_directory_round_trip(tmp_path):
+    m = tiny()
+    book = torch.randn(1, 30, 8) * 0.2
+    m.init_from_codebook(book)
+    torch.testing.assert_close(m.speech_embed.weight[:30], book[0] / book.std())
+    with pytest.raises(ValueError, match="does not fit"):
+        m.init_from_codebook(torch.randn(1, 29, 8))
+    m.eval().save(str(tmp_path / "tts"))
+    back = SpeechTTS.load(str(tmp_path / "tts"))
+    ids = [m.text.encode(t) for t in TEXTS]
+    torch.testing.assert_close(back(ids, codes())["loss"], m(ids, codes())["loss"])
+    with pytest.raises(FileNotFoundError, match="speech_tts.json"):
+        SpeechTTS.load(str(tmp_path))
