@@ -87,3 +87,27 @@ def test_codebook_start_and_model_directory_round_trip(tmp_path):
     torch.testing.assert_close(back(ids, codes())["loss"], m(ids, codes())["loss"])
     with pytest.raises(FileNotFoundError, match="speech_tts.json"):
         SpeechTTS.load(str(tmp_path))
+
+
+def test_tts_command_speaks_with_and_without_a_prompt(tmp_path):
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from conftest import tone, write, write_model_dir
+
+    tok = write_model_dir(tmp_path / "tok")  # a tiny untrained tokenizer: 64 codes
+    torch.manual_seed(0)
+    SpeechTTS(SpeechTTSConfig(backbone="tiny", codebook_size=64, speech_dim=8)).eval().save(str(tmp_path / "tts"))
+    prompt = write(str(tmp_path / "prompt.wav"), tone(1.0))
+    base = [sys.executable, "-m", "sitok.cli", "tts", "-m", tok, "--tts", str(tmp_path / "tts"), "--steps", "2"]
+    for name, extra in (("plain", []), ("prompted", ["--prompt", prompt, "--prompt-text", "a tone"])):
+        out = str(tmp_path / f"{name}.wav")
+        r = subprocess.run(base + ["hello there", "-o", out, *extra], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        info = sf.info(out)
+        assert info.samplerate == 24000 and info.frames > 0
+        assert "RTF" in r.stderr and "LM" in r.stderr
+    r = subprocess.run(base + ["hi", "-o", str(tmp_path / "x.wav"), "--prompt", prompt], capture_output=True, text=True)
+    assert r.returncode != 0 and "--prompt-text" in r.stderr

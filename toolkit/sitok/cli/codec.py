@@ -19,6 +19,7 @@ from sitok.cli.common import (
     add_decoding,
     check_output,
     load_tokenizer,
+    nonneg_float,
     one_line,
     positive_int,
 )
@@ -186,6 +187,53 @@ def cmd_transcribe(a) -> int:
     return 0
 
 
+def cmd_tts(a) -> int:
+    """Text (+ a prompt utterance and its transcript) -> speech tokens -> mel -> wav."""
+    import time
+
+    import torch
+
+    from sitok.data.audio import probe_audio, write_wav_atomic
+    from sitok.models.tts_lm import Sampling, SpeechTTS
+
+    check_output(a.output)
+    if a.prompt:
+        probe_audio(a.prompt)
+        if not a.prompt_text:
+            raise ValueError(f"{a.prompt}: --prompt-text (its transcript) is needed with --prompt")
+    tok = load_tokenizer(a)
+    try:
+        tts = SpeechTTS.load(a.tts).to(a.device)
+    except Exception as exc:
+        raise ValueError(f"{a.tts}: not a usable TTS model directory ({one_line(exc, 200)})") from exc
+    if tts.config.codebook_size != tok.config.codebook_size or tok.config.num_codebooks != 1:
+        raise ValueError(f"{a.tts} writes {tts.config.codebook_size} codes; {a.model_dir} needs a one-codebook match")
+    prompt = tok.encode(a.prompt)[0] if a.prompt else None
+    sampling = Sampling(a.sample_temperature, a.top_k, a.top_p, a.ras_window, a.ras_ratio)
+    t0 = time.perf_counter()
+    codes = tts.generate([a.text], [prompt], [a.prompt_text or ""], sampling, seed=a.seed)[0]
+    t_lm = time.perf_counter() - t0
+    if prompt is not None:  # the decoder sees the prompt's tokens too, then its audio is cut off
+        codes = torch.cat([prompt, codes])
+    wav, sr = tok.decode(codes[None], steps=a.steps, seed=a.seed, cfg_scale=a.cfg_scale, temperature=a.temperature)
+    t_dec = time.perf_counter() - t0 - t_lm
+    if prompt is not None:
+        wav = wav[..., int(len(prompt) / tok.config.token_rate * sr) :]
+    write_wav_atomic(a.output, wav, sr)
+    seconds = wav.shape[-1] / sr
+    logger.info(
+        "%s: %.2f s of speech, %d tokens; RTF %.3f (LM %.3f + decoder %.3f, %d steps)",
+        a.output,
+        seconds,
+        len(codes) - (0 if prompt is None else len(prompt)),
+        (t_lm + t_dec) / max(seconds, 1e-9),
+        t_lm / max(seconds, 1e-9),
+        t_dec / max(seconds, 1e-9),
+        a.steps,
+    )
+    return 0
+
+
 def _model_options(s, vocoder: bool = True) -> None:
     s.add_argument("-m", "--model-dir", required=True, help=MODEL_DIR_HELP)
     if vocoder:
@@ -228,6 +276,22 @@ def add_parsers(sub) -> None:
     s.add_argument("--asr", required=True, help="LLM-ASR model directory (<exp>/llm_asr/model, written by stage 15)")
     s.add_argument("--beam-size", type=positive_int, default=1, help="1: greedy decoding; more: beam search")
     _model_options(s, vocoder=False)
+
+    s = add_command(sub, "tts", cmd_tts, "text -> speech with an AR-TTS model over the tokens (stage 16)")
+    s.add_argument("text", help="the text to speak")
+    s.add_argument("-o", "--output", required=True, help="output wav (24 kHz)")
+    s.add_argument("--tts", required=True, help="AR-TTS model directory (<exp>/tts/model, written by stage 16)")
+    s.add_argument("--prompt", default=None, help="a prompt utterance (audio file) whose voice to continue")
+    s.add_argument("--prompt-text", default=None, help="the prompt utterance's transcript (needed with --prompt)")
+    s.add_argument(
+        "--sample-temperature", type=nonneg_float, default=1.0, help="token sampling temperature (0: greedy)"
+    )
+    s.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    s.add_argument("--top-p", type=nonneg_float, default=1.0, help="sample within this probability mass (1: all)")
+    s.add_argument("--ras-window", type=int, default=10, help="repetition-aware sampling window (0: off)")
+    s.add_argument("--ras-ratio", type=nonneg_float, default=0.1, help="redraw share of repeats in the window")
+    add_decoding(s, seed_help="seed of the token sampling and of the decoder's start noise")
+    _model_options(s)
 
     s = add_command(sub, "export", cmd_export, "model directory from a training run's latest checkpoint")
     s.add_argument("exp_dir", help="training experiment dir (train_config.json, save/)")
