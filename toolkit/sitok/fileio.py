@@ -17,12 +17,10 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> I
     """
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file name", path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    kwargs = {} if "b" in mode else {"encoding": encoding}
     try:
-        with open(tmp, mode, **kwargs) as fh:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

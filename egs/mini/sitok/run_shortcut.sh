@@ -67,10 +67,7 @@ refine() {  # refine KIND INIT OUT ARGS...: one refinement run (stops when OUT w
     shift 3
     local st=(--input "config=${config}" --input "init_weights=${init}/model.pt" --input "init_config=${init}/config.json"
               --dump "train=${dumpdir}/train" --option "kind=${kind}" --option "args=$*")
-    if ! train_or_skip "${out}" "${out}/model" "${st[@]}"; then
-        log "  ${out}/model already exported, skipping (delete it to train again)"
-        return 0
-    fi
+    train_or_skip "${out}" "${out}/model" "${st[@]}" || { log "  ${out}/model already exported, skipping (delete it to train again)"; return 0; }
     log "  ${kind} from ${init} -> ${out} (log: ${out}.log; resumes from its last checkpoint)"
     mkdir -p "$(dirname "${out}")"
     "${python}" "${toolkit_root}/recipes/refine/train.py" "${config}" --refine "${kind}" --init_model "${init}" \
@@ -93,12 +90,9 @@ if run_stage 2; then
     threads=$(( $(nproc) / 2 )); [ "${threads}" -ge 1 ] || threads=1
     log "Stage 2: from ${start}: shortcut fine-tuning and the decoder_ft control (${ft_args}), ${threads} thread(s) each"
     eval "args=(${ft_args} ${train_args})"
-    OMP_NUM_THREADS=${threads} refine shortcut "${start}" "${vbase}_shortcut" ${args[@]+"${args[@]}"} &
-    p1=$!
-    OMP_NUM_THREADS=${threads} refine decoder_ft "${start}" "${vbase}_ft" ${args[@]+"${args[@]}"} &
-    p2=$!
-    wait ${p1} || exit 1
-    wait ${p2} || exit 1
+    OMP_NUM_THREADS=${threads} refine shortcut "${start}" "${vbase}_shortcut" ${args[@]+"${args[@]}"} & p1=$!
+    OMP_NUM_THREADS=${threads} refine decoder_ft "${start}" "${vbase}_ft" ${args[@]+"${args[@]}"} & p2=$!
+    wait ${p1} && wait ${p2} || exit 1
 fi
 
 if run_stage 3; then
@@ -114,10 +108,7 @@ if run_stage 3; then
         local st=(--input "codes=${codes_dir}/${set}" --dump "feats=${dumpdir}/${set}" --option "steps=${eval_steps}"
                   --option "temperatures=${eval_temperatures}" --option "eval_args=${eval_args}" --option "args=$*")
         for m in "${models[@]}"; do st+=(--input "${m%%=*}=${m#*=}"); done
-        if is_done "${out}/.done" --what "${out}" "${st[@]}"; then
-            log "Stage 3: ${out} already done, skipping"
-            return 0
-        fi
+        is_done "${out}/.done" --what "${out}" "${st[@]}" && { log "Stage 3: ${out} already done, skipping"; return 0; }
         [ -f "${codes_dir}/${set}/.done" ] || { log "ERROR: ${codes_dir}/${set} missing: run ./run.sh --stage 5 --stop_stage 5"; return 1; }
         log "Stage 3: ${set}: ${models[*]} at steps ${eval_steps}, temperatures ${eval_temperatures} -> ${out}"
         "${python}" -m sitok.cli eval-refine "${dumpdir}/${set}" "${codes_dir}/${set}" "${out}" --models "${models[@]}" \

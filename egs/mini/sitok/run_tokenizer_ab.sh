@@ -47,8 +47,7 @@ train_arm() {  # NAME OVERRIDES...
 }
 
 IFS=';' read -r -a arm_list <<< "${arms}"
-names=()
-pids=()
+names=() pids=()
 for arm in "${arm_list[@]}"; do
     read -r -a words <<< "${arm}"
     [ ${#words[@]} -eq 0 ] && continue

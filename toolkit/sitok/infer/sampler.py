@@ -22,9 +22,7 @@ def euler_sample(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    x = noise
-    b = noise.shape[0]
-    dt = 1.0 / steps
+    x, b, dt = noise, noise.shape[0], 1.0 / steps
     keep = None if prompt is None else prompt_mask.unsqueeze(-1).to(noise.dtype)
     for i in range(steps):
         t = torch.full((b,), i * dt, device=noise.device, dtype=noise.dtype)

@@ -70,31 +70,18 @@ def dump_codes(tok, dump_dir: str, out_dir: str, batch_frames: int = 20000, prog
     import kaldiio
 
     feats = read_scp(os.path.join(dump_dir, "feats.scp"))
-    os.makedirs(out_dir, exist_ok=True)
-    ark = os.path.join(out_dir, "codes.ark")
-    tmp = f"{ark}.tmp{os.getpid()}"
+    ark = os.path.join(out_dir, "codes.ark")  # atomic_open makes out_dir
     mels = {u: torch.from_numpy(read_mat(p).copy()) for u, p in feats.items()}
     codes, _ = encode_mels(tok, mels, batch_frames, progress, f"encode {os.path.basename(dump_dir)}")
     codes_all = {u: c.numpy().astype(np.int32) for u, c in codes.items()}
     scp = {}
-    with open(tmp, "wb") as fh:
+    with atomic_open(ark, "wb") as fh:
         for u in sorted(codes_all):  # kaldiio's numpy format keeps the int32 dtype
             scp[u] = f"{ark}:{fh.tell() + len(u.encode()) + 1}"
             kaldiio.save_ark(fh, {u: codes_all[u]}, write_function="numpy")
-    os.replace(tmp, ark)
     write_table(os.path.join(out_dir, "codes.scp"), scp)
-    with atomic_open(os.path.join(out_dir, "utt2num_tokens")) as fh:
-        for u in sorted(codes_all):
-            fh.write(f"{u} {codes_all[u].shape[1]}\n")
+    write_table(os.path.join(out_dir, "utt2num_tokens"), {u: c.shape[1] for u, c in codes_all.items()})
     return len(codes_all)
-
-
-def _copy_meta(dump_dir: str, out_dir: str, wav_scp: dict) -> None:
-    dd = DataDir.load(dump_dir).subset(wav_scp)
-    tables = {k: v for k, v in dd.tables.items() if k in ("text", "utt2spk", "utt2label")}
-    tables["wav.scp"] = wav_scp
-    tables["utt2dur"] = {u: f"{sf.info(p).duration:.4f}" for u, p in wav_scp.items()}
-    DataDir(tables).save(out_dir)
 
 
 def state_digest(module: torch.nn.Module) -> str:
@@ -124,21 +111,28 @@ def tokenizer_stamp(tok, inputs: dict[str, str], options: dict) -> dict:
     }
 
 
-def _write_set(items, out_dir: str, render, desc: str, progress: bool, stamp: dict) -> dict:
+def _write_set(utts, dump_dir: str, out_dir: str, render, desc: str, progress: bool, stamp: dict) -> int:
+    """``render(utt)`` -> (wav, rate) of every utterance not kept from before; then the data dir: wav.scp,
+    utt2dur and the dump's text, utt2spk, utt2label."""
     wav_dir = os.path.join(out_dir, "wav")
     fresh_cache(wav_dir, stamp, out_dir)  # audio made from another model, vocoder, input or option goes
     wav_scp, done = {}, 0
-    for u, arg in _progress(items, desc, progress):
+    for u in _progress(utts, desc, progress):
         path = os.path.abspath(os.path.join(wav_dir, f"{u}.wav"))
         if not os.path.exists(path):
-            wav, sr = render(arg)
+            wav, sr = render(u)
             write_wav_atomic(path, wav, sr)
             done += 1
         wav_scp[u] = path
     logger.info(
         "%s: %d utterances (%d synthesised now, %d kept from before)", out_dir, len(wav_scp), done, len(wav_scp) - done
     )
-    return wav_scp
+    dd = DataDir.load(dump_dir).subset(wav_scp)
+    tables = {k: v for k, v in dd.tables.items() if k in ("text", "utt2spk", "utt2label")}
+    tables["wav.scp"] = wav_scp
+    tables["utt2dur"] = {u: f"{sf.info(p).duration:.4f}" for u, p in wav_scp.items()}
+    DataDir(tables).save(out_dir)
+    return len(wav_scp)
 
 
 @torch.no_grad()
@@ -166,9 +160,7 @@ def resynth_set(
     inputs = {"codes": digest(codes_dir), "frames": digest(os.path.join(dump_dir, "utt2num_frames"))}
     options = {"steps": steps, "seed": seed, "cfg_scale": cfg_scale, "temperature": temperature}
     stamp = tokenizer_stamp(tok, inputs, options)
-    wav_scp = _write_set([(u, u) for u in sorted(codes)], out_dir, render, f"resynth {steps} steps", progress, stamp)
-    _copy_meta(dump_dir, out_dir, wav_scp)
-    return len(wav_scp)
+    return _write_set(sorted(codes), dump_dir, out_dir, render, f"resynth {steps} steps", progress, stamp)
 
 
 @torch.no_grad()
@@ -181,6 +173,4 @@ def vocode_set(tok, dump_dir: str, out_dir: str, progress: bool = True) -> int:
         return tok.vocoder(mel).cpu(), tok.sample_rate
 
     stamp = tokenizer_stamp(tok, {"feats": digest_dump(dump_dir)}, {})
-    wav_scp = _write_set([(u, u) for u in sorted(feats)], out_dir, render, "vocode ground truth", progress, stamp)
-    _copy_meta(dump_dir, out_dir, wav_scp)
-    return len(wav_scp)
+    return _write_set(sorted(feats), dump_dir, out_dir, render, "vocode ground truth", progress, stamp)

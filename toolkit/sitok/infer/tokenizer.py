@@ -203,14 +203,10 @@ class Tokenizer:
             "frame_rate_hz": self.mel_cfg.frame_rate,
             "tokens_per_second": c.token_rate * c.num_codebooks,
             "token_frame_rate_hz": c.token_rate,
-            "num_codebooks": c.num_codebooks,
-            "codebook_size": c.codebook_size,
-            "bits_per_second": c.bits_per_second,
-            "quantizer": c.quantizer,
+            **{k: getattr(c, k) for k in ("num_codebooks", "codebook_size", "bits_per_second", "quantizer")},
             "decoder": c.decoder
             + (f" (light head: last {c.light_head_layers} of {c.dec_layers} layers)" if c.light_head_layers else ""),
-            "token_cfg": c.token_cfg,
-            "shortcut": c.shortcut,
+            **{k: getattr(c, k) for k in ("token_cfg", "shortcut")},
             "vocoder": getattr(self.vocoder, "name", type(self.vocoder).__name__),
         }
 
@@ -334,14 +330,12 @@ class Tokenizer:
                 f"decode: codes must have shape [{c.num_codebooks}, T] or [B, {c.num_codebooks}, T] "
                 f"with T > 0, got {tuple(codes.shape)}"
             )
-        codes = codes.long()
+        values = codes = codes.long()
         lens = self.check_lengths(lengths, codes.shape[0], codes.shape[2])
         if lens is not None:
             pad = ~lengths_to_mask(lens.to(codes.device), codes.shape[2])[:, None, :].expand_as(codes)
             values = codes[~pad]
             codes = codes.masked_fill(pad, 0)
-        else:
-            values = codes
         lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi >= c.codebook_size:
             raise ValueError(f"decode: codes must lie in [0, {c.codebook_size}), got values in [{lo}, {hi}]")

@@ -46,7 +46,6 @@ class GriffinLimVocoder(torch.nn.Module):
         import torchaudio
 
         self.cfg = cfg = cfg or MelConfig()
-        self.register_buffer("fbank", mel_filterbank(cfg), persistent=False)  # [F, M]
         self.register_buffer("fbank_pinv", torch.linalg.pinv(mel_filterbank(cfg)), persistent=False)  # [M, F]
         self.gl = torchaudio.transforms.GriffinLim(
             n_fft=cfg.n_fft,
@@ -103,8 +102,7 @@ class VocosVocoder(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
-        if self.model.training:
-            self.model.eval()
+        self.model.eval()
         return self.model(log_mel.float())
 
 
@@ -147,11 +145,9 @@ def vocoder_dir(model_dir: str | None) -> str | None:
     itself when it is a vocoder directory; None when there is none."""
     if model_dir is None:
         return None
-    sub = os.path.join(model_dir, VOCODER_SUBDIR)
-    if _is_vocoder_dir(sub):
-        return sub
-    if _is_vocoder_dir(model_dir):
-        return model_dir
+    for path in (os.path.join(model_dir, VOCODER_SUBDIR), model_dir):
+        if _is_vocoder_dir(path):
+            return path
     return None
 
 
@@ -161,12 +157,10 @@ def load_vocoder(name: str, model_dir: str | None = None, mel_cfg: MelConfig | N
     name = (name or "auto").lower()
     if name not in ("auto", "vocos", "griffin_lim"):
         raise ValueError(f"unknown vocoder {name!r} (auto|vocos|griffin_lim)")
-    if name == "griffin_lim":
+    found = None if name == "griffin_lim" else vocoder_dir(model_dir)
+    if found is None and name != "vocos":  # griffin_lim, or auto without a trained vocoder
         return GriffinLimVocoder(mel_cfg)
-    found = vocoder_dir(model_dir)
     if found is None:
-        if name == "auto":
-            return GriffinLimVocoder(mel_cfg)
         expected = (
             os.path.join(model_dir, VOCODER_SUBDIR) if model_dir else "<model_dir>/vocoder (no model directory given)"
         )

@@ -26,7 +26,6 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, hd]
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        attn_mask = None
         if mask is not None:  # keys that are padding are never attended to
             attn_mask = mask[:, None, None, :]  # [B, 1, 1, T]
             if self.causal:
@@ -93,9 +92,7 @@ class LlamaStack(nn.Module):
         self.blocks = nn.ModuleList(
             LlamaBlock(hidden, intermediate, heads, causal, cond_dim) for _ in range(num_layers)
         )
-        self.norm = None
-        if final_norm:
-            self.norm = AdaRMSNorm(hidden, cond_dim) if cond_dim else RMSNorm(hidden)
+        self.norm = (AdaRMSNorm(hidden, cond_dim) if cond_dim else RMSNorm(hidden)) if final_norm else None
 
     def forward(self, x, mask=None, c=None):
         rope = self.rope(x.shape[1], device=x.device, dtype=x.dtype)

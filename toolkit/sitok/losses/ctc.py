@@ -36,16 +36,8 @@ def ctc_loss(
     if not bool(fits.any()):
         return logits.sum() * 0.0, n_bad
     log_probs = logits[fits].float().log_softmax(-1).transpose(0, 1)  # [T, B', V]
-    loss = F.ctc_loss(
-        log_probs,
-        targets[fits],
-        input_lengths[fits],
-        target_lengths[fits],
-        blank=blank,
-        reduction="mean",
-        zero_infinity=False,
-    )
-    return loss, n_bad
+    args = (log_probs, targets[fits], input_lengths[fits], target_lengths[fits])
+    return F.ctc_loss(*args, blank=blank, reduction="mean", zero_infinity=False), n_bad
 
 
 def ctc_greedy(ids: list[int], blank: int = 0) -> list[int]:

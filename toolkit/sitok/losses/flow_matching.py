@@ -23,13 +23,9 @@ def masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def reconstruction_error(pred: torch.Tensor, target: torch.Tensor, mask=None, kind: str = "l1") -> torch.Tensor:
-    if kind == "l1":
-        err = (pred - target).abs()
-    elif kind == "l2":
-        err = (pred - target).pow(2)
-    else:
+    if kind not in ("l1", "l2"):
         raise ValueError(f"unknown loss kind {kind!r} (l1|l2)")
-    return masked_mean(err, mask)
+    return masked_mean((pred - target).abs() if kind == "l1" else (pred - target).pow(2), mask)
 
 
 def interpolate(x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -48,8 +48,6 @@ def check_format(found, newest: str, where: str, missing_ok: bool = False) -> No
 
 def read_config(path: str, newest: str, missing_ok: bool = False) -> dict:
     """A config.json (a JSON object) whose ``format`` this toolkit reads."""
-    import json
-
     with open(path, encoding="utf-8") as fh:
         try:
             cfg = json.load(fh)

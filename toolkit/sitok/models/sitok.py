@@ -11,6 +11,8 @@ T = T50 / 4 is the token rate (12.5 Hz). Total loss = L_diff + L_vq + ctc_weight
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -91,8 +93,7 @@ class SiTokConfig:
         """A config from plain data (config.json, hparams), range-checked by ``validate``."""
         if not isinstance(d, dict):
             raise ValueError(f"SiTokConfig: expected a mapping, got {type(d).__name__}")
-        unknown = unknown_fields(cls, d)
-        if unknown:
+        if unknown := unknown_fields(cls, d):
             raise ValueError(f"SiTokConfig: unknown fields {unknown}")
         return cls(**d).validate()
 
@@ -101,12 +102,7 @@ class SiTokConfig:
         The bounds keep a config read from a file from asking for absurd allocations; the weights'
         shapes are checked against the model before it is built (``sitok.models.loading``)."""
         check_fields(
-            "SiTokConfig",
-            self,
-            ints=_CONFIG_INTS,
-            floats=_CONFIG_FLOATS,
-            choices=_CONFIG_CHOICES,
-            bools=("x_skip", "checkpointing", "token_cfg", "shortcut"),
+            "SiTokConfig", self, ints=_CONFIG_INTS, floats=_CONFIG_FLOATS, choices=_CONFIG_CHOICES, bools=_CONFIG_BOOLS
         )
         if not isinstance(self.quantizer_kwargs, dict) or not all(isinstance(k, str) for k in self.quantizer_kwargs):
             raise ValueError(
@@ -142,6 +138,7 @@ _CONFIG_CHOICES = {
     "loss": ("l1", "l2"),
     "prediction": ("velocity", "x"),
 }
+_CONFIG_BOOLS = ("x_skip", "checkpointing", "token_cfg", "shortcut")
 
 
 class Decoder(nn.Module):
@@ -168,14 +165,12 @@ class Decoder(nn.Module):
         head = cfg.light_head_layers if self.diffusion else 0
         if not 0 <= head < cfg.dec_layers or (head and head == cfg.dec_layers):
             raise ValueError(f"light_head_layers={head} must be in [0, dec_layers={cfg.dec_layers})")
+        tdim = (cfg.time_embed_dim or width) if self.diffusion else None
         if self.diffusion:
-            tdim = cfg.time_embed_dim or width
             self.x_proj = nn.Linear(cfg.frame_dim, width)
             self.t_embed = TimestepEmbedding(tdim)
             self.d_embed = TimestepEmbedding(tdim) if cfg.shortcut else None  # starts as a no-op (_init_weights)
             self.skip = nn.Linear(cfg.frame_dim, cfg.frame_dim) if cfg.x_skip else None
-        else:
-            tdim = None
 
         def stack(n, c, norm=True):
             return LlamaStack(
@@ -227,11 +222,7 @@ class Decoder(nn.Module):
 def _accepted_kwargs(kind: str, kwargs: dict) -> dict:
     """Keep the keys the quantizer class takes (RVQ forwards extras to its stages); warn about
     the rest, so one quantizer_kwargs mapping can serve ablations that switch the quantizer."""
-    import inspect
-    import logging
-
-    cls = KINDS[kind]
-    names = set(inspect.signature(cls.__init__).parameters)
+    names = set(inspect.signature(KINDS[kind].__init__).parameters)
     if kind == "rvq":
         names |= set(inspect.signature(KINDS["vq"].__init__).parameters)
     dropped = sorted(set(kwargs) - names)
@@ -245,8 +236,7 @@ class SiTok(nn.Module):
         super().__init__()
         if isinstance(config, dict):
             config = SiTokConfig.from_dict(config)
-        cfg = config or SiTokConfig.from_dict(kwargs)
-        self.config = cfg
+        self.config = cfg = config or SiTokConfig.from_dict(kwargs)
 
         # encoder: stacked mel -> z
         self.in_proj = nn.Linear(cfg.frame_dim, cfg.hidden)
@@ -341,15 +331,13 @@ class SiTok(nn.Module):
         runs here once. Shortcut models step with d = 1/steps. Token CFG with scale w:
         v = v_u + w (v_c - v_u), conditional and null-condition rows in one batch."""
         d_val = 1.0 / steps if (self.config.shortcut and steps) else None
-        guided = cfg_scale != 1.0
+        guided, drop = cfg_scale != 1.0, None
         if guided:
             b = cond.shape[0]
             drop = torch.arange(2 * b, device=cond.device) >= b
             cond = torch.cat([cond, cond])
             mask = None if mask is None else torch.cat([mask, mask])
-            h = self.decoder.condition(cond, mask, drop)
-        else:
-            h = self.decoder.condition(cond, mask)
+        h = self.decoder.condition(cond, mask, drop)
 
         def fn(x_t, t):
             if guided:
@@ -447,20 +435,13 @@ class SiTok(nn.Module):
             return reconstruction_error(self.decoder(cond, mask, drop=drop), x, mask, cfg.loss), {}
         h = self.decoder.condition(cond, mask, drop)
         if shortcut is None:
-            loss = flow_matching_loss(
-                lambda x_t, t: self.decoder.step(h, mask, x_t, t), x, mask, cfg.loss, prediction=cfg.prediction
-            )
-            return loss, {}
+            fn = lambda x_t, t: self.decoder.step(h, mask, x_t, t)  # noqa: E731
+            return flow_matching_loss(fn, x, mask, cfg.loss, prediction=cfg.prediction), {}
         t_dec = teacher if teacher is not None else self.decoder
         with torch.no_grad():
             h_t = h.detach() if teacher is None else t_dec.condition(cond, mask, drop)
         parts = shortcut_loss(
-            lambda x_t, t, d, r: self.decoder.step(h[r], _rows(mask, r), x_t, t, d),
-            lambda x_t, t, d, r: t_dec.step(h_t[r], _rows(mask, r), x_t, t, d),
-            x,
-            mask,
-            prediction=cfg.prediction,
-            **shortcut,
+            _rows_fn(self.decoder, h, mask), _rows_fn(t_dec, h_t, mask), x, mask, prediction=cfg.prediction, **shortcut
         )
         return parts["loss"], {"shortcut_fm": parts["fm"], "shortcut_sc": parts["sc"]}
 
@@ -482,8 +463,9 @@ class SiTok(nn.Module):
         return unstack_frames(x, self.config.stack, mel_len)
 
 
-def _rows(mask, rows: slice):
-    return None if mask is None else mask[rows]
+def _rows_fn(decoder: Decoder, h, mask):
+    """``decoder.step`` as ``shortcut_loss`` calls it: (x_t, t, d, rows) -> its output on those rows of h and mask."""
+    return lambda x_t, t, d, r: decoder.step(h[r], None if mask is None else mask[r], x_t, t, d)
 
 
 def count_parameters(config: SiTokConfig | dict) -> dict:

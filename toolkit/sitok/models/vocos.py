@@ -53,23 +53,12 @@ class VocosConfig:
         unknown = unknown_fields(cls, d) if isinstance(d, dict) else d
         if not isinstance(d, dict) or unknown:
             raise ValueError(f"VocosConfig: unknown fields {unknown!r}")
-        cfg = cls(**d)
-        dim = (1, 65536)
-        check_fields(
-            "VocosConfig",
-            cfg,
-            ints={
-                "n_mels": (1, 4096),
-                "dim": dim,
-                "intermediate": dim,
-                "layers": (1, 1024),
-                "kernel": (1, 1023),
-                "n_fft": (2, 65536),
-                "hop": dim,
-            },
-            floats={"max_magnitude": (1e-6, 1e30)},
-            bools=("magnitude_prior", "integrate_phase"),
+        cfg, dim = cls(**d), (1, 65536)
+        ints = dict(
+            n_mels=(1, 4096), dim=dim, intermediate=dim, layers=(1, 1024), kernel=(1, 1023), n_fft=(2, 65536), hop=dim
         )
+        bools = ("magnitude_prior", "integrate_phase")
+        check_fields("VocosConfig", cfg, ints=ints, floats={"max_magnitude": (1e-6, 1e30)}, bools=bools)
         return cfg
 
     def to_dict(self) -> dict:
@@ -130,8 +119,7 @@ class ISTFTHead(nn.Module):
         win_sq = (self.window**2)[None, :, None].expand(1, n_fft, t)
         env = F.fold(win_sq, output_size=(1, full), kernel_size=(1, n_fft), stride=(1, hop))
         start = n_fft // 2 - hop // 2
-        wav = ola[:, 0, 0, start : start + t * hop] / env[:, 0, 0, start : start + t * hop].clamp(min=1e-11)
-        return wav
+        return ola[:, 0, 0, start : start + t * hop] / env[:, 0, 0, start : start + t * hop].clamp(min=1e-11)
 
 
 class Vocos(nn.Module):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -37,14 +38,16 @@ LABEL_FILES = {"er": "utt2label", "ks": "utt2label", "sv": "utt2spk", "asr": "te
 
 
 def _targets(batch, device) -> torch.Tensor:
-    return (
-        batch.target.data.to(device) if hasattr(batch.target, "data") else torch.as_tensor(batch.target, device=device)
-    )
+    t = batch.target
+    return t.data.to(device) if hasattr(t, "data") else torch.as_tensor(t, device=device)
 
 
 class _Budget:
     """Stop before an epoch that would end past ``max_train_minutes`` (judged by the mean epoch
-    time so far; 0: no budget). The number of epochs done goes to results.json."""
+    time so far; 0: no budget). The number of epochs done goes to results.json.
+
+    Also the end of a stage of either probe: ``stage_stats`` of a validation are logged and the
+    checkpoint with the lowest ``best_key`` is kept; a test's become ``test_stats``."""
 
     def check_budget(self, epoch) -> None:
         self.epochs_done = epoch
@@ -52,14 +55,8 @@ class _Budget:
         elapsed = time.time() - self.t_start
         per_epoch = (time.time() - self.t_fit) / max(1, epoch - self.first_epoch + 1)
         if budget and elapsed + per_epoch > 60 * budget and epoch < self.hparams.epoch_counter.limit:
-            logger.info(
-                "training budget of %g min: %.1f min used, an epoch takes %.1f min: stopping after epoch %d of %d",
-                budget,
-                elapsed / 60,
-                per_epoch / 60,
-                epoch,
-                self.hparams.epoch_counter.limit,
-            )
+            msg = "training budget of %g min: %.1f min used, an epoch takes %.1f min: stopping after epoch %d of %d"
+            logger.info(msg, budget, elapsed / 60, per_epoch / 60, epoch, self.hparams.epoch_counter.limit)
             self.hparams.epoch_counter.limit = epoch
 
     def on_fit_start(self):
@@ -67,9 +64,25 @@ class _Budget:
         super().on_fit_start()  # recovers the last checkpoint: the epoch counter resumes
         self.t_fit, self.first_epoch = time.time(), self.hparams.epoch_counter.current + 1
 
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        stats = self.stage_stats(stage, stage_loss)
+        if stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats(
+                {"epoch": epoch}, train_stats={"loss": self.train_loss}, valid_stats=stats
+            )
+            self.checkpointer.save_and_keep_only(meta={self.best_key: stats[self.best_key]}, min_keys=[self.best_key])
+            self.check_budget(epoch)
+        else:
+            self.test_stats = stats
+
 
 class ClassifierProbe(_Budget, sb.Brain):
     """ER / KS / SV: front end -> ECAPA-TDNN embedding -> cosine classifier (AAM loss)."""
+
+    best_key = "error"
 
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
@@ -91,20 +104,9 @@ class ClassifierProbe(_Budget, sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         self.n_correct, self.n_seen = 0, 0
 
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        if stage == sb.Stage.TRAIN:
-            self.train_loss = stage_loss
-            return
+    def stage_stats(self, stage, stage_loss) -> dict:
         acc = self.n_correct / max(1, self.n_seen)
-        stats = {"loss": stage_loss, "error": 1.0 - acc, "accuracy": acc}
-        if stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats(
-                {"epoch": epoch}, train_stats={"loss": self.train_loss}, valid_stats=stats
-            )
-            self.checkpointer.save_and_keep_only(meta={"error": stats["error"]}, min_keys=["error"])
-            self.check_budget(epoch)
-        else:
-            self.test_stats = stats
+        return {"loss": stage_loss, "error": 1.0 - acc, "accuracy": acc}
 
     @torch.no_grad()
     def embeddings(self, dataset) -> dict:
@@ -123,8 +125,6 @@ def probe_upsample(hparams: dict) -> int:
     """Front-end frames are repeated ``upsample`` times, or more when ``min_ctc_rate`` (CTC frames
     per second) asks for it: characters (~16/s) need 37.5 Hz from 12.5 Hz tokens but nothing
     more from 50 Hz mel."""
-    import math
-
     frame_rate = hparams["modules"]["frontend"].frame_rate
     need = float(hparams.get("min_ctc_rate", 0) or 0)
     return max(int(hparams["upsample"]), math.ceil(need / frame_rate - 1e-9) if need > 0 else 1)
@@ -132,6 +132,8 @@ def probe_upsample(hparams: dict) -> int:
 
 class CTCProbe(_Budget, sb.Brain):
     """ASR: front end -> (x upsample) -> BiLSTM -> linear -> CTC over the recipe's SentencePiece units."""
+
+    best_key = "wer"
 
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
@@ -150,14 +152,9 @@ class CTCProbe(_Budget, sb.Brain):
     def compute_objectives(self, predictions, batch, stage):
         log_probs, n = predictions
         tokens, tok_lens = batch.target
-        loss = torch.nn.functional.ctc_loss(
-            log_probs.transpose(0, 1),
-            tokens.to(self.device).long(),
-            n.to(self.device),
-            torch.round(tok_lens * tokens.shape[1]).long().to(self.device),
-            blank=0,
-            zero_infinity=True,
-        )
+        target_lengths = torch.round(tok_lens * tokens.shape[1]).long().to(self.device)
+        args = (log_probs.transpose(0, 1), tokens.to(self.device).long(), n.to(self.device), target_lengths)
+        loss = torch.nn.functional.ctc_loss(*args, blank=0, zero_infinity=True)
         if stage != sb.Stage.TRAIN:
             best = log_probs.argmax(-1).cpu()
             for i, u in enumerate(batch.id):
@@ -171,22 +168,11 @@ class CTCProbe(_Budget, sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         self.hyps = {"greedy": {}, "beam": {}}
 
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        if stage == sb.Stage.TRAIN:
-            self.train_loss = stage_loss
-            return
-        wer = self.wer(self.hyps["greedy"])
-        stats = {"loss": stage_loss, "wer": wer}
-        if stage == sb.Stage.VALID:
-            self.hparams.train_logger.log_stats(
-                {"epoch": epoch}, train_stats={"loss": self.train_loss}, valid_stats=stats
-            )
-            self.checkpointer.save_and_keep_only(meta={"wer": wer}, min_keys=["wer"])
-            self.check_budget(epoch)
-        else:
-            if self.hyps["beam"]:
-                stats["wer_beam"] = self.wer(self.hyps["beam"])
-            self.test_stats = stats
+    def stage_stats(self, stage, stage_loss) -> dict:
+        stats = {"loss": stage_loss, "wer": self.wer(self.hyps["greedy"])}
+        if stage == sb.Stage.TEST and self.hyps["beam"]:
+            stats["wer_beam"] = self.wer(self.hyps["beam"])
+        return stats
 
     def wer(self, hyps: dict) -> float:
         utts = sorted(hyps)
@@ -198,18 +184,14 @@ def ctc_frames_needed(ids: list[int]) -> int:
     return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
 
 
-# ---------------------------------------------------------------------------------------
-# recipe body
-# ---------------------------------------------------------------------------------------
-def _datasets(hparams, encode, label_file):
+# ---- recipe body ---------------------------------------------------------------------------------
+def _datasets(hparams, label_file):
     """train / valid / test datasets of the probe's sets, with their counts."""
     sets, counts = {}, {}
     for split in ("train", "valid", "test"):
-        name = hparams[f"{split}_set"]
-        scp, cmvn = feature_paths(
-            hparams["features"], name, hparams["dump_dir"], hparams.get("codes_root"), hparams["cmvn"]
-        )
-        items, counts[split] = load_set(hparams["dump_dir"], name, label_file, scp)
+        name, dump = hparams[f"{split}_set"], hparams["dump_dir"]
+        scp, cmvn = feature_paths(hparams["features"], name, dump, hparams.get("codes_root"), hparams["cmvn"])
+        items, counts[split] = load_set(dump, name, label_file, scp)
         sets[split] = (items, FeatureReader(scp, cmvn))
     return sets, counts
 
@@ -218,13 +200,8 @@ def _finish(hparams, results: dict, t0: float) -> None:
     results["wall_seconds"] = round(time.time() - t0, 1)
     path = os.path.join(hparams["exp_dir"], "results.json")
     write_text_atomic(path, json.dumps(results, indent=1) + "\n")
-    logger.info(
-        "probe %s on %s: %s -> %s",
-        hparams["task"],
-        hparams["features"],
-        {k: v for k, v in results.items() if k in ("accuracy", "eer", "min_dcf", "wer", "wer_beam")},
-        path,
-    )
+    shown = {k: v for k, v in results.items() if k in ("accuracy", "eer", "min_dcf", "wer", "wer_beam")}
+    logger.info("probe %s on %s: %s -> %s", hparams["task"], hparams["features"], shown, path)
 
 
 def _brain(brain_class, hparams, run_opts, name: str, layer):
@@ -233,13 +210,7 @@ def _brain(brain_class, hparams, run_opts, name: str, layer):
     modules = hparams["modules"]
     modules[name] = layer
     hparams["checkpointer"].add_recoverable(name, layer)
-    return brain_class(
-        modules=modules,
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    return brain_class(modules, hparams["opt_class"], hparams, run_opts, hparams["checkpointer"])
 
 
 def _fit(brain, hparams, train, valid, t0):
@@ -255,15 +226,13 @@ def _fit(brain, hparams, train, valid, t0):
 
 def run_classifier(hparams, run_opts, t0) -> None:
     task, label_file = hparams["task"], LABEL_FILES[hparams["task"]]
-    sets, counts = _datasets(hparams, None, label_file)
-    train_items = sets["train"][0]
-    classes = sorted(set(train_items.values()))
+    sets, counts = _datasets(hparams, label_file)
+    classes = sorted(set(sets["train"][0].values()))
     index = {c: i for i, c in enumerate(classes)}
     results = {"task": task, "features": hparams["features"], "classes": len(classes), "counts": counts}
     if task == "sv":  # validation: the training speakers' held-out utterances (classification error)
-        left = {u: s for u, s in sets["valid"][0].items() if s not in index}
+        counts["valid"]["not_a_training_speaker"] = sum(s not in index for s in sets["valid"][0].values())
         sets["valid"] = ({u: s for u, s in sets["valid"][0].items() if s in index}, sets["valid"][1])
-        counts["valid"]["not_a_training_speaker"] = len(left)
     else:
         unknown = sorted({lab for split in ("valid", "test") for lab in sets[split][0].values()} - set(classes))
         if unknown:
@@ -276,7 +245,7 @@ def run_classifier(hparams, run_opts, t0) -> None:
     brain = _brain(ClassifierProbe, hparams, run_opts, "classifier", classifier)
     results["parameters"] = sum(p.numel() for p in brain.modules.parameters())
     _fit(brain, hparams, ds["train"], ds["valid"], t0)
-    results.update({"epochs": brain.epochs_done, "epoch_limit": hparams["number_of_epochs"]})
+    results.update(epochs=brain.epochs_done, epoch_limit=hparams["number_of_epochs"])
     if task != "sv":
         test = make_dataset(sets["test"][0], sets["test"][1], index.get)
         brain.evaluate(test, min_key="error", test_loader_kwargs={"batch_size": hparams["batch_size"]})
@@ -294,7 +263,8 @@ def run_classifier(hparams, run_opts, t0) -> None:
     bad = sorted({u for _, a, b in trials for u in (a, b) if u not in test_items})
     if bad:
         raise ValueError(f"trial list uses {len(bad)} utterances without features in {hparams['test_set']}: {bad[:3]}")
-    overlap = sorted({test_items[u] for _, a, b in trials for u in (a, b)} & set(classes))
+    speakers = {test_items[u] for _, a, b in trials for u in (a, b)}
+    overlap = sorted(speakers & set(classes))
     if overlap:
         raise ValueError(f"trial speakers {overlap[:5]} are training speakers: trials must use held-out speakers")
     write_trials(trials_path, trials)
@@ -305,15 +275,7 @@ def run_classifier(hparams, run_opts, t0) -> None:
         for lab, a, b, s in scores:
             fh.write(f"{lab} {a} {b} {s:.6f}\n")
     eer, dcf = sv_metrics([s for lab, _, _, s in scores if lab == 1], [s for lab, _, _, s in scores if lab == 0])
-    results.update(
-        {
-            "eer": eer,
-            "min_dcf": dcf,
-            "n_trials": len(trials),
-            "trials": trials_path,
-            "trial_speakers": len({test_items[u] for _, a, b in trials for u in (a, b)}),
-        }
-    )
+    results.update(eer=eer, min_dcf=dcf, n_trials=len(trials), trials=trials_path, trial_speakers=len(speakers))
     _finish(hparams, results, t0)
 
 
@@ -335,15 +297,12 @@ def run_asr(hparams, run_opts, t0) -> None:
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=hparams["sp_model"])
-    sets, counts = _datasets(hparams, None, "text")
+    sets, counts = _datasets(hparams, "text")
     for split, (items, reader) in list(sets.items()):  # non-speech markers (<silence>, <no_transcript>)
         markers = [u for u, t in items.items() if t.startswith("<")]
         if markers:
-            logger.warning(
-                "%s: %d utterances with a non-speech marker instead of a transcript: left out",
-                hparams[f"{split}_set"],
-                len(markers),
-            )
+            msg = "%s: %d utterances with a non-speech marker instead of a transcript: left out"
+            logger.warning(msg, hparams[f"{split}_set"], len(markers))
             counts[split]["no_transcript"] = len(markers)
             sets[split] = ({u: t for u, t in items.items() if not t.startswith("<")}, reader)
             if not sets[split][0]:
@@ -356,14 +315,8 @@ def run_asr(hparams, run_opts, t0) -> None:
         bad = [u for u, t in items.items() if ctc_frames_needed(sp.encode(t)) > int(dur[u] * rate)]
         fits[split] = {"targets_too_long": len(bad), "of": len(items)}
         if bad and split != "test":  # train/valid: left out (counted); test: kept and scored as they come
-            logger.warning(
-                "%s: %d of %d targets need more CTC frames than %.1f frames/s give: left out (%s ...)",
-                hparams[f"{split}_set"],
-                len(bad),
-                len(items),
-                rate,
-                bad[:3],
-            )
+            msg = "%s: %d of %d targets need more CTC frames than %.1f frames/s give: left out (%s ...)"
+            logger.warning(msg, hparams[f"{split}_set"], len(bad), len(items), rate, bad[:3])
             sets[split] = ({u: t for u, t in items.items() if u not in set(bad)}, reader)
         elif bad:
             logger.warning(
@@ -391,14 +344,8 @@ def run_asr(hparams, run_opts, t0) -> None:
     with atomic_open(os.path.join(hparams["exp_dir"], "hyps.txt")) as fh:
         for u in sorted(brain.hyps["greedy"]):
             fh.write(f"{u}\tgreedy\t{brain.hyps['greedy'][u]}\n{u}\tbeam\t{brain.hyps['beam'].get(u, '')}\n")
-    results.update(
-        {
-            "wer": brain.test_stats["wer"],
-            "wer_beam": brain.test_stats.get("wer_beam"),
-            "beam_size": hparams["beam_size"],
-            "n_test": len(brain.hyps["greedy"]),
-        }
-    )
+    results.update(wer=brain.test_stats["wer"], wer_beam=brain.test_stats.get("wer_beam"))
+    results.update(beam_size=hparams["beam_size"], n_test=len(brain.hyps["greedy"]))
     _finish(hparams, results, t0)
 
 

@@ -28,9 +28,7 @@ class FeatureReader:
             raise FileNotFoundError(f"{scp}: no feature list (run the stage that extracts the features first)")
         self.scp = scp
         self.table = read_scp(scp)
-        self.cmvn = None
-        if cmvn is not None:
-            self.cmvn = GlobalCMVN.load(cmvn)
+        self.cmvn = GlobalCMVN.load(cmvn) if cmvn is not None else None
 
     def __call__(self, utt: str) -> torch.Tensor:
         try:
@@ -63,21 +61,11 @@ def load_set(dump_dir: str, set_name: str, label_file: str | None, scp: str) -> 
     feats = read_table(scp)
     labels = read_table(os.path.join(set_dir, label_file)) if label_file else {u: "" for u in feats}
     kept = {u: labels[u] for u in labels if u in feats}
-    counts = {
-        "utterances": len(labels),
-        "kept": len(kept),
-        "no_features": sum(u not in feats for u in labels),
-        "no_label": sum(u not in labels for u in feats),
-    }
-    if counts["no_features"] or counts["no_label"]:
-        logger.warning(
-            "%s: %d utterances without features in %s, %d with features but no %s (left out)",
-            set_dir,
-            counts["no_features"],
-            scp,
-            counts["no_label"],
-            label_file,
-        )
+    no_features, no_label = sum(u not in feats for u in labels), sum(u not in labels for u in feats)
+    counts = {"utterances": len(labels), "kept": len(kept), "no_features": no_features, "no_label": no_label}
+    if no_features or no_label:
+        msg = "%s: %d utterances without features in %s, %d with features but no %s (left out)"
+        logger.warning(msg, set_dir, no_features, scp, no_label, label_file)
     if not kept:
         raise ValueError(f"{set_dir}: no utterance has both a {label_file} entry and features in {scp}")
     return kept, counts
@@ -90,18 +78,7 @@ def make_dataset(items: dict, reader: FeatureReader, encode=None):
 
     data = {u: {"label": lab} for u, lab in items.items()}
     ds = sb.dataio.dataset.DynamicItemDataset(data)
-
-    @sb.utils.data_pipeline.takes("id")
-    @sb.utils.data_pipeline.provides("feats")
-    def feats_pipeline(utt):
-        return reader(utt)
-
-    @sb.utils.data_pipeline.takes("label")
-    @sb.utils.data_pipeline.provides("target")
-    def target_pipeline(label):
-        return encode(label) if encode is not None else label
-
-    ds.add_dynamic_item(feats_pipeline)
-    ds.add_dynamic_item(target_pipeline)
+    ds.add_dynamic_item(reader, takes="id", provides="feats")
+    ds.add_dynamic_item(encode if encode is not None else (lambda label: label), takes="label", provides="target")
     ds.set_output_keys(["id", "feats", "target", "label"])
     return ds

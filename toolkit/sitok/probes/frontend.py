@@ -138,25 +138,15 @@ def build_frontend(
 ) -> nn.Module:
     """``features``: "tokens" (needs ``model_dir``: the tokenizer whose codes are probed),
     "mel12.5" or "mel50" (continuous baselines)."""
-    if features == "mel12.5":
-        return MelProbeInput(n_mels, stack=4, dim=dim)
-    if features == "mel50":
-        return MelProbeInput(n_mels, stack=1, dim=dim)
+    if features in ("mel12.5", "mel50"):
+        return MelProbeInput(n_mels, stack=4 if features == "mel12.5" else 1, dim=dim)
     if features != "tokens":
         raise ValueError(f"unknown probe features {features!r}; expected one of {FEATURES}")
     if not model_dir:
         raise ValueError("token features need model_dir (the tokenizer model directory)")
     cfg = load_model_config(model_dir)
-    tps = cfg["mel_rate"] / cfg["stack"]
     init = None
     if init_from_codebook:
         init = codebook_vectors(Tokenizer.from_pretrained(model_dir, vocoder="griffin_lim").model.quantizer)
-    return TokenProbeInput(
-        cfg["num_codebooks"],
-        cfg["codebook_size"],
-        dim,
-        init=init,
-        freeze_init=freeze_init,
-        attention_hidden=attention_hidden,
-        frame_rate=tps,
-    )
+    tps = cfg["mel_rate"] / cfg["stack"]
+    return TokenProbeInput(cfg["num_codebooks"], cfg["codebook_size"], dim, init, freeze_init, attention_hidden, tps)

@@ -73,18 +73,14 @@ def collect(
         with open(path, encoding="utf-8") as fh:
             res = json.load(fh)
         out["tasks"][task] = res
-        for k, key in keys.items():
-            out[key] = res.get(k)
+        out.update({key: res.get(k) for k, key in keys.items()})
         out[f"{task}_wall_seconds"] = res.get("wall_seconds")
     if features == "tokens" and codes_dir and dump_dir:
         out.update(ctc_asr_on_codes(model_dir, codes_dir, dump_dir, beam_size))
     path = os.path.join(probes_dir, "summary.json")
     write_text_atomic(path, json.dumps(out, indent=1) + "\n")
-    logger.info(
-        "%s: %s",
-        path,
-        {k: out.get(k) for k in ("er_accuracy", "sv_eer", "ks_accuracy", "asr_wer", "ctc_asr_wer", "ctc_asr_wer_beam")},
-    )
+    shown = ("er_accuracy", "sv_eer", "ks_accuracy", "asr_wer", "ctc_asr_wer", "ctc_asr_wer_beam")
+    logger.info("%s: %s", path, {k: out.get(k) for k in shown})
     return out
 
 
@@ -106,11 +102,6 @@ def ctc_asr_on_codes(model_dir: str, codes_dir: str, dump_dir: str, beam_size: i
     res = ctc_asr(tok, codes, texts, beam_size=beam_size)
     if res is None:
         return {"ctc_asr_wer": None, "ctc_asr_wer_beam": None, "ctc_asr_note": "no trained CTC head (weight 0)"}
-    res.update(
-        {
-            "ctc_asr_utts": len(codes),
-            "ctc_asr_seconds": round(time.time() - t0, 1),
-            "ctc_asr_set": os.path.basename(os.path.normpath(dump_dir)),
-        }
-    )
+    res.update(ctc_asr_utts=len(codes), ctc_asr_seconds=round(time.time() - t0, 1))
+    res["ctc_asr_set"] = os.path.basename(os.path.normpath(dump_dir))
     return res

@@ -19,7 +19,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -138,11 +137,6 @@ class CodebookUsage:
                 raise ValueError(f"mask must be a bool tensor of shape [B, T], got {mask.dtype} {tuple(mask.shape)}")
             flat = flat.masked_select(mask.to(codes.device)[:, None, :])  # [N * CN]
         self.counts += torch.bincount(flat.reshape(-1), minlength=CN * K).view(CN, K)
-
-    def all_reduce(self) -> None:
-        """Sum the histograms over ranks when torch.distributed is initialised."""
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.counts)
 
     @property
     def frames(self) -> int:

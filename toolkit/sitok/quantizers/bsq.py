@@ -45,14 +45,11 @@ class BSQ(Quantizer):
         inv_temperature: float = 100.0,
         bits_per_codebook: int = 16,
     ):
-        if dim <= bits_per_codebook:
-            G = dim
-        elif dim % bits_per_codebook == 0:
-            G = bits_per_codebook
-        else:
+        if dim > bits_per_codebook and dim % bits_per_codebook:
             raise ValueError(
                 f"BSQ needs dim <= {bits_per_codebook} or a multiple of it (bits per codebook), got dim={dim}"
             )
+        G = min(dim, bits_per_codebook)
         super().__init__(dim, 2**G, num_codebooks=dim // G)
         try:
             from speechbrain.lobes.models.bsq import BinarySphericalQuantizer

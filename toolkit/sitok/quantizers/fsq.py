@@ -51,9 +51,7 @@ class FSQ(Quantizer):
         codes = (digits.long() * self.basis).sum(dim=-1)[:, None, :]  # [B, 1, T]
         soft = self._values(y)  # [B, T, D]
         z_q = self._values(digits) + (soft - soft.detach())  # straight-through, forward value exact
-        return QuantizerOutput(
-            z_q=z_q.to(z.dtype), codes=codes, loss=z.new_zeros(()), stats=self._batch_stats(codes, mask)
-        )
+        return QuantizerOutput(z_q.to(z.dtype), codes, z.new_zeros(()), self._batch_stats(codes, mask))
 
     @torch.no_grad()
     def encode(self, z: Tensor, mask: Tensor | None = None) -> Tensor:

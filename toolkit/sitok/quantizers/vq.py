@@ -161,9 +161,7 @@ class EMAVectorQuantizer(Quantizer):
         z_q = q + (z - z.detach())  # straight-through: forward value exactly q, gradient 1 to z
         codes = codes[:, None, :]  # [B, 1, T]
         stats = self._batch_stats(codes, mask)
-        restarted = 0
-        if self.training:
-            restarted = self._ema_update(x, codes[:, 0][mask])
+        restarted = self._ema_update(x, codes[:, 0][mask]) if self.training else 0
         stats.update(self._running_stats(), restarted=float(restarted))
         return QuantizerOutput(z_q=z_q, codes=codes, loss=self.beta * commit, stats=stats), q
 

@@ -46,11 +46,8 @@ def find_summaries(paths: list[str], set_name: str | None = None) -> list[str]:
         else:
             found = sorted(glob.glob(os.path.join(p, "eval", set_name or "*", "summary.json")))
         if not found:
-            logger.warning(
-                "%s: no evaluation summary%s (run the evaluate stage first); left out",
-                p,
-                f" for set {set_name}" if set_name else "",
-            )
+            for_set = f" for set {set_name}" if set_name else ""
+            logger.warning("%s: no evaluation summary%s (run the evaluate stage first); left out", p, for_set)
         out += found
     return out
 
@@ -128,8 +125,6 @@ def model_rows(
         r = _pick(s["settings"], steps, cfg_scale, vocoder, bool(cfg.get("token_cfg")))
         if r is None:
             continue
-        probes = s.get("probes", {})
-        llm = s.get("llm_asr", {})
         kind = (m.get("refine") or {}).get("kind")
         rows.append(
             {
@@ -151,20 +146,13 @@ def model_rows(
                 "params_m": m["parameters"] / 1e6,
                 "usage": m.get("codebook_usage"),
                 "perplexity": m.get("code_perplexity"),
-                "setting": r["setting"],
-                "steps": r["steps"],
-                "cfg_scale": r["cfg_scale"],
-                "vocoder": r["vocoder"],
-                "wer": r.get("wer"),
-                "sim": r.get("sim"),
+                **{k: r[k] for k in ("setting", "steps", "cfg_scale", "vocoder")},
+                **{k: r.get(k) for k in ("wer", "sim")},
                 "mos": r.get("utmos", r.get("dnsmos_ovrl")),
                 "mos_judge": "UTMOS" if r.get("utmos") is not None else "DNSMOS OVRL",
-                "pesq": r.get("pesq"),
-                "stoi": r.get("stoi"),
-                "mel_l1": r.get("mel_l1"),
-                "decoder_rtf": r.get("decoder_rtf"),
+                **{k: r.get(k) for k in ("pesq", "stoi", "mel_l1", "decoder_rtf")},
                 "ctc_asr": m.get("ctc_asr_wer") if cfg["ctc_weight"] > 0 else None,  # untrained head: "-"
-                **probe_columns(probes, llm),
+                **probe_columns(s.get("probes", {}), s.get("llm_asr", {})),
             }
         )
         if rows[-1]["ctc_asr"] is None or cfg["ctc_weight"] == 0:
@@ -175,7 +163,7 @@ def model_rows(
 def probe_columns(probes: dict, llm_asr: dict) -> dict:
     """The understanding columns of one ``<exp>/probes/summary.json`` and the LLM-ASR result of
     the same experiment (empty dicts: all None)."""
-    cols = {
+    return {
         "asr": llm_asr.get("wer"),
         "asr_probe": probes.get("asr_wer"),
         "asr_probe_beam": probes.get("asr_wer_beam"),
@@ -185,7 +173,6 @@ def probe_columns(probes: dict, llm_asr: dict) -> dict:
         "ks": probes.get("ks_accuracy"),
         "ctc_asr_beam": probes.get("ctc_asr_wer_beam"),
     }
-    return cols
 
 
 def find_probe_summaries(paths: list[str]) -> list[dict]:
@@ -209,14 +196,8 @@ def groundtruth_row(summaries: list[dict], vocoder: str | None = None) -> dict |
     if not gts:
         return None
     r = next((g for g in gts if g["vocoder"] == vocoder), gts[0])
-    return {
-        "wer": r.get("wer"),
-        "sim": r.get("sim"),
-        "mos": r.get("utmos", r.get("dnsmos_ovrl")),
-        "pesq": r.get("pesq"),
-        "stoi": r.get("stoi"),
-        "vocoder": r["vocoder"],
-    }
+    scores = {k: r.get(k) for k in ("wer", "sim", "mos", "pesq", "stoi")}
+    return {**scores, "mos": r.get("utmos", r.get("dnsmos_ovrl")), "vocoder": r["vocoder"]}
 
 
 # ---- tables ------------------------------------------------------------------------------------
@@ -229,29 +210,30 @@ def _signature(r, drop: tuple[str, ...]) -> tuple:
     return tuple(r[k] for k in keys if k not in drop)
 
 
+def _table1_row(model: str, experiment: str, fps_tps, cn, kbps, r, p: dict | None) -> dict:
+    """A Table 1 row: our WER, SIM, MOS, PESQ and STOI of ``r`` beside the paper's row ``p`` (None: no match)."""
+    return {
+        "model": model,
+        "experiment": experiment,
+        "FPS/TPS": fps_tps,
+        "CN": cn,
+        "BR (kbps)": kbps,
+        **{k.upper(): r[k] for k in ("wer", "sim", "mos", "pesq", "stoi")},
+        "paper row": p["row"] if p else "",
+        **{f"paper {k.upper()}": p[k] if p else None for k in ("wer", "sim", "utmos")},
+    }
+
+
+def _main_config(r) -> bool:
+    """D loss, CTC regularisation, VQ and the full decoder: the configuration of the paper's SiTok rows."""
+    return r["loss"] == "D" and r["ctc_weight"] != 0 and r["quantizer"] != "fsq" and not r["light_head"]
+
+
 def table1(df: pd.DataFrame, gt: dict | None) -> pd.DataFrame:
     """Main reconstruction results: ground truth, then every model; the paper's SiTok rows beside."""
     out = []
     if gt:
-        p = paper.TABLE1[0]
-        out.append(
-            {
-                "model": f"Ground Truth ({gt['vocoder']})",
-                "experiment": "",
-                "FPS/TPS": "-",
-                "CN": "-",
-                "BR (kbps)": "-",
-                "WER": gt["wer"],
-                "SIM": gt["sim"],
-                "MOS": gt["mos"],
-                "PESQ": gt["pesq"],
-                "STOI": gt["stoi"],
-                "paper row": p["row"],
-                "paper WER": p["wer"],
-                "paper SIM": p["sim"],
-                "paper UTMOS": p["utmos"],
-            }
-        )
+        out.append(_table1_row(f"Ground Truth ({gt['vocoder']})", "", "-", "-", "-", gt, paper.TABLE1[0]))
     for _, r in df.iterrows():
         kind = r["refine"] if isinstance(r["refine"], str) else None  # pandas holds a missing one as NaN
         label = REFINE_LABELS.get(kind) if kind else f"SiTok (CN = {r['cn']})"
@@ -259,32 +241,9 @@ def table1(df: pd.DataFrame, gt: dict | None) -> pd.DataFrame:
             label += f" (w = {r['cfg_scale']:g})"
         want = {"decoder_ft": "+ Decoder Finetuning", "token_cfg": "+ Token CFG"}.get(kind, f"SiTok (CN = {r['cn']})")
         p = next((x for x in paper.TABLE1 if x["row"] == want and (x["cn"] == r["cn"])), None)
-        if (
-            r["loss"] != "D"
-            or r["ctc_weight"] == 0
-            or r["quantizer"] == "fsq"
-            or kind in ("shortcut", "light_head")
-            or r["light_head"]
-        ):
+        if not _main_config(r) or kind in ("shortcut", "light_head"):
             p = None  # ablations and refinements the paper's Table 1 has no row for
-        out.append(
-            {
-                "model": label,
-                "experiment": r["experiment"],
-                "FPS/TPS": _fps_tps(r),
-                "CN": r["cn"],
-                "BR (kbps)": r["kbps"],
-                "WER": r["wer"],
-                "SIM": r["sim"],
-                "MOS": r["mos"],
-                "PESQ": r["pesq"],
-                "STOI": r["stoi"],
-                "paper row": p["row"] if p else "",
-                "paper WER": p["wer"] if p else None,
-                "paper SIM": p["sim"] if p else None,
-                "paper UTMOS": p["utmos"] if p else None,
-            }
-        )
+        out.append(_table1_row(label, r["experiment"], _fps_tps(r), r["cn"], r["kbps"], r, p))
     return pd.DataFrame(out)
 
 
@@ -305,9 +264,7 @@ def table2(df: pd.DataFrame, probe_only: list[dict] = ()) -> pd.DataFrame:
     (continuous features as the upper baseline; their CN/CS/bit-rate are "-")."""
     out = []
     for _, r in df[df["refine"].isna()].iterrows():
-        p = next((x for x in paper.TABLE2 if x["row"] == f"SiTok (CN = {r['cn']})"), None)
-        if r["loss"] != "D" or r["ctc_weight"] == 0 or r["quantizer"] == "fsq" or r["light_head"]:
-            p = None
+        p = next((x for x in paper.TABLE2 if x["row"] == f"SiTok (CN = {r['cn']})"), None) if _main_config(r) else None
         row = {
             "model": f"SiTok (CN = {r['cn']})",
             "experiment": r["experiment"],
@@ -363,7 +320,7 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
         reg = r["ctc_weight"] > 0
         p = next((x for x in paper.TABLE3 if x["ctc"] == reg and x["tps"] == r["tps"]), None)
         row = {
-            "CTC Reg.": f"Yes ({r['ctc_weight']:g})" if reg else "No",
+            "CTC Reg.": _ctc_label(r["ctc_weight"]),
             "experiment": r["experiment"],
             "FPS/TPS": _fps_tps(r),
             **_scores(r),
@@ -413,22 +370,17 @@ def table6(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for _, r in rows.sort_values("light_head").iterrows():
         p = paper.TABLE6[1 if r["light_head"] else 0]
-        out.append(
-            {
-                "model": p["row"],
-                "experiment": r["experiment"],
-                "light head layers": r["light_head"],
-                "steps": r["steps"],
-                "WER": r["wer"],
-                "SIM": r["sim"],
-                "MOS": r["mos"],
-                "mel L1": r["mel_l1"],
-                "decoder RTF": r["decoder_rtf"],
-                "paper WER": p["wer"],
-                "paper SIM": p["sim"],
-                "paper UTMOS": p["utmos"],
-            }
-        )
+        row = {
+            "model": p["row"],
+            "experiment": r["experiment"],
+            "light head layers": r["light_head"],
+            "steps": r["steps"],
+            **{k.upper(): r[k] for k in ("wer", "sim", "mos")},
+            "mel L1": r["mel_l1"],
+            "decoder RTF": r["decoder_rtf"],
+            **{f"paper {k.upper()}": p[k] for k in ("wer", "sim", "utmos")},
+        }
+        out.append(row)
     return pd.DataFrame(out)
 
 
@@ -468,6 +420,5 @@ def markdown(df: pd.DataFrame) -> str:
         return "_(no rows: the experiments for this table were not evaluated)_"
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for rec in df.to_dict("records"):
-        lines.append("| " + " | ".join(_cell(rec[c]) for c in cols) + " |")
+    lines += ["| " + " | ".join(_cell(rec[c]) for c in cols) + " |" for rec in df.to_dict("records")]
     return "\n".join(lines)

@@ -31,6 +31,7 @@ import pickle
 import random
 import shutil
 import time
+from collections import defaultdict
 
 import numpy as np
 import speechbrain as sb
@@ -48,9 +49,7 @@ from sitok.train.checkpoints import use_weights_only_loaders
 logger = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------------------
+# ---- data --------------------------------------------------------------------------------------
 def dataio_prepare(hparams: dict):
     """Datasets for train/valid and the training batch sampler. Returns (datasets, sampler, stats).
 
@@ -78,24 +77,16 @@ def dataio_prepare(hparams: dict):
 
     datasets, stats = {}, {}
     for name in ("train", "valid"):
-        ds = DynamicItemDataset.from_csv(
-            hparams[f"{name}_csv"],
-            dynamic_items=[mel_pipeline, text_pipeline],
-            output_keys=["id", "mel", "tokens", "duration"],
-        )
+        csv, keys = hparams[f"{name}_csv"], ["id", "mel", "tokens", "duration"]
+        ds = DynamicItemDataset.from_csv(csv, dynamic_items=[mel_pipeline, text_pipeline], output_keys=keys)
         for uid in ds.data_ids:
-            check_rxspec(ds.data[uid]["feats"], f"{hparams[f'{name}_csv']}: utterance {uid}")
+            check_rxspec(ds.data[uid]["feats"], f"{csv}: utterance {uid}")
         n = len(ds)
         ds = ds.filtered_sorted(key_max_value={"duration": hparams["max_duration"]})
         stats[f"{name}_utterances"] = len(ds)
         stats[f"{name}_too_long"] = n - len(ds)
         if n - len(ds):
-            logger.warning(
-                "%s: %d utterances longer than %.1f s left out",
-                hparams[f"{name}_csv"],
-                n - len(ds),
-                hparams["max_duration"],
-            )
+            logger.warning("%s: %d utterances longer than %.1f s left out", csv, n - len(ds), hparams["max_duration"])
         datasets[name] = ds
     sampler = DynamicBatchSampler(
         datasets["train"],
@@ -112,9 +103,7 @@ def dataio_prepare(hparams: dict):
     return datasets, sampler, stats
 
 
-# ---------------------------------------------------------------------------------------
-# recoverables
-# ---------------------------------------------------------------------------------------
+# ---- recoverables ------------------------------------------------------------------------------
 def _numpy_array_globals() -> list:
     """What a pickled numpy array needs: plain-data constructors (no other code), allowed for
     reading the rng.ckpt files written before RNGState stored lists."""
@@ -135,14 +124,12 @@ class RNGState:
     def save(self, path):
         name, keys, pos, has_gauss, gauss = np.random.get_state()
         version, internal, gauss_next = random.getstate()
-        torch.save(
-            {
-                "torch": torch.get_rng_state(),
-                "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
-                "random": [version, list(internal), gauss_next],
-            },
-            path,
-        )
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
+            "random": [version, list(internal), gauss_next],
+        }
+        torch.save(state, path)
 
     @mark_as_loader
     def load(self, path, end_of_epoch=True):
@@ -199,9 +186,7 @@ def quantizer_initialised(q: torch.nn.Module) -> bool:
     return all(bool(getattr(s, "initted", True)) for s in stages)
 
 
-# ---------------------------------------------------------------------------------------
-# Brain
-# ---------------------------------------------------------------------------------------
+# ---- Brain -------------------------------------------------------------------------------------
 class TokenizerBrain(sb.Brain):
     data_stats: dict = {}
     kmeans_data = None  # the training dataset: frames for the k-means codebook start
@@ -221,8 +206,7 @@ class TokenizerBrain(sb.Brain):
         super().on_fit_start()  # recovers the last checkpoint: plan, schedule, counter
         if self.plan.planned:
             hp.epoch_counter.limit = self.plan.epochs
-        model = self.model
-        cfg = model.config
+        model, cfg = self.model, self.model.config
         logger.info(
             "SiTok: %.2f M parameters; %.2f tokens/s, %d x %d codes, %.1f bit/s; %d torch threads; %s",
             model.num_parameters() / 1e6,
@@ -264,14 +248,9 @@ class TokenizerBrain(sb.Brain):
         self.plan.fix(epochs, self.global_step)
         self.hparams.epoch_counter.limit = epochs
         self.set_decay()
-        logger.info(
-            "plan: %.1f s per epoch -> %d epochs (%d steps) within max_train_minutes=%g; phase A %s",
-            per_epoch,
-            epochs,
-            self.plan.total_steps,
-            limit,
-            f"until step {self.plan.phase_a_steps}" if self.plan.fraction > 0 else "off",
-        )
+        phase_a = f"until step {self.plan.phase_a_steps}" if self.plan.fraction > 0 else "off"
+        msg = "plan: %.1f s per epoch -> %d epochs (%d steps) within max_train_minutes=%g; phase A %s"
+        logger.info(msg, per_epoch, epochs, self.plan.total_steps, limit, phase_a)
 
     @torch.no_grad()
     def kmeans_codebook(self) -> None:
@@ -296,11 +275,9 @@ class TokenizerBrain(sb.Brain):
         self.modules.train()
         t0 = time.time()
         stats = q.init_kmeans(torch.cat(frames)[:want], iters=int(getattr(hp, "kmeans_iters", 10)), seed=hp.seed)
+        seconds = time.time() - t0
         logger.info(
-            "k-means codebook start before step %d (%.1f s): %s",
-            self.global_step - 1,
-            time.time() - t0,
-            json.dumps(stats),
+            "k-means codebook start before step %d (%.1f s): %s", self.global_step - 1, seconds, json.dumps(stats)
         )
 
     @property
@@ -343,8 +320,6 @@ class TokenizerBrain(sb.Brain):
             self.lr_schedule(self.optimizer)
 
     def on_stage_start(self, stage, epoch=None):
-        from collections import defaultdict
-
         self._acc = defaultdict(float)
         self._t0 = time.time()
         if stage != sb.Stage.TRAIN:
@@ -374,9 +349,7 @@ class TokenizerBrain(sb.Brain):
             self.train_stats = summary
             return
         if self._usage.frames > 0:  # none in phase A (no VQ)
-            usage = self._usage.summary()
-            summary["codebook_usage"] = usage["usage"]
-            summary["code_perplexity"] = usage["perplexity"]
+            summary.update(codebook_usage=self._usage.usage, code_perplexity=self._usage.perplexity)
         if stage == sb.Stage.VALID:
             phase = "A" if self.in_phase_a() else "B"
             if not self.plan.planned:
@@ -419,13 +392,7 @@ def run_recipe(argv: list[str], brain_class: type) -> None:
     if sb.utils.distributed.if_main_process():
         write_train_config(hparams)
     datasets, train_sampler, stats = dataio_prepare(hparams)
-    brain = brain_class(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    brain = brain_class(hparams["modules"], hparams["opt_class"], hparams, run_opts, hparams["checkpointer"])
     brain.data_stats = stats
     brain.kmeans_data = datasets["train"]
     brain.train_sampler = train_sampler  # Brain calls set_epoch(): batches depend on (seed, epoch) only
@@ -444,13 +411,10 @@ def run_recipe(argv: list[str], brain_class: type) -> None:
 def read_train_stats(exp_dir: str) -> list[dict]:
     """Per-epoch records of ``train_stats.jsonl`` (an epoch redone after a kill: last one wins)."""
     path = os.path.join(exp_dir, "train_stats.jsonl")
-    by_epoch: dict[int, dict] = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    rec = json.loads(line)
-                    by_epoch[rec["epoch"]] = rec
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        by_epoch = {rec["epoch"]: rec for rec in (json.loads(line) for line in fh if line.strip())}
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -471,9 +435,7 @@ def check_ranks_agree(model: torch.nn.Module) -> None:
         raise RuntimeError("DDP ranks ended with different weights or codebooks")
 
 
-# ---------------------------------------------------------------------------------------
-# export
-# ---------------------------------------------------------------------------------------
+# ---- export ------------------------------------------------------------------------------------
 TRAIN_CONFIG = "train_config.json"
 TRAIN_CONFIG_FORMAT = "sitok-train-1"
 
@@ -490,11 +452,8 @@ def write_train_config(hparams: dict) -> str:
         **{k: str(hparams[k]) for k in ("cmvn_file", "sp_model", "train_csv")},
     }
     if hparams.get("refine"):
-        config.update(
-            refine=hparams["refine"],
-            init_model=hparams.get("init_model"),
-            decoder_overrides=dict(hparams.get("decoder_overrides") or {}),
-        )
+        overrides = dict(hparams.get("decoder_overrides") or {})
+        config.update(refine=hparams["refine"], init_model=hparams.get("init_model"), decoder_overrides=overrides)
     path = os.path.join(exp_dir, TRAIN_CONFIG)
     write_text_atomic(path, json.dumps(config, indent=1) + "\n")
     return path
