@@ -58,7 +58,7 @@ def main() -> None:
         ax[1].plot(ep, [r["train"]["ctc"] for r in rows], label="train")
         ax[1].plot(ep, [r["valid"]["ctc"] for r in rows], label="valid")
         ax[1].set_title("CTC loss (per unit)")
-        ax[2].plot(ep, [100 * r["valid"]["codebook_usage"] for r in rows])
+        ax[2].plot(ep, [100 * r["valid"].get("codebook_usage", float("nan")) for r in rows])  # none in phase A
         ax[2].set_title("codebook usage on valid (%)")
         for a in ax:
             a.set_xlabel("epoch")
@@ -75,10 +75,10 @@ def main() -> None:
         step = max(1, len(rows) // 8)
         for r in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
             t, v = r["train"], r["valid"]
+            usage = f"{100 * v['codebook_usage']:.1f} | {v['code_perplexity']:.0f}" if "codebook_usage" in v else "— | —"
             print(
                 f"| {r['epoch']} | {r.get('minutes') or 0:.1f} | {t['diff']:.3f} | {v['diff']:.3f} | {t['ctc']:.2f} | "
-                f"{v['ctc']:.2f} | {100 * v['codebook_usage']:.1f} | {v['code_perplexity']:.0f} | "
-                f"{t['audio_s_per_s']:.0f} |"
+                f"{v['ctc']:.2f} | {usage} | {t['audio_s_per_s']:.0f} |"
             )
 
 
