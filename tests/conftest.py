@@ -92,6 +92,14 @@ def run_cli(*args, cwd=None, check=True):
     )
 
 
+def torchrun_gloo(script_args: list, port: int) -> list:
+    """``python SCRIPT ARGS...`` as a 2-process CPU (gloo) DDP run under torchrun on ``port``."""
+    import sys
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    return launcher + [*script_args, "--distributed_backend", "gloo"]
+
+
 def run_one_thread(cmd, **kw):
     """``cmd`` run to its end with OMP_NUM_THREADS=1, its output captured as text (no check of its status)."""
     return subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), **kw)

@@ -20,7 +20,7 @@ from sitok.data.synth import make_sentence
 from sitok.infer import Tokenizer
 from sitok.infer.sets import dump_codes
 
-from conftest import ROOT, run_one_thread, tone, write, write_model_dir
+from conftest import ROOT, run_one_thread, tone, torchrun_gloo, write, write_model_dir
 
 TRAIN = os.path.join(ROOT, "recipes", "llm_asr", "train.py")
 HPARAMS = os.path.join(ROOT, "recipes", "llm_asr", "hparams", "mini.yaml")
@@ -137,18 +137,7 @@ def test_killed_run_resumes_to_the_same_losses(tiny_set):
 def test_ddp_two_cpu_processes_take_a_step(tiny_set):
     root = tiny_set
     exp = root / "exp_ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29531",
-        *args(root, exp, epochs=1)[1:],
-        "--distributed_backend",
-        "gloo",
-    ]
+    cmd = torchrun_gloo(args(root, exp, epochs=1)[1:], 29531)
     r = run_one_thread(cmd, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.load(open(exp / "results.json"))["steps"] > 0

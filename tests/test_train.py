@@ -17,7 +17,7 @@ from sitok.data.synth import make_sentence
 from sitok.data.vocab import train_sentencepiece
 from sitok.train.tokenizer import read_train_stats
 
-from conftest import ROOT, run_one_thread, tone, write
+from conftest import ROOT, run_one_thread, tone, torchrun_gloo, write
 
 TRAIN = os.path.join(ROOT, "recipes", "tokenizer", "train.py")
 TINY = os.path.join(ROOT, "recipes", "tokenizer", "hparams", "tiny.yaml")
@@ -169,18 +169,7 @@ def test_killed_training_resumes_with_identical_losses(tiny_dump):
 def test_ddp_two_cpu_processes_agree(tiny_dump):
     root, n = tiny_dump
     exp = root / "exp_ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
-        *args(root, n, exp, epochs=1)[1:],
-        "--distributed_backend",
-        "gloo",
-    ]
+    cmd = torchrun_gloo(args(root, n, exp, epochs=1)[1:], 29517)
     r = run_one_thread(cmd, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     log = open(exp / "log.txt").read()

@@ -75,7 +75,9 @@ def main() -> None:
         step = max(1, len(rows) // 8)
         for r in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
             t, v = r["train"], r["valid"]
-            usage = f"{100 * v['codebook_usage']:.1f} | {v['code_perplexity']:.0f}" if "codebook_usage" in v else "— | —"
+            usage = (
+                f"{100 * v['codebook_usage']:.1f} | {v['code_perplexity']:.0f}" if "codebook_usage" in v else "— | —"
+            )
             print(
                 f"| {r['epoch']} | {r.get('minutes') or 0:.1f} | {t['diff']:.3f} | {v['diff']:.3f} | {t['ctc']:.2f} | "
                 f"{v['ctc']:.2f} | {usage} | {t['audio_s_per_s']:.0f} |"

@@ -31,6 +31,7 @@ import importlib.util
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +46,49 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 IGNORE = -100  # label of positions without a loss
 
 
+TINY_LLAMA = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+}
+
+
 @dataclass
-class SpeechLMConfig:
+class BackboneConfig:
+    """The LM under a speech model (shared by SpeechLM and SpeechTTS); subclasses add their fields
+    and the bounds of their numbers (``INTS``, ``FLOATS``, ``CHOICES``) for ``from_dict``."""
+
     backbone: str = "smollm2"  # smollm2 | tiny | a local Hugging Face model directory
     pretrained: bool = True  # False: the backbone's architecture, weights drawn fresh
+    lora_rank: int = 0  # 0: train the LM's own weights
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    tiny: dict = field(default_factory=lambda: dict(TINY_LLAMA))  # sizes of the tiny backbone
+
+    INTS: ClassVar[dict] = {}
+    FLOATS: ClassVar[dict] = {}
+    CHOICES: ClassVar[dict] = {}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """A config from plain data (a model directory's JSON, hparams), every number range-checked."""
+        name = cls.__name__
+        if not isinstance(d, dict):
+            raise ValueError(f"{name}: expected a mapping, got {type(d).__name__}")
+        unknown = unknown_fields(cls, d)
+        if unknown:
+            raise ValueError(f"{name}: unknown fields {unknown}")
+        cfg = cls(**d)
+        floats = {"lora_alpha": (0.0, 1e6), "lora_dropout": (0.0, 0.9), **cls.FLOATS}
+        ints = {"lora_rank": (0, 4096), **cls.INTS}
+        check_fields(name, cfg, ints=ints, floats=floats, choices=cls.CHOICES, bools=("pretrained",))
+        return cfg
+
+
+@dataclass
+class SpeechLMConfig(BackboneConfig):
     inputs: str = "tokens"  # tokens | mel
     codebook_size: int = 1024
     num_codebooks: int = 1
@@ -57,43 +97,16 @@ class SpeechLMConfig:
     mel_stack: int = 4  # mel frames per input position (50 Hz -> 12.5 Hz)
     prompt: str = "Transcribe the speech."
     max_text_ratio: float = 2.0  # decoding stops after this many text tokens per input position (+ 8)
-    lora_rank: int = 0  # 0: train the LM's own weights
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    tiny: dict = field(
-        default_factory=lambda: {
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "intermediate_size": 128,
-        }
-    )
 
-    @classmethod
-    def from_dict(cls, d: dict) -> SpeechLMConfig:
-        if not isinstance(d, dict):
-            raise ValueError(f"SpeechLMConfig: expected a mapping, got {type(d).__name__}")
-        unknown = unknown_fields(cls, d)
-        if unknown:
-            raise ValueError(f"SpeechLMConfig: unknown fields {unknown}")
-        cfg = cls(**d)
-        check_fields(
-            "SpeechLMConfig",
-            cfg,
-            ints={
-                "codebook_size": (2, 2**20),
-                "num_codebooks": (1, 64),
-                "speech_dim": (1, 65536),
-                "n_mels": (1, 4096),
-                "mel_stack": (1, 64),
-                "lora_rank": (0, 4096),
-            },
-            floats={"max_text_ratio": (0.01, 100.0), "lora_alpha": (0.0, 1e6), "lora_dropout": (0.0, 0.9)},
-            choices={"inputs": ("tokens", "mel")},
-            bools=("pretrained",),
-        )
-        return cfg
+    INTS: ClassVar[dict] = {
+        "codebook_size": (2, 2**20),
+        "num_codebooks": (1, 64),
+        "speech_dim": (1, 65536),
+        "n_mels": (1, 4096),
+        "mel_stack": (1, 64),
+    }
+    FLOATS: ClassVar[dict] = {"max_text_ratio": (0.01, 100.0)}
+    CHOICES: ClassVar[dict] = {"inputs": ("tokens", "mel")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,8 +216,15 @@ def add_lora(lm: nn.Module, cfg: SpeechLMConfig) -> None:
 # ---------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------
-class SpeechLM(nn.Module):
-    def __init__(self, cfg: SpeechLMConfig, lm: nn.Module | None = None, text=None):
+class BackboneModel(nn.Module):
+    """A speech model around a causal LM: the backbone (built from the config unless given, with
+    its LoRA adapters), its text tokenizer, and the model directory (``save`` / ``load``).
+    Subclasses name their config class and file."""
+
+    config_class: type = BackboneConfig
+    config_file: str = ""
+
+    def __init__(self, cfg: BackboneConfig, lm: nn.Module | None = None, text=None):
         super().__init__()
         self.config = cfg
         if lm is None:
@@ -212,6 +232,31 @@ class SpeechLM(nn.Module):
         self.lm, self.text = lm, text
         if cfg.lora_rank > 0:
             add_lora(self.lm, cfg)
+
+    def init_speech_projection(self, proj: nn.Linear) -> None:
+        """Unit-variance inputs (tables drawn N(0, 1) or scaled codebooks; normalised mel) come out at
+        the scale of the LM's own token embeddings, so speech does not swamp the residual stream."""
+        scale = float(self.lm.get_input_embeddings().weight.detach().float().std())
+        nn.init.normal_(proj.weight, std=scale / proj.in_features**0.5)
+        nn.init.zeros_(proj.bias)
+
+    def save(self, out_dir: str) -> None:
+        save_model_dir(self, out_dir, self.config_file)
+
+    @classmethod
+    def load(cls, model_dir: str, map_location="cpu"):
+        cfg, lm, text, state = read_model_dir(model_dir, cls.config_file, map_location)
+        model = cls(cls.config_class.from_dict(cfg), lm, text)
+        model.load_state_dict(state)
+        return model.eval()
+
+
+class SpeechLM(BackboneModel):
+    config_class = SpeechLMConfig
+    config_file = "speech_lm.json"
+
+    def __init__(self, cfg: SpeechLMConfig, lm: nn.Module | None = None, text=None):
+        super().__init__(cfg, lm, text)
         width = self.lm.config.hidden_size
         if cfg.inputs == "tokens":
             self.speech_embed = nn.ModuleList(
@@ -223,11 +268,7 @@ class SpeechLM(nn.Module):
         else:
             self.speech_embed = None
             self.speech_proj = nn.Linear(cfg.n_mels * cfg.mel_stack, width)
-        # unit-variance inputs (tables drawn N(0, 1) or scaled codebooks; normalised mel) come out at the
-        # scale of the LM's own token embeddings, so speech does not swamp the residual stream at the start
-        scale = float(self.lm.get_input_embeddings().weight.detach().float().std())
-        nn.init.normal_(self.speech_proj.weight, std=scale / self.speech_proj.in_features**0.5)
-        nn.init.zeros_(self.speech_proj.bias)
+        self.init_speech_projection(self.speech_proj)
         self.register_buffer(
             "prompt_ids", torch.tensor(self.text.encode(cfg.prompt), dtype=torch.long), persistent=False
         )
@@ -345,17 +386,6 @@ class SpeechLM(nn.Module):
     def transcribe(self, speech, lengths, beam_size: int = 1) -> list[str]:
         ids = self.greedy(speech, lengths) if beam_size <= 1 else self.beam(speech, lengths, beam_size)
         return [self.text.decode(h) for h in ids]
-
-    # ---- model directory ------------------------------------------------------------------
-    def save(self, out_dir: str) -> None:
-        save_model_dir(self, out_dir, "speech_lm.json")
-
-    @classmethod
-    def load(cls, model_dir: str, map_location="cpu") -> SpeechLM:
-        cfg, lm, text, state = read_model_dir(model_dir, "speech_lm.json", map_location)
-        model = cls(SpeechLMConfig.from_dict(cfg), lm, text)
-        model.load_state_dict(state)
-        return model.eval()
 
 
 def save_model_dir(model: nn.Module, out_dir: str, config_name: str) -> None:

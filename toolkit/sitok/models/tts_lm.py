@@ -25,58 +25,25 @@ Backbones, LoRA and the model directory are those of ``sitok.models.speech_lm``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sitok.checks import check_fields, unknown_fields
-from sitok.models.speech_lm import add_lora, load_backbone, pad_sequences, read_model_dir, save_model_dir
+from sitok.models.speech_lm import BackboneConfig, BackboneModel, pad_sequences
 
 
 @dataclass
-class SpeechTTSConfig:
-    backbone: str = "smollm2"  # smollm2 | tiny | a local Hugging Face model directory
-    pretrained: bool = True
+class SpeechTTSConfig(BackboneConfig):
     codebook_size: int = 1024
     speech_dim: int = 32  # width of the speech-token table (the codebook's width to start from it)
     max_tokens_per_char: float = 2.0  # generation stops after this many speech tokens per text character (+ 10)
     min_tokens_per_char: float = 0.2  # ... and cannot end before this many
-    lora_rank: int = 0
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    tiny: dict = field(
-        default_factory=lambda: {
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "intermediate_size": 128,
-        }
-    )
 
-    @classmethod
-    def from_dict(cls, d: dict) -> SpeechTTSConfig:
-        if not isinstance(d, dict):
-            raise ValueError(f"SpeechTTSConfig: expected a mapping, got {type(d).__name__}")
-        unknown = unknown_fields(cls, d)
-        if unknown:
-            raise ValueError(f"SpeechTTSConfig: unknown fields {unknown}")
-        cfg = cls(**d)
-        check_fields(
-            "SpeechTTSConfig",
-            cfg,
-            ints={"codebook_size": (2, 2**20), "speech_dim": (1, 65536), "lora_rank": (0, 4096)},
-            floats={
-                "max_tokens_per_char": (0.01, 100.0),
-                "min_tokens_per_char": (0.0, 100.0),
-                "lora_alpha": (0.0, 1e6),
-                "lora_dropout": (0.0, 0.9),
-            },
-            bools=("pretrained",),
-        )
-        return cfg
+    INTS: ClassVar[dict] = {"codebook_size": (2, 2**20), "speech_dim": (1, 65536)}
+    FLOATS: ClassVar[dict] = {"max_tokens_per_char": (0.01, 100.0), "min_tokens_per_char": (0.0, 100.0)}
 
 
 @dataclass
@@ -109,23 +76,18 @@ def sample_next(logits: torch.Tensor, history: list[int], s: Sampling, generator
     return token
 
 
-class SpeechTTS(nn.Module):
+class SpeechTTS(BackboneModel):
+    config_class = SpeechTTSConfig
+    config_file = "speech_tts.json"
+
     def __init__(self, cfg: SpeechTTSConfig, lm: nn.Module | None = None, text=None):
-        super().__init__()
-        self.config = cfg
-        if lm is None:
-            lm, text = load_backbone(cfg)
-        self.lm, self.text = lm, text
-        if cfg.lora_rank > 0:
-            add_lora(self.lm, cfg)
+        super().__init__(cfg, lm, text)
         width = self.lm.config.hidden_size
         self.start_id = self.end_id = cfg.codebook_size  # the <speech> marker in, end of speech out
         self.speech_embed = nn.Embedding(cfg.codebook_size + 1, cfg.speech_dim)
         nn.init.normal_(self.speech_embed.weight, std=1.0)
         self.speech_proj = nn.Linear(cfg.speech_dim, width)
-        scale = float(self.lm.get_input_embeddings().weight.detach().float().std())
-        nn.init.normal_(self.speech_proj.weight, std=scale / cfg.speech_dim**0.5)
-        nn.init.zeros_(self.speech_proj.bias)
+        self.init_speech_projection(self.speech_proj)
         self.speech_head = nn.Linear(width, cfg.codebook_size + 1)
         nn.init.normal_(self.speech_head.weight, std=0.02)
         nn.init.zeros_(self.speech_head.bias)
@@ -241,14 +203,3 @@ class SpeechTTS(nn.Module):
                 use_cache=True,
             )
         return [torch.tensor(h, dtype=torch.long) for h in hyps]
-
-    # ---- model directory ------------------------------------------------------------------
-    def save(self, out_dir: str) -> None:
-        save_model_dir(self, out_dir, "speech_tts.json")
-
-    @classmethod
-    def load(cls, model_dir: str, map_location="cpu") -> SpeechTTS:
-        cfg, lm, text, state = read_model_dir(model_dir, "speech_tts.json", map_location)
-        model = cls(SpeechTTSConfig.from_dict(cfg), lm, text)
-        model.load_state_dict(state)
-        return model.eval()
