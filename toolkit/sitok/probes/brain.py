@@ -23,12 +23,12 @@ import time
 import speechbrain as sb
 import torch
 
-from sitok.data.kaldi import allow_pipes, read_table
+from sitok.data.kaldi import allow_pipes
 from sitok.data.trials import make_trials, read_trials, write_trials
 from sitok.eval.asr import word_error_rate
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.losses.ctc import ctc_beam_searcher, ctc_greedy
-from sitok.probes.data import FeatureReader, feature_paths, load_set, make_dataset
+from sitok.probes.data import durations, make_dataset, probe_sets, transcribed_sets
 from sitok.train.checkpoints import use_weights_only_loaders
 
 logger = logging.getLogger(__name__)
@@ -185,17 +185,6 @@ def ctc_frames_needed(ids: list[int]) -> int:
 
 
 # ---- recipe body ---------------------------------------------------------------------------------
-def _datasets(hparams, label_file):
-    """train / valid / test datasets of the probe's sets, with their counts."""
-    sets, counts = {}, {}
-    for split in ("train", "valid", "test"):
-        name, dump = hparams[f"{split}_set"], hparams["dump_dir"]
-        scp, cmvn = feature_paths(hparams["features"], name, dump, hparams.get("codes_root"), hparams["cmvn"])
-        items, counts[split] = load_set(dump, name, label_file, scp)
-        sets[split] = (items, FeatureReader(scp, cmvn))
-    return sets, counts
-
-
 def _finish(hparams, results: dict, t0: float) -> None:
     results["wall_seconds"] = round(time.time() - t0, 1)
     path = os.path.join(hparams["exp_dir"], "results.json")
@@ -226,7 +215,7 @@ def _fit(brain, hparams, train, valid, t0):
 
 def run_classifier(hparams, run_opts, t0) -> None:
     task, label_file = hparams["task"], LABEL_FILES[hparams["task"]]
-    sets, counts = _datasets(hparams, label_file)
+    sets, counts = probe_sets(hparams, label_file)
     classes = sorted(set(sets["train"][0].values()))
     index = {c: i for i, c in enumerate(classes)}
     results = {"task": task, "features": hparams["features"], "classes": len(classes), "counts": counts}
@@ -297,21 +286,12 @@ def run_asr(hparams, run_opts, t0) -> None:
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=hparams["sp_model"])
-    sets, counts = _datasets(hparams, "text")
-    for split, (items, reader) in list(sets.items()):  # non-speech markers (<silence>, <no_transcript>)
-        markers = [u for u, t in items.items() if t.startswith("<")]
-        if markers:
-            msg = "%s: %d utterances with a non-speech marker instead of a transcript: left out"
-            logger.warning(msg, hparams[f"{split}_set"], len(markers))
-            counts[split]["no_transcript"] = len(markers)
-            sets[split] = ({u: t for u, t in items.items() if not t.startswith("<")}, reader)
-            if not sets[split][0]:
-                raise ValueError(f"{hparams[f'{split}_set']}: no transcribed utterance for the ASR probe")
+    sets, counts = transcribed_sets(hparams)
     up = probe_upsample(hparams)
     rate = hparams["modules"]["frontend"].frame_rate * up
     fits = {}
     for split, (items, reader) in sets.items():  # every target must fit its CTC input length
-        dur = _durations(hparams["dump_dir"], hparams[f"{split}_set"])
+        dur = durations(hparams["dump_dir"], hparams[f"{split}_set"])
         bad = [u for u, t in items.items() if ctc_frames_needed(sp.encode(t)) > int(dur[u] * rate)]
         fits[split] = {"targets_too_long": len(bad), "of": len(items)}
         if bad and split != "test":  # train/valid: left out (counted); test: kept and scored as they come
@@ -347,10 +327,6 @@ def run_asr(hparams, run_opts, t0) -> None:
     results.update(wer=brain.test_stats["wer"], wer_beam=brain.test_stats.get("wer_beam"))
     results.update(beam_size=hparams["beam_size"], n_test=len(brain.hyps["greedy"]))
     _finish(hparams, results, t0)
-
-
-def _durations(dump_dir: str, set_name: str) -> dict:
-    return {u: float(d) for u, d in read_table(os.path.join(dump_dir, set_name, "utt2dur")).items()}
 
 
 def run_probe(argv: list[str]) -> None:

@@ -82,3 +82,37 @@ def make_dataset(items: dict, reader: FeatureReader, encode=None):
     ds.add_dynamic_item(encode if encode is not None else (lambda label: label), takes="label", provides="target")
     ds.set_output_keys(["id", "feats", "target", "label"])
     return ds
+
+
+def probe_sets(hparams: dict, label_file: str | None) -> tuple[dict, dict]:
+    """{split: (items, reader)} for the train / valid / test sets named in ``hparams`` (features,
+    dump_dir, codes_root, cmvn, <split>_set), with each set's counts."""
+    sets, counts = {}, {}
+    for split in ("train", "valid", "test"):
+        name, dump = hparams[f"{split}_set"], hparams["dump_dir"]
+        scp, cmvn = feature_paths(hparams["features"], name, dump, hparams.get("codes_root"), hparams["cmvn"])
+        items, counts[split] = load_set(dump, name, label_file, scp)
+        sets[split] = (items, FeatureReader(scp, cmvn))
+    return sets, counts
+
+
+def transcribed_sets(hparams: dict) -> tuple[dict, dict]:
+    """``probe_sets`` with transcripts, utterances whose text is a non-speech marker (<silence>,
+    <no_transcript>) left out, counted and logged; a set left empty is an error."""
+    sets, counts = probe_sets(hparams, "text")
+    for split, (items, reader) in list(sets.items()):
+        name = hparams[f"{split}_set"]
+        kept = {u: t for u, t in items.items() if not t.startswith("<")}
+        if len(kept) < len(items):
+            n = len(items) - len(kept)
+            logger.warning("%s: %d utterances with a non-speech marker instead of a transcript: left out", name, n)
+            counts[split]["no_transcript"] = n
+            if not kept:
+                raise ValueError(f"{name}: no transcribed utterance")
+            sets[split] = (kept, reader)
+    return sets, counts
+
+
+def durations(dump_dir: str, set_name: str) -> dict:
+    """{utt: seconds} of ``<dump_dir>/<set_name>/utt2dur``."""
+    return {u: float(d) for u, d in read_table(os.path.join(dump_dir, set_name, "utt2dur")).items()}

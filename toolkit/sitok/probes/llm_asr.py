@@ -28,13 +28,13 @@ import time
 import speechbrain as sb
 import torch
 
-from sitok.data.kaldi import allow_pipes, read_table
+from sitok.data.kaldi import allow_pipes
 from sitok.eval.asr import word_error_rate
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.infer import Tokenizer
 from sitok.models.loading import load_model_config
 from sitok.models.speech_lm import SpeechLM, SpeechLMConfig
-from sitok.probes.data import FeatureReader, feature_paths, load_set, make_dataset
+from sitok.probes.data import durations, make_dataset, transcribed_sets
 from sitok.probes.frontend import codebook_vectors
 from sitok.train.checkpoints import AtomicCheckpointer, use_weights_only_loaders
 
@@ -169,24 +169,10 @@ class LLMASRBrain(sb.Brain):
 
 
 def _datasets(hparams, text):
-    """train / valid / test datasets (transcripts as LM token ids), and their counts."""
-    sets, counts = {}, {}
+    """{split: (items, dataset)} with transcripts as LM token ids, and the counts."""
     encode = lambda t: torch.tensor(text.encode(t), dtype=torch.long)  # noqa: E731
-    for split in ("train", "valid", "test"):
-        name = hparams[f"{split}_set"]
-        scp, cmvn = feature_paths(
-            hparams["features"], name, hparams["dump_dir"], hparams.get("codes_root"), hparams["cmvn"]
-        )
-        items, counts[split] = load_set(hparams["dump_dir"], name, "text", scp)
-        markers = [u for u, t in items.items() if t.startswith("<")]
-        if markers:  # non-speech markers (<silence>, ...) are not transcripts
-            logger.warning("%s: %d utterances with a non-speech marker: left out", name, len(markers))
-            counts[split]["no_transcript"] = len(markers)
-            items = {u: t for u, t in items.items() if u not in set(markers)}
-        reader = FeatureReader(scp, cmvn)
-        ds = make_dataset(items, reader, encode)
-        sets[split] = (items, ds)
-    return sets, counts
+    sets, counts = transcribed_sets(hparams)
+    return {s: (items, make_dataset(items, reader, encode)) for s, (items, reader) in sets.items()}, counts
 
 
 def _length_batches(hparams, items: dict, shuffle: bool):
@@ -196,11 +182,11 @@ def _length_batches(hparams, items: dict, shuffle: bool):
     from speechbrain.dataio.sampler import DynamicBatchSampler
 
     rate = 50.0 if hparams["features"] == "mel50" else 12.5
-    dur = read_table(os.path.join(hparams["dump_dir"], hparams["train_set"], "utt2dur"))
+    dur = durations(hparams["dump_dir"], hparams["train_set"])
     missing = [u for u in items if u not in dur]
     if missing:
         raise ValueError(f"{hparams['dump_dir']}/{hparams['train_set']}/utt2dur: no duration for {missing[:3]}")
-    lengths = [float(dur[u]) * (rate + hparams["text_positions_per_second"]) for u in items]
+    lengths = [dur[u] * (rate + hparams["text_positions_per_second"]) for u in items]
     return DynamicBatchSampler(
         list(items),
         max_batch_length=hparams["max_batch_positions"],
