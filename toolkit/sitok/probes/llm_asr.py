@@ -42,26 +42,48 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(hparams: dict) -> SpeechLM:
-    """The SpeechLM of the hparams: its input side sized from the tokenizer (tokens) or the mel."""
+    """The SpeechLM of the hparams: its input side sized from the tokenizer (tokens) or the mel.
+
+    ``speech_encoder``: ``none`` (tables or stacked mel straight into the projection), ``ctc``
+    (tokens only: the tokenizer's CTC decoder blocks, copied and fine-tuned) or ``random`` (blocks
+    of the same sizes from random weights)."""
     kw = {k: hparams[k] for k in ("backbone", "pretrained", "prompt", "lora_rank", "lora_alpha", "lora_dropout")}
-    if hparams["features"] == "tokens":
-        tok_cfg = load_model_config(hparams["model_dir"])
+    encoder = hparams.get("speech_encoder", "none")
+    if encoder not in ("none", "ctc", "random"):
+        raise ValueError(f"speech_encoder must be none, ctc or random, got {encoder!r}")
+    tok_cfg = load_model_config(hparams["model_dir"]) if hparams["features"] == "tokens" else None
+    if tok_cfg is not None:
+        from_codebook = hparams["init_from_codebook"] or encoder == "ctc"
         kw.update(
             inputs="tokens",
             codebook_size=tok_cfg["codebook_size"],
             num_codebooks=tok_cfg["num_codebooks"],
-            speech_dim=tok_cfg["codebook_dim"] if hparams["init_from_codebook"] else hparams["speech_dim"],
+            speech_dim=tok_cfg["codebook_dim"] if from_codebook else hparams["speech_dim"],
         )
     elif hparams["features"] in ("mel12.5", "mel50"):
         kw.update(inputs="mel", mel_stack=4 if hparams["features"] == "mel12.5" else 1)
     else:
         raise ValueError(f"features must be tokens, mel12.5 or mel50, got {hparams['features']!r}")
+    if encoder == "ctc" and (tok_cfg is None or not tok_cfg.get("vocab_size") or not tok_cfg.get("ctc_layers")):
+        raise ValueError("speech_encoder ctc needs tokens from a tokenizer trained with a CTC decoder")
+    if encoder != "none":
+        sizes = tok_cfg or {}
+        kw.update(
+            encoder_layers=sizes.get("ctc_layers") or hparams.get("speech_encoder_layers", 2),
+            encoder_hidden=sizes.get("hidden", 256),
+            encoder_intermediate=sizes.get("intermediate", 1024),
+            encoder_heads=sizes.get("heads", 4),
+        )
     if hparams.get("tiny"):
         kw["tiny"] = dict(hparams["tiny"])
     model = SpeechLM(SpeechLMConfig.from_dict(kw))
-    if hparams["features"] == "tokens" and hparams["init_from_codebook"]:
-        quantizer = Tokenizer.from_pretrained(hparams["model_dir"], vocoder="griffin_lim").model.quantizer
-        model.init_from_codebook(codebook_vectors(quantizer))
+    if tok_cfg is not None and (hparams["init_from_codebook"] or encoder == "ctc"):
+        tokenizer = Tokenizer.from_pretrained(hparams["model_dir"], vocoder="griffin_lim").model
+        books = codebook_vectors(tokenizer.quantizer)
+        if encoder == "ctc":
+            model.init_from_tokenizer(books, tokenizer.from_latent, tokenizer.ctc)
+        else:
+            model.init_from_codebook(books)
     return model
 
 
