@@ -83,7 +83,7 @@ def train_stats(exp) -> list[str]:
 def test_recipe_trains_on_codes_and_mel_and_transcribe_reads_its_model(tiny_set, tmp_path):
     root = tiny_set
     exp = root / "exp_tokens"
-    r = run_one_thread(args(root, exp))
+    r = run_one_thread(args(root, exp) + ["--speech_encoder", "ctc"])  # speech side from the tokenizer's CTC decoder
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.load(open(exp / "results.json"))
     assert res["n_test"] == 3 and res["epochs"] == 2 and res["wer"] >= 0
@@ -91,6 +91,7 @@ def test_recipe_trains_on_codes_and_mel_and_transcribe_reads_its_model(tiny_set,
     hyps = open(exp / "hyps.txt").read().splitlines()
     assert len(hyps) == 3 and all(h.count("\t") == 2 for h in hyps)
     assert os.path.exists(exp / "model" / "speech_lm.json") and len(train_stats(exp)) == 2
+    assert json.load(open(exp / "model" / "speech_lm.json"))["encoder_layers"] == 1  # the tiny tokenizer's CTC decoder
 
     wav = str(root / "wav" / "s0-test-00.wav")
     npy = str(tmp_path / "codes.npy")
@@ -102,9 +103,12 @@ def test_recipe_trains_on_codes_and_mel_and_transcribe_reads_its_model(tiny_set,
     assert (w, n) == (wav, npy) and text_w == text_n  # the audio is encoded to the same codes
 
     mel = root / "exp_mel"
-    r = run_one_thread(args(root, mel, epochs=1, features="mel12.5"))
+    r = run_one_thread(args(root, mel, epochs=1, features="mel12.5") + ["--speech_encoder", "random"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.load(open(mel / "results.json"))["features"] == "mel12.5"
+    assert json.load(open(mel / "model" / "speech_lm.json"))["encoder_layers"] == 2
+    r = run_one_thread(args(root, root / "exp_bad", epochs=1, features="mel12.5") + ["--speech_encoder", "ctc"])
+    assert r.returncode != 0 and "speech_encoder ctc needs tokens" in r.stderr
 
 
 def test_killed_run_resumes_to_the_same_losses(tiny_set):

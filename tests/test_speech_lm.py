@@ -82,6 +82,37 @@ def test_token_tables_start_as_the_codebook():
     torch.testing.assert_close(emb[0], expected)
 
 
+ENCODER = {"encoder_layers": 2, "encoder_hidden": 16, "encoder_intermediate": 32, "encoder_heads": 2}
+
+
+def test_speech_encoder_starts_as_the_tokenizers_ctc_decoder():
+    from torch import nn
+
+    from sitok.layers.transformer import LlamaStack
+
+    m = tiny(**ENCODER)
+    torch.manual_seed(3)
+    book, from_latent, ctc = torch.randn(1, 40, 8) * 0.2, nn.Linear(8, 16), LlamaStack(2, 16, 32, 2, causal=True)
+    m.init_from_tokenizer(book, from_latent, ctc)
+    codes = torch.randint(0, 40, (2, 6, 1))
+    codes[1, 4:] = 0
+    lengths = torch.tensor([6, 4])
+    # the tokenizer's own path: codebook vector -> code projection -> CTC decoder blocks
+    mask = torch.arange(6)[None] < lengths[:, None]
+    expected = m.speech_proj(ctc(from_latent(book[0][codes[..., 0]]), mask))
+    emb, out_lengths = m.speech_embeddings(codes, lengths)
+    torch.testing.assert_close(emb[0], expected[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(emb[1, :4], expected[1, :4], rtol=1e-4, atol=1e-5)
+    assert out_lengths.tolist() == [6, 4]
+    # an item padded in a batch reads the same as alone (the encoder masks the padding)
+    alone, _ = m.speech_embeddings(codes[1:, :4], lengths[1:])
+    torch.testing.assert_close(emb[1, :4], alone[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="does not fit"):
+        m.init_from_tokenizer(book, from_latent, LlamaStack(3, 16, 32, 2, causal=True))
+    with pytest.raises(ValueError, match="no speech encoder"):
+        tiny().init_from_tokenizer(book, from_latent, ctc)
+
+
 def test_mel_inputs_are_stacked_to_the_token_rate():
     m = tiny(inputs="mel", n_mels=6, mel_stack=4)
     mel = torch.randn(2, 10, 6)
@@ -141,3 +172,15 @@ def test_speech_embeddings_start_at_the_scale_of_the_text_embeddings():
     codes = torch.arange(4000).reshape(1, 4000, 1)
     speech_std = m.speech_embeddings(codes, torch.tensor([4000]))[0].std()
     assert 0.8 < float(speech_std / text_std) < 1.25
+
+
+def test_lm_cut_to_its_first_layers_saves_and_loads_cut(tmp_path):
+    m = tiny(lm_layers=1)
+    assert len(m.lm.get_decoder().layers) == 1 and m.lm.config.num_hidden_layers == 1
+    m.save(str(tmp_path / "cut"))
+    back = SpeechLM.load(str(tmp_path / "cut"))
+    assert len(back.lm.get_decoder().layers) == 1
+    speech, lengths = items()
+    torch.testing.assert_close(back(speech, lengths, [[5, 6]] * 3)["loss"], m.eval()(speech, lengths, [[5, 6]] * 3)["loss"])
+    with pytest.raises(ValueError, match="has 2 layers"):
+        tiny(lm_layers=3)

@@ -63,6 +63,7 @@ class BackboneConfig:
 
     backbone: str = "smollm2"  # smollm2 | tiny | a local Hugging Face model directory
     pretrained: bool = True  # False: the backbone's architecture, weights drawn fresh
+    lm_layers: int = 0  # > 0: keep only the LM's first lm_layers blocks (cheaper steps, fewer pretrained layers)
     lora_rank: int = 0  # 0: train the LM's own weights
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
@@ -84,7 +85,7 @@ class BackboneConfig:
             raise ValueError(f"{name}: unknown fields {unknown}")
         cfg = cls(**d)
         floats = {"lora_alpha": (0.0, 1e6), "lora_dropout": (0.0, 0.9), **cls.FLOATS}
-        ints = {"lora_rank": (0, 4096), **cls.INTS}
+        ints = {"lora_rank": (0, 4096), "lm_layers": (0, 4096), **cls.INTS}
         check_fields(name, cfg, ints=ints, floats=floats, choices=cls.CHOICES, bools=("pretrained", *cls.BOOLS))
         return cfg
 
@@ -212,6 +213,20 @@ def load_backbone(cfg: SpeechLMConfig):
     return lm, text
 
 
+def keep_first_layers(lm: nn.Module, n: int) -> None:
+    """Cut a causal LM to its first ``n`` blocks (embeddings, final norm and head kept); the config
+    says ``n`` so that a saved model directory rebuilds the cut model."""
+    decoder = lm.get_decoder()
+    have = len(decoder.layers)
+    if n > have:
+        raise ValueError(f"lm_layers {n}: the backbone has {have} layers")
+    decoder.layers = decoder.layers[:n]
+    lm.config.num_hidden_layers = n
+    for key in ("layer_types", "sliding_window_pattern"):
+        if isinstance(getattr(lm.config, key, None), list):
+            setattr(lm.config, key, getattr(lm.config, key)[:n])
+
+
 def add_lora(lm: nn.Module, cfg: SpeechLMConfig) -> None:
     """LoRA adapters injected into the LM's projections (``peft``); the LM's own weights are frozen."""
     from peft import LoraConfig, inject_adapter_in_model
@@ -241,6 +256,8 @@ class BackboneModel(nn.Module):
         self.config = cfg
         if lm is None:
             lm, text = load_backbone(cfg)
+            if cfg.lm_layers > 0:
+                keep_first_layers(lm, cfg.lm_layers)
         self.lm, self.text = lm, text
         if cfg.lora_rank > 0:
             add_lora(self.lm, cfg)

@@ -48,6 +48,7 @@ def build_model(hparams: dict) -> SpeechLM:
     (tokens only: the tokenizer's CTC decoder blocks, copied and fine-tuned) or ``random`` (blocks
     of the same sizes from random weights)."""
     kw = {k: hparams[k] for k in ("backbone", "pretrained", "prompt", "lora_rank", "lora_alpha", "lora_dropout")}
+    kw["lm_layers"] = hparams.get("lm_layers", 0)
     encoder = hparams.get("speech_encoder", "none")
     if encoder not in ("none", "ctc", "random"):
         raise ValueError(f"speech_encoder must be none, ctc or random, got {encoder!r}")
@@ -284,6 +285,7 @@ def run(argv: list[str]) -> None:
         "backbone": hparams["backbone"],
         "pretrained": hparams["pretrained"],
         "lora_rank": hparams["lora_rank"],
+        "lm_layers": model.lm.config.num_hidden_layers,
         "counts": counts,
         "parameters": sum(p.numel() for p in model.parameters()),
         "trained_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
