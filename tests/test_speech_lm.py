@@ -181,6 +181,8 @@ def test_lm_cut_to_its_first_layers_saves_and_loads_cut(tmp_path):
     back = SpeechLM.load(str(tmp_path / "cut"))
     assert len(back.lm.get_decoder().layers) == 1
     speech, lengths = items()
-    torch.testing.assert_close(back(speech, lengths, [[5, 6]] * 3)["loss"], m.eval()(speech, lengths, [[5, 6]] * 3)["loss"])
+    torch.testing.assert_close(
+        back(speech, lengths, [[5, 6]] * 3)["loss"], m.eval()(speech, lengths, [[5, 6]] * 3)["loss"]
+    )
     with pytest.raises(ValueError, match="has 2 layers"):
         tiny(lm_layers=3)
