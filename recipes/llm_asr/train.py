@@ -11,7 +11,7 @@ Several GPUs: ``torchrun --nproc_per_node N recipes/llm_asr/train.py ... --preci
 
 import sys
 
-from sitok.probes.llm_asr import run
+from sitok.lm.asr import run
 
 if __name__ == "__main__":
     run(sys.argv[1:])

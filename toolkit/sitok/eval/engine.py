@@ -349,24 +349,33 @@ class Engine:
         row = {**st.fields(), "mel_l1": None, "fmd": None, "wer": None, "decoder_rtf": None}
         keys = ("setting", "model", "vocoder", "steps", "cfg_scale", "temperature")
         per = {u: {**{k: row[k] for k in keys}, "utt": u} for u in data.utts}
-        mels = None
+        mels, frames, seconds = None, None, data.audio_seconds
         if st.source == "groundtruth":
-            mels = data.mels
+            if data.mels is None:
+                raise ValueError(f"{data.dump_dir}: a set without ground-truth features has no ground-truth rows")
+            mels, frames = data.mels, data.frames
             row.update(fmd=0.0, decoder_rtf=0.0)
             for u in data.utts:
                 per[u]["mel_l1"] = 0.0
         elif st.source == "model":
             m = self.models[st.model]
-            mels, dec_s = decode_codes(m.tok, m.codes, data.frames, st.steps, st.cfg_scale, self.seed, st.temperature)
-            if m.reference is None:  # the set in this model's normalised space: once per model
-                ref = {u: m.tok.normalise(data.mels[u]) for u in data.utts}
-                m.reference = ref, gaussian(torch.cat([ref[u] for u in data.utts]).numpy())
-            ref, ref_gauss = m.reference
-            hyp = {u: m.tok.normalise(mels[u]) for u in data.utts}
-            for u in data.utts:
-                per[u]["mel_l1"] = mel_l1(hyp[u], ref[u])
-            cut = [hyp[u][: min(len(hyp[u]), len(ref[u]))] for u in data.utts]
-            row.update(fmd=frechet_distance(torch.cat(cut).numpy(), ref_gauss), decoder_rtf=dec_s / data.audio_seconds)
+            if data.mels is not None:
+                frames = data.frames
+            else:  # codes not made from the set's audio (generated speech): as long as the codes say
+                frames = {u: int(m.codes[u].shape[-1]) * m.tok.config.stack for u in data.utts}
+                seconds = sum(frames.values()) / self.mel_cfg.frame_rate
+            mels, dec_s = decode_codes(m.tok, m.codes, frames, st.steps, st.cfg_scale, self.seed, st.temperature)
+            row["decoder_rtf"] = dec_s / seconds
+            if data.mels is not None:
+                if m.reference is None:  # the set in this model's normalised space: once per model
+                    ref = {u: m.tok.normalise(data.mels[u]) for u in data.utts}
+                    m.reference = ref, gaussian(torch.cat([ref[u] for u in data.utts]).numpy())
+                ref, ref_gauss = m.reference
+                hyp = {u: m.tok.normalise(mels[u]) for u in data.utts}
+                for u in data.utts:
+                    per[u]["mel_l1"] = mel_l1(hyp[u], ref[u])
+                cut = [hyp[u][: min(len(hyp[u]), len(ref[u]))] for u in data.utts]
+                row["fmd"] = frechet_distance(torch.cat(cut).numpy(), ref_gauss)
         if mels is not None and self.out_dir:
             for u in example_utts(data.utts, self.examples):
                 with atomic_open(os.path.join(self.out_dir, "mels", st.key, f"{u}.npy"), "wb") as fh:
@@ -380,8 +389,8 @@ class Engine:
                 hop, sr = self.mel_cfg.hop_length, self.mel_cfg.sample_rate
                 if sr != data.sample_rate and any(j.needs_reference for j in judges.values()):
                     raise ValueError(f"the recordings were loaded at {data.sample_rate} Hz, the vocoder makes {sr} Hz")
-                wavs = {u: voc(mels[u].to(self.device)).cpu().numpy()[: data.frames[u] * hop] for u in data.utts}
-                row["vocoder_rtf"] = (time.perf_counter() - t1) / data.audio_seconds
+                wavs = {u: voc(mels[u].to(self.device)).cpu().numpy()[: frames[u] * hop] for u in data.utts}
+                row["vocoder_rtf"] = (time.perf_counter() - t1) / seconds
             scores, seconds = score_set(judges, data.audio, wavs, data.texts, sr, self.progress, st.key)
             for u in data.utts:
                 per[u].update(scores[u])

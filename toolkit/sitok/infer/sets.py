@@ -67,13 +67,18 @@ def dump_codes(tok, dump_dir: str, out_dir: str, batch_frames: int = 20000, prog
 
     Batches of similar length are padded together; codes do not depend on the padding.
     """
-    import kaldiio
-
     feats = read_scp(os.path.join(dump_dir, "feats.scp"))
-    ark = os.path.join(out_dir, "codes.ark")  # atomic_open makes out_dir
     mels = {u: torch.from_numpy(read_mat(p).copy()) for u, p in feats.items()}
     codes, _ = encode_mels(tok, mels, batch_frames, progress, f"encode {os.path.basename(dump_dir)}")
-    codes_all = {u: c.numpy().astype(np.int32) for u, c in codes.items()}
+    return write_codes(codes, out_dir)
+
+
+def write_codes(codes: dict, out_dir: str) -> int:
+    """``out_dir/codes.{ark,scp}`` and ``utt2num_tokens`` of {utt: codes [CN, T]} (int32, sorted)."""
+    import kaldiio
+
+    ark = os.path.join(out_dir, "codes.ark")  # atomic_open makes out_dir
+    codes_all = {u: np.asarray(c).astype(np.int32) for u, c in codes.items()}
     scp = {}
     with atomic_open(ark, "wb") as fh:
         for u in sorted(codes_all):  # kaldiio's numpy format keeps the int32 dtype

@@ -1,0 +1,102 @@
+"""The AR-TTS recipe (recipes/tts/train.py) on a tiny dump with the tiny backbone: it trains on the
+codes, synthesises the test sentences with same-speaker and held-out-speaker prompts, judges them
+through the evaluation engine beside the tokenizer's own reconstruction, and writes a model
+directory that `sitok tts` reads."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from sitok.data.features import compute_features
+from sitok.data.kaldi import read_table
+from sitok.data.prep import Entry, make_data_dir
+from sitok.data.synth import make_sentence
+from sitok.infer import Tokenizer
+from sitok.infer.sets import dump_codes
+from sitok.lm.tts import other_speaker_prompts, same_speaker_prompts
+
+from conftest import ROOT, run_one_thread, tone, write, write_model_dir
+
+TRAIN = os.path.join(ROOT, "recipes", "tts", "train.py")
+HPARAMS = os.path.join(ROOT, "recipes", "tts", "hparams", "mini.yaml")
+
+
+def test_prompts_pair_same_speakers_and_take_other_speakers_in_turn():
+    spk = {"a1": "a", "a2": "a", "a3": "a", "b1": "b", "c1": "c"}
+    same = same_speaker_prompts(list(spk), spk)
+    assert same == {"a1": "a2", "a2": "a3", "a3": "a1"}  # b and c have no other utterance: left out
+    assert all(spk[p] == spk[u] and p != u for u, p in same.items())
+    pool_spk = {"x1": "x", "x2": "x", "y1": "y"}
+    other = other_speaker_prompts(["a1", "a2", "a3", "b1"], list(pool_spk), pool_spk)
+    assert other == {"a1": "x1", "a2": "y1", "a3": "x2", "b1": "x1"}
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tts")
+    rng = random.Random(0)
+    for split, n, speakers in (("train", 8, "s0 s1"), ("dev", 2, "s0 s1"), ("test", 4, "s0 s1"), ("unseen", 2, "s9")):
+        spk = speakers.split()
+        entries = []
+        for i in range(n):
+            s = spk[i % len(spk)]
+            utt = f"{s}-{split}-{i:02d}"
+            path = write(str(root / "wav" / f"{utt}.wav"), tone(0.8 + 0.1 * (i % 3), freq=120 + 25 * i))
+            entries.append(Entry(utt, s, path, make_sentence(rng)))
+        make_data_dir(entries, str(root / "dump" / split))
+        compute_features(str(root / "dump" / split), str(root / "dump" / split), progress=False)
+    model = write_model_dir(root / "tok" / "model")
+    tok = Tokenizer.from_pretrained(model, vocoder="griffin_lim")
+    for split in ("train", "dev", "test", "unseen"):
+        dump_codes(tok, str(root / "dump" / split), str(root / "tok" / "codes" / split), progress=False)
+    return root
+
+
+def test_recipe_trains_synthesises_and_judges(tiny_set, tmp_path):
+    root, exp = tiny_set, tiny_set / "exp"
+    cmd = [sys.executable, TRAIN, HPARAMS, "--backbone", "tiny", "--model_dir", str(root / "tok" / "model")]
+    cmd += ["--codes_root", str(root / "tok" / "codes"), "--dump_dir", str(root / "dump"), "--exp_dir", str(exp)]
+    cmd += ["--test_set", "test", "--unseen_set", "unseen", "--number_of_epochs", "2", "--max_train_minutes", "0"]
+    cmd += ["--max_batch_positions", "150", "--warmup_steps", "2", "--eval_utts", "0", "--eval_steps", "[1, 2]"]
+    cmd += ["--vocoder", "griffin_lim", "--examples", "1", "--max_tokens_per_char", "0.3", "--noprogressbar"]
+    r = run_one_thread(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.load(open(exp / "results.json"))
+    assert res["epochs"] == 2 and res["steps"] > 0 and res["utterances"] == 4
+    rows = {(row["prompting"], row["steps"]): row for row in res["rows"]}
+    assert set(rows) == {(p, s) for p in ("same", "unseen", "resynthesis") for s in (1, 2)}
+    for row in rows.values():
+        assert row["wer"] is not None and row["sim"] is not None and row["decoder_rtf"] > 0
+    assert rows[("same", 1)]["lm_rtf"] > 0 and rows[("resynthesis", 1)]["lm_rtf"] == 0
+
+    spk = read_table(str(root / "dump" / "test" / "utt2spk"))
+    same = dict(line.split("\t") for line in open(exp / "gen_same" / "prompts.tsv").read().splitlines())
+    assert len(same) == 4 and all(spk[u] == spk[p] and u != p for u, p in same.items())
+    unseen = dict(line.split("\t") for line in open(exp / "gen_unseen" / "prompts.tsv").read().splitlines())
+    assert set(unseen.values()) <= set(read_table(str(root / "dump" / "unseen" / "utt2spk")))
+    n_tokens = {u: int(n) for u, n in read_table(str(exp / "gen_same" / "utt2num_tokens")).items()}
+    texts = read_table(str(root / "dump" / "test" / "text"))
+    assert all(1 <= n <= int(0.3 * len(texts[u])) + 10 for u, n in n_tokens.items())  # the length bound holds
+    summary = json.load(open(exp / "eval_same" / "summary.json"))
+    assert summary["utterances"] == 4 and summary["models"]["same"]["codebook_size"] == 64
+    examples = sorted(os.listdir(exp / "examples" / "same"))
+    assert len([e for e in examples if e.endswith(".prompt.wav")]) == 1 and "examples.tsv" in examples
+
+    out = str(tmp_path / "tts.wav")
+    cli = [sys.executable, "-m", "sitok.cli", "tts", "the red fox", "-m", str(root / "tok" / "model")]
+    r = run_one_thread(cli + ["--tts", str(exp / "model"), "-o", out, "--steps", "1"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert os.path.getsize(out) > 44
+
+
+def test_recipe_refuses_a_multi_codebook_tokenizer(tiny_set, tmp_path):
+    root = tiny_set
+    model = write_model_dir(tmp_path / "rvq", quantizer="rvq", num_codebooks=2)
+    cmd = [sys.executable, TRAIN, HPARAMS, "--backbone", "tiny", "--model_dir", model]
+    cmd += ["--codes_root", str(root / "tok" / "codes"), "--dump_dir", str(root / "dump"), "--exp_dir", str(tmp_path / "e")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode != 0 and "writes one codebook" in r.stderr

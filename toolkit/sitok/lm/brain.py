@@ -1,0 +1,170 @@
+"""The training loop shared by the LLM-ASR and AR-TTS recipes: a SpeechBrain Brain around a model
+whose forward returns ``{"loss", "tokens", "correct"}``.
+
+* two parameter groups: the speech side (parameters named ``speech_*``: tables, projections, the
+  speech encoder, the speech head) at ``speech_lr``, the LM (or its LoRA adapters) at ``lr``;
+* linear warm-up over ``warmup_steps``, then linear decay to ``lr_final_factor`` at the last
+  planned step; after the first epoch the run is re-planned to fit ``max_train_minutes``, so the
+  decay ends when the budget does;
+* checkpoints every ``ckpt_interval_minutes`` and at each epoch's end (the best validation loss
+  kept), so a killed run resumes where it stopped; DDP under ``torchrun``;
+* batches of similar length packed to ``max_batch_positions`` LM positions by SpeechBrain's
+  DynamicBatchSampler (``length_batches``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import speechbrain as sb
+import torch
+
+from sitok.train.checkpoints import use_weights_only_loaders
+
+logger = logging.getLogger(__name__)
+
+
+class SpeechLMBrain(sb.Brain):
+    """Subclasses define ``compute_forward`` (batch -> the model's output dict). Before ``fit`` the
+    caller sets ``t_start`` (the run's start), ``batches_per_epoch``, ``train_batches`` (the
+    sampler) and ``planned_steps``."""
+
+    @property
+    def model(self):
+        m = self.modules.model
+        return m.module if hasattr(m, "module") else m
+
+    def init_optimizers(self):
+        speech, lm = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (speech if name.startswith("speech_") else lm).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": speech, "lr": self.hparams.speech_lr}, {"params": lm, "lr": self.hparams.lr}],
+            weight_decay=self.hparams.weight_decay,
+        )
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        self.base_lrs = [self.hparams.speech_lr, self.hparams.lr]
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def compute_objectives(self, out, batch, stage):
+        self.tokens += out["tokens"]
+        self.correct += out["correct"]
+        return out["loss"]
+
+    def on_fit_batch_start(self, batch, should_step):
+        step, total = self.optimizer_step, max(1, self.planned_steps)
+        warm = self.hparams.warmup_steps
+        if step < warm:
+            f = (step + 1) / warm
+        else:
+            f = 1 - (1 - self.hparams.lr_final_factor) * min(1.0, (step - warm) / max(1, total - warm))
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * f
+
+    def on_stage_start(self, stage, epoch=None):
+        self.tokens, self.correct, self.t_stage = 0, 0, time.time()
+        if stage == sb.Stage.TRAIN and epoch is not None:  # the epoch's batches, also in a resumed run
+            self.train_batches.set_epoch(epoch)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        stats = {"loss": stage_loss, "token_accuracy": self.correct / max(1, self.tokens)}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {**stats, "minutes": (time.time() - self.t_start) / 60}
+            return
+        if stage == sb.Stage.VALID:
+            self.plan(epoch)
+            lr = self.optimizer.param_groups[1]["lr"]
+            self.hparams.train_logger.log_stats(
+                {"epoch": epoch, "lr": lr, "step": self.optimizer_step}, self.train_stats, stats
+            )
+            self.checkpointer.save_and_keep_only(meta={"loss": stage_loss}, min_keys=["loss"])
+
+    def plan(self, epoch: int) -> None:
+        """After the first epoch: the epochs that fit ``max_train_minutes`` fix the decay's end."""
+        budget = float(self.hparams.max_train_minutes or 0)
+        per_epoch = (time.time() - self.t_fit) / max(1, epoch - self.first_epoch + 1)
+        limit = self.hparams.epoch_counter.limit
+        if budget and epoch == self.first_epoch:
+            fit = max(epoch, int((60 * budget - (time.time() - self.t_start)) / per_epoch) + epoch)
+            if fit < limit:
+                logger.info("%.1f min per epoch: %d epochs fit max_train_minutes=%g", per_epoch / 60, fit, budget)
+                self.hparams.epoch_counter.limit = limit = fit
+                self.planned_steps = limit * self.batches_per_epoch
+        elif budget and (time.time() - self.t_start) + per_epoch > 60 * budget and epoch < limit:
+            logger.info("max_train_minutes=%g: stopping after epoch %d", budget, epoch)
+            self.hparams.epoch_counter.limit = epoch
+
+    def on_fit_start(self):
+        use_weights_only_loaders()
+        super().on_fit_start()
+        self.t_fit, self.first_epoch = time.time(), self.hparams.epoch_counter.current + 1
+
+
+def length_batches(hparams: dict, items, rate: float, shuffle: bool):
+    """SpeechBrain's DynamicBatchSampler over ``items``: batches of similar length holding up to
+    ``max_batch_positions`` LM positions, estimated from each utterance's duration (speech at
+    ``rate`` positions per second, then ``text_positions_per_second`` for the text)."""
+    from speechbrain.dataio.sampler import DynamicBatchSampler
+
+    from sitok.probes.data import durations
+
+    dur = durations(hparams["dump_dir"], hparams["train_set"])
+    missing = [u for u in items if u not in dur]
+    if missing:
+        raise ValueError(f"{hparams['dump_dir']}/{hparams['train_set']}/utt2dur: no duration for {missing[:3]}")
+    return DynamicBatchSampler(
+        list(items),
+        max_batch_length=hparams["max_batch_positions"],
+        num_buckets=hparams["num_buckets"],
+        lengths_list=[dur[u] * (rate + hparams["text_positions_per_second"]) for u in items],
+        shuffle=shuffle,
+        batch_ordering="random" if shuffle else "ascending",
+        seed=hparams["seed"],
+    )
+
+
+def start_run(argv: list[str]) -> tuple[dict, dict, float]:
+    """(hparams, run_opts, start time) of a recipe's command line: the hparams file with its
+    overrides, the DDP group joined under torchrun, the experiment directory created."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    from sitok.data.kaldi import allow_pipes
+
+    t0 = time.time()
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as fh:
+        hparams = load_hyperpyyaml(fh, overrides)
+    sb.utils.distributed.ddp_init_group(run_opts)  # under torchrun: one process per rank
+    sb.create_experiment_directory(
+        experiment_directory=hparams["exp_dir"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
+    if hparams.get("allow_pipes"):
+        allow_pipes(True)
+    return hparams, run_opts, t0
+
+
+def train(brain_class, model, hparams: dict, run_opts: dict, t0: float, train_set, valid_set, sampler):
+    """Fit ``model`` with a ``brain_class`` (a SpeechLMBrain) on ``train_set`` batched by ``sampler``,
+    validate on ``valid_set``; the best checkpoint (lowest validation loss) is loaded at the end.
+    Returns the brain."""
+    from sitok.train.checkpoints import AtomicCheckpointer
+
+    checkpointer = AtomicCheckpointer(
+        hparams["save_folder"], recoverables={"model": model, "counter": hparams["epoch_counter"]}
+    )
+    brain = brain_class(modules={"model": model}, hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
+    brain.t_start = t0
+    brain.batches_per_epoch, brain.train_batches = len(sampler), sampler
+    brain.planned_steps = hparams["number_of_epochs"] * brain.batches_per_epoch
+    brain.fit(
+        hparams["epoch_counter"],
+        train_set,
+        valid_set,
+        train_loader_kwargs={"batch_sampler": sampler, "num_workers": 0},
+        valid_loader_kwargs={"batch_size": hparams["decode_batch_size"], "num_workers": 0},
+    )
+    checkpointer.recover_if_possible(min_key="loss")
+    return brain
