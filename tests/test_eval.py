@@ -448,6 +448,108 @@ def test_report_from_probe_summaries_alone(tmp_path):
     assert (tmp_path / "r" / "table2_understanding.csv").exists()
 
 
+def _tts_row(prompting, steps, wer, sim, dnsmos, lm_rtf):
+    """One row of ``<exp>/tts/results.json`` as stage 16 writes it."""
+    return {
+        "prompting": prompting,
+        "setting": f"{prompting}_vocos_steps{steps}_cfg1",
+        "steps": steps,
+        "wer": wer,
+        "sim": sim,
+        "dnsmos_ovrl": dnsmos,
+        "lm_rtf": lm_rtf,
+        "decoder_rtf": 0.01 * steps,
+        "vocoder_rtf": 0.02,
+    }
+
+
+def test_report_table7_ar_tts_with_listening_examples(tmp_path):
+    from sitok.report.build import write_report
+    from sitok.report.tables import read_tts
+
+    exp = write_fixtures(str(tmp_path / "exp"))[0]  # tokenizer_abl_base, 12.5/12.5
+    with open(os.path.join(exp, "eval", "test", "summary.json")) as fh:
+        s = json.load(fh)
+    next(iter(s["models"].values()))["model_dir"] = os.path.join(exp, "model")  # tts/ sits beside it
+    with open(os.path.join(exp, "eval", "test", "summary.json"), "w") as fh:
+        json.dump(s, fh)
+    rows = [  # written out of order: the table sorts by prompting, then steps
+        _tts_row("resynthesis", 16, 12.0, None, None, 0.0),
+        _tts_row("same", 16, 20.5, 0.71, 2.9, 0.31),
+        _tts_row("unseen", 1, 30.0, 0.55, 2.7, 0.33),
+        _tts_row("same", 1, 23.4, 0.70, 2.8, 0.31),
+    ]
+    results = {
+        "task": "tts",
+        "backbone": "smollm2",
+        "pretrained": True,
+        "lm_layers": 30,
+        "lora_rank": 0,
+        "counts": {"train": {"kept": 900}},
+        "parameters": 134000000,
+        "epochs": 5,
+        "steps": 900,
+        "train_minutes": 55.1,
+        "utterances": 100,
+        "sampling": {"temperature": 0.8, "top_k": 50},
+        "eval_steps": [1, 16],
+        "rows": rows,
+        "eval_minutes": 6.0,
+        "wall_seconds": 4000,
+    }
+    ex = os.path.join(exp, "tts", "examples", "same")
+    os.makedirs(ex)
+    with open(os.path.join(exp, "tts", "results.json"), "w") as fh:
+        json.dump(results, fh)
+    t = np.arange(8000) / 16000  # 0.5 s at 16 kHz
+    sf.write(os.path.join(ex, "utt1.wav"), 0.3 * np.sin(2 * np.pi * 440 * t), 16000)
+    sf.write(os.path.join(ex, "utt1.prompt.wav"), 0.3 * np.sin(2 * np.pi * 880 * t), 16000)
+    with open(os.path.join(ex, "examples.tsv"), "w") as fh:
+        fh.write("utt1\tutt7\tthe birch canoe\n")
+
+    out = str(tmp_path / "r")
+    for _ in range(2):  # a second run rebuilds the same files in place
+        t7 = write_report([exp], out, set_name="test")["table7_tts"]
+    ours = t7[t7["experiment"] == "tokenizer_abl_base"]
+    assert set(ours["System"]) == {"SiTok-AR-TTS (ours, smollm2, 30 layers)"}
+    assert list(ours["Prompt"]) == ["same speaker", "same speaker", "held-out speaker", "— (reconstruction)"]
+    assert list(ours["Decoder steps"]) == [1, 16, 1, 16]
+    assert list(ours["WER"]) == [23.4, 20.5, 30.0, 12.0] and list(ours["SIM"][:3]) == [0.70, 0.71, 0.55]
+    assert ours["FPS/TPS"].iloc[0] == "12.5/12.5" and ours["Params (M)"].iloc[0] == 134.0
+    assert ours["RTF"].iloc[1] == pytest.approx(0.31 + 0.16 + 0.02) and ours["LM RTF"].iloc[1] == 0.31
+    recon = ours.iloc[3]
+    assert pd.isna(recon["SIM"]) and pd.isna(recon["DNSMOS"]) and recon["RTF"] == pytest.approx(0.18)
+    theirs = t7[t7["experiment"] == "paper"].set_index("System")
+    assert list(theirs.index) == [
+        "CosyVoice 2 (Du et al., 2024b)",
+        "SparkTTS (Wang et al., 2025a)",
+        "Llasa (Ye et al., 2025b)",
+        "SiTok-AR-TTS",
+    ]
+    sitok = theirs.loc["SiTok-AR-TTS"]
+    assert (sitok["WER"], sitok["SIM"], sitok["RTF"], sitok["Decoder steps"]) == (2.46, 0.64, 0.234, 16)
+    cosy = theirs.loc["CosyVoice 2 (Du et al., 2024b)"]
+    assert (cosy["FPS/TPS"], cosy["WER"], cosy["SIM"], cosy["RTF"]) == ("25/25", 2.89, 0.66, 0.455)
+    assert pd.isna(cosy["DNSMOS"]) and pd.isna(cosy["Params (M)"]) and cosy["Decoder steps"] is None
+    md = open(f"{out}/table7_tts.md").read()
+    assert md.startswith("| System | experiment | Prompt |") and "| 2.46 | 0.640 | — | 0.234 | — |" in md
+    assert list(pd.read_csv(f"{out}/table7_tts.csv").columns) == list(t7.columns)
+    got = sorted(os.listdir(f"{out}/tts_examples/same"))
+    assert got == ["examples.tsv", "utt1.png", "utt1.prompt.wav", "utt1.wav"]
+    assert os.path.getsize(f"{out}/tts_examples/same/utt1.png") > 1000
+    assert not os.path.exists(f"{out}/tts_examples.tmp")
+    report = open(f"{out}/report.md").read()
+    assert "## Table 7: zero-shot AR-TTS" in report and "pocketsphinx" in report
+    assert "(tts_examples/same/utt1.wav)" in report and "![utt1](tts_examples/same/utt1.png)" in report
+
+    with open(os.path.join(exp, "tts", "results.json"), "w") as fh:
+        json.dump({**results, "task": "llm_asr"}, fh)
+    with pytest.raises(ValueError, match="tts/results.json: not an AR-TTS result"):
+        read_tts(exp)
+    with pytest.raises(ValueError, match="tts/results.json"):
+        write_report([exp], out, set_name="test")
+
+
 # ---- the evaluation engine ---------------------------------------------------------------------
 ENGINE_TEXTS = ["hello world", "the cat sat", "a dog ran far", "blue sky today", "one two three"]
 

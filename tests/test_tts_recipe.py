@@ -97,6 +97,13 @@ def test_recipe_refuses_a_multi_codebook_tokenizer(tiny_set, tmp_path):
     root = tiny_set
     model = write_model_dir(tmp_path / "rvq", quantizer="rvq", num_codebooks=2)
     cmd = [sys.executable, TRAIN, HPARAMS, "--backbone", "tiny", "--model_dir", model]
-    cmd += ["--codes_root", str(root / "tok" / "codes"), "--dump_dir", str(root / "dump"), "--exp_dir", str(tmp_path / "e")]
+    cmd += [
+        "--codes_root",
+        str(root / "tok" / "codes"),
+        "--dump_dir",
+        str(root / "dump"),
+        "--exp_dir",
+        str(tmp_path / "e"),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode != 0 and "writes one codebook" in r.stderr
+    assert r.returncode != 0 and "writes one codebook" in r.stdout + r.stderr

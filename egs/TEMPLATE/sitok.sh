@@ -82,6 +82,9 @@ llm_asr_features=tokens # stage 15: LLM-ASR inputs: tokens (this recipe's tokeni
 llm_asr_models=         # stage 15: more tokenizers to read, "NAME=MODEL_DIR ..." (e.g. the CTC-free ablation)
 llm_asr_config=mini     # stage 15: recipes/llm_asr/hparams/<name>.yaml or a path to a YAML
 llm_asr_args=           # stage 15: extra hparams overrides, e.g. "--pretrained False" or "--backbone /models/Qwen2.5-0.5B"
+tts_config=mini         # stage 16: recipes/tts/hparams/<name>.yaml or a path to a YAML
+tts_args=               # stage 16: extra hparams overrides, e.g. "--pretrained False" or "--eval_utts 0"
+tts_unseen_set=         # stage 16: held-out speakers' prompts (default: the second test set, if any)
 judge_check_utts=100    # stage 3: ASR-judge WER on this many ground-truth utterances of the first test set (0: skip)
 progress=true           # progress bars
 
@@ -120,6 +123,10 @@ Stages:
  15  LLM-ASR      a decoder-only LM (SmolLM2-135M by default) fine-tuned to read the tokens (and
                   --llm_asr_features) and write the transcript; greedy WER on the first test set
                   (recipes/llm_asr/train.py) -> <exp>/llm_asr/results.json
+ 16  AR-TTS       a decoder-only LM (SmolLM2-135M by default) fine-tuned to write the tokens of a
+                  text; the first test set's sentences synthesised with same-speaker and held-out-
+                  speaker prompts, judged (WER, SIM to the prompt, DNSMOS, RTF) at several decoder
+                  step counts beside the reconstruction (recipes/tts/train.py) -> <exp>/tts/
 EOF
 )
 
@@ -629,6 +636,35 @@ if run_stage 15; then
         grep "LLM-ASR on .*: WER" "${out}.log" | tail -1 | while read -r line; do log "  ${line}"; done
         mark_done "${out}/.done" "${st[@]}"
     done
+fi
+
+# ---- stage 16: AR-TTS -----------------------------------------------------------------------------
+if run_stage 16; then
+    tts_yaml=${tts_config}; [ -f "${tts_yaml}" ] || tts_yaml="${toolkit_root}/recipes/tts/hparams/${tts_config}.yaml"
+    read -r t_train t_valid t_test t_unseen <<< "${train_set} ${valid_set} ${test_sets}"
+    t_unseen=${tts_unseen_set:-${t_unseen:-}}
+    pb=(); ${progress} || pb=(--noprogressbar)
+    out="${tok_exp}/tts"
+    st=(--input "config=${tts_yaml}" --option "tts_args=${tts_args}" --input "model=${model_dir}"
+        --input "lm=${lang_dir}/judge_lm.arpa" --option "unseen=${t_unseen}")
+    for dset in ${t_train} ${t_valid} ${t_test} ${t_unseen}; do
+        ensure_codes "${model_dir}" "${dset}" "${tok_exp}/codes/${dset}"
+        st+=(--input "codes_${dset}=${tok_exp}/codes/${dset}" --dump "${dset}=${dumpdir}/${dset}")
+    done
+    if is_done "${out}/.done" "${st[@]}" --what "${out}"; then
+        log "Stage 16: AR-TTS: ${out} already done, skipping"
+    else
+        begin_work "${out}" "${st[@]}"
+        log "Stage 16: AR-TTS on ${t_train}/${t_valid}, synthesis of ${t_test} (prompts: same speaker${t_unseen:+, ${t_unseen}}) -> ${out}"
+        # shellcheck disable=SC2086
+        "${python}" "${toolkit_root}/recipes/tts/train.py" "${tts_yaml}" --model_dir "${model_dir}" \
+            --codes_root "${tok_exp}/codes" --dump_dir "${dumpdir}" --train_set "${t_train}" --valid_set "${t_valid}" \
+            --test_set "${t_test}" --unseen_set "${t_unseen:-null}" --judge_lm "${lang_dir}/judge_lm.arpa" \
+            --exp_dir "${out}" ${pb[@]+"${pb[@]}"} ${tts_args} > "${out}.log" 2>&1 \
+            || { log "ERROR: AR-TTS failed; see ${out}.log"; tail -n 20 "${out}.log" >&2; exit 1; }
+        grep "AR-TTS .* steps: WER" "${out}.log" | while read -r line; do log "  ${line}"; done
+        mark_done "${out}/.done" "${st[@]}"
+    fi
 fi
 
 log "Finished stages ${stage}..${stop_stage} in ${SECONDS} s"

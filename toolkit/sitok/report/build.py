@@ -6,6 +6,10 @@
 Writes into ``--out``:
     table1_reconstruction.{md,csv}  table2_understanding.{md,csv}  table3_ctc.{md,csv}
     table5_ablations.{md,csv}       table6_light_head.{md,csv}     table9_vq_fsq.{md,csv}
+    table7_tts.{md,csv}   AR-TTS (stage 16, ``<exp>/tts/results.json``), when an experiment has it
+    tts_examples/<prompting>/   its listening examples: <utt>.wav, <utt>.prompt.wav, examples.tsv and
+                          <utt>.png (log-mel of the generated speech above the prompt's); with several
+                          AR-TTS experiments, tts_examples/<experiment>/<prompting>/
     fig2_steps.png        WER / SIM / MOS against Euler steps for every model scored at several
     mels_<utt>.png        ground-truth log-mel above each model's reconstruction
     report.md             all of it, with the judges, the reported setting and the paper's labels
@@ -13,15 +17,17 @@ Writes into ``--out``:
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
 
 from sitok.data.kaldi import read_mat, read_scp
-from sitok.fileio import atomic_open, write_text_atomic
+from sitok.fileio import atomic_dir, atomic_open, write_text_atomic
 from sitok.report import paper
 from sitok.report import tables as T
 from sitok.report.probe_records import expand_paths
@@ -155,6 +161,173 @@ def mel_figures(summaries: list[dict], df, dump_dir: str | None, out_dir: str, m
     return written
 
 
+TABLE7 = ("table7_tts", "Table 7: zero-shot AR-TTS")
+
+
+def tts_note(entries: list[dict]) -> str:
+    """The caption of Table 7: what was trained, how it was judged and what the paper's rows are."""
+    runs = []
+    for e in entries:
+        r = e["results"]
+        lora = f", LoRA rank {r['lora_rank']}" if r.get("lora_rank") else ""
+        temp = (r.get("sampling") or {}).get("temperature")
+        runs.append(
+            f"{e['experiment']}: {r.get('backbone')} LM ({'pretrained' if r.get('pretrained') else 'random init'}, "
+            f"{r.get('lm_layers')} layers, {(r.get('parameters') or 0) / 1e6:.0f} M parameters{lora}), "
+            f"{r.get('epochs')} epochs / {r.get('steps')} steps in {r.get('train_minutes')} min; "
+            f"{r.get('utterances')} test sentences per prompting"
+            + (f", sampling temperature {temp:g}" if temp is not None else "")
+        )
+    return (
+        "An LM trained on the mini-scale data (recipe stage 16) predicts the tokenizer's codes from text, "
+        "continuing a prompt utterance (its transcript and codes); the codes are decoded at each step count and "
+        "vocoded. Prompt: same speaker = another test utterance of the target's speaker; held-out speaker = an "
+        "utterance of a speaker of the held-out set; reconstruction = the tokenizer's own resynthesis of the same "
+        "test utterances (no LM). " + "; ".join(runs) + ". "
+        "Our judges: WER (%) of offline pocketsphinx with the in-domain LM against the target sentence, SIM of "
+        "Resemblyzer against the prompt recording, DNSMOS OVRL. RTF: LM + decoder + vocoder seconds per second "
+        "of speech, measured on this CPU (LM RTF: the LM's part). "
+        f'Rows of experiment "paper" are the paper\'s own numbers ({paper.TABLE7_SETTING}; SiTok-AR-TTS: a 0.5 B '
+        "LM on 100 k hours of Emilia, 16 decoding steps); not the same measurement as ours."
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _mel_frontend(sample_rate: int):
+    """The project's log-mel frontend at 50 frames/s for audio at ``sample_rate`` (the tokenizer's
+    own configuration at 24 kHz)."""
+    from sitok.data.mel import MelConfig, MelFrontend
+
+    hop = sample_rate // 50
+    n_mels = 128 if sample_rate >= 16000 else 80
+    return MelFrontend(
+        MelConfig(
+            sample_rate=sample_rate,
+            n_fft=4 * hop,
+            win_length=4 * hop,
+            hop_length=hop,
+            n_mels=n_mels,
+            f_max=sample_rate / 2,
+        )
+    )
+
+
+def _wav_log_mel(path: str) -> np.ndarray:
+    """[T, n_mels] log-mel of a wav file (channels averaged)."""
+    import soundfile as sf
+    import torch
+
+    wav, sr = sf.read(path, dtype="float32", always_2d=True)
+    return _mel_frontend(int(sr))(torch.from_numpy(np.ascontiguousarray(wav.mean(axis=1)))).numpy()
+
+
+def example_figure(wav: str, prompt: str | None, title: str, prompt_title: str, path: str) -> bool:
+    """Log-mel of the generated ``wav`` above its ``prompt``'s (same colour scale, the prompt's) as
+    a PNG at ``path``. False (and nothing written) when the audio cannot be read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        rows = [(title, _wav_log_mel(wav))]
+        if prompt and os.path.exists(prompt):
+            rows.append((prompt_title, _wav_log_mel(prompt)))
+    except (RuntimeError, ValueError) as exc:  # unreadable or empty audio
+        logger.warning("report: %s: no mel-spectrogram figure (%s)", wav, exc)
+        return False
+    ref = rows[-1][1]
+    vmin, vmax = float(np.percentile(ref, 1)), float(ref.max())
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.8 * len(rows)), squeeze=False)
+    for ax, (name, mel) in zip(axes[:, 0], rows):
+        ax.imshow(mel.T, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="magma")
+        ax.set_title(name, fontsize=8, loc="left")
+        ax.set_yticks([])
+    axes[-1, 0].set_xlabel("frames (50 Hz)")
+    fig.tight_layout()
+    _savefig(fig, path, dpi=100)
+    return True
+
+
+def _read_examples(src: str) -> list[tuple[str, str, str]]:
+    """(utt, prompt utt, text) of an examples directory: its examples.tsv, else its wavs."""
+    tsv = os.path.join(src, "examples.tsv")
+    if os.path.exists(tsv):
+        with open(tsv, encoding="utf-8") as fh:
+            rows = [line.rstrip("\n").split("\t") for line in fh if line.strip()]
+        return [(r[0], r[1] if len(r) > 1 else "", r[2] if len(r) > 2 else "") for r in rows]
+    wavs = sorted(f[:-4] for f in os.listdir(src) if f.endswith(".wav") and not f.endswith(".prompt.wav"))
+    return [(u, "", "") for u in wavs]
+
+
+def tts_examples(entries: list[dict], out_dir: str) -> list[str]:
+    """Copy the listening examples of each AR-TTS experiment (``<exp>/tts/examples/<prompting>/``)
+    into ``<out_dir>/tts_examples/`` with one mel-spectrogram PNG per example; the directory is
+    rebuilt and swapped in whole. Returns the report's markdown lines for them."""
+    dest = os.path.join(out_dir, "tts_examples")
+    found = []  # (experiment, prompting, source directory, max decoder steps)
+    for e in entries:
+        root = os.path.join(e["exp_dir"], "tts", "examples")
+        if os.path.isdir(root):
+            steps = max(e["results"].get("eval_steps") or [0])
+            promptings = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+            order = list(T.PROMPTINGS)
+            promptings.sort(key=lambda p: order.index(p) if p in order else len(order))
+            found += [(e["experiment"], p, os.path.join(root, p), steps) for p in promptings]
+    if not found:
+        shutil.rmtree(dest, ignore_errors=True)  # examples of an earlier run that no longer has any
+        return []
+    several = len({f[0] for f in found}) > 1
+    lines = [
+        "### Listening examples",
+        "",
+        "Generated speech (decoded at the largest step count scored, the configured vocoder) and its prompt; "
+        "the log-mel of the generated speech is drawn above the prompt's, on the prompt's colour scale.",
+        "",
+    ]
+    with atomic_dir(dest) as tmp:
+        for exp, prompting, src, steps in found:
+            rel = os.path.join(exp, prompting) if several else prompting
+            os.makedirs(os.path.join(tmp, rel))
+            label = T.PROMPTINGS.get(prompting, prompting)
+            lines += [f"#### {label} ({exp})", ""]
+            for name in os.listdir(src):
+                if name.endswith((".wav", ".tsv")):
+                    shutil.copyfile(os.path.join(src, name), os.path.join(tmp, rel, name))
+            for utt, prompt_utt, text in _read_examples(src):
+                if not os.path.exists(os.path.join(src, f"{utt}.wav")):
+                    continue
+                base = f"tts_examples/{rel}/{utt}"
+                prompt = os.path.join(src, f"{utt}.prompt.wav")
+                has_prompt = os.path.exists(prompt)
+                shown = text if len(text) <= 80 else text[:77] + "..."
+                drawn = example_figure(
+                    os.path.join(src, f"{utt}.wav"),
+                    prompt if has_prompt else None,
+                    f'generated ({label}, {steps} steps): {utt} "{shown}"',
+                    f"prompt: {prompt_utt or '?'}",
+                    os.path.join(tmp, rel, f"{utt}.png"),
+                )
+                links = f"[generated]({base}.wav)" + (
+                    f" · [prompt {prompt_utt}]({base}.prompt.wav)" if has_prompt else ""
+                )
+                lines.append(f'- `{utt}`: "{text}" · {links}')
+                if drawn:
+                    lines += ["", f"  ![{utt}]({base}.png)", ""]
+            lines.append("")
+    return lines
+
+
+def _tts_section(entries: list[dict], out_dir: str) -> tuple:
+    """Table 7 and the listening examples: (DataFrame, report lines); (None, []) without AR-TTS results."""
+    if not entries:
+        return None, []
+    stem, title = TABLE7
+    df = T.table7(entries)
+    parts = [f"## {title}", "", tts_note(entries), "", _save_table(df, out_dir, stem), ""]
+    return df, parts + tts_examples(entries, out_dir)
+
+
 def _write_probe_only_report(probe_only: list[dict], out_dir: str) -> dict:
     """Table 2 from probe summaries alone (stage 13 ran, stage 12 did not)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -169,6 +342,10 @@ def _write_probe_only_report(probe_only: list[dict], out_dir: str) -> dict:
     ]
     stem, title, note = next(t for t in TABLES if t[0] == "table2_understanding")
     parts += [f"## {title}", "", note, "", _save_table(built[stem], out_dir, stem), ""]
+    t7, tts_parts = _tts_section(T.tts_experiments([], probe_only), out_dir)
+    if t7 is not None:
+        built[TABLE7[0]] = t7
+        parts += tts_parts
     write_text_atomic(os.path.join(out_dir, "report.md"), "\n".join(parts))
     logger.info("report: Table 2 from %d probe summaries -> %s", len(probe_only), out_dir)
     return built
@@ -231,6 +408,10 @@ def write_report(
     for stem, title, note in TABLES:
         md = _save_table(built[stem], out_dir, stem)
         parts += [f"## {title}", "", note, "", md, ""]
+    t7, tts_parts = _tts_section(T.tts_experiments(summaries, probe_only), out_dir)
+    if t7 is not None:
+        built[TABLE7[0]] = t7
+        parts += tts_parts
     if steps_figure(summaries, os.path.join(out_dir, "fig2_steps.png"), vocoder):
         parts += ["## Figure 2: reconstruction against decoding steps", "", "![steps](fig2_steps.png)", ""]
     figs = mel_figures(summaries, df, dump_dir or (summaries[0]["dump_dir"]), out_dir)

@@ -1,8 +1,10 @@
-"""Evaluation summaries -> tables in the layout of the paper's Tables 1, 2, 3, 5, 6 and 9.
+"""Evaluation summaries -> tables in the layout of the paper's Tables 1, 2, 3, 5, 6, 7 and 9.
 
 Input: the ``summary.json`` files of the evaluate stage (``<exp>/eval/<set>/summary.json``),
 optionally the probe results of an experiment (``<exp>/probes/summary.json``: ER, SV, KS, ASR);
-experiments with probe results only (continuous features) add rows to Table 2.
+experiments with probe results only (continuous features) add rows to Table 2. The LLM-ASR
+(``<exp>/llm_asr/results.json``) and AR-TTS (``<exp>/tts/results.json``, Table 7) results are
+read from the same experiment directories.
 Each model contributes one row, at its *reported setting* (Euler steps, token-CFG scale,
 vocoder; chosen by the caller, never by the test scores). Every table carries our numbers and,
 in columns labelled "paper", the paper's numbers for the row that matches the configuration.
@@ -75,7 +77,9 @@ def _model_view(s: dict, path: str, m: dict) -> dict:
     if os.path.exists(probes):
         with open(probes, encoding="utf-8") as fh:
             s["probes"] = json.load(fh)
+    s["exp_dir"] = exp
     s["llm_asr"] = read_llm_asr(exp)
+    s["tts"] = read_tts(exp)
     return s
 
 
@@ -88,6 +92,18 @@ def read_llm_asr(exp_dir: str) -> dict:
         res = json.load(fh)
     if res.get("task") != "llm_asr":
         raise ValueError(f"{path}: not an LLM-ASR result (task {res.get('task')!r})")
+    return res
+
+
+def read_tts(exp_dir: str) -> dict:
+    """``<exp_dir>/tts/results.json`` (AR-TTS, recipe stage 16), or {} when there is none."""
+    path = os.path.join(exp_dir, "tts", "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        res = json.load(fh)
+    if res.get("task") != "tts":
+        raise ValueError(f"{path}: not an AR-TTS result (task {res.get('task')!r})")
     return res
 
 
@@ -186,7 +202,7 @@ def find_probe_summaries(paths: list[str]) -> list[dict]:
                 s = json.load(fh)
             if s.get("format") != "sitok-probes-1":
                 raise ValueError(f"{f}: not a sitok probe summary (format {s.get('format')!r})")
-            out.append({**s, "llm_asr": read_llm_asr(p)})
+            out.append({**s, "exp_dir": p, "llm_asr": read_llm_asr(p), "tts": read_tts(p)})
     return out
 
 
@@ -399,6 +415,86 @@ def table9(df: pd.DataFrame) -> pd.DataFrame:
         }
         out.append(row)
     return pd.DataFrame(out)
+
+
+PROMPTINGS = {"same": "same speaker", "unseen": "held-out speaker", "resynthesis": "— (reconstruction)"}
+
+
+def tts_experiments(summaries: list[dict], probe_only: list[dict] = ()) -> list[dict]:
+    """One entry per experiment directory with an AR-TTS result, in the order first seen:
+    ``experiment`` (its name), ``exp_dir``, ``fps_tps`` (of its tokenizer, "" when unknown) and
+    ``results`` (its ``tts/results.json``). A directory evaluated on several sets counts once."""
+    out, seen = [], set()
+    for s in list(summaries) + list(probe_only):
+        if not s.get("tts") or os.path.realpath(s["exp_dir"]) in seen:
+            continue
+        seen.add(os.path.realpath(s["exp_dir"]))
+        if "model" in s:  # an evaluation summary's view of one model
+            name, fps, tps = s["model"]["name"], s["model"]["fps"], s["model"]["tps"]
+        else:  # a probe-only experiment
+            name, fps, tps = s["name"], s.get("fps"), s.get("tps")
+        fps_tps = f"{fps:g}/{tps:g}" if fps is not None and tps is not None else ""
+        out.append({"experiment": name, "exp_dir": s["exp_dir"], "fps_tps": fps_tps, "results": s["tts"]})
+    return out
+
+
+def _rtf(r: dict) -> float | None:
+    """LM + decoder + vocoder real-time factor of a result row (None when a part was not measured)."""
+    parts = [r.get("lm_rtf"), r.get("decoder_rtf"), r.get("vocoder_rtf")]
+    return None if any(p is None for p in parts) else sum(parts)
+
+
+def table7(entries: list[dict]) -> pd.DataFrame:
+    """Zero-shot AR-TTS: one row per (prompting, decoder steps) of each experiment of
+    ``entries`` (see ``tts_experiments``; same-speaker prompts, held-out speakers' prompts, then
+    the tokenizer's reconstruction of the same utterances), then the paper's rows (its systems;
+    empty cells where it gives no number)."""
+    out = []
+    for e in entries:
+        res = e["results"]
+        init = "" if res.get("pretrained", True) else ", random init"
+        system = f"SiTok-AR-TTS (ours, {res.get('backbone')}{init}, {res.get('lm_layers')} layers)"
+        order = list(PROMPTINGS)
+        rows = sorted(
+            res.get("rows", []),
+            key=lambda r: (order.index(r["prompting"]) if r["prompting"] in order else len(order), r["steps"]),
+        )
+        for r in rows:
+            out.append(
+                {
+                    "System": system,
+                    "experiment": e["experiment"],
+                    "Prompt": PROMPTINGS.get(r["prompting"], r["prompting"]),
+                    "FPS/TPS": e["fps_tps"],
+                    "Params (M)": res["parameters"] / 1e6 if res.get("parameters") else None,
+                    "Decoder steps": r["steps"],
+                    "WER": r.get("wer"),
+                    "SIM": r.get("sim"),
+                    "DNSMOS": r.get("dnsmos_ovrl"),
+                    "RTF": _rtf(r),
+                    "LM RTF": r.get("lm_rtf"),
+                }
+            )
+    for p in paper.TABLE7:
+        out.append(
+            {
+                "System": p["row"],
+                "experiment": "paper",
+                "Prompt": "zero-shot (SeedTTS test-en)",
+                "FPS/TPS": p["fps_tps"],
+                "Params (M)": p["params_m"],
+                "Decoder steps": p["steps"],
+                "WER": p["wer"],
+                "SIM": p["sim"],
+                "DNSMOS": None,
+                "RTF": p["rtf"],
+                "LM RTF": None,
+            }
+        )
+    df = pd.DataFrame(out)
+    # step counts stay integers beside the paper's missing ones (a float column would print "16.0")
+    df["Decoder steps"] = pd.Series([r["Decoder steps"] for r in out], dtype=object)
+    return df
 
 
 # ---- output ------------------------------------------------------------------------------------
