@@ -71,6 +71,8 @@ def args(root, exp, epochs=2, features="tokens"):
         "120",
         "--warmup_steps",
         "2",
+        "--lm_layers",
+        "0",
         "--noprogressbar",
     ]
 

@@ -42,14 +42,18 @@ def build_model(hparams: dict) -> SpeechLM:
     """The SpeechLM of the hparams: its input side sized from the tokenizer (tokens) or the mel.
 
     ``speech_encoder``: ``none`` (tables or stacked mel straight into the projection), ``ctc``
-    (tokens only: the tokenizer's CTC decoder blocks, copied and fine-tuned) or ``random`` (blocks
-    of the same sizes from random weights)."""
+    (tokens only: the tokenizer's CTC decoder blocks, copied), ``random`` (blocks of the same sizes
+    from random weights) or ``auto`` (``ctc`` for tokens of a tokenizer trained with a CTC decoder,
+    else ``none``: one setting for every input of a comparison)."""
     kw = {k: hparams[k] for k in ("backbone", "pretrained", "prompt", "lora_rank", "lora_alpha", "lora_dropout")}
     kw["lm_layers"] = hparams.get("lm_layers", 0)
     encoder = hparams.get("speech_encoder", "none")
-    if encoder not in ("none", "ctc", "random"):
-        raise ValueError(f"speech_encoder must be none, ctc or random, got {encoder!r}")
+    if encoder not in ("none", "ctc", "random", "auto"):
+        raise ValueError(f"speech_encoder must be none, ctc, random or auto, got {encoder!r}")
     tok_cfg = load_model_config(hparams["model_dir"]) if hparams["features"] == "tokens" else None
+    if encoder == "auto":
+        encoder = "ctc" if tok_cfg and tok_cfg.get("vocab_size") and tok_cfg.get("ctc_layers") else "none"
+        logger.info("speech_encoder auto: %s", encoder)
     if tok_cfg is not None:
         from_codebook = hparams["init_from_codebook"] or encoder == "ctc"
         kw.update(
