@@ -62,7 +62,8 @@ def test_recipe_trains_synthesises_and_judges(tiny_set, tmp_path):
     cmd += ["--codes_root", str(root / "tok" / "codes"), "--dump_dir", str(root / "dump"), "--exp_dir", str(exp)]
     cmd += ["--test_set", "test", "--unseen_set", "unseen", "--number_of_epochs", "2", "--max_train_minutes", "0"]
     cmd += ["--max_batch_positions", "150", "--warmup_steps", "2", "--eval_utts", "0", "--eval_steps", "[1, 2]"]
-    cmd += ["--vocoder", "griffin_lim", "--examples", "1", "--max_tokens_per_char", "0.3", "--noprogressbar"]
+    cmd += ["--vocoder", "griffin_lim", "--examples", "1", "--max_tokens_per_char", "0.3", "--lm_layers", "0"]
+    cmd += ["--noprogressbar"]
     r = run_one_thread(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.load(open(exp / "results.json"))
