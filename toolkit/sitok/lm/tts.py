@@ -45,7 +45,7 @@ from sitok.infer.sets import write_codes
 from sitok.lm.brain import SpeechLMBrain, length_batches, start_run, train
 from sitok.models.loading import load_model_config
 from sitok.models.tts_lm import Sampling, SpeechTTS, SpeechTTSConfig
-from sitok.probes.data import make_dataset, transcribed_sets
+from sitok.probes.data import FeatureReader, make_dataset, transcribed_sets
 from sitok.probes.frontend import codebook_vectors
 
 logger = logging.getLogger(__name__)
@@ -139,12 +139,12 @@ def evaluate(model: SpeechTTS, hparams: dict, progress: bool) -> dict:
     dump, codes_root, exp = hparams["dump_dir"], hparams["codes_root"], hparams["exp_dir"]
     test, unseen = hparams["test_set"], hparams.get("unseen_set")
     texts = {u: t for u, t in read_table(os.path.join(dump, test, "text")).items() if not t.startswith("<")}
-    codes = {s: read_codes(codes_root, s) for s in {test, unseen} if s}
-    have = sorted(u for u in texts if u in codes[test])
+    codes = {s: FeatureReader(os.path.join(codes_root, s, "codes.scp")) for s in {test, unseen} if s}
+    have = sorted(u for u in texts if u in codes[test].table)
     targets = example_utts(have, hparams["eval_utts"]) if hparams["eval_utts"] else have
     pairings = {"same": (test, same_speaker_prompts(have, read_table(os.path.join(dump, test, "utt2spk"))))}
     if unseen:
-        pool = sorted(u for u in read_table(os.path.join(dump, unseen, "text")) if u in codes[unseen])
+        pool = sorted(u for u in read_table(os.path.join(dump, unseen, "text")) if u in codes[unseen].table)
         pairings["unseen"] = (
             unseen,
             other_speaker_prompts(targets, pool, read_table(os.path.join(dump, unseen, "utt2spk"))),
@@ -152,7 +152,8 @@ def evaluate(model: SpeechTTS, hparams: dict, progress: bool) -> dict:
     s = hparams["sampling"]
     sampling = Sampling(s["temperature"], s["top_k"], s["top_p"], s["ras_window"], s["ras_ratio"])
     judges = build_judges(parse_judges(hparams["judges"]), lm=hparams.get("judge_lm"))
-    mel_cfg = Tokenizer.from_pretrained(hparams["model_dir"], vocoder="griffin_lim").mel_cfg
+    tok = Tokenizer.from_pretrained(hparams["model_dir"], vocoder=hparams["vocoder"])  # the examples' decoder
+    mel_cfg = tok.mel_cfg
     results = {"utterances": len(targets), "sampling": s, "eval_steps": hparams["eval_steps"], "rows": []}
 
     def score(name: str, data: EvalSet, out_dir: str, extra: dict) -> None:
@@ -167,7 +168,7 @@ def evaluate(model: SpeechTTS, hparams: dict, progress: bool) -> dict:
     for prompting, (pset, prompt_of) in pairings.items():
         pwav = read_table(os.path.join(dump, pset, "wav.scp"))
         ptext = read_table(os.path.join(dump, pset, "text"))
-        jobs = [(u, texts[u], codes[pset][prompt_of[u]][0], ptext[prompt_of[u]]) for u in targets if u in prompt_of]
+        jobs = [(u, texts[u], codes[pset](prompt_of[u])[:, 0], ptext[prompt_of[u]]) for u in targets if u in prompt_of]
         gen, lm_s = synthesise(model, jobs, sampling, hparams["decode_batch_size"], hparams["seed"], progress)
         gen_dir = os.path.join(exp, f"gen_{prompting}")
         write_codes(gen, gen_dir)
@@ -197,19 +198,18 @@ def evaluate(model: SpeechTTS, hparams: dict, progress: bool) -> dict:
             os.path.join(exp, f"eval_{prompting}"),
             {"lm_rtf": lm_s / audio_s, "skipped": len(targets) - len(gen)},
         )
-        write_examples(data, gen, prompt_of, pwav, hparams, os.path.join(exp, "examples", prompting))
+        write_examples(tok, data, gen, prompt_of, pwav, hparams, os.path.join(exp, "examples", prompting))
     data = EvalSet.load(os.path.join(dump, test), hparams["eval_utts"], codes_dir=os.path.join(codes_root, test))
     score("resynthesis", data, os.path.join(exp, "eval_resynthesis"), {"lm_rtf": 0.0})
     return results
 
 
-def write_examples(data: EvalSet, gen: dict, prompt_of: dict, pwav: dict, hparams: dict, out_dir: str) -> None:
+def write_examples(tok, data: EvalSet, gen: dict, prompt_of: dict, pwav: dict, hparams: dict, out_dir: str) -> None:
     """A few generated utterances as wavs (decoded at the largest step count, the configured vocoder)
     beside their prompts, for listening."""
     n = hparams["examples"]
     if n <= 0:
         return
-    tok = Tokenizer.from_pretrained(hparams["model_dir"], vocoder=hparams["vocoder"])
     steps = max(hparams["eval_steps"])
     lines = []
     for u in example_utts(sorted(gen), n):
@@ -219,16 +219,6 @@ def write_examples(data: EvalSet, gen: dict, prompt_of: dict, pwav: dict, hparam
         lines.append(f"{u}\t{prompt_of[u]}\t{data.texts[u]}\n")
     with atomic_open(os.path.join(out_dir, "examples.tsv")) as fh:
         fh.writelines(lines)
-
-
-def read_codes(codes_root: str, set_name: str) -> dict:
-    """{utt: codes [CN, T] (long)} of ``<codes_root>/<set_name>/codes.scp``."""
-    from sitok.data.kaldi import read_mat, read_scp
-
-    scp = os.path.join(codes_root, set_name, "codes.scp")
-    if not os.path.exists(scp):
-        raise FileNotFoundError(f"{scp}: no codes (run the stage that dumps them first)")
-    return {u: torch.from_numpy(read_mat(p).copy()).long() for u, p in read_scp(scp).items()}
 
 
 def run(argv: list[str]) -> None:

@@ -120,11 +120,6 @@ def steps_figure(summaries: list[dict], path: str, vocoder: str | None = None) -
 def mel_figures(summaries: list[dict], df, dump_dir: str | None, out_dir: str, max_models: int = 6) -> list[str]:
     """For each example utterance the evaluate stage kept: ground-truth log-mel above each
     model's reconstruction at its reported setting. Returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not dump_dir or not os.path.exists(os.path.join(dump_dir, "feats.scp")):
         logger.warning("report: no --dump-dir with feats.scp: mel-spectrogram figures left out")
         return []
@@ -147,16 +142,8 @@ def mel_figures(summaries: list[dict], df, dump_dir: str | None, out_dir: str, m
             for name, d in panels
             if os.path.exists(os.path.join(d, f"{u}.npy"))
         ]
-        fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.6 * len(rows)), squeeze=False)
-        vmin, vmax = float(np.percentile(rows[0][1], 1)), float(rows[0][1].max())
-        for ax, (name, mel) in zip(axes[:, 0], rows):
-            ax.imshow(mel.T, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="magma")
-            ax.set_title(name, fontsize=8, loc="left")
-            ax.set_yticks([])
-        axes[-1, 0].set_xlabel("frames (50 Hz)")
-        fig.tight_layout()
         path = os.path.join(out_dir, f"mels_{u}.png")
-        _savefig(fig, path, dpi=100)
+        _mel_panels(rows, rows[0][1], path, panel_height=1.6)
         written.append(path)
     return written
 
@@ -224,11 +211,6 @@ def _wav_log_mel(path: str) -> np.ndarray:
 def example_figure(wav: str, prompt: str | None, title: str, prompt_title: str, path: str) -> bool:
     """Log-mel of the generated ``wav`` above its ``prompt``'s (same colour scale, the prompt's) as
     a PNG at ``path``. False (and nothing written) when the audio cannot be read."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     try:
         rows = [(title, _wav_log_mel(wav))]
         if prompt and os.path.exists(prompt):
@@ -236,9 +218,20 @@ def example_figure(wav: str, prompt: str | None, title: str, prompt_title: str, 
     except (RuntimeError, ValueError) as exc:  # unreadable or empty audio
         logger.warning("report: %s: no mel-spectrogram figure (%s)", wav, exc)
         return False
-    ref = rows[-1][1]
+    _mel_panels(rows, rows[-1][1], path, panel_height=1.8)
+    return True
+
+
+def _mel_panels(rows: list, ref: np.ndarray, path: str, panel_height: float) -> None:
+    """(title, log-mel [frames, bins]) panels stacked in one PNG at ``path``, on the colour scale
+    of ``ref`` (its 1st percentile to its maximum)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     vmin, vmax = float(np.percentile(ref, 1)), float(ref.max())
-    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.8 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8, panel_height * len(rows)), squeeze=False)
     for ax, (name, mel) in zip(axes[:, 0], rows):
         ax.imshow(mel.T, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="magma")
         ax.set_title(name, fontsize=8, loc="left")
@@ -246,7 +239,6 @@ def example_figure(wav: str, prompt: str | None, title: str, prompt_title: str, 
     axes[-1, 0].set_xlabel("frames (50 Hz)")
     fig.tight_layout()
     _savefig(fig, path, dpi=100)
-    return True
 
 
 def _read_examples(src: str) -> list[tuple[str, str, str]]:

@@ -83,28 +83,26 @@ def _model_view(s: dict, path: str, m: dict) -> dict:
     return s
 
 
-def read_llm_asr(exp_dir: str) -> dict:
-    """``<exp_dir>/llm_asr/results.json`` (LLM-ASR, recipe stage 15), or {} when there is none."""
-    path = os.path.join(exp_dir, "llm_asr", "results.json")
+def _read_result(exp_dir: str, sub: str, task: str, what: str) -> dict:
+    """``<exp_dir>/<sub>/results.json`` checked to be a ``task`` result, or {} when there is none."""
+    path = os.path.join(exp_dir, sub, "results.json")
     if not os.path.exists(path):
         return {}
     with open(path, encoding="utf-8") as fh:
         res = json.load(fh)
-    if res.get("task") != "llm_asr":
-        raise ValueError(f"{path}: not an LLM-ASR result (task {res.get('task')!r})")
+    if res.get("task") != task:
+        raise ValueError(f"{path}: not an {what} result (task {res.get('task')!r})")
     return res
+
+
+def read_llm_asr(exp_dir: str) -> dict:
+    """``<exp_dir>/llm_asr/results.json`` (LLM-ASR, recipe stage 15), or {} when there is none."""
+    return _read_result(exp_dir, "llm_asr", "llm_asr", "LLM-ASR")
 
 
 def read_tts(exp_dir: str) -> dict:
     """``<exp_dir>/tts/results.json`` (AR-TTS, recipe stage 16), or {} when there is none."""
-    path = os.path.join(exp_dir, "tts", "results.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as fh:
-        res = json.load(fh)
-    if res.get("task") != "tts":
-        raise ValueError(f"{path}: not an AR-TTS result (task {res.get('task')!r})")
-    return res
+    return _read_result(exp_dir, "tts", "tts", "AR-TTS")
 
 
 # ---- one row per model -------------------------------------------------------------------------
