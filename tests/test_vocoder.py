@@ -19,7 +19,7 @@ from test_train import tiny_dump  # noqa: F401  (the module-scoped tiny corpus +
 from sitok.data.mel import MelConfig, MelFrontend
 from sitok.infer.vocoder import GriffinLimVocoder, VocosVocoder, export_vocoder, load_vocoder
 from sitok.models.vocos import Vocos, VocosConfig
-from sitok.train.vocoder import SegmentCropper, load_generator_weights, read_train_stats
+from sitok.train.vocoder import SegmentCropper, load_generator_weights, manifest_segments, read_train_stats
 
 from conftest import ROOT, run_one_thread, tone
 
@@ -334,3 +334,18 @@ def test_dnsmos_prefers_speech_to_noise():
     assert set(clean) == {"sig", "bak", "ovrl", "p808"} and all(isinstance(v, float) for v in clean.values())
     assert noise["ovrl"] < clean["ovrl"] - 0.5
     assert noise["bak"] < clean["bak"]
+
+
+def test_manifest_segments_reads_slices_only(tmp_path):
+    """Rows of a segmented data dir carry start/stop and are read as slices; whole files are not listed."""
+    csv_path = tmp_path / "manifest.csv"
+    csv_path.write_text(
+        "ID,duration,wav,spk_id,wrd,start,stop\n"
+        "rec1-0000,4.5,/a/rec1.flac,s1,,0.25,4.75\n"
+        "rec1-0001,3.0,/a/rec1.flac,s1,,4.75,7.75\n"
+        "utt2,2.0,/a/utt2.flac,s1,hello,,\n"
+    )
+    assert manifest_segments(str(csv_path)) == {"rec1-0000": (0.25, 4.75), "rec1-0001": (4.75, 7.75)}
+    plain = tmp_path / "plain.csv"
+    plain.write_text("ID,duration,wav,spk_id,wrd\nutt2,2.0,/a/utt2.flac,s1,hello\n")
+    assert manifest_segments(str(plain)) == {}

@@ -10,7 +10,9 @@ renames it, then writes its scp and a ``.done`` stamp of what it was made from (
 their audio paths, the mel configuration and the duration limits): a killed run restarts only
 the jobs that had not finished, a job whose inputs changed (the data dir grew, another mel
 configuration) is redone, temporary files of killed runs are removed, and no reader ever sees
-a half-written file.
+a half-written file. Utterances listed in the data dir's ``segments`` table are the slice
+``[start, end)`` of their ``wav.scp`` file (long recordings cut by prep's ``segment_long``);
+only that slice is read.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sitok.data.audio import AudioError, load_audio
 from sitok.data.kaldi import DataDir, read_table, write_table
 from sitok.data.mel import CMVNStats, GlobalCMVN, MelConfig, MelFrontend
 from sitok.data.prep import Skip, summarize_skips, write_skipped
+from sitok.data.segment import load_segment
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.stamp import is_current, write_stamp
 
@@ -57,7 +60,8 @@ def _init_worker(counter) -> None:
 
 def _run_job(args) -> int:
     """Worker: features of one chunk of utterances. Returns the job index."""
-    job, utts, wav_scp, dump_dir, mel_cfg, min_dur, max_dur = args
+    job, utts, wav_scp, dump_dir, mel_cfg, min_dur, max_dur = args[:7]
+    segments = args[7] if len(args) > 7 else {}  # utt -> "recording start end"; optional last
     counter = _counter
     import kaldiio.matio
     import torch
@@ -74,7 +78,12 @@ def _run_job(args) -> int:
         for i, utt in enumerate(utts):
             path = wav_scp[utt]
             try:
-                wav = load_audio(path, mel_cfg.sample_rate, min_duration=min_dur, max_duration=max_dur)
+                if utt in segments:  # "recording start end": only that slice of the file
+                    _, start, end = segments[utt].split()
+                    limits = {"min_duration": min_dur, "max_duration": max_dur}
+                    wav = load_segment(path, float(start), float(end), mel_cfg.sample_rate, **limits)
+                else:
+                    wav = load_audio(path, mel_cfg.sample_rate, min_duration=min_dur, max_duration=max_dur)
                 mel = frontend(wav).numpy().astype(np.float32)  # [T, n_mels]
                 if not np.isfinite(mel).all():
                     raise AudioError(path, "non-finite", "non-finite log-mel")
@@ -96,15 +105,18 @@ def _run_job(args) -> int:
     write_table(p["frames"], frames)
     write_skipped(p["skipped"], skips)
     write_text_atomic(p["stats"], json.dumps(stats.to_dict()))
-    write_stamp(p["done"], _job_stamp(utts, wav_scp, mel_cfg, min_dur, max_dur))
+    write_stamp(p["done"], _job_stamp(utts, wav_scp, mel_cfg, min_dur, max_dur, segments))
     return job
 
 
-def _job_stamp(utts, wav_scp, mel_cfg: MelConfig, min_dur: float, max_dur: float) -> dict:
+def _job_stamp(utts, wav_scp, mel_cfg: MelConfig, min_dur: float, max_dur: float, segments=None) -> dict:
     """What a job's features are made from; a job whose stamp differs is redone."""
     import hashlib
 
-    listing = "".join(f"{u} {wav_scp[u]}\n" for u in utts).encode()
+    # a segmented utterance's slice is part of its source (unsegmented lines read as before)
+    segments = segments or {}
+    listing = "".join(f"{u} {wav_scp[u]}" + (f" {segments[u]}" if u in segments else "") + "\n" for u in utts)
+    listing = listing.encode()
     mel = json.dumps(mel_cfg.to_dict(), sort_keys=True)
     return {
         "inputs": {"utterances": hashlib.sha256(listing).hexdigest()},
@@ -163,7 +175,8 @@ def compute_features(
     chunks = [list(c) for c in np.array_split(np.array(utts, dtype=object), nj)]
     _clean_dump_dir(dump_dir, nj)
     wav_scp = dd.tables["wav.scp"]
-    stamps = [_job_stamp(c, wav_scp, mel_cfg, min_duration, max_duration) for c in chunks]
+    segments = dd.tables.get("segments", {})  # utt -> "recording start end" (long recordings cut)
+    stamps = [_job_stamp(c, wav_scp, mel_cfg, min_duration, max_duration, segments) for c in chunks]
     todo = [j for j in range(nj) if not is_current(_job_paths(dump_dir, j)["done"], stamps[j], f"{dump_dir} job {j}")]
     done_before = sum(len(chunks[j]) for j in range(nj) if j not in todo)
     if len(todo) < nj:
@@ -173,7 +186,7 @@ def compute_features(
     ctx = get_context("forkserver")  # not fork: see synth.py (fork after torch threads can deadlock)
     counter = ctx.Value("l", 0)
     _init_worker(counter)
-    jobs = [(j, chunks[j], wav_scp, dump_dir, mel_cfg, min_duration, max_duration) for j in todo]
+    jobs = [(j, chunks[j], wav_scp, dump_dir, mel_cfg, min_duration, max_duration, segments) for j in todo]
     desc = f"features {os.path.basename(dump_dir)}"
     bar = tqdm(total=len(utts), initial=done_before, desc=desc, unit="utt", disable=not progress, mininterval=1)
     if len(jobs) == 1:

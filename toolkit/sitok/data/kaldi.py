@@ -10,6 +10,11 @@ byte order), with ids that start with their speaker id:
     spk2utt    speaker  utt1 utt2 ...          (derived from utt2spk)
     utt2dur    utt  seconds                     (from the audio header)
     utt2label  utt  label                       (optional: style / keyword class)
+    segments   utt  recording start end         (optional: the utterance is the slice [start, end)
+                                                 seconds of its wav.scp file; an utterance with
+                                                 no line is the whole file. wav.scp stays keyed
+                                                 by utterance, so every table has one line per
+                                                 utterance; written by prep's segment_long)
     feats.scp  utt  ark:offset                  (in dump dirs, written by the feature stage)
 """
 
@@ -168,6 +173,8 @@ class DataDir:
             cols.append("label")
         if "feats.scp" in t:
             cols += ["feats", "num_frames"]
+        if "segments" in t:  # the slice of ``wav`` each utterance is (empty: the whole file)
+            cols += ["start", "stop"]
         dur = t.get("utt2dur", {})
         with atomic_open(path) as fh:
             w = csv.writer(fh, lineterminator="\n")
@@ -178,6 +185,8 @@ class DataDir:
                     row.append(t["utt2label"].get(u, ""))
                 if "feats.scp" in t:
                     row += [t["feats.scp"].get(u, ""), t.get("utt2num_frames", {}).get(u, "")]
+                if "segments" in t:
+                    row += t["segments"][u].split()[1:] if u in t["segments"] else ["", ""]
                 w.writerow(row)
 
 
@@ -243,9 +252,11 @@ def validate_data_dir(path: str, *, need=("utt2dur",), check_files: bool = False
 
 def combine_data_dirs(out_dir: str, in_dirs: list[str]) -> DataDir:
     """Union of data dirs (like Kaldi's ``utils/combine_data.sh``); tables that some inputs
-    lack are dropped; duplicate utterance ids are an error naming both dirs."""
+    lack are dropped, except ``segments`` (an utterance without a line is its whole file);
+    duplicate utterance ids are an error naming both dirs."""
     parts = [DataDir.load(d) for d in in_dirs]
     names = set.intersection(*(set(p.tables) for p in parts)) if parts else set()
+    names |= {"segments"} & set.union(set(), *(set(p.tables) for p in parts))
     tables: dict[str, dict] = {n: {} for n in names}
     owner: dict[str, str] = {}
     for d, p in zip(in_dirs, parts):
@@ -254,7 +265,7 @@ def combine_data_dirs(out_dir: str, in_dirs: list[str]) -> DataDir:
                 raise DataDirError(f"combine: utterance {utt!r} is in both {owner[utt]} and {d}")
             owner[utt] = d
         for n in names:
-            tables[n].update(p.tables[n])
+            tables[n].update(p.tables.get(n, {}))
     dd = DataDir(tables)
     dd.save(out_dir)
     dd.to_manifest(os.path.join(out_dir, "manifest.csv"))

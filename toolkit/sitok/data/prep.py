@@ -3,7 +3,9 @@ manifest), the same files for every corpus.
 
 Each reader yields :class:`Entry` rows; :func:`make_data_dir` checks every audio header and
 transcript, skips what is unusable (naming the file and the reason in ``skipped.tsv`` and
-counting skips in the log) and writes the data dir atomically, file by file.
+counting skips in the log) and writes the data dir atomically, file by file. With
+``segment_long``, recordings over the duration limit are cut into utterances in their silences
+(a ``segments`` table, see :func:`make_data_dir`) instead of being skipped.
 
 Readers:
 * :func:`read_mini` — the embedded synthetic corpus (``sitok.data.synth``);
@@ -23,10 +25,12 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 
-from sitok.data.audio import AudioError, probe_audio
+from sitok.data.audio import AudioError, load_audio, probe_audio
+from sitok.data.dasb_prep import NO_TRANSCRIPT
 from sitok.data.dasb_prep import READERS as DASB_READERS
 from sitok.data.entries import Entry, Skip, summarize_skips, write_skipped
 from sitok.data.kaldi import DataDir
+from sitok.data.segment import SegmentConfig, segment_speech
 from sitok.data.synth import read_metadata
 from sitok.data.text import check_transcript, non_ascii_count
 
@@ -37,10 +41,34 @@ _UTT_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 def make_data_dir(
-    entries: Iterable[Entry | Skip], out_dir: str, *, min_duration: float = 0.1, max_duration: float = 60.0
+    entries: Iterable[Entry | Skip],
+    out_dir: str,
+    *,
+    min_duration: float = 0.1,
+    max_duration: float = 60.0,
+    segment_long: bool = False,
+    segment_max: float = 20.0,
+    segment_backend: str = "energy",
 ) -> tuple[DataDir, list[Skip]]:
-    """Check and write one data dir. Returns the kept data and the skipped items."""
-    wav_scp, text, utt2spk, utt2dur, utt2label = {}, {}, {}, {}, {}
+    """Check and write one data dir. Returns the kept data and the skipped items.
+
+    A recording longer than ``max_duration`` is skipped ("too-long"), unless ``segment_long``:
+    then it is cut in its silences (:mod:`sitok.data.segment`, ``segment_backend``) into
+    utterances of at most ``segment_max`` seconds, ``<recording>-<k>`` (k = 0000, 0001, ... in
+    time order), each listed in ``segments`` (``utt recording start end``) with the recording's
+    file in ``wav.scp``, its speaker and label, and the segment's length in ``utt2dur``. Which
+    words fall in which segment is unknown, so the text of a recording cut into several
+    segments is the ``<no_transcript>`` marker (left out of vocabularies and CTC targets); a
+    recording that gives one segment keeps its whole transcript, since that segment holds all
+    its speech. A long recording without transcript is segmented too (marker text); one with no
+    speech found is skipped ("no-speech"), and segments shorter than ``min_duration`` are
+    skipped ("too-short"). Recordings within ``max_duration`` are written as without the option.
+    """
+    if segment_long and segment_max > max_duration:
+        raise ValueError(f"segment_max {segment_max:g}s exceeds max_duration {max_duration:g}s")
+    seg_cfg = SegmentConfig(max_segment=segment_max, backend=segment_backend) if segment_long else None
+    wav_scp, text, utt2spk, utt2dur, utt2label, segments = {}, {}, {}, {}, {}, {}
+    segmented: set[str] = set()  # recordings cut into segments (their ids are no utterance ids)
     skips: list[Skip] = []
     n_non_ascii = 0
     for e in entries:
@@ -50,18 +78,20 @@ def make_data_dir(
         if not _UTT_ID.match(e.utt) or not e.utt.startswith(e.speaker):
             skips.append(Skip(e.utt, e.path, "bad-utt-id", "ids need [A-Za-z0-9_.-] and the speaker id as prefix"))
             continue
-        if e.utt in wav_scp:
+        if e.utt in wav_scp or e.utt in segmented:
             skips.append(Skip(e.utt, e.path, "duplicate-utt"))
             continue
-        if e.text is None:
+        if e.text is None and not segment_long:
             skips.append(Skip(e.utt, e.path, "no-transcript"))
             continue
-        raw = e.text.strip()
-        norm, problem = (raw, None) if _SPECIAL.match(raw) else check_transcript(raw)
-        n_non_ascii += non_ascii_count(raw) > 0
-        if problem:
-            skips.append(Skip(e.utt, e.path, problem, f"transcript {raw[:40]!r} has no words"))
-            continue
+        norm = None  # a long recording may come without transcript when it is segmented
+        if e.text is not None:
+            raw = e.text.strip()
+            norm, problem = (raw, None) if _SPECIAL.match(raw) else check_transcript(raw)
+            n_non_ascii += non_ascii_count(raw) > 0
+            if problem:
+                skips.append(Skip(e.utt, e.path, problem, f"transcript {raw[:40]!r} has no words"))
+                continue
         try:
             info = probe_audio(e.path)
         except AudioError as exc:
@@ -71,7 +101,26 @@ def make_data_dir(
             skips.append(Skip(e.utt, e.path, "too-short", f"{info.duration:.3f}s < {min_duration:g}s"))
             continue
         if info.duration > max_duration:
-            skips.append(Skip(e.utt, e.path, "too-long", f"{info.duration:.1f}s > {max_duration:g}s"))
+            if seg_cfg is None:
+                skips.append(Skip(e.utt, e.path, "too-long", f"{info.duration:.1f}s > {max_duration:g}s"))
+                continue
+            kept, dropped = _segment_recording(e, norm, info.sample_rate, seg_cfg, min_duration)
+            skips += dropped
+            if any(u in wav_scp for u in kept):
+                skips.append(Skip(e.utt, e.path, "duplicate-utt", "a segment id is already an utterance"))
+                continue
+            segmented.add(e.utt)
+            for utt, (start, end, seg_text) in kept.items():
+                wav_scp[utt] = os.path.abspath(e.path)
+                text[utt] = seg_text
+                utt2spk[utt] = e.speaker
+                utt2dur[utt] = f"{end - start:.4f}"
+                segments[utt] = f"{e.utt} {start:.4f} {end:.4f}"
+                if e.label is not None:
+                    utt2label[utt] = e.label
+            continue
+        if norm is None:
+            skips.append(Skip(e.utt, e.path, "no-transcript"))
             continue
         wav_scp[e.utt] = os.path.abspath(e.path)
         text[e.utt] = norm
@@ -82,6 +131,8 @@ def make_data_dir(
     tables = {"wav.scp": wav_scp, "text": text, "utt2spk": utt2spk, "utt2dur": utt2dur}
     if utt2label:
         tables["utt2label"] = utt2label
+    if segments:
+        tables["segments"] = segments
     dd = DataDir(tables)
     dd.save(out_dir)
     dd.to_manifest(os.path.join(out_dir, "manifest.csv"))
@@ -101,6 +152,29 @@ def make_data_dir(
     if len(skips) > 10:
         logger.warning("... %d more skips listed in %s", len(skips) - 10, os.path.join(out_dir, "skipped.tsv"))
     return dd, skips
+
+
+def _segment_recording(
+    e: Entry, norm: str | None, sample_rate: int, cfg: SegmentConfig, min_duration: float
+) -> tuple[dict[str, tuple[float, float, str]], list[Skip]]:
+    """Cut one long recording: {utt: (start, end, text)} of its segments, and the skips (an
+    unreadable or speechless recording, segments shorter than ``min_duration``)."""
+    try:
+        wav = load_audio(e.path, sample_rate)  # at its own rate: nothing is resampled
+    except AudioError as exc:
+        return {}, [Skip(e.utt, e.path, exc.reason, exc.detail)]
+    spans = segment_speech(wav, sample_rate, cfg)
+    if not spans:
+        return {}, [Skip(e.utt, e.path, "no-speech", f"{cfg.backend} VAD found no speech")]
+    seg_text = norm if len(spans) == 1 and norm is not None else NO_TRANSCRIPT
+    kept, skips = {}, []
+    for k, (start, end) in enumerate(spans):
+        utt = f"{e.utt}-{k:04d}"
+        if end - start < min_duration:
+            skips.append(Skip(utt, e.path, "too-short", f"segment {start:.2f}-{end:.2f}s < {min_duration:g}s"))
+        else:
+            kept[utt] = (start, end, seg_text)
+    return kept, skips
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ steps a progress line in ``log.txt``.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ from torch import nn
 
 from sitok.data.audio import AudioError, load_audio
 from sitok.data.mel import MelConfig, MelFrontend
+from sitok.data.segment import load_segment
 from sitok.eval.quality import pesq_wb
 from sitok.infer.vocoder import VocosVocoder, vocoder_dir
 from sitok.train.checkpoints import use_weights_only_loaders
@@ -205,6 +207,14 @@ class SegmentCropper:
         return wav[k0 * hop : (k0 + f) * hop], mel[k0 : k0 + f]
 
 
+def manifest_segments(csv_path: str) -> dict[str, tuple[float, float]]:
+    """{utt: (start, stop)} seconds for the manifest rows that are slices of a longer recording
+    (the ``start``/``stop`` columns written for a data dir with a ``segments`` file)."""
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return {r["ID"]: (float(r["start"]), float(r["stop"])) for r in rows if r.get("start") not in (None, "")}
+
+
 def dataio_prepare(hparams: dict):
     """Train/valid datasets of fixed-length segments. Returns (datasets, train_cropper, stats).
 
@@ -224,11 +234,18 @@ def dataio_prepare(hparams: dict):
     datasets = {}
     for name in ("train", "valid"):
         cropper = croppers[name]
+        bounds = manifest_segments(hparams[f"{name}_csv"])
+
+        def read(uid, path, bounds=bounds, **checks):
+            """The utterance's audio: the whole file, or its slice where the manifest has one."""
+            if uid in bounds:
+                return load_segment(path, *bounds[uid], mel_cfg.sample_rate, **checks)
+            return load_audio(path, mel_cfg.sample_rate, **checks)
 
         @sb.utils.data_pipeline.takes("id", "wav")
         @sb.utils.data_pipeline.provides("sig", "mel")
-        def audio_pipeline(uid, path, cropper=cropper):
-            seg, mel = cropper(uid, load_audio(path, mel_cfg.sample_rate), frontend)
+        def audio_pipeline(uid, path, cropper=cropper, read=read):
+            seg, mel = cropper(uid, read(uid, path), frontend)
             yield seg
             yield mel
 
@@ -239,7 +256,7 @@ def dataio_prepare(hparams: dict):
         for uid in ds.data_ids:
             path = ds.data[uid]["wav"]
             try:
-                load_audio(path, mel_cfg.sample_rate, min_duration=float(hparams.get("min_duration", 0.1)))
+                read(uid, path, min_duration=float(hparams.get("min_duration", 0.1)))
             except AudioError as exc:
                 bad.append((path, str(exc)))
         if bad:
