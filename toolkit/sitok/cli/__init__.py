@@ -6,6 +6,7 @@ library function. Recipe stages call these commands; users can too.
     sitok prep               corpus on disk -> Kaldi-style data dir + manifest (stage 1)
     sitok make-trials        speaker-verification trial list for a data dir
     sitok compute-feats      data dir -> log-mel ark/scp dump + CMVN stats (stage 2)
+    sitok write-shards       data dir -> WebDataset audio shards + index.json
     sitok train-vocab        SentencePiece CTC vocabulary + CTC fit report (stage 3)
     sitok combine-data-dirs  union of data dirs
     sitok validate-data-dir  Kaldi-style consistency checks

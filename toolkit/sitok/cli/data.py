@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
-from sitok.cli.common import NO_PROGRESS_HELP, add_command
+from sitok.cli.common import NO_PROGRESS_HELP, add_command, positive_int
 
 logger = logging.getLogger("sitok")
 
@@ -34,7 +34,8 @@ def cmd_prep(a) -> int:
         "speech_commands": {"out_dir": a.out, "silence_per_split": a.silence_per_split},
     }.get(a.corpus, {})
     entries = get_reader(a.corpus)(a.root, a.split, **opts)
-    make_data_dir(entries, a.out, min_duration=a.min_duration, max_duration=a.max_duration)
+    segment = {"segment_long": a.segment_long, "segment_max": a.segment_max, "segment_backend": a.segment_backend}
+    make_data_dir(entries, a.out, min_duration=a.min_duration, max_duration=a.max_duration, **segment)
     if a.corpus == "voxceleb1" and a.split == "test":  # the official trial list, as utterance ids
         voxceleb_trials(a.root, a.out)
     return 0
@@ -75,6 +76,26 @@ def cmd_compute_feats(a) -> int:
         min_duration=a.min_duration,
         max_duration=a.max_duration,
         cmvn_mode=a.cmvn_mode,
+        progress=not a.no_progress,
+    )
+    return 0
+
+
+def cmd_write_shards(a) -> int:
+    from sitok.data.shards import write_shards
+
+    write_shards(
+        a.data_dir,
+        a.out_dir,
+        max_count=a.shard_size,
+        max_seconds=a.shard_seconds,
+        audio_format=a.audio_format,
+        bits=a.bits,
+        sample_rate=a.sample_rate,
+        min_duration=a.min_duration,
+        max_duration=a.max_duration,
+        seed=a.seed,
+        nj=a.nj,
         progress=not a.no_progress,
     )
     return 0
@@ -140,6 +161,19 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", required=True, help="output data dir")
     s.add_argument("--min-duration", type=float, default=0.1, help="drop utterances shorter than this (seconds)")
     s.add_argument("--max-duration", type=float, default=60.0, help="drop utterances longer than this (seconds)")
+    s.add_argument(
+        "--segment-long",
+        action="store_true",
+        help="cut recordings longer than --max-duration into utterances in their silences (a segments "
+        "file; the text of a recording cut in several is <no_transcript>) instead of dropping them",
+    )
+    s.add_argument("--segment-max", type=float, default=20.0, help="--segment-long: longest segment (seconds)")
+    s.add_argument(
+        "--segment-backend",
+        default="energy",
+        choices=["energy", "silero"],
+        help="--segment-long: voice activity detector (energy: no model; silero: the silero-vad package)",
+    )
     s.add_argument("--test-session", type=int, default=5, help="iemocap: the test session")
     s.add_argument("--valid-session", type=int, default=4, help="iemocap: the validation session")
     s.add_argument("--dev-per-speaker", type=int, default=2, help="voxceleb1: dev utterances per training speaker")
@@ -168,6 +202,25 @@ def add_parsers(sub) -> None:
         choices=["global", "per_bin"],
         help="global: one mean and variance (the paper's); per_bin: one per mel bin",
     )
+    s.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+
+    s = add_command(sub, "write-shards", cmd_write_shards, "data dir -> WebDataset audio shards + index.json")
+    s.add_argument("data_dir", help="Kaldi-style data dir (wav.scp, text, utt2spk, utt2dur)")
+    s.add_argument("out_dir", help="output shard dir (shard-NNNNNN.tar, index.json, skipped.tsv)")
+    s.add_argument("--shard-size", type=positive_int, default=2000, help="most utterances per shard")
+    s.add_argument("--shard-seconds", type=float, default=3600.0, help="most seconds of audio per shard")
+    s.add_argument("--audio-format", default="flac", choices=["flac", "wav"], help="how the audio is stored")
+    s.add_argument("--bits", type=int, default=16, choices=[16, 24], help="PCM bits per sample of the stored audio")
+    s.add_argument(
+        "--sample-rate",
+        type=positive_int,
+        default=None,
+        help="resample to this rate when writing (None: keep each file's rate, for features equal to the dump)",
+    )
+    s.add_argument("--min-duration", type=float, default=0.1, help="drop utterances shorter than this (seconds)")
+    s.add_argument("--max-duration", type=float, default=60.0, help="drop utterances longer than this (seconds)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the order in which utterances fill the shards")
+    s.add_argument("--nj", type=positive_int, default=1, help="parallel jobs (one shard each)")
     s.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     s = add_command(sub, "train-vocab", cmd_train_vocab, "SentencePiece CTC vocabulary + CTC fit report (stage 3)")
