@@ -1,11 +1,12 @@
 """Data prep on tiny directories built in the real LibriSpeech / LibriTTS layouts."""
 
+import json
 import os
 
 import pytest
 
 from sitok.data.kaldi import DataDir, combine_data_dirs, read_table, validate_data_dir
-from sitok.data.prep import make_data_dir, read_librispeech, read_libritts
+from sitok.data.prep import make_data_dir, read_emilia, read_librilight, read_librispeech, read_libritts
 
 from conftest import run_cli, tone, write
 
@@ -181,3 +182,59 @@ def test_librispeech_recipe_stages_0_to_3(tmp_path):
         text=True,
     )
     assert r.returncode != 0 and "nowhere/LibriSpeech not found" in r.stderr
+
+
+def test_librilight_reader_ids_speakers_and_no_transcripts(tmp_path):
+    """Libri-Light: <spk>/<book>/<name>.flac; ids start with the speaker, odd characters of book
+    folders become '_', and every utterance carries the no-transcript marker."""
+    base = tmp_path / "db" / "librilight" / "small"
+    write(str(base / "100" / "sea fairies_0812_librivox" / "seafairies_01.flac"), tone(1.0, sr=16000), sr=16000)
+    write(str(base / "203" / "book.b" / "ch_02.flac"), tone(1.0, sr=16000), sr=16000)
+    rows = list(read_librilight(str(tmp_path / "db"), "small"))
+    assert [(e.utt, e.speaker, e.text) for e in rows] == [
+        ("100-sea_fairies_0812_librivox-seafairies_01", "100", "<no_transcript>"),
+        ("203-book_b-ch_02", "203", "<no_transcript>"),
+    ]
+    with pytest.raises(FileNotFoundError, match="librilight split 'medium' not found"):
+        list(read_librilight(str(tmp_path / "db"), "medium"))
+
+
+def test_emilia_reader_from_jsonl_and_from_sidecars(tmp_path):
+    """Emilia: batch *.jsonl rows (wav relative to the folder named after the file) or a .json
+    beside each audio file; text and speaker from the metadata, speaker from the id otherwise."""
+    en = tmp_path / "db" / "Emilia" / "EN"
+    rows = [
+        {
+            "id": "EN_B00000_S00010_W000000",
+            "wav": "EN_B00000_S00010_W000000.flac",
+            "text": " Hello there. ",
+            "speaker": "EN_B00000_S00010",
+            "duration": 1.0,
+        },
+        {"id": "EN_B00000_S00020_W000001", "wav": "EN_B00000_S00020_W000001.flac", "text": "Good morning."},
+    ]
+    for r in rows:
+        write(str(en / "EN-B000000" / r["wav"]), tone(1.0), sr=24000)
+    (en / "EN-B000000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = [(e.utt, e.speaker, e.text, os.path.basename(e.path)) for e in read_emilia(str(tmp_path / "db"), "EN")]
+    assert got == [
+        ("EN_B00000_S00010_W000000", "EN_B00000_S00010", "Hello there.", "EN_B00000_S00010_W000000.flac"),
+        ("EN_B00000_S00020_W000001", "EN_B00000_S00020", "Good morning.", "EN_B00000_S00020_W000001.flac"),
+    ]
+    out = str(tmp_path / "data" / "emilia")
+    dd, skips = make_data_dir(read_emilia(str(tmp_path / "db"), "EN"), out)
+    assert dd.utts == [r["id"] for r in rows] and not skips
+    assert validate_data_dir(out, check_files=True) == []
+
+    de = tmp_path / "db" / "Emilia" / "DE"  # no manifest: the per-file metadata
+    write(str(de / "DE_B00001" / "DE_B00001_S00003_W000007.flac"), tone(1.0), sr=24000)
+    (de / "DE_B00001" / "DE_B00001_S00003_W000007.json").write_text(json.dumps({"text": "Guten Tag."}))
+    got = [(e.utt, e.speaker, e.text) for e in read_emilia(str(tmp_path / "db"), "DE")]
+    assert got == [("DE_B00001_S00003_W000007", "DE_B00001_S00003", "Guten Tag.")]
+
+    (en / "EN-B000000.jsonl").write_text('{"id": "x"}\n')
+    with pytest.raises(ValueError, match="EN-B000000.jsonl:1: not a JSON object with a 'wav' field"):
+        list(read_emilia(str(tmp_path / "db"), "EN"))
+    (tmp_path / "db" / "Emilia" / "FR").mkdir()
+    with pytest.raises(FileNotFoundError, match="not an Emilia split"):
+        list(read_emilia(str(tmp_path / "db"), "FR"))

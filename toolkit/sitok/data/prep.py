@@ -13,6 +13,10 @@ Readers:
   ``<spk>-<chapter>.trans.txt``;
 * :func:`read_libritts` — ``<root>/LibriTTS/<split>/<spk>/<chapter>/<utt>.wav`` with
   ``<utt>.normalized.txt``;
+* :func:`read_librilight` — ``<root>/librilight/<split>/<spk>/<book>/*.flac``, no transcripts
+  (hour-long files: use ``segment_long``);
+* :func:`read_emilia` — ``<root>/Emilia/<LANG>/``: batch ``*.jsonl`` manifests (or a ``.json``
+  beside each audio file) with id, text and speaker;
 * ``iemocap``, ``voxceleb1``, ``speech_commands`` — the DASB probe corpora (``sitok.data.dasb_prep``).
 A reader may also yield :class:`Skip` rows for items it leaves out on purpose; they are counted.
 """
@@ -20,6 +24,7 @@ A reader may also yield :class:`Skip` rows for items it leaves out on purpose; t
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -239,7 +244,87 @@ def read_libritts(root: str, split: str) -> Iterator[Entry]:
         yield Entry(utt, spk, wav, text)
 
 
-READERS = {"mini": read_mini, "librispeech": read_librispeech, "libritts": read_libritts}
+def _kaldi_id(text: str) -> str:
+    """A string usable inside a Kaldi id: letters, digits, '_' and '-' kept, anything else '_'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def read_librilight(root: str, split: str) -> Iterator[Entry]:
+    """Libri-Light (small / medium / large / duplicate): ``<speaker>/<book>/<name>.flac``, no
+    transcripts (the ``<no_transcript>`` marker). Its files run to an hour: prepare with
+    ``segment_long`` to cut them into utterances."""
+    for audio in _split_files(root, "librilight", split, "*.flac", "audio files"):
+        book_dir = os.path.dirname(audio)
+        spk = _kaldi_id(os.path.basename(os.path.dirname(book_dir)))
+        book = _kaldi_id(os.path.basename(book_dir))
+        name = _kaldi_id(os.path.splitext(os.path.basename(audio))[0])
+        yield Entry(f"{spk}-{book}-{name}", spk, audio, NO_TRANSCRIPT)
+
+
+def _emilia_rows(base: str) -> Iterator[tuple[dict, str]]:
+    """(metadata, audio path) of every Emilia utterance under ``base``: the rows of its
+    ``*.jsonl`` files (``wav`` relative to the file's folder or to the folder named after it),
+    else the ``.json`` beside each audio file."""
+    manifests = sorted(glob.glob(os.path.join(base, "**", "*.jsonl"), recursive=True))
+    for manifest in manifests:
+        here, stem = os.path.dirname(manifest), os.path.splitext(os.path.basename(manifest))[0]
+        with open(manifest, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    rel = row["wav"]
+                except (ValueError, KeyError, TypeError):
+                    raise ValueError(f"{manifest}:{n}: not a JSON object with a 'wav' field") from None
+                cands = [
+                    os.path.join(here, rel),
+                    os.path.join(here, stem, rel),
+                    os.path.join(here, stem, os.path.basename(rel)),
+                ]
+                yield row, next((c for c in cands if os.path.exists(c)), cands[0])
+    if manifests:
+        return
+    for side in sorted(glob.glob(os.path.join(base, "**", "*.json"), recursive=True)):
+        audio = next((side[:-5] + ext for ext in (".mp3", ".flac", ".wav") if os.path.exists(side[:-5] + ext)), None)
+        if audio is None:
+            continue
+        with open(side, encoding="utf-8") as fh:
+            try:
+                row = json.load(fh)
+            except ValueError:
+                raise ValueError(f"{side}: not valid JSON") from None
+        yield (row if isinstance(row, dict) else {}), audio
+
+
+def read_emilia(root: str, split: str) -> Iterator[Entry]:
+    """Emilia (``split`` = a language folder: EN, ZH, DE, FR, JA, KO): utterances
+    ``<LANG>_B<batch>_S<speaker>_W<n>`` with their text and speaker from the batch ``*.jsonl``
+    files or the per-file ``.json`` metadata; the speaker is the id without its ``_W`` part when
+    the metadata has none."""
+    base = _find_split(root, "Emilia", split)
+    found = False
+    for row, audio in _emilia_rows(base):
+        found = True
+        utt = _kaldi_id(str(row.get("id") or os.path.splitext(os.path.basename(audio))[0]))
+        spk = _kaldi_id(str(row.get("speaker") or utt.rsplit("_W", 1)[0]))
+        if not utt.startswith(spk):
+            utt = f"{spk}-{utt}"
+        text = row.get("text")
+        yield Entry(utt, spk, audio, text.strip() if isinstance(text, str) else None)
+    if not found:
+        raise FileNotFoundError(
+            f"{base}: no *.jsonl manifest and no audio with a .json beside it (not an Emilia split?)"
+        )
+
+
+READERS = {
+    "mini": read_mini,
+    "librispeech": read_librispeech,
+    "libritts": read_libritts,
+    "librilight": read_librilight,
+    "emilia": read_emilia,
+}
 
 
 def get_reader(corpus: str):
