@@ -153,7 +153,7 @@ def add_parsers(sub) -> None:
     s.add_argument(
         "--corpus",
         required=True,
-        help="mini, librispeech, libritts, iemocap, voxceleb1, speech_commands "
+        help="mini, librispeech, libritts, librilight, emilia, iemocap, voxceleb1, speech_commands "
         "(or any reader added to sitok.data.prep.READERS)",
     )
     s.add_argument("--root", required=True, help="corpus root (mini: the synthesised corpus dir)")
