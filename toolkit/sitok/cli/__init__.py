@@ -38,6 +38,9 @@ library function. Recipe stages call these commands; users can too.
     sitok report             the paper's tables and figures from evaluated experiments
 
 Run ``sitok COMMAND -h`` for a command's arguments and their defaults.
+
+Each command imports the library it runs inside its own function, so that ``sitok --help`` and
+the light commands (data-dir validation, stamps) start without importing torch or speechbrain.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ import time
 import speechbrain as sb
 import torch
 
-from sitok.train.checkpoints import use_weights_only_loaders
+from sitok.data.kaldi import allow_pipes
+from sitok.probes.data import durations
+from sitok.train.checkpoints import AtomicCheckpointer, use_weights_only_loaders
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +111,6 @@ def length_batches(hparams: dict, items, rate: float, shuffle: bool):
     ``rate`` positions per second, then ``text_positions_per_second`` for the text)."""
     from speechbrain.dataio.sampler import DynamicBatchSampler
 
-    from sitok.probes.data import durations
-
     dur = durations(hparams["dump_dir"], hparams["train_set"])
     missing = [u for u in items if u not in dur]
     if missing:
@@ -131,8 +131,6 @@ def start_run(argv: list[str]) -> tuple[dict, dict, float]:
     overrides, the DDP group joined under torchrun, the experiment directory created."""
     from hyperpyyaml import load_hyperpyyaml
 
-    from sitok.data.kaldi import allow_pipes
-
     t0 = time.time()
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     with open(hparams_file, encoding="utf-8") as fh:
@@ -150,8 +148,6 @@ def train(brain_class, model, hparams: dict, run_opts: dict, t0: float, train_se
     """Fit ``model`` with a ``brain_class`` (a SpeechLMBrain) on ``train_set`` batched by ``sampler``,
     validate on ``valid_set``; the best checkpoint (lowest validation loss) is loaded at the end.
     Returns the brain."""
-    from sitok.train.checkpoints import AtomicCheckpointer
-
     checkpointer = AtomicCheckpointer(
         hparams["save_folder"], recoverables={"model": model, "counter": hparams["epoch_counter"]}
     )
