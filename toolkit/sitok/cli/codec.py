@@ -130,7 +130,10 @@ def cmd_export(a) -> int:
 def cmd_dump_codes(a) -> int:
     from sitok.infer.sets import dump_codes
 
-    n = dump_codes(load_tokenizer(a), a.dump_dir, a.out_dir, progress=not a.no_progress)
+    if a.device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one device per rank
+        a.device = f"cuda:{os.environ['LOCAL_RANK']}"
+    tok = load_tokenizer(a)
+    n = dump_codes(tok, a.dump_dir, a.out_dir, a.batch_frames, not a.no_progress, a.part_utts)
     logger.info("%s/codes.scp: %d utterances", a.out_dir, n)
     return 0
 
@@ -297,10 +300,29 @@ def add_parsers(sub) -> None:
     s.add_argument("exp_dir", help="training experiment dir (train_config.json, save/)")
     s.add_argument("-o", "--output", default=None, help="output model directory (default: EXP_DIR/model)")
 
-    s = add_command(sub, "dump-codes", cmd_dump_codes, "codes of every utterance of a feature dump dir (stage 5)")
+    s = add_command(
+        sub,
+        "dump-codes",
+        cmd_dump_codes,
+        "codes of every utterance of a feature dump dir (stage 5); resumes after a kill, shares parts among "
+        "torchrun ranks",
+    )
     s.add_argument("dump_dir", help="feature dump dir (feats.scp)")
     s.add_argument("out_dir", help="output dir (codes.scp + ark)")
     _model_options(s, vocoder=False)
+    s.add_argument(
+        "--batch-frames",
+        type=positive_int,
+        default=20000,
+        help="padded mel frames per encoder batch (utterances sorted by length); lower it when the device "
+        "runs out of memory",
+    )
+    s.add_argument(
+        "--part-utts",
+        type=positive_int,
+        default=2000,
+        help="utterances per part, the unit kept by a killed run (OUT_DIR/.parts) and shared among torchrun ranks",
+    )
     s.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     s = add_command(
