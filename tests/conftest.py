@@ -130,22 +130,8 @@ def tiny_sitok(seed=0, **kw):
 
 def write_model_dir(path, seed=0, **kw):
     """A model directory of an untrained tiny SiTok (config.json, model.pt, cmvn.json), as export writes it."""
-    import json
+    from sitok.data.mel import GlobalCMVN
+    from sitok.models.loading import write_model_dir as write
 
-    import torch
-
-    from sitok.data.mel import GlobalCMVN, MelConfig
-
-    os.makedirs(path, exist_ok=True)
-    model = tiny_sitok(seed, **kw)
-    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(path, "model.pt"))
-    config = {
-        "format": "sitok-model-1",
-        "model": model.config.to_dict(),
-        "mel": MelConfig().to_dict(),
-        "parameters": model.num_parameters(),
-    }
-    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as fh:
-        json.dump(config, fh)
-    GlobalCMVN.paper().save(os.path.join(path, "cmvn.json"))
+    write(str(path), tiny_sitok(seed, **kw), cmvn=GlobalCMVN.paper())
     return str(path)

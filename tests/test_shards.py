@@ -5,18 +5,34 @@ import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import time
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from test_train import args, tiny_dump  # noqa: F401  (the module-scoped tiny recipe dump)
 from torch.utils.data import DataLoader
 
 from sitok import cli
 from sitok.data.kaldi import DataDir, DataDirError, read_mat, read_table
-from sitok.data.shards import ShardDataset, StreamState, collate, epoch_plan, padded_batch, read_index, write_shards
+from sitok.data.shards import (
+    ShardDataset,
+    ShardLoader,
+    StreamState,
+    collate,
+    epoch_plan,
+    padded_batch,
+    read_index,
+    worker_order,
+    write_shards,
+)
+from sitok.train.tokenizer import read_train_stats
 
-from conftest import write
+from conftest import run_one_thread, write
 
 N_UTTS = 36
 MEL_ATOL = 1e-5  # on-the-fly vs dumped log-mel of 16-bit sources; measured: 0 (identical)
@@ -259,3 +275,100 @@ def test_bad_data_dir_is_one_line_naming_the_file(corpus, tmp_path, caplog):
     assert line.startswith("write-shards: ") and bad in line and "\n" not in line
     with pytest.raises(FileNotFoundError, match="index.json: not found"):
         ShardDataset(str(tmp_path / "nothing"))
+
+
+def loader_batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return [list(b.id) for b in loader]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_equal_steps_per_rank_and_resume_by_batch_count(corpus, workers):
+    """ShardLoader: every rank gets the same number of batches (the fewest any rank's plan has),
+    and a loader resumed after k batches yields exactly the rest of the uninterrupted epoch."""
+    _, out, _ = corpus
+
+    def loader(rank):
+        ds = ShardDataset(out, features="none", seed=3, rank=rank, world_size=2, even=True, batch_seconds=2.0)
+        return ShardLoader(ds, num_workers=workers)
+
+    ranks = [loader(0), loader(1)]
+    plans = [[len(p) for p in ld._plans(r)] for r, ld in enumerate(ranks)]
+    assert len(ranks[0]) == len(ranks[1]) == min(sum(p) for p in plans) > 2
+    for epoch in (1, 2):
+        full = [loader_batches(ld, epoch) for ld in ranks]
+        assert [len(f) for f in full] == [len(ranks[0])] * 2
+        seen = [u for f in full for b in f for u in b]
+        assert len(seen) == len(set(seen))  # no sample twice in an epoch across ranks and workers
+        for r in range(2):
+            for k in (1, len(full[r]) - 1):
+                again = loader(r)
+                again.resume(epoch, k)
+                again.set_epoch(epoch)  # what the training loop calls next: keeps the resumption point
+                assert [list(b.id) for b in again] == full[r][k:], (epoch, r, k)
+    assert worker_order([3, 1, 2]) == [0, 1, 2, 0, 2, 0]
+
+
+def test_tokenizer_trains_from_shards(tiny_dump, tmp_path):  # noqa: F811
+    """The tiny tokenizer recipe reads the training audio from shards (log-mel on the fly) and
+    exports a model; the epoch's steps come from the shard plan."""
+    root, n = tiny_dump
+    shards = str(tmp_path / "shards")
+    write_shards(str(root / "data" / "train"), shards, max_count=5, progress=False)
+    exp = tmp_path / "exp"
+    r = run_one_thread(args(root, n, exp, epochs=2) + ["--train_shards", shards])
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (exp / "log.txt").read_text()
+    assert f"training data: {shards} (3 shards" in log and "streamed" in log
+    stats = read_train_stats(str(exp))
+    assert [s["epoch"] for s in stats] == [1, 2]
+    assert (exp / "model" / "model.pt").exists()
+
+
+def checkpointed_step(exp) -> int:
+    """The largest within-epoch step of the experiment's checkpoints (SpeechBrain's brain.ckpt)."""
+    steps = [0]
+    for f in (exp / "save").glob("CKPT+*/brain.ckpt"):
+        try:
+            steps.append(int(yaml.safe_load(f.read_text())["step"]))
+        except (OSError, TypeError, KeyError, ValueError, yaml.YAMLError):
+            pass  # being written
+    return max(steps)
+
+
+def test_training_from_shards_killed_mid_epoch_resumes_identically(tiny_dump, tmp_path):  # noqa: F811
+    """Checkpoints after every step; a run killed inside an epoch resumes at the next batch of the
+    stream (not at the epoch's start) and ends with the uninterrupted run's losses."""
+    root, n = tiny_dump
+    shards = str(tmp_path / "shards")
+    write_shards(str(root / "data" / "train"), shards, max_count=5, progress=False)
+    more = ["--train_shards", shards, "--ckpt_interval_steps", "1"]
+    ref, exp = tmp_path / "ref", tmp_path / "killed"
+    assert run_one_thread(args(root, n, ref, epochs=2) + more).returncode == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen(
+        args(root, n, exp, epochs=2) + more,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and checkpointed_step(exp) < 2:
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGKILL)  # after a checkpoint inside epoch 1
+    p.wait()
+    assert not (exp / "train_stats.jsonl").exists(), "the kill came after epoch 1: nothing mid-epoch to resume"
+    r = run_one_thread(args(root, n, exp, epochs=2) + more)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "epoch 1 resumed after" in (exp / "log.txt").read_text()
+    a, b = read_train_stats(str(ref)), read_train_stats(str(exp))
+    assert [s["epoch"] for s in b] == [1, 2]
+    # epoch 1's train averages cover only the batches after the resumption; the rest must agree
+    for x, y in zip(a, b):
+        assert x["valid"]["loss"] == pytest.approx(y["valid"]["loss"], rel=1e-6), x["epoch"]
+    for key in ("loss", "diff", "vq", "ctc"):
+        assert a[1]["train"][key] == pytest.approx(b[1]["train"][key], rel=1e-6, abs=1e-7), key
+    w_ref = torch.load(ref / "model" / "model.pt", weights_only=True)
+    w_exp = torch.load(exp / "model" / "model.pt", weights_only=True)
+    assert all(torch.allclose(w_ref[k], w_exp[k], rtol=1e-5, atol=1e-7) for k in w_ref)

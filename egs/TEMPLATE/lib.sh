@@ -8,7 +8,9 @@
 #   ${python}               the interpreter that runs `python -m sitok.stamp` (no torch import:
 #                           a check costs the digests only)
 #   ${stage} ${stop_stage}  the range run_stage tests
-# shellcheck disable=SC2154  # python, stage and stop_stage are the sourcing script's options
+#   ${num_nodes} ${node_rank} ${master_addr} ${master_port} ${rdzv_endpoint} ${rdzv_id}
+#                           the node options set_launcher passes to torch.distributed.run
+# shellcheck disable=SC2154  # python, stage, stop_stage and the node options are the sourcing script's
 
 # log MESSAGE...: one line, stamped with the time and the calling file, line and function
 log() {
@@ -50,4 +52,21 @@ train_or_skip() {
         mkdir -p "${exp}" && mark_done "${exp}/.started" "$@"
     fi
     [ ! -f "${model}/config.json" ]
+}
+
+# set_launcher NPROC: the array ${launcher[@]} that starts a training script: ${python} alone for
+# one process on one node, else torch.distributed.run with NPROC processes per node and the
+# sourcing script's node options: --rdzv_endpoint (c10d rendezvous, with --rdzv_id) when given,
+# else --num_nodes/--node_rank/--master_addr/--master_port (static rendezvous on node 0)
+set_launcher() {
+    local nproc=$1
+    [ "${nproc}" -ge 1 ] || nproc=1
+    launcher=("${python}")
+    [ "${nproc}" -gt 1 ] || [ "${num_nodes}" -gt 1 ] || return 0
+    launcher=("${python}" -m torch.distributed.run --nnodes "${num_nodes}" --nproc_per_node "${nproc}")
+    if [ -n "${rdzv_endpoint}" ]; then
+        launcher+=(--rdzv_backend c10d --rdzv_endpoint "${rdzv_endpoint}" --rdzv_id "${rdzv_id}")
+    else
+        launcher+=(--node_rank "${node_rank}" --master_addr "${master_addr}" --master_port "${master_port}")
+    fi
 }

@@ -13,7 +13,7 @@
 # Corpus locations: one variable per corpus in egs/db.sh (overridable from the environment),
 # which run.sh passes as --corpus_dir; --db_root DIR on the command line wins over both.
 set -euo pipefail
-# log, run_stage, is_done, mark_done, begin_work, train_or_skip (shared with the drivers in egs/*/sitok/)
+# log, run_stage, is_done, mark_done, begin_work, train_or_skip, set_launcher (shared with the drivers in egs/*/sitok/)
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SECONDS=0
 
@@ -43,7 +43,13 @@ ctc_upsample=1          # CTC frames per token (characters/phones at 12.5 Hz nee
 tokenizer_config=mini   # recipes/tokenizer/hparams/<name>.yaml (tiny|mini|S|B|L|XL) or a path to a YAML
 tokenizer_tag=          # experiment name (default: the config name): exp/tokenizer_<tag>
 tokenizer_args=         # extra hparams overrides, e.g. "--number_of_epochs 10 --ctc_weight 0"
-ngpu=0                  # > 1: torchrun --nproc_per_node ngpu (DDP)
+ngpu=0                  # > 1: torchrun --nproc_per_node ngpu (per node; DDP, or FSDP2 with --distributed_strategy fsdp in the args)
+num_nodes=1             # > 1: multi-node training (stages 4, 6-9, 15, 16): run the same command on every node
+node_rank=0             # static rendezvous: this node's rank, 0 .. num_nodes - 1
+master_addr=127.0.0.1   # static rendezvous: the address of node 0 ...
+master_port=29500       # ... and a free port there
+rdzv_endpoint=          # HOST:PORT: c10d rendezvous instead of the static one (node ranks assigned by it)
+rdzv_id=sitok           # c10d rendezvous: the job's id, the same on every node
 decode_steps="1 4 16"   # stage 5: candidate Euler steps for resynthesising the test sets ...
 decode_temperatures="0 1"  # ... and start-noise temperatures: the pair with the lowest mel L1 on
 decode_select_utts=100  #     this many utterances of the valid set is used (one candidate each: no selection)
@@ -91,6 +97,12 @@ progress=true           # progress bars
 help_message=$(cat <<EOF
 Usage: $0 [options]   (run from egs/<corpus>/sitok/)
 Corpus paths: egs/db.sh (one variable per corpus, also read from the environment) or --db_root DIR.
+
+Multi-GPU / multi-node training (stages 4, 6-9, 15, 16): --ngpu N runs N processes per node; with
+--num_nodes M run the same command on each of the M nodes, either with a static rendezvous
+(--node_rank 0..M-1 --master_addr NODE0 --master_port PORT) or with c10d (--rdzv_endpoint HOST:PORT
+--rdzv_id JOB, node ranks assigned). Experiment directories must be on a filesystem every node
+sees. egs/TEMPLATE/slurm.sh is an sbatch example.
 
 Stages:
   0  corpus       synthesise (mini) or locate (real corpora) the audio: local/corpus.sh
@@ -245,8 +257,7 @@ if run_stage 4; then
     else
         n_pieces=$(wc -l < "${lang_dir}/tokens.txt")
         log "Stage 4: train the tokenizer (${tokenizer_config_file}) -> ${tok_exp} (resumes from its last checkpoint)"
-        launcher=("${python}")
-        [ "${ngpu}" -gt 1 ] && launcher=("${python}" -m torch.distributed.run --nproc_per_node "${ngpu}")
+        set_launcher "${ngpu}"
         eval "tok_args=(${tokenizer_args})"
         "${launcher[@]}" "${toolkit_root}/recipes/tokenizer/train.py" "${tokenizer_config_file}" \
             --exp_dir "${tok_exp}" --dump_dir "${dumpdir}" --train_set "${train_set}" --valid_set "${valid_set}" \
@@ -349,8 +360,7 @@ for kind in decoder_ft token_cfg shortcut light_head; do
         else
             log "Stage ${refine_stage}: refine ${kind} from ${init} -> ${out} (${refine_config_file}; resumes from its last checkpoint)"
             eval "ref_args=(${refine_args})"
-            launcher=("${python}")
-            [ "${ngpu}" -gt 1 ] && launcher=("${python}" -m torch.distributed.run --nproc_per_node "${ngpu}")
+            set_launcher "${ngpu}"
             "${launcher[@]}" "${toolkit_root}/recipes/refine/train.py" "${refine_config_file}" --refine ${kind} \
                 --init_model "${init}" --exp_dir "${out}" --dump_dir "${dumpdir}" --train_set "${train_set}" \
                 --valid_set "${valid_set}" ${ref_args[@]+"${ref_args[@]}"}
@@ -628,7 +638,8 @@ if run_stage 15; then
         begin_work "${out}" "${st[@]}"
         log "Stage 15: LLM-ASR on ${name} (${feats}; ${a_train}/${a_valid}/${a_test}) -> ${out}"
         # shellcheck disable=SC2086
-        "${python}" "${toolkit_root}/recipes/llm_asr/train.py" "${asr_yaml}" --features "${feats}" \
+        set_launcher "${ngpu}"
+        "${launcher[@]}" "${toolkit_root}/recipes/llm_asr/train.py" "${asr_yaml}" --features "${feats}" \
             --model_dir "${mdir:-none}" --codes_root "${codes_root:-none}" --dump_dir "${dumpdir}" \
             --train_set "${a_train}" --valid_set "${a_valid}" --test_set "${a_test}" --exp_dir "${out}" \
             ${pb[@]+"${pb[@]}"} ${llm_asr_args} > "${out}.log" 2>&1 \
@@ -657,7 +668,8 @@ if run_stage 16; then
         begin_work "${out}" "${st[@]}"
         log "Stage 16: AR-TTS on ${t_train}/${t_valid}, synthesis of ${t_test} (prompts: same speaker${t_unseen:+, ${t_unseen}}) -> ${out}"
         # shellcheck disable=SC2086
-        "${python}" "${toolkit_root}/recipes/tts/train.py" "${tts_yaml}" --model_dir "${model_dir}" \
+        set_launcher "${ngpu}"
+        "${launcher[@]}" "${toolkit_root}/recipes/tts/train.py" "${tts_yaml}" --model_dir "${model_dir}" \
             --codes_root "${tok_exp}/codes" --dump_dir "${dumpdir}" --train_set "${t_train}" --valid_set "${t_valid}" \
             --test_set "${t_test}" --unseen_set "${t_unseen:-null}" --judge_lm "${lang_dir}/judge_lm.arpa" \
             --exp_dir "${out}" ${pb[@]+"${pb[@]}"} ${tts_args} > "${out}.log" 2>&1 \

@@ -570,6 +570,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.features, self.return_wav, self.device = features, return_wav, torch.device(device)
         self._resume: StreamState | None = None
         self._frontend: MelFrontend | None = None
+        self.worker_rotation = 0  # see slice_layout (a resumed ShardLoader sets it)
 
     # ---- epochs and resumption ---------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -592,10 +593,11 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return side["durations"]
 
     def slice_layout(self) -> tuple[int, int]:
-        """(slice id, number of slices) of the calling process (a DataLoader worker or not)."""
+        """(slice id, number of slices) of the calling process (a DataLoader worker or not);
+        DataLoader worker ``j`` reads the rank's slice ``(j + worker_rotation) % workers``."""
         info = torch.utils.data.get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
+        return self.rank * workers + (worker + self.worker_rotation) % workers, self.world_size * workers
 
     def plan(self, slice_id: int, num_slices: int) -> tuple[list, list[int]]:
         """This epoch's batches of slice ``slice_id`` after what the resumption state consumed."""
@@ -733,3 +735,94 @@ def padded_batch(samples):
         samples = [samples]
     keys = [k for k in ("id", "mel", "tokens", "duration") if k in samples[0]]
     return PaddedBatch([{k: s[k] for k in keys} for s in samples])
+
+
+# ---------------------------------------------------------------------------------------
+# Training loader: equal batch counts on every rank, resumable by batch count
+# ---------------------------------------------------------------------------------------
+
+
+def worker_order(counts: list[int]) -> list[int]:
+    """The worker of each batch, in the order a DataLoader over an iterable dataset returns them:
+    round robin over the workers, an exhausted worker left out (``counts``: batches per worker)."""
+    left, order = list(counts), []
+    while any(left):
+        for w, n in enumerate(left):
+            if n:
+                order.append(w)
+                left[w] -= 1
+    return order
+
+
+class ShardLoader(torch.utils.data.DataLoader):
+    """The DataLoader a training loop iterates over shards: dynamic batches of a
+    :class:`ShardDataset` from ``num_workers`` workers, collated by ``collate_fn``.
+
+    Data-parallel ranks must run the same number of steps, but dynamic batching gives the ranks'
+    plans different batch counts; every rank therefore stops the epoch after the fewest batches any
+    rank's plan has (``len(loader)``, computed from the index alone, the same on every rank). The
+    samples left over are a few batches' worth; the next epoch reshuffles everything.
+
+    Resumption needs one number, the same on every rank: the batches done in the epoch. From it
+    each rank recomputes which of its samples were consumed (:func:`worker_order`) and skips them
+    (:meth:`resume`), so a resumed epoch continues with exactly the batches an uninterrupted one
+    would have given. Call :meth:`set_epoch` before each epoch."""
+
+    def __init__(self, dataset: ShardDataset, num_workers: int = 0, collate_fn: Callable = padded_batch):
+        if dataset.batch_seconds is None:
+            raise ValueError("ShardLoader: the dataset needs batch_seconds (dynamic batches)")
+        # its own generator: starting an iterator draws a seed, which must not move the global RNG
+        # (a resumed epoch starts its iterator at another point of the training's random stream)
+        gen = torch.Generator().manual_seed(dataset.seed)
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=collate_fn, generator=gen)
+        self.start, self.num_batches = 0, 0
+        self.set_epoch(dataset.epoch)
+
+    def _plans(self, rank: int) -> list[list]:
+        """Rank ``rank``'s batches of this epoch, per worker, from the epoch's beginning."""
+        ds, workers = self.dataset, max(1, self.num_workers)
+        saved, ds._resume = ds._resume, None
+        try:
+            return [ds.plan(rank * workers + w, ds.world_size * workers)[0] for w in range(workers)]
+        finally:
+            ds._resume = saved
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (at the resumption point when :meth:`resume` named this epoch)."""
+        if epoch != self.dataset.epoch or self.dataset._resume is None:
+            self.start, self.dataset.worker_rotation = 0, 0
+        self.dataset.set_epoch(epoch)
+        counts = [sum(len(p) for p in self._plans(r)) for r in range(self.dataset.world_size)]
+        self.num_batches = min(counts)
+        if max(counts) > self.num_batches:
+            logger.debug("epoch %d: ranks planned %s batches; every rank takes %d", epoch, counts, self.num_batches)
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Continue epoch ``epoch`` after its first ``batches_done`` batches."""
+        ds, workers = self.dataset, max(1, self.num_workers)
+        ds._resume = None
+        self.set_epoch(epoch)
+        plans = self._plans(ds.rank)
+        consumed: dict[int, int] = {}
+        pulled = [0] * workers
+        order = worker_order([len(p) for p in plans])
+        for w in order[:batches_done]:
+            consumed[ds.rank * workers + w] = consumed.get(ds.rank * workers + w, 0) + len(plans[w][pulled[w]])
+            pulled[w] += 1
+        ds.load_state_dict(StreamState(epoch, ds.world_size * workers, consumed))
+        # a new DataLoader starts its round robin at worker 0: let worker 0 read the slice whose
+        # batch comes next, so the rest of the epoch arrives in the uninterrupted order
+        ds.worker_rotation = order[batches_done] if batches_done < len(order) else 0
+        self.start = min(batches_done, self.num_batches)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        left, self.start = self.num_batches - self.start, 0
+        if left <= 0:
+            return
+        for i, batch in enumerate(super().__iter__()):
+            yield batch
+            if i + 1 >= left:
+                return

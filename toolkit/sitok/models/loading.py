@@ -21,15 +21,51 @@ import json
 import os
 import pickle
 import re
+import shutil
 from collections.abc import Callable
 
 import torch
 import yaml
 
-from sitok.data.mel import MelConfig
+from sitok.data.mel import GlobalCMVN, MelConfig
+from sitok.fileio import atomic_dir, write_text_atomic
 from sitok.models.sitok import SiTok, SiTokConfig
 
 MODEL_FORMAT = "sitok-model-1"
+
+
+def write_model_dir(
+    out_dir: str,
+    model: SiTok,
+    *,
+    cmvn: str | GlobalCMVN,
+    state: dict | None = None,
+    sp_model: str | None = None,
+    extra: dict | None = None,
+) -> str:
+    """A model directory: ``config.json`` (plain data: the model and mel configs, the parameter
+    count and ``extra`` fields), ``model.pt`` (a state dict loadable with ``weights_only=True``;
+    ``state`` when the model itself holds shards), ``cmvn.json`` (a file copied or a
+    GlobalCMVN saved) and ``sp.model`` when given. Written in a temporary directory and renamed,
+    so a reader never sees a partial model."""
+    with atomic_dir(out_dir) as tmp:
+        weights = {k: v.detach().cpu().contiguous() for k, v in (state or model.state_dict()).items()}
+        torch.save(weights, os.path.join(tmp, "model.pt"))
+        if isinstance(cmvn, GlobalCMVN):
+            cmvn.save(os.path.join(tmp, "cmvn.json"))
+        else:
+            shutil.copy(cmvn, os.path.join(tmp, "cmvn.json"))
+        if sp_model:
+            shutil.copy(sp_model, os.path.join(tmp, "sp.model"))
+        config = {
+            "format": MODEL_FORMAT,
+            "model": model.config.to_dict(),
+            "mel": MelConfig().to_dict(),
+            "parameters": model.num_parameters(),
+            **(extra or {}),
+        }
+        write_text_atomic(os.path.join(tmp, "config.json"), json.dumps(config, indent=1) + "\n")
+    return out_dir
 
 
 def check_format(found, newest: str, where: str, missing_ok: bool = False) -> None:

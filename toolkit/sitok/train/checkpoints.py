@@ -96,3 +96,21 @@ class AtomicCheckpointer(sb_checkpoints.Checkpointer):
             super()._save_checkpoint_metafile(tmp, meta, end_of_epoch)
             os.replace(tmp, fpath)
         return ckpt
+
+
+def atomic_checkpointer(ckpt: sb_checkpoints.Checkpointer) -> AtomicCheckpointer:
+    """``ckpt`` as an AtomicCheckpointer: the same directory, recoverables and hooks, its meta file
+    written last (needed when a recoverable is saved by every rank: the checkpoint must not be
+    listed before the last rank has finished writing)."""
+    if isinstance(ckpt, AtomicCheckpointer):
+        return ckpt
+    atomic = AtomicCheckpointer(ckpt.checkpoints_dir, allow_partial_load=ckpt.allow_partial_load)
+    for name, obj in ckpt.recoverables.items():
+        atomic.add_recoverable(
+            name,
+            obj,
+            custom_load_hook=ckpt.custom_load_hooks.get(name),
+            custom_save_hook=ckpt.custom_save_hooks.get(name),
+            optional_load=ckpt.optional_recoverables.get(name, False),
+        )
+    return atomic

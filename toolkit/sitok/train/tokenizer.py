@@ -29,7 +29,6 @@ import logging
 import os
 import pickle
 import random
-import shutil
 import time
 from collections import defaultdict
 
@@ -39,12 +38,24 @@ import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 from sitok.data.kaldi import allow_pipes, check_rxspec, read_mat
-from sitok.data.mel import GlobalCMVN, MelConfig
-from sitok.fileio import atomic_dir, write_text_atomic
+from sitok.data.mel import GlobalCMVN
+from sitok.data.shards import ShardDataset, ShardLoader, read_index
+from sitok.fileio import write_text_atomic
 from sitok.models import SiTok, SiTokConfig
-from sitok.models.loading import build_checked, load_weights, parse_config, read_config
+from sitok.models.loading import build_checked, load_weights, parse_config, read_config, write_model_dir
 from sitok.quantizers import CodebookUsage
-from sitok.train.checkpoints import use_weights_only_loaders
+from sitok.train.checkpoints import atomic_checkpointer, use_weights_only_loaders
+from sitok.train.distributed import (
+    SHARDED_NAME,
+    ShardedTrainState,
+    check_strategy,
+    full_model_state,
+    full_tensor,
+    grads_finite_or_dropped,
+    is_sharded,
+    load_sharded_model,
+    shard_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +70,10 @@ def dataio_prepare(hparams: dict):
     from speechbrain.dataio.dataset import DynamicItemDataset
     from speechbrain.dataio.sampler import DynamicBatchSampler
 
-    for key in ("train_csv", "valid_csv", "cmvn_file", "sp_model"):
+    shards = hparams.get("train_shards")
+    for key in (
+        ("valid_csv", "cmvn_file", "sp_model") if shards else ("train_csv", "valid_csv", "cmvn_file", "sp_model")
+    ):
         if not os.path.exists(hparams[key]):
             raise FileNotFoundError(f"{key}: {hparams[key]} not found (run the recipe's stages 1-3 first)")
     cmvn = GlobalCMVN.load(hparams["cmvn_file"])
@@ -76,7 +90,7 @@ def dataio_prepare(hparams: dict):
         return torch.LongTensor(sp.encode(wrd))
 
     datasets, stats = {}, {}
-    for name in ("train", "valid"):
+    for name in ("valid",) if shards else ("train", "valid"):
         csv, keys = hparams[f"{name}_csv"], ["id", "mel", "tokens", "duration"]
         ds = DynamicItemDataset.from_csv(csv, dynamic_items=[mel_pipeline, text_pipeline], output_keys=keys)
         for uid in ds.data_ids:
@@ -88,6 +102,8 @@ def dataio_prepare(hparams: dict):
         if n - len(ds):
             logger.warning("%s: %d utterances longer than %.1f s left out", csv, n - len(ds), hparams["max_duration"])
         datasets[name] = ds
+    if shards:
+        return shard_data(hparams, cmvn, sp, datasets, stats)
     sampler = DynamicBatchSampler(
         datasets["train"],
         max_batch_length=hparams["batch_seconds"],
@@ -101,6 +117,41 @@ def dataio_prepare(hparams: dict):
     train = datasets["train"]
     stats["train_hours"] = round(sum(float(train.data[i]["duration"]) for i in train.data_ids) / 3600, 3)
     return datasets, sampler, stats
+
+
+def shard_data(hparams: dict, cmvn: GlobalCMVN, sp, datasets: dict, stats: dict):
+    """Training data streamed from WebDataset shards (``train_shards``) with the log-mel computed on
+    the fly: a :class:`ShardLoader` (the train "set" and the sampler whose ``set_epoch`` the Brain
+    calls), and for the k-means codebook start the first batches of the stream as rank 0 sees them
+    (the same frames on every rank)."""
+    shard_dir = hparams["train_shards"]
+
+    def stream(rank=None, world_size=None):
+        return ShardDataset(
+            shard_dir,
+            cmvn=cmvn,
+            tokenize=sp.encode,
+            seed=hparams["seed"],
+            epoch=1,
+            rank=rank,
+            world_size=world_size,
+            even=True,
+            shuffle_buffer=int(hparams.get("shuffle_buffer", 2000)),
+            batch_seconds=hparams["batch_seconds"],
+            max_batch_size=int(hparams.get("max_batch_size", 10**9)),
+        )
+
+    loader = ShardLoader(stream(), num_workers=hparams["num_workers"])
+    index = read_index(shard_dir)
+    datasets["train"] = loader
+    datasets["kmeans"] = ShardLoader(stream(0, 1), num_workers=0)
+    stats["train_utterances"] = index["utterances"]
+    stats["train_batches_per_epoch"] = len(loader)
+    stats["train_hours"] = round(index["seconds"] / 3600, 3)
+    logger.info(
+        "training data: %s (%d shards, %.2f h), streamed", shard_dir, len(index["shards"]), index["seconds"] / 3600
+    )
+    return datasets, loader, stats
 
 
 # ---- recoverables ------------------------------------------------------------------------------
@@ -193,6 +244,9 @@ class TokenizerBrain(sb.Brain):
 
     def on_fit_start(self):
         use_weights_only_loaders()  # before super() recovers the last checkpoint
+        # the meta file written last: a kill while saving (or, under FSDP, a rank still writing its
+        # shards) leaves no checkpoint that looks complete
+        self.checkpointer = atomic_checkpointer(self.checkpointer)
         self.checkpointer.add_recoverable("rng", RNGState())
         hp = self.hparams
         n_batches = self.data_stats.get("train_batches_per_epoch", 1)
@@ -222,6 +276,43 @@ class TokenizerBrain(sb.Brain):
                 "content-first schedule: the first %.0f %% of the steps train without the VQ", 100 * self.plan.fraction
             )
         self.train_start = time.time()
+
+    # ---- distributed strategy ------------------------------------------------------------
+    @property
+    def strategy(self) -> str:
+        """``distributed_strategy`` of the hparams: ddp (default) or fsdp (``sitok.train.distributed``)."""
+        return check_strategy(str(getattr(self.hparams, "distributed_strategy", "ddp")))
+
+    def _wrap_distributed(self):
+        """ddp: SpeechBrain's DistributedDataParallel. fsdp: FSDP2 sharding of every module that
+        trains (blocks, then root; mixed precision with ``precision: bf16``)."""
+        if self.strategy != "fsdp":
+            return super()._wrap_distributed()
+        if not self.distributed_launch:  # one process: nothing to shard; checkpoints are DCP all the same
+            logger.info("distributed_strategy fsdp without torchrun: one process, the model is not sharded")
+            return
+        for module in self.modules.values():
+            if any(p.requires_grad for p in module.parameters()):
+                shard_model(module, precision=self.precision)
+
+    def init_optimizers(self):
+        """fsdp: model and optimiser are checkpointed together as one DCP checkpoint written by
+        every rank (``sharded.ckpt/``), instead of SpeechBrain's files written by the main process."""
+        super().init_optimizers()
+        if self.strategy != "fsdp" or self.checkpointer is None:
+            return
+        ours = [self.optimizer, *self.modules.values()]
+        for name, obj in list(self.checkpointer.recoverables.items()):
+            if any(obj is o for o in ours):
+                del self.checkpointer.recoverables[name]
+        self.checkpointer.add_recoverable(SHARDED_NAME, ShardedTrainState(self.modules, self.optimizer))
+
+    def check_gradients(self):
+        """fsdp: a gradient with a non-finite value in any rank's shard is dropped on every rank."""
+        if self.strategy != "fsdp":
+            return super().check_gradients()
+        if dropped := grads_finite_or_dropped(self.modules.parameters()):
+            logger.warning("%d gradients contain NaN or Inf: set to None on every rank", dropped)
 
     # ---- schedule ------------------------------------------------------------------------
     @property
@@ -261,11 +352,15 @@ class TokenizerBrain(sb.Brain):
         if not hasattr(q, "init_kmeans") or self.kmeans_data is None:
             return
         want, ds = int(getattr(hp, "kmeans_frames", 20000)), self.kmeans_data
-        order = random.Random(hp.seed).sample(range(len(ds)), len(ds))
+        if isinstance(ds, torch.utils.data.DataLoader):  # a stream (shards): its first batches
+            batches = iter(ds)
+        else:
+            order = random.Random(hp.seed).sample(range(len(ds)), len(ds))
+            batches = (PaddedBatch([ds[i] for i in order[s : s + 16]]) for s in range(0, len(order), 16))
         frames, n = [], 0
         self.modules.eval()
-        for s in range(0, len(order), 16):
-            batch = PaddedBatch([ds[i] for i in order[s : s + 16]]).to(self.device)
+        for batch in batches:
+            batch = batch.to(self.device)
             mel, rel = batch.mel
             z, mask = self.model.encode_latents(mel, (rel * mel.shape[1]).round().long())
             frames.append(z[mask].float())
@@ -322,6 +417,9 @@ class TokenizerBrain(sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         self._acc = defaultdict(float)
         self._t0 = time.time()
+        if stage == sb.Stage.TRAIN and self.step > 0 and isinstance(self.train_sampler, ShardLoader):
+            self.train_sampler.resume(epoch, self.step)  # a run resumed mid-epoch: skip what was trained on
+            logger.info("epoch %d resumed after %d of %d batches", epoch, self.step, len(self.train_sampler))
         if stage != sb.Stage.TRAIN:
             self._usage = CodebookUsage(self.model.config.codebook_size, self.model.config.num_codebooks)
 
@@ -394,7 +492,7 @@ def run_recipe(argv: list[str], brain_class: type) -> None:
     datasets, train_sampler, stats = dataio_prepare(hparams)
     brain = brain_class(hparams["modules"], hparams["opt_class"], hparams, run_opts, hparams["checkpointer"])
     brain.data_stats = stats
-    brain.kmeans_data = datasets["train"]
+    brain.kmeans_data = datasets.get("kmeans", datasets["train"])
     brain.train_sampler = train_sampler  # Brain calls set_epoch(): batches depend on (seed, epoch) only
     brain.fit(
         brain.hparams.epoch_counter,
@@ -403,9 +501,10 @@ def run_recipe(argv: list[str], brain_class: type) -> None:
         train_loader_kwargs={"batch_sampler": train_sampler, "num_workers": hparams["num_workers"]},
         valid_loader_kwargs={"batch_size": 8, "num_workers": hparams["num_workers"]},
     )
-    check_ranks_agree(brain.model)  # DDP: every rank must hold the same weights and codebook
+    check_ranks_agree(brain.model)  # every rank must hold the same weights and codebook
+    state = full_model_state(brain.model, rank0_only=True) if is_sharded(brain.model) else None  # collective
     if sb.utils.distributed.if_main_process():
-        export_model_dir(brain, hparams, os.path.join(hparams["exp_dir"], "model"))
+        export_model_dir(brain, hparams, os.path.join(hparams["exp_dir"], "model"), state=state)
 
 
 def read_train_stats(exp_dir: str) -> list[dict]:
@@ -420,19 +519,21 @@ def read_train_stats(exp_dir: str) -> list[dict]:
 
 def check_ranks_agree(model: torch.nn.Module) -> None:
     """Under torch.distributed: all-gather a checksum of every parameter and buffer (EMA codebook
-    included) and raise if any rank differs; logs the verdict. No-op when not distributed."""
+    included) and raise if any rank differs; logs the verdict. No-op when not distributed. Under
+    FSDP the checksums are of the full (unsharded) tensors, gathered one at a time."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return
+    kind = "FSDP" if is_sharded(model) else "DDP"
     state = model.state_dict()
-    sums = torch.stack([v.detach().double().sum() for v in state.values()])  # [n_tensors]
+    sums = torch.stack([full_tensor(v).detach().double().sum() for v in state.values()])  # [n_tensors]
     gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, sums)
     agree = all(torch.equal(g, gathered[0]) for g in gathered)
-    logger.info("DDP: %d ranks, weights and codebooks identical across ranks: %s", len(gathered), agree)
+    logger.info("%s: %d ranks, weights and codebooks identical across ranks: %s", kind, len(gathered), agree)
     if not agree:
-        raise RuntimeError("DDP ranks ended with different weights or codebooks")
+        raise RuntimeError(f"{kind} ranks ended with different weights or codebooks")
 
 
 # ---- export ------------------------------------------------------------------------------------
@@ -487,35 +588,29 @@ def export_checkpoint(exp_dir: str, out_dir: str | None = None) -> str:
     ckpt = Checkpointer(save_dir).find_checkpoint() if os.path.isdir(save_dir) else None  # the most recent
     if ckpt is None:
         raise FileNotFoundError(f"{save_dir}: no checkpoint to export")
-    weights = os.path.join(ckpt.path, "model.ckpt")
-    model = build_checked(lambda: SiTok(model_cfg), load_weights(weights), weights, path)
+    weights, sharded = os.path.join(ckpt.path, "model.ckpt"), os.path.join(ckpt.path, SHARDED_NAME + ".ckpt")
+    if not os.path.exists(weights) and os.path.isdir(sharded):  # distributed_strategy fsdp: DCP shards
+        model = load_sharded_model(sharded, SiTok(model_cfg))
+    else:
+        model = build_checked(lambda: SiTok(model_cfg), load_weights(weights), weights, path)
     holder = SimpleNamespace(model=model)  # the part of a Brain that export_model_dir reads
     out = export_model_dir(holder, config, out_dir or os.path.join(exp_dir, "model"))
     logger.info("exported checkpoint %s (epoch %s)", ckpt.path, ckpt.meta.get("epoch"))
     return out
 
 
-def export_model_dir(brain: TokenizerBrain, hparams: dict, out_dir: str) -> str:
+def export_model_dir(brain: TokenizerBrain, hparams: dict, out_dir: str, state: dict | None = None) -> str:
     """Write a model directory: ``config.json`` (plain data), ``model.pt`` (state dict, loadable
     with ``weights_only=True``), ``cmvn.json``, ``sp.model``. Written to a temporary directory
-    and renamed, so a reader never sees a partial model."""
-    model = brain.model
-    with atomic_dir(out_dir) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        torch.save(state, os.path.join(tmp, "model.pt"))
-        shutil.copy(hparams["cmvn_file"], os.path.join(tmp, "cmvn.json"))
-        shutil.copy(hparams["sp_model"], os.path.join(tmp, "sp.model"))
-        config = {
-            "format": "sitok-model-1",
-            "model": model.config.to_dict(),
-            "mel": MelConfig().to_dict(),
-            "parameters": model.num_parameters(),
-            "trained_on": hparams["train_csv"],
-        }
-        if hparams.get("refine"):  # lineage, read by ``sitok report`` (e.g. R + D = refine "diffusion")
-            config["refine"] = {"kind": hparams["refine"], "init_model": hparams.get("init_model")}
-            if hparams.get("decoder_overrides"):
-                config["refine"]["decoder_overrides"] = dict(hparams["decoder_overrides"])
-        write_text_atomic(os.path.join(tmp, "config.json"), json.dumps(config, indent=1) + "\n")
+    and renamed, so a reader never sees a partial model. ``state``: the model's full state dict
+    when the model itself holds shards (FSDP; ``full_model_state``)."""
+    extra = {"trained_on": hparams["train_csv"]}
+    if hparams.get("refine"):  # lineage, read by ``sitok report`` (e.g. R + D = refine "diffusion")
+        extra["refine"] = {"kind": hparams["refine"], "init_model": hparams.get("init_model")}
+        if hparams.get("decoder_overrides"):
+            extra["refine"]["decoder_overrides"] = dict(hparams["decoder_overrides"])
+    write_model_dir(
+        out_dir, brain.model, cmvn=hparams["cmvn_file"], state=state, sp_model=hparams["sp_model"], extra=extra
+    )
     logger.info("exported %s", out_dir)
     return out_dir

@@ -1,0 +1,140 @@
+"""Scale-out of tokenizer training (sitok.train.distributed): FSDP2 trains like DDP, sharded DCP
+checkpoints load on another number of processes, and the recipe runs as 2 nodes x 2 processes
+(two torchrun launches on localhost, --nnodes 2 --node-rank 0/1), then resumes on 1 node."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_train import args, tiny_dump  # noqa: F401  (the module-scoped tiny recipe dump)
+
+from sitok.data.shards import write_shards
+from sitok.train.tokenizer import export_checkpoint, read_train_stats
+
+from conftest import ROOT, run_one_thread
+
+DRIVER = os.path.join(ROOT, "tests", "scale_driver.py")
+STEPS = 20
+LOSS_RTOL = 1e-5  # fp32: all-reduce (DDP) and reduce-scatter (FSDP) sum the same numbers in other orders
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*launch: str) -> list:
+    return [sys.executable, "-m", "torch.distributed.run", *launch]
+
+
+@pytest.fixture(scope="module")
+def ddp_and_fsdp(tmp_path_factory):
+    """The driver's 2-process run: per-step losses of DDP and FSDP2, FSDP2's DCP checkpoint and full state."""
+    out = tmp_path_factory.mktemp("scale")
+    cmd = torchrun("--nproc_per_node", "2", "--master_port", str(free_port()), DRIVER, str(out), str(STEPS))
+    r = run_one_thread(cmd, timeout=300, cwd=str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_fsdp_losses_match_ddp(ddp_and_fsdp):
+    losses = json.loads((ddp_and_fsdp / "losses.json").read_text())
+    assert len(losses["ddp"]) == len(losses["fsdp"]) == STEPS
+    assert losses["ddp"][-1] < losses["ddp"][0]  # it learns
+    for step, (a, b) in enumerate(zip(losses["ddp"], losses["fsdp"])):
+        assert b == pytest.approx(a, rel=LOSS_RTOL), step
+
+
+def test_sharded_checkpoint_from_2_processes_loads_in_1(ddp_and_fsdp):
+    """The DCP checkpoint written by 2 ranks, loaded into a plain (unsharded) model and AdamW,
+    equals the full state gathered when it was written: weights, EMA codebook, optimiser moments."""
+    from hyperpyyaml import load_hyperpyyaml
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from sitok.models import SiTok
+    from sitok.train.distributed import ShardedTrainState
+
+    full = torch.load(ddp_and_fsdp / "full.pt", weights_only=True)
+    tiny = os.path.join(ROOT, "recipes", "tokenizer", "hparams", "tiny.yaml")
+    with open(tiny, encoding="utf-8") as fh:
+        hp = load_hyperpyyaml(fh, {"exp_dir": str(ddp_and_fsdp / "exp1"), "vocab_size": 20, "seed": 7})
+    modules = torch.nn.ModuleDict({"model": SiTok(hp["model_config"])})  # other weights than the saved ones
+    opt = hp["opt_class"](modules.parameters())
+    ShardedTrainState(modules, opt).load(ddp_and_fsdp / "sharded.ckpt")
+    model_state, optim_state = get_state_dict(modules, opt)
+    assert model_state.keys() == full["model"].keys()
+    assert "model.quantizer.embed" in model_state and "model.quantizer.cluster_size" in model_state
+    for k, v in full["model"].items():
+        assert torch.equal(model_state[k], v), k
+    moments = 0
+    for name, st in full["optim"]["state"].items():
+        for key, v in st.items():
+            assert torch.equal(optim_state["state"][name][key], v), (name, key)
+            moments += key in ("exp_avg", "exp_avg_sq")
+    assert moments == 2 * len(full["model"]) - 2 * sum(k.startswith("model.quantizer.") for k in full["model"])
+    assert optim_state["param_groups"][0]["lr"] == full["optim"]["param_groups"][0]["lr"]
+
+
+def test_recipe_two_nodes_then_resume_on_one(tiny_dump):  # noqa: F811
+    """2 nodes x 2 processes (FSDP2, audio streamed from shards) train 2 epochs and checkpoint; the last
+    checkpoint (DCP, 4 shards) exports in one process to the weights the run exported, and a
+    run on 1 node x 2 processes resumes from it (DCP reshards 4 -> 2) to the same weights."""
+    root, n = tiny_dump
+    exp = root / "exp_2x2"
+    shards = str(root / "shards_2x2")  # the training audio streamed from shards, the mel computed on the fly
+    write_shards(str(root / "data" / "train"), shards, max_count=4, progress=False)
+    fsdp = ["--distributed_strategy", "fsdp", "--distributed_backend", "gloo", "--train_shards", shards]
+    recipe = args(root, n, exp, epochs=2)[1:] + fsdp
+    # two "nodes" on localhost, static rendezvous: node 0 hosts the store (egs/TEMPLATE/slurm.sh
+    # uses c10d across real nodes)
+    rdzv = ["--nnodes", "2", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    nodes = [
+        subprocess.Popen(
+            torchrun(*rdzv, "--node-rank", str(i), *recipe),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for i in (0, 1)
+    ]
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in nodes]
+    finally:
+        for p in nodes:  # a node left waiting for the other one is not left behind
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert [p.returncode for p in nodes] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    log = (exp / "log.txt").read_text()
+    assert "FSDP: 4 ranks, weights and codebooks identical across ranks: True" in log
+    assert [s["epoch"] for s in read_train_stats(str(exp))] == [1, 2]
+    ckpts = sorted((exp / "save").glob("CKPT+*"), key=lambda d: (d / "CKPT.yaml").stat().st_mtime)
+    assert len(ckpts) == 2 and all((d / "CKPT.yaml").exists() for d in ckpts)
+    sharded = ckpts[-1] / "sharded.ckpt"
+    assert (sharded / ".metadata").exists() and len(list(sharded.glob("*.distcp"))) == 4
+    assert not (ckpts[-1] / "model.ckpt").exists() and not (ckpts[-1] / "optimizer.ckpt").exists()
+    final = torch.load(exp / "model" / "model.pt", weights_only=True)
+    out = export_checkpoint(str(exp), str(root / "export_2x2"))  # one process reads the 4 shards
+    exported = torch.load(os.path.join(out, "model.pt"), weights_only=True)
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)
+
+    # 1 node x 2 processes on the same experiment: the last checkpoint is resumed (4 shards
+    # resharded to 2), no epoch is left to train, and the weights exported are the same again
+    shutil.rmtree(exp / "model")
+    resume = args(root, n, exp, epochs=2)[1:] + fsdp
+    r = run_one_thread(torchrun("--nproc_per_node", "2", "--master_port", str(free_port()), *resume), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (exp / "log.txt").read_text()
+    assert f"Loading a checkpoint from {ckpts[-1]}" in log
+    assert "FSDP: 2 ranks, weights and codebooks identical across ranks: True" in log
+    again = torch.load(exp / "model" / "model.pt", weights_only=True)
+    assert again.keys() == final.keys() and all(torch.equal(again[k], final[k]) for k in final)
