@@ -6,6 +6,11 @@ with ``vector-quantize-pytorch`` at equal sizes.
 
     python benchmarks/train_throughput.py [--config mini] [--steps 20] [--quick]
         [--manifest egs/mini/sitok/dump/train/manifest.csv]
+    python benchmarks/train_throughput.py --config L --device cuda --precision bf16 [--compile]
+
+On a GPU the step runs under bf16 autocast with fused AdamW (``--precision bf16``), optionally
+``torch.compile``d, and the MFU denominator is a measured bf16 matmul peak of that device (or
+``--peak-tflops``, e.g. the data-sheet dense figure).
 
 The last line is JSON (audio_seconds_per_second, mfu, padding_efficiency, ...). Never asserted
 on by tests. Optional comparison packages: pip install -r tools/requirements-bench.txt
@@ -23,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+CPU = torch.device("cpu")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "toolkit"))
 
@@ -32,10 +38,21 @@ from sitok.models import SiTok, SiTokConfig  # noqa: E402
 from sitok.models.loading import load_model_config  # noqa: E402
 
 
-def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
-    """Measured fp32 matmul FLOP/s on this machine (the MFU denominator)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    t = best_time(lambda: [a @ b for _ in range(4)], warmup=2, repeats=repeats)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(n: int = 1024, repeats: int = 5, device=CPU, dtype=torch.float32) -> float:
+    """Measured matmul FLOP/s of ``dtype`` on ``device`` (the MFU denominator)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+    def run():
+        for _ in range(4):
+            a @ b
+        sync(device)
+
+    t = best_time(run, warmup=2, repeats=repeats)
     return 4 * 2 * n**3 / t
 
 
@@ -76,7 +93,7 @@ def train_step_flops(model: SiTok, mel, lengths, targets, target_lengths) -> flo
     return float(counter.get_total_flops())
 
 
-def make_batch(durs: list[float], idx: list[int], vocab: int, seed: int = 0):
+def make_batch(durs: list[float], idx: list[int], vocab: int, seed: int = 0, device=CPU):
     g = torch.Generator().manual_seed(seed)
     frames = [int(round(durs[i] * 50)) for i in idx]
     t = max(frames)
@@ -84,32 +101,50 @@ def make_batch(durs: list[float], idx: list[int], vocab: int, seed: int = 0):
     lengths = torch.tensor(frames)
     u = max(1, int(t / 50 * 4))  # ~4 units per second
     targets = torch.randint(1, vocab, (len(idx), u), generator=g)
-    return mel, lengths, targets, torch.full((len(idx),), u)
+    return tuple(x.to(device) for x in (mel, lengths, targets, torch.full((len(idx),), u)))
 
 
-def bench_training(cfg: SiTokConfig, durs, batch_seconds, num_buckets, steps) -> dict:
+def bench_training(
+    cfg: SiTokConfig,
+    durs,
+    batch_seconds,
+    num_buckets,
+    steps,
+    device=CPU,
+    precision: str = "fp32",
+    compile_model: bool = False,
+) -> dict:
+    """Timed optimiser steps on dynamic batches of these durations (random mel and targets).
+    ``precision`` bf16: autocast on the device (the weights and AdamW states stay fp32)."""
     torch.manual_seed(0)
-    model = SiTok(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = SiTok(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    step_model = torch.compile(model) if compile_model else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     eff, batches = padding_efficiency(durs, batch_seconds, num_buckets)
     rng = np.random.default_rng(0)
     picks = [batches[i] for i in rng.choice(len(batches), size=min(steps, len(batches)), replace=False)]
-    flops = train_step_flops(model, *make_batch(durs, picks[0], cfg.vocab_size))
+    flops = train_step_flops(model, *make_batch(durs, picks[0], cfg.vocab_size, device=device))
     audio0 = sum(durs[i] for i in picks[0])
-    step_batches = [make_batch(durs, b, cfg.vocab_size, seed=k) for k, b in enumerate(picks)]
-    # warm-up, then time every step
-    out = model(*step_batches[0])
-    out["loss"].backward()
-    opt.zero_grad(set_to_none=True)
-    t0 = time.perf_counter()
-    audio = 0.0
-    for b, batch in zip(picks, step_batches):
-        out = model(*batch)
+    step_batches = [make_batch(durs, b, cfg.vocab_size, seed=k, device=device) for k, b in enumerate(picks)]
+
+    def step(batch):
+        with autocast:
+            out = step_model(*batch)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    for batch in step_batches[: 3 if compile_model else 1]:  # warm-up (and compilation)
+        step(batch)
+    sync(device)
+    t0 = time.perf_counter()
+    audio = 0.0
+    for b, batch in zip(picks, step_batches):
+        step(batch)
         audio += sum(durs[i] for i in b)
+    sync(device)
     elapsed = time.perf_counter() - t0
     return {
         "parameters": model.num_parameters(),
@@ -193,25 +228,43 @@ def main() -> None:
     ap.add_argument("--manifest", default=os.path.join(ROOT, "egs/mini/sitok/dump/train/manifest.csv"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--quick", action="store_true", help="3 steps of 16 s batches; small comparison shapes")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast in the step")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (3 warm-up steps)")
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="MFU denominator (default: a measured matmul)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
     path = a.config if os.path.exists(a.config) else os.path.join(ROOT, "recipes/tokenizer/hparams", f"{a.config}.yaml")
     cfg = SiTokConfig.from_dict(load_model_config(path))
     steps, batch_seconds = (3, 16.0) if a.quick else (a.steps, a.batch_seconds)
     durs = durations(a.manifest)
-    peak = matmul_peak(512 if a.quick else 1024)
-    res = {"config": os.path.basename(path), "threads": torch.get_num_threads(), "matmul_peak_gflops": peak / 1e9}
-    res.update(bench_training(cfg, durs, batch_seconds, a.num_buckets, steps))
+    dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    n = 512 if a.quick else (8192 if device.type == "cuda" else 1024)
+    peak = a.peak_tflops * 1e12 if a.peak_tflops > 0 else matmul_peak(n, device=device, dtype=dtype)
+    res = {
+        "config": os.path.basename(path),
+        "device": str(device),
+        "precision": a.precision,
+        "compiled": a.compile,
+        "threads": torch.get_num_threads(),
+        "matmul_peak_gflops": peak / 1e9,
+    }
+    res.update(bench_training(cfg, durs, batch_seconds, a.num_buckets, steps, device, a.precision, a.compile))
     res["mfu"] = res["flops_per_audio_second"] * res["audio_seconds_per_second"] / peak
+    if device.type == "cuda":
+        res["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     h, i, nh = cfg.hidden, cfg.intermediate, cfg.heads
     res["llama_block"] = bench_llama_block(h, i, nh, 64 if a.quick else 256, 2 if a.quick else 8)
     res["vq"] = bench_vq(cfg.codebook_dim, 1024 if a.quick else 65536, 400 if a.quick else 4000)
 
-    print(f"{res['config']}: {res['parameters'] / 1e6:.2f} M parameters, {res['threads']} threads")
+    where = f"{res['device']}, {a.precision}{', compiled' if a.compile else ''}, {res['threads']} threads"
+    print(f"{res['config']}: {res['parameters'] / 1e6:.2f} M parameters ({where})")
     print(
         f"  training: {res['audio_seconds_per_second']:.1f} audio-s/s ({res['seconds_per_step']:.2f} s/step of "
-        f"{batch_seconds:g} s batches); MFU {100 * res['mfu']:.1f} % of a measured {peak / 1e9:.1f} GFLOP/s matmul peak"
+        f"{batch_seconds:g} s batches); MFU {100 * res['mfu']:.1f} % of {peak / 1e9:.1f} GFLOP/s "
+        f"({'given' if a.peak_tflops > 0 else 'a measured ' + a.precision + ' matmul'} peak)"
     )
     print(
         f"  dynamic batching: padding efficiency {100 * res['padding_efficiency']:.1f} %, "
