@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from sitok.data.features import compute_features
 from sitok.data.kaldi import read_table
@@ -17,7 +18,7 @@ from sitok.data.prep import Entry, make_data_dir
 from sitok.data.synth import make_sentence
 from sitok.infer import Tokenizer
 from sitok.infer.sets import dump_codes
-from sitok.lm.tts import other_speaker_prompts, same_speaker_prompts
+from sitok.lm.tts import PairReader, other_speaker_prompts, prompt_pairs, same_speaker_prompts
 
 from conftest import ROOT, run_one_thread, tone, write, write_model_dir
 
@@ -33,6 +34,23 @@ def test_prompts_pair_same_speakers_and_take_other_speakers_in_turn():
     pool_spk = {"x1": "x", "x2": "x", "y1": "y"}
     other = other_speaker_prompts(["a1", "a2", "a3", "b1"], list(pool_spk), pool_spk)
     assert other == {"a1": "x1", "a2": "y1", "a3": "x2", "b1": "x1"}
+
+
+def test_prompt_pairs_put_a_same_speaker_utterance_before_the_target():
+    texts = {f"{s}{i}": f"text {s}{i}" for s in "ab" for i in range(20)} | {"c0": "text c0"}
+    spk = {u: u[0] for u in texts}
+    pairs = prompt_pairs(texts, spk, 0.5, seed=1)
+    assert pairs == prompt_pairs(texts, spk, 0.5, seed=1)  # deterministic
+    assert 10 <= len(pairs) <= 30 and not any(k.endswith("+c0") for k in pairs)  # c has no other utterance
+    for key, text in pairs.items():
+        p, u = key.split("+")
+        assert spk[p] == spk[u] and p != u and text == f"{texts[p]} {texts[u]}"
+    assert prompt_pairs(texts, spk, 0.0, seed=1) == {} and len(prompt_pairs(texts, spk, 1.0, seed=1)) == 40
+    with pytest.raises(ValueError, match="cannot be paired"):
+        prompt_pairs({"x+y": "t"}, {"x+y": "x"}, 0.5, seed=1)
+    codes = {"a0": torch.tensor([[1], [2]]), "a1": torch.tensor([[3], [4], [5]])}
+    reader = PairReader(codes.__getitem__)
+    assert reader("a0+a1").squeeze(1).tolist() == [1, 2, 3, 4, 5] and reader("a1").squeeze(1).tolist() == [3, 4, 5]
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +81,12 @@ def test_recipe_trains_synthesises_and_judges(tiny_set, tmp_path):
     cmd += ["--test_set", "test", "--unseen_set", "unseen", "--number_of_epochs", "2", "--max_train_minutes", "0"]
     cmd += ["--max_batch_positions", "150", "--warmup_steps", "2", "--eval_utts", "0", "--eval_steps", "[1, 2]"]
     cmd += ["--vocoder", "griffin_lim", "--examples", "1", "--max_tokens_per_char", "0.3", "--lm_layers", "0"]
-    cmd += ["--noprogressbar"]
+    cmd += ["--noprogressbar", "--prompt_pairs", "0.5"]
     r = run_one_thread(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.load(open(exp / "results.json"))
     assert res["epochs"] == 2 and res["steps"] > 0 and res["utterances"] == 4
+    assert 0 < res["counts"]["train_pairs"] <= 8  # same-speaker (prompt, target) pairs trained on too
     rows = {(row["prompting"], row["steps"]): row for row in res["rows"]}
     assert set(rows) == {(p, s) for p in ("same", "unseen", "resynthesis") for s in (1, 2)}
     for row in rows.values():

@@ -105,13 +105,14 @@ class SpeechLMBrain(sb.Brain):
         self.t_fit, self.first_epoch = time.time(), self.hparams.epoch_counter.current + 1
 
 
-def length_batches(hparams: dict, items, rate: float, shuffle: bool):
+def length_batches(hparams: dict, items, rate: float, shuffle: bool, dur: dict | None = None):
     """SpeechBrain's DynamicBatchSampler over ``items``: batches of similar length holding up to
     ``max_batch_positions`` LM positions, estimated from each utterance's duration (speech at
-    ``rate`` positions per second, then ``text_positions_per_second`` for the text)."""
+    ``rate`` positions per second, then ``text_positions_per_second`` for the text); ``dur``: the
+    durations (default: the train set's utt2dur)."""
     from speechbrain.dataio.sampler import DynamicBatchSampler
 
-    dur = durations(hparams["dump_dir"], hparams["train_set"])
+    dur = dur if dur is not None else durations(hparams["dump_dir"], hparams["train_set"])
     missing = [u for u in items if u not in dur]
     if missing:
         raise ValueError(f"{hparams['dump_dir']}/{hparams['train_set']}/utt2dur: no duration for {missing[:3]}")

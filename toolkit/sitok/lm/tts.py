@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import sys
 import time
 
@@ -45,7 +46,7 @@ from sitok.infer.sets import write_codes
 from sitok.lm.brain import SpeechLMBrain, length_batches, start_run, train
 from sitok.models.loading import load_model_config
 from sitok.models.tts_lm import Sampling, SpeechTTS, SpeechTTSConfig
-from sitok.probes.data import FeatureReader, make_dataset, transcribed_sets
+from sitok.probes.data import FeatureReader, durations, make_dataset, transcribed_sets
 from sitok.probes.frontend import codebook_vectors
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,42 @@ def same_speaker_prompts(utts: list[str], spk: dict) -> dict:
             if len(group) > 1:
                 out[u] = group[(i + 1) % len(group)]
     return out
+
+
+PAIR = "+"  # a training pair's id: "<prompt utt>+<utt>"
+
+
+def prompt_pairs(texts: dict, spk: dict, fraction: float, seed: int) -> dict:
+    """{"<p>+<u>": "<text of p> <text of u>"} for a ``fraction`` of the utterances ``u`` (drawn with
+    ``seed``), ``p`` another utterance of u's speaker: training examples shaped like prompted
+    synthesis, where a whole prompt utterance (transcript and tokens) comes before the target's."""
+    bad = [u for u in texts if PAIR in u]
+    if bad:
+        raise ValueError(f"utterance ids with '{PAIR}' cannot be paired: {bad[:3]}")
+    rng = random.Random(seed)
+    by_spk: dict[str, list[str]] = {}
+    for u in sorted(texts):
+        by_spk.setdefault(spk[u], []).append(u)
+    out = {}
+    for u in sorted(texts):
+        others = [p for p in by_spk[spk[u]] if p != u]
+        if others and rng.random() < fraction:
+            p = rng.choice(others)
+            out[f"{p}{PAIR}{u}"] = f"{texts[p]} {texts[u]}"
+    return out
+
+
+class PairReader:
+    """Codes of an utterance, or of a pair "<p>+<u>": p's codes then u's, along time."""
+
+    def __init__(self, reader: FeatureReader):
+        self.reader = reader
+
+    def __call__(self, utt: str) -> torch.Tensor:
+        if PAIR not in utt:
+            return self.reader(utt)
+        p, u = utt.split(PAIR)
+        return torch.cat([self.reader(p), self.reader(u)])
 
 
 def other_speaker_prompts(utts: list[str], pool: list[str], pool_spk: dict) -> dict:
@@ -228,6 +265,16 @@ def run(argv: list[str]) -> None:
     tok_cfg = load_model_config(hparams["model_dir"])
     hparams["token_rate"] = tok_cfg["mel_rate"] / tok_cfg["stack"]
     sets, counts = transcribed_sets(hparams)
+    dur = durations(hparams["dump_dir"], hparams["train_set"])
+    fraction = float(hparams.get("prompt_pairs", 0.0))
+    if fraction > 0:  # prompted-synthesis-shaped examples beside the single utterances
+        items, reader = sets["train"]
+        spk = read_table(os.path.join(hparams["dump_dir"], hparams["train_set"], "utt2spk"))
+        pairs = prompt_pairs(items, spk, fraction, hparams["seed"])
+        dur.update({k: sum(dur[x] for x in k.split(PAIR)) for k in pairs})
+        sets["train"] = ({**items, **pairs}, PairReader(reader))
+        counts["train_pairs"] = len(pairs)
+        logger.info("AR-TTS: %d same-speaker pairs (prompt, target) added to the training set", len(pairs))
     encode = lambda t: torch.tensor(model.text.encode(t), dtype=torch.long)  # noqa: E731
     data = {s: (items, make_dataset(items, reader, encode)) for s, (items, reader) in sets.items()}
     logger.info(
@@ -239,7 +286,7 @@ def run(argv: list[str]) -> None:
         len(data["train"][0]),
         len(data["valid"][0]),
     )
-    sampler = length_batches(hparams, data["train"][0], hparams["token_rate"], shuffle=True)
+    sampler = length_batches(hparams, data["train"][0], hparams["token_rate"], shuffle=True, dur=dur)
     brain = train(TTSBrain, model, hparams, run_opts, t0, data["train"][1], data["valid"][1], sampler)
     train_minutes = (time.time() - t0) / 60
     if not sb.utils.distributed.if_main_process():
