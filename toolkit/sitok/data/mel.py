@@ -106,14 +106,21 @@ class MelFrontend(torch.nn.Module):
         side = (cfg.n_fft - cfg.hop_length) // 2
         mode = "reflect" if x.shape[-1] > side else "constant"
         x = F.pad(x.unsqueeze(1), (side, side), mode=mode).squeeze(1)
+        mel = self.log_mel_of_padded(x)
+        return mel[0] if squeeze else mel
+
+    @torch.no_grad()
+    def log_mel_of_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples already padded as ``forward`` pads them [B, N] -> log-mel [B, T, n_mels] of the
+        frames that fit (a streaming encoder feeds it slices of the padded signal)."""
+        cfg = self.cfg
         spec = torch.stft(
             x.float(), cfg.n_fft, cfg.hop_length, cfg.win_length, self.window, center=False, return_complex=True
         ).abs()  # [B, F, T]
         if cfg.power != 1.0:
             spec = spec.pow(cfg.power)
         mel = torch.matmul(spec.transpose(1, 2), self.fbank)  # [B, T, n_mels]
-        mel = torch.log(torch.clamp(mel, min=cfg.log_floor))
-        return mel[0] if squeeze else mel
+        return torch.log(torch.clamp(mel, min=cfg.log_floor))
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""Streaming encode (sitok.infer.streaming): codes pushed chunk by chunk equal offline encoding,
+for random chunkings, and each token is out once the audio its frames need has arrived."""
+
+import numpy as np
+import pytest
+import torch
+
+from sitok.infer import Tokenizer
+from sitok.infer.streaming import StreamingEncoder
+from sitok.layers.transformer import LlamaStack
+
+from conftest import write_model_dir
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return Tokenizer.from_pretrained(
+        write_model_dir(tmp_path_factory.mktemp("stream") / "model"), vocoder="griffin_lim"
+    )
+
+
+def speechlike(seconds: float, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 24000)) / 24000
+    x = 0.3 * np.sin(2 * np.pi * (140 + 60 * np.sin(2 * np.pi * 2 * t)) * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    return torch.from_numpy((x + 0.03 * rng.standard_normal(t.size)).astype(np.float32))
+
+
+def stream(tok, wav, sizes):
+    enc, out, pos = StreamingEncoder(tok), [], 0
+    for n in sizes:
+        out.append(enc.push(wav[pos : pos + n]))
+        pos += n
+    out.append(enc.push(wav[pos:]))
+    out.append(enc.flush())
+    return torch.cat(out, dim=1)
+
+
+def test_cached_stack_equals_the_whole_sequence():
+    torch.manual_seed(0)
+    stack = LlamaStack(2, 32, 64, 2, causal=True).eval()
+    x = torch.randn(1, 23, 32)
+    with torch.no_grad():
+        whole = stack(x)
+    caches = [{} for _ in stack.blocks]
+    parts = [stack.forward_cached(x[:, a:b], caches) for a, b in ((0, 5), (5, 6), (6, 17), (17, 23))]
+    assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-5)
+    with pytest.raises(ValueError, match="only a causal stack"):
+        LlamaStack(1, 32, 64, 2, causal=False).forward_cached(x, [{}])
+
+
+def test_streaming_codes_equal_offline_codes_for_20_random_chunkings(tok):
+    """Codes equal; and the encoder's continuous latents too (a tiny random model's codes alone
+    would not notice a small error in the frames)."""
+    latents = []
+    hook = tok.model.to_latent.register_forward_hook(lambda m, i, out: latents.append(out.reshape(-1, out.shape[-1])))
+    rng = np.random.default_rng(0)
+    try:
+        for trial in range(20):
+            wav = speechlike(float(rng.uniform(0.02, 3.0)), trial)  # from a 20 ms scrap to 3 s
+            latents.clear()
+            offline = tok.encode(wav, tok.sample_rate)
+            z_offline = torch.cat(latents)
+            sizes = [int(s) for s in rng.integers(1, 4000, size=int(rng.integers(1, 40)))]
+            latents.clear()
+            assert torch.equal(stream(tok, wav, sizes), offline), (trial, len(wav), sizes[:5])
+            assert torch.allclose(torch.cat(latents), z_offline, rtol=0, atol=1e-5), (trial, len(wav))
+    finally:
+        hook.remove()
+
+
+def test_each_token_is_out_once_its_audio_has_arrived(tok):
+    wav = speechlike(2.0, 1)
+    enc, got = StreamingEncoder(tok), 0
+    for n in range(0, len(wav), 240):  # 10 ms pushes
+        got += enc.push(wav[n : n + 240]).shape[1]
+        arrived = min(n + 240, len(wav))
+        assert got == max(0, (arrived - 2640) // 1920 + 1)  # token j needs samples up to 1,920 j + 2,640
+    assert got + enc.flush().shape[1] == tok.encode(wav, tok.sample_rate).shape[1]
+    with pytest.raises(RuntimeError, match="push after flush"):
+        enc.push(wav[:10])
+    enc.reset()
+    assert enc.flush().shape[1] == 0

@@ -1,0 +1,121 @@
+"""Streaming encode: codes of an audio stream, each emitted as soon as the audio its frames need
+has arrived, equal to encoding the whole recording at once.
+
+    enc = StreamingEncoder(tok)
+    for chunk in chunks:            # 1-D float tensors at tok.sample_rate, any sizes
+        codes = enc.push(chunk)     # [CN, n] for the n tokens completed by this chunk (n may be 0)
+    codes = enc.flush()             # the last tokens, which need the end of the recording
+
+Latency. Mel frame k covers samples [k*hop - side, k*hop - side + n_fft) of the recording
+(side = (n_fft - hop) / 2: 720 samples, n_fft 1,920, hop 480 at 24 kHz), and token j stacks
+frames 4j .. 4j + 3, so token j is out once sample (4j + 3) * hop - side + n_fft = 1,920 j + 2,640
+has arrived: 30 ms after the end of its 80 ms of audio. The encoder is causal; its keys and
+values are cached per block, so each token costs one position's worth of compute. The last
+frames use the recording's end (zero padding to a whole hop, then reflection), so they come with
+``flush``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sitok.infer.tokenizer import Tokenizer
+
+
+class StreamingEncoder:
+    def __init__(self, tok: Tokenizer):
+        cfg = tok.mel_cfg
+        self.tok, self.model = tok, tok.model
+        self.hop, self.n_fft = cfg.hop_length, cfg.n_fft
+        self.side = (cfg.n_fft - cfg.hop_length) // 2
+        self.stack = self.model.config.stack
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream."""
+        self.buf = torch.zeros(0)  # the samples still needed, from index self.offset of the recording
+        self.offset = 0
+        self.received = 0
+        self.frames = 0  # mel frames computed
+        self.pending: list[torch.Tensor] = []  # normalised frames [n_mels] not yet in a token
+        self.caches: list[dict] = [{} for _ in self.model.encoder.blocks]
+        self.closed = False
+
+    # ---- audio -> frames ------------------------------------------------------------------
+    def _samples(self, start: int, stop: int, total: int | None) -> torch.Tensor:
+        """Samples [start, stop) of the recording as the offline front end pads it: reflected
+        before 0; after the end (``total`` known only at flush) zeros up to a whole hop, then the
+        reflection of that padded signal."""
+        idx = torch.arange(start, stop)
+        idx = torch.where(idx < 0, -idx, idx)  # left reflection (the edge sample not repeated)
+        zero = torch.zeros_like(idx, dtype=torch.bool)
+        if total is not None:
+            padded = math.ceil(total / self.hop) * self.hop
+            if padded <= self.side:  # too short to reflect: the front end pads with zeros instead
+                return torch.where((idx >= 0) & (idx < total) & (torch.arange(start, stop) >= 0), self._at(idx), 0.0)
+            idx = torch.where(idx >= padded, 2 * (padded - 1) - idx, idx)  # right reflection
+            zero = idx >= total
+        return torch.where(zero, 0.0, self._at(idx))
+
+    def _at(self, idx: torch.Tensor) -> torch.Tensor:
+        """Buffered samples at recording indices ``idx`` (indices outside the buffer read its edge)."""
+        if len(self.buf) == 0:
+            return torch.zeros(idx.shape)
+        return self.buf[(idx - self.offset).clamp(0, len(self.buf) - 1)]
+
+    def _frames(self, k1: int, total: int | None = None) -> None:
+        """Compute mel frames self.frames .. k1 - 1 into ``pending``."""
+        k0 = self.frames
+        if k1 <= k0:
+            return
+        start, stop = k0 * self.hop - self.side, (k1 - 1) * self.hop - self.side + self.n_fft
+        seg = self._samples(start, stop, total).to(self.tok.device)
+        mel = self.tok.frontend.log_mel_of_padded(seg[None])[0]  # [k1 - k0, n_mels]
+        self.pending.extend(self.tok.cmvn(mel))
+        self.frames = k1
+        keep_from = max(0, self.frames * self.hop - self.side) if self.frames * self.hop >= 2 * self.side else 0
+        if keep_from > self.offset:  # samples no later frame needs
+            self.buf, self.offset = self.buf[keep_from - self.offset :], keep_from
+
+    # ---- frames -> codes ------------------------------------------------------------------
+    @torch.no_grad()
+    def _tokens(self, final: bool = False) -> torch.Tensor:
+        n = len(self.pending) // self.stack
+        if final and len(self.pending) % self.stack:  # the last token: its missing frames are zeros
+            zeros = torch.zeros_like(self.pending[0])
+            self.pending.extend([zeros] * (self.stack - len(self.pending) % self.stack))
+            n += 1
+        cn = self.model.config.num_codebooks
+        if n == 0:
+            return torch.zeros(cn, 0, dtype=torch.long)
+        frames, self.pending = self.pending[: n * self.stack], self.pending[n * self.stack :]
+        x = torch.stack(frames).reshape(1, n, -1).to(self.tok.dtype)  # [1, n, stack * n_mels]
+        h = self.model.encoder.forward_cached(self.model.in_proj(x), self.caches)
+        codes = self.model.quantizer.encode(self.model.to_latent(h), None)  # [1, CN, n]
+        return codes[0].cpu()
+
+    # ---- the stream ---------------------------------------------------------------------
+    def push(self, chunk) -> torch.Tensor:
+        """Add samples (1-D, at the tokenizer's sample rate); returns the codes [CN, n] completed."""
+        if self.closed:
+            raise RuntimeError("StreamingEncoder: push after flush (call reset for a new stream)")
+        chunk = torch.as_tensor(chunk, dtype=torch.float32).reshape(-1).cpu()
+        self.buf = torch.cat([self.buf, chunk])
+        self.received += chunk.numel()
+        ready = (
+            (self.received - self.n_fft + self.side) // self.hop + 1 if self.received >= self.n_fft - self.side else 0
+        )
+        self._frames(ready)
+        return self._tokens()
+
+    def flush(self) -> torch.Tensor:
+        """The end of the stream: the remaining frames and codes [CN, n]."""
+        if self.closed:
+            raise RuntimeError("StreamingEncoder: flushed twice (call reset for a new stream)")
+        self.closed = True
+        if self.received == 0:
+            return self._tokens()
+        self._frames(math.ceil(self.received / self.hop), total=self.received)
+        return self._tokens(final=True)
