@@ -48,13 +48,13 @@ class StreamingEncoder:
         """Samples [start, stop) of the recording as the offline front end pads it: reflected
         before 0; after the end (``total`` known only at flush) zeros up to a whole hop, then the
         reflection of that padded signal."""
-        idx = torch.arange(start, stop)
-        idx = torch.where(idx < 0, -idx, idx)  # left reflection (the edge sample not repeated)
+        orig = torch.arange(start, stop)
+        idx = torch.where(orig < 0, -orig, orig)  # left reflection (the edge sample not repeated)
         zero = torch.zeros_like(idx, dtype=torch.bool)
         if total is not None:
             padded = math.ceil(total / self.hop) * self.hop
             if padded <= self.side:  # too short to reflect: the front end pads with zeros instead
-                return torch.where((idx >= 0) & (idx < total) & (torch.arange(start, stop) >= 0), self._at(idx), 0.0)
+                return torch.where((orig >= 0) & (orig < total), self._at(orig), 0.0)
             idx = torch.where(idx >= padded, 2 * (padded - 1) - idx, idx)  # right reflection
             zero = idx >= total
         return torch.where(zero, 0.0, self._at(idx))
