@@ -286,3 +286,28 @@ def test_atomic_checkpointer_ignores_a_save_that_did_not_complete(tmp_path):
     assert torch.equal(lin.weight, saved)
     fresh.save_checkpoint(name="next")
     assert not partial[0].exists()
+
+
+def test_resumed_logs_forget_epochs_that_no_checkpoint_holds(tmp_path):
+    """A run killed after logging an epoch but before saving its checkpoint redoes that epoch: its
+    lines in train_log.txt and train_stats.jsonl go, everything else stays as it was."""
+    from types import SimpleNamespace
+
+    from sitok.train.checkpoints import forget_unsaved_epochs
+
+    log, stats = tmp_path / "train_log.txt", tmp_path / "train_stats.jsonl"
+    log.write_text("".join(f"epoch: {e}, lr: 1.00e-03 - train loss: {e}.5\n" for e in (1, 2, 3, 10)) + "a note\n")
+    stats.write_text("".join(f'{{"epoch": {e}, "train": {{"loss": {e}}}}}\n' for e in (1, 2, 3)))
+    hp = SimpleNamespace(
+        train_logger=SimpleNamespace(save_file=str(log)),
+        exp_dir=str(tmp_path),
+        epoch_counter=SimpleNamespace(current=2),
+    )
+    forget_unsaved_epochs(SimpleNamespace(hparams=hp))
+    assert (
+        log.read_text()
+        == "epoch: 1, lr: 1.00e-03 - train loss: 1.5\nepoch: 2, lr: 1.00e-03 - train loss: 2.5\na note\n"
+    )
+    assert [r["epoch"] for r in read_train_stats(str(tmp_path))] == [1, 2]
+    forget_unsaved_epochs(SimpleNamespace(hparams=hp))  # nothing more to drop: the files stay as they are
+    assert len(log.read_text().splitlines()) == 3

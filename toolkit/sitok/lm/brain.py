@@ -22,7 +22,7 @@ import torch
 
 from sitok.data.kaldi import allow_pipes
 from sitok.probes.data import durations
-from sitok.train.checkpoints import AtomicCheckpointer, use_weights_only_loaders
+from sitok.train.checkpoints import AtomicCheckpointer, forget_unsaved_epochs, use_weights_only_loaders
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class SpeechLMBrain(sb.Brain):
     def on_fit_start(self):
         use_weights_only_loaders()
         super().on_fit_start()
+        forget_unsaved_epochs(self)
         self.t_fit, self.first_epoch = time.time(), self.hparams.epoch_counter.current + 1
 
 

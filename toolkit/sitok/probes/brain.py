@@ -29,7 +29,7 @@ from sitok.eval.asr import word_error_rate
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.losses.ctc import ctc_beam_searcher, ctc_greedy
 from sitok.probes.data import durations, make_dataset, probe_sets, transcribed_sets
-from sitok.train.checkpoints import use_weights_only_loaders
+from sitok.train.checkpoints import forget_unsaved_epochs, use_weights_only_loaders
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class _Budget:
     def on_fit_start(self):
         use_weights_only_loaders()  # checkpoints are read as data, never unpickled objects
         super().on_fit_start()  # recovers the last checkpoint: the epoch counter resumes
+        forget_unsaved_epochs(self)
         self.t_fit, self.first_epoch = time.time(), self.hparams.epoch_counter.current + 1
 
     def on_stage_end(self, stage, stage_loss, epoch=None):

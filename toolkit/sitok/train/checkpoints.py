@@ -15,7 +15,9 @@ The other recoverables (epoch counter, Brain step counter, data loader position)
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 
@@ -114,3 +116,50 @@ def atomic_checkpointer(ckpt: sb_checkpoints.Checkpointer) -> AtomicCheckpointer
             optional_load=ckpt.optional_recoverables.get(name, False),
         )
     return atomic
+
+
+_EPOCH_LINE = re.compile(r"^epoch: (\d+)\b")
+
+
+def _epoch_of(line: str) -> int | None:
+    if line.startswith("{"):
+        try:
+            epoch = json.loads(line).get("epoch")
+        except (ValueError, AttributeError):
+            return None
+        return epoch if isinstance(epoch, int) else None
+    m = _EPOCH_LINE.match(line)
+    return int(m.group(1)) if m else None
+
+
+def forget_epochs_after(epoch: int, *paths) -> None:
+    """Drop the lines of epochs after ``epoch`` from per-epoch logs (SpeechBrain's ``train_log.txt``
+    lines ``epoch: N, ...`` or JSON lines with an ``"epoch"`` key), rewriting each file atomically.
+
+    An epoch is logged just before its checkpoint is saved; a run killed between the two redoes
+    that epoch when it resumes, and without this its log would hold the epoch twice. Called on the
+    main process after the checkpoint is recovered; lines without an epoch number are kept."""
+    if not if_main_process():
+        return
+    for path in paths:
+        if not path or not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.readlines()
+        kept = [line for line in lines if (_epoch_of(line) or 0) <= epoch]
+        if len(kept) == len(lines):
+            continue
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(kept)
+        os.replace(tmp, path)
+
+
+def forget_unsaved_epochs(brain) -> None:
+    """``forget_epochs_after`` for a SpeechBrain Brain just after it recovered its last checkpoint:
+    its train logger's file and ``<exp_dir>/train_stats.jsonl`` keep the epochs the checkpoint holds."""
+    hp = brain.hparams
+    log = getattr(getattr(hp, "train_logger", None), "save_file", None)
+    exp_dir = getattr(hp, "exp_dir", None)
+    stats = os.path.join(exp_dir, "train_stats.jsonl") if exp_dir else None
+    forget_epochs_after(hp.epoch_counter.current, log, stats)

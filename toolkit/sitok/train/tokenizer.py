@@ -44,7 +44,7 @@ from sitok.fileio import write_text_atomic
 from sitok.models import SiTok, SiTokConfig
 from sitok.models.loading import build_checked, load_weights, parse_config, read_config, write_model_dir
 from sitok.quantizers import CodebookUsage
-from sitok.train.checkpoints import atomic_checkpointer, use_weights_only_loaders
+from sitok.train.checkpoints import atomic_checkpointer, forget_unsaved_epochs, use_weights_only_loaders
 from sitok.train.distributed import (
     SHARDED_NAME,
     ShardedTrainState,
@@ -258,6 +258,7 @@ class TokenizerBrain(sb.Brain):
         self.set_decay()
         self.checkpointer.add_recoverable("lr_schedule", self.lr_schedule)
         super().on_fit_start()  # recovers the last checkpoint: plan, schedule, counter
+        forget_unsaved_epochs(self)
         if self.plan.planned:
             hp.epoch_counter.limit = self.plan.epochs
         model, cfg = self.model, self.model.config

@@ -44,7 +44,7 @@ from sitok.data.mel import MelConfig, MelFrontend
 from sitok.data.segment import load_segment
 from sitok.eval.quality import pesq_wb
 from sitok.infer.vocoder import VocosVocoder, vocoder_dir
-from sitok.train.checkpoints import use_weights_only_loaders
+from sitok.train.checkpoints import forget_unsaved_epochs, use_weights_only_loaders
 from sitok.train.tokenizer import RNGState, read_train_stats  # noqa: F401  (read_train_stats: the same train_stats.jsonl format)
 
 logger = logging.getLogger(__name__)
@@ -332,6 +332,7 @@ class VocoderBrain(sb.Brain):
         self.checkpointer.add_recoverable("lr_schedule_g", self.lr_schedule_g)
         self.checkpointer.add_recoverable("lr_schedule_d", self.lr_schedule_d)
         super().on_fit_start()  # optimisers, then recover the latest checkpoint
+        forget_unsaved_epochs(self)
         if self.lr_schedule_g.current_step == 0:  # fresh run: warm-up starts from lr 0
             self.lr_schedule_g(self.optimizer_g)
             self.lr_schedule_d(self.optimizer_d)
