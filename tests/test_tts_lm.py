@@ -54,6 +54,19 @@ def test_greedy_generation_batched_alone_and_from_a_prompt():
     assert all(torch.equal(x, c[3:]) for x, c in zip(cont, cs))
 
 
+def test_dropout_acts_while_training_only():
+    m = tiny(dropout=0.5)
+    rates = {mod.attention_dropout for mod in m.lm.modules() if hasattr(mod, "attention_dropout")}
+    assert rates == {0.5}  # every attention layer of the LM, not only its config
+    ids, cs = [m.text.encode(t) for t in TEXTS], codes()
+    m.train()
+    assert m(ids, cs)["loss"] != m(ids, cs)["loss"]
+    m.eval()
+    assert m(ids, cs)["loss"] == m(ids, cs)["loss"]
+    plain = tiny()  # the same weights without dropout: the same loss in eval mode
+    assert torch.allclose(plain.eval()(ids, cs)["loss"], m(ids, cs)["loss"])
+
+
 def test_length_bounds_follow_the_text():
     m = tiny(min_tokens_per_char=1.0, max_tokens_per_char=1.5)
     assert m.length_bounds("abcd") == (4, 16)

@@ -45,7 +45,10 @@ def build_model(hparams: dict) -> SpeechLM:
     (tokens only: the tokenizer's CTC decoder blocks, copied), ``random`` (blocks of the same sizes
     from random weights) or ``auto`` (``ctc`` for tokens of a tokenizer trained with a CTC decoder,
     else ``none``: one setting for every input of a comparison)."""
-    kw = {k: hparams[k] for k in ("backbone", "pretrained", "prompt", "lora_rank", "lora_alpha", "lora_dropout")}
+    kw = {
+        k: hparams[k]
+        for k in ("backbone", "pretrained", "prompt", "lora_rank", "lora_alpha", "lora_dropout", "dropout")
+    }
     kw["lm_layers"] = hparams.get("lm_layers", 0)
     encoder = hparams.get("speech_encoder", "none")
     if encoder not in ("none", "ctc", "random", "auto"):

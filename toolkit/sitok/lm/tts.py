@@ -59,7 +59,7 @@ def build_model(hparams: dict) -> SpeechTTS:
         raise ValueError(
             f"{hparams['model_dir']}: AR-TTS writes one codebook, the tokenizer has {tok_cfg['num_codebooks']}"
         )
-    kw = {k: hparams[k] for k in ("backbone", "pretrained", "lora_rank", "lora_alpha", "lora_dropout")}
+    kw = {k: hparams[k] for k in ("backbone", "pretrained", "lora_rank", "lora_alpha", "lora_dropout", "dropout")}
     kw.update(
         lm_layers=hparams.get("lm_layers", 0),
         codebook_size=tok_cfg["codebook_size"],

@@ -67,6 +67,7 @@ class BackboneConfig:
     lora_rank: int = 0  # 0: train the LM's own weights
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
+    dropout: float = 0.0  # training only: dropout of the LM's input embeddings and of its attention weights
     tiny: dict = field(default_factory=lambda: dict(TINY_LLAMA))  # sizes of the tiny backbone
 
     INTS: ClassVar[dict] = {}
@@ -84,7 +85,7 @@ class BackboneConfig:
         if unknown:
             raise ValueError(f"{name}: unknown fields {unknown}")
         cfg = cls(**d)
-        floats = {"lora_alpha": (0.0, 1e6), "lora_dropout": (0.0, 0.9), **cls.FLOATS}
+        floats = {"lora_alpha": (0.0, 1e6), "lora_dropout": (0.0, 0.9), "dropout": (0.0, 0.9), **cls.FLOATS}
         ints = {"lora_rank": (0, 4096), "lm_layers": (0, 4096), **cls.INTS}
         check_fields(name, cfg, ints=ints, floats=floats, choices=cls.CHOICES, bools=("pretrained", *cls.BOOLS))
         return cfg
@@ -259,8 +260,17 @@ class BackboneModel(nn.Module):
             if cfg.lm_layers > 0:
                 keep_first_layers(lm, cfg.lm_layers)
         self.lm, self.text = lm, text
+        if cfg.dropout > 0:  # the attention layers read their rate when built: set it on each of them
+            self.lm.config.attention_dropout = cfg.dropout
+            for module in self.lm.modules():
+                if hasattr(module, "attention_dropout"):
+                    module.attention_dropout = cfg.dropout
         if cfg.lora_rank > 0:
             add_lora(self.lm, cfg)
+
+    def input_dropout(self, emb: torch.Tensor) -> torch.Tensor:
+        """The LM's input embeddings [B, L, D] with ``dropout`` applied while training."""
+        return F.dropout(emb, self.config.dropout, self.training)
 
     def init_speech_projection(self, proj: nn.Linear) -> None:
         """Unit-variance inputs (tables drawn N(0, 1) or scaled codebooks; normalised mel) come out at
@@ -384,7 +394,7 @@ class SpeechLM(BackboneModel):
             labels.append(torch.tensor([IGNORE] * len(p) + target, dtype=torch.long, device=device))
         emb, mask = pad_sequences(seqs, left=False)
         labels = nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)
-        hidden = self.lm.get_decoder()(inputs_embeds=emb, attention_mask=mask).last_hidden_state
+        hidden = self.lm.get_decoder()(inputs_embeds=self.input_dropout(emb), attention_mask=mask).last_hidden_state
         scored = labels[:, 1:] != IGNORE  # position i predicts token i + 1
         logits = self.lm.get_output_embeddings()(hidden[:, :-1][scored])  # the text head where it is scored only
         target = labels[:, 1:][scored]

@@ -133,7 +133,7 @@ class SpeechTTS(BackboneModel):
             masks.append(scored)
             targets.append(torch.cat([c, c.new_tensor([self.end_id])]))
         emb, mask = pad_sequences(seqs, left=False)
-        hidden = self.lm.get_decoder()(inputs_embeds=emb, attention_mask=mask).last_hidden_state
+        hidden = self.lm.get_decoder()(inputs_embeds=self.input_dropout(emb), attention_mask=mask).last_hidden_state
         scored = nn.utils.rnn.pad_sequence(masks, batch_first=True, padding_value=False)
         logits = self.speech_head(hidden[scored])
         target = torch.cat(targets)
