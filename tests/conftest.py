@@ -1,5 +1,6 @@
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -86,18 +87,33 @@ def pytest_runtest_setup(item):
             pytest.skip(f"{', '.join(missing)} missing (tools/install.sh)")
 
 
+# files that take most of the suite's time, collected first: tools/test.sh hands files to parallel
+# workers in collection order, so the longest starts at once and the others fill the other workers
+LONGEST_FIRST = ("test_recipe.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def run_cli(*args, cwd=None, check=True):
     return subprocess.run(
         [sys.executable, "-m", "sitok.cli", *args], cwd=cwd, check=check, capture_output=True, text=True
     )
 
 
-def torchrun_gloo(script_args: list, port: int) -> list:
-    """``python SCRIPT ARGS...`` as a 2-process CPU (gloo) DDP run under torchrun on ``port``."""
-    import sys
+def free_port() -> int:
+    """A TCP port nothing listens on now (tests run in parallel: never a fixed port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    return launcher + [*script_args, "--distributed_backend", "gloo"]
+
+def torchrun_gloo(script_args: list) -> list:
+    """``python SCRIPT ARGS...`` as a 2-process CPU (gloo) DDP run under torchrun on a free port."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    return launcher + ["--master_port", str(free_port())] + [*script_args, "--distributed_backend", "gloo"]
 
 
 def run_one_thread(cmd, **kw):

@@ -2,13 +2,14 @@
 
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from sitok.quantizers import BSQ, FSQ, CodebookUsage, EMAVectorQuantizer, Quantizer, ResidualVQ, build_quantizer
+
+from conftest import free_port
 
 D, K = 8, 64
 
@@ -409,12 +410,6 @@ def test_paper_size_vq_on_cpu():
 # ---- torch.distributed: ranks stay identical and match one process on the whole batch ----
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(q, z, rank=0, world=1):
     for step in range(z.shape[0]):
         q(z[step, rank::world])  # rank r sees utterances r, r + world, ...
@@ -440,7 +435,7 @@ def _dist_worker(rank, world, port, z, out_dir):
 def test_distributed_ranks_stay_identical(tmp_path):
     z = torch.randn(4, 4, 10, 4)  # [steps, B, T, D]
     # fork (not spawn): the children reuse this process's imports, ~1 s instead of ~7 s
-    mp.start_processes(_dist_worker, args=(2, _free_port(), z, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_dist_worker, args=(2, free_port(), z, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     a, b = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
     assert same_state(a["restarts"], b["restarts"]) and same_state(a["plain"], b["plain"])
     assert int(a["restarts"]["steps"]) == 4 and bool(a["restarts"]["initted"])

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -17,17 +16,11 @@ from test_train import args, tiny_dump  # noqa: F401  (the module-scoped tiny re
 from sitok.data.shards import write_shards
 from sitok.train.tokenizer import export_checkpoint, read_train_stats
 
-from conftest import ROOT, run_one_thread
+from conftest import ROOT, free_port, run_one_thread
 
 DRIVER = os.path.join(ROOT, "tests", "scale_driver.py")
 STEPS = 20
 LOSS_RTOL = 1e-5  # fp32: all-reduce (DDP) and reduce-scatter (FSDP) sum the same numbers in other orders
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(*launch: str) -> list:

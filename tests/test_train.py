@@ -169,7 +169,7 @@ def test_killed_training_resumes_with_identical_losses(tiny_dump):
 def test_ddp_two_cpu_processes_agree(tiny_dump):
     root, n = tiny_dump
     exp = root / "exp_ddp"
-    cmd = torchrun_gloo(args(root, n, exp, epochs=1)[1:], 29517)
+    cmd = torchrun_gloo(args(root, n, exp, epochs=1)[1:])
     r = run_one_thread(cmd, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     log = open(exp / "log.txt").read()

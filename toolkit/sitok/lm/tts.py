@@ -53,12 +53,22 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(hparams: dict) -> SpeechTTS:
-    """The SpeechTTS of the hparams, sized from the tokenizer (one codebook)."""
+    """The SpeechTTS of the hparams, sized from the tokenizer (one codebook); with ``init_model`` a
+    trained SpeechTTS model directory to go on from (its architecture and weights, this run's dropout)."""
     tok_cfg = load_model_config(hparams["model_dir"])
     if tok_cfg["num_codebooks"] != 1:
         raise ValueError(
             f"{hparams['model_dir']}: AR-TTS writes one codebook, the tokenizer has {tok_cfg['num_codebooks']}"
         )
+    if hparams.get("init_model"):
+        model = SpeechTTS.load(hparams["init_model"])
+        if model.config.codebook_size != tok_cfg["codebook_size"]:
+            raise ValueError(
+                f"init_model {hparams['init_model']}: writes {model.config.codebook_size} codes, "
+                f"the tokenizer {hparams['model_dir']} has {tok_cfg['codebook_size']}"
+            )
+        model.set_dropout(float(hparams.get("dropout", 0.0)))
+        return model.train()
     kw = {k: hparams[k] for k in ("backbone", "pretrained", "lora_rank", "lora_alpha", "lora_dropout", "dropout")}
     kw.update(
         lm_layers=hparams.get("lm_layers", 0),

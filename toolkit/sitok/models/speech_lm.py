@@ -260,13 +260,21 @@ class BackboneModel(nn.Module):
             if cfg.lm_layers > 0:
                 keep_first_layers(lm, cfg.lm_layers)
         self.lm, self.text = lm, text
-        if cfg.dropout > 0:  # the attention layers read their rate when built: set it on each of them
-            self.lm.config.attention_dropout = cfg.dropout
-            for module in self.lm.modules():
-                if hasattr(module, "attention_dropout"):
-                    module.attention_dropout = cfg.dropout
+        if cfg.dropout > 0:
+            self.set_dropout(cfg.dropout)
         if cfg.lora_rank > 0:
             add_lora(self.lm, cfg)
+
+    def set_dropout(self, p: float) -> None:
+        """Dropout ``p`` of the input embeddings and of every attention layer (which read their rate
+        when built, so it is set on each of them as well as in the configs)."""
+        if not 0.0 <= p <= 0.9:
+            raise ValueError(f"dropout must lie in [0, 0.9], got {p}")
+        self.config.dropout = p
+        self.lm.config.attention_dropout = p
+        for module in self.lm.modules():
+            if hasattr(module, "attention_dropout"):
+                module.attention_dropout = p
 
     def input_dropout(self, emb: torch.Tensor) -> torch.Tensor:
         """The LM's input embeddings [B, L, D] with ``dropout`` applied while training."""
