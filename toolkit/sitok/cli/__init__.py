@@ -20,6 +20,7 @@ library function. Recipe stages call these commands; users can too.
     sitok transcribe         speech or codes -> text with an LLM-ASR model (stage 15)
     sitok tts                text -> speech with an AR-TTS model over the tokens (stage 16)
     sitok export             model directory from a training run's latest checkpoint
+    sitok export-onnx        ONNX graphs of a model directory, checked with onnxruntime
     sitok dump-codes         codes of a whole feature dump dir (stage 5)
     sitok resynth-set        decode a set's codes / vocode its ground truth to wavs (stage 5)
 

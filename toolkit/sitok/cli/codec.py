@@ -127,6 +127,17 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_export_onnx(a) -> int:
+    from sitok.infer.onnx import export_onnx
+
+    a.device = "cpu"
+    facts = export_onnx(load_tokenizer(a), a.output)
+    check = ", ".join(f"{k} {v:.2g}" for k, v in facts["check"].items())
+    graphs = "encoder, condition, step" + (", vocoder" if facts["vocoder"] else "")
+    print(f"{a.output}: {graphs}; largest |ONNX - PyTorch|: {check}")
+    return 0
+
+
 def cmd_dump_codes(a) -> int:
     from sitok.infer.sets import dump_codes
 
@@ -299,6 +310,19 @@ def add_parsers(sub) -> None:
     s = add_command(sub, "export", cmd_export, "model directory from a training run's latest checkpoint")
     s.add_argument("exp_dir", help="training experiment dir (train_config.json, save/)")
     s.add_argument("-o", "--output", default=None, help="output model directory (default: EXP_DIR/model)")
+
+    s = add_command(
+        sub,
+        "export-onnx",
+        cmd_export_onnx,
+        "ONNX graphs of a model directory (encoder + quantiser, decoder condition, one decoder step, vocoder), "
+        "checked against PyTorch with onnxruntime",
+    )
+    s.add_argument("-m", "--model-dir", required=True, help=MODEL_DIR_HELP)
+    s.add_argument("-o", "--output", required=True, help="output directory (written whole or not at all)")
+    s.add_argument(
+        "--vocoder", default="auto", choices=VOCODERS, help=VOCODER_HELP + " (griffin_lim: no vocoder graph)"
+    )
 
     s = add_command(
         sub,

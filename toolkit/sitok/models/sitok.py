@@ -305,8 +305,11 @@ class SiTok(nn.Module):
         mask = None
         if mel_lengths is not None:
             mask = lengths_to_mask(self.token_lengths(mel_lengths), x.shape[1])
-        h = self.encoder(self.in_proj(x), mask)
-        return self.to_latent(h), mask
+        return self.encode_frames(x, mask), mask
+
+    def encode_frames(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Stacked frames [B, T, stack * n_mels] (normalised), token mask [B, T] -> z [B, T, codebook_dim]."""
+        return self.to_latent(self.encoder(self.in_proj(x), mask))
 
     @torch.no_grad()
     def encode(self, mel: torch.Tensor, mel_lengths: torch.Tensor | None = None) -> torch.Tensor:

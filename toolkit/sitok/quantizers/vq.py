@@ -139,9 +139,21 @@ class EMAVectorQuantizer(Quantizer):
         z, mask = self._prepare(z, mask)
         return self._codes(z[mask], mask)[:, None, :]  # [B, 1, T]
 
+    def encode_dense(self, z: Tensor, mask: Tensor) -> Tensor:
+        """``encode`` in the form graph exporters need (ONNX): every frame's distances in one matrix,
+        nothing indexed by the mask, no input checks. The same codes on valid frames, 0 on padding
+        (up to ties that float rounding may break differently)."""
+        z = F.normalize(z, dim=-1) if self.normalize else z
+        e = self.embed.float()
+        dist = e.pow(2).sum(1) - 2.0 * z.float() @ e.t()  # [B, T, K] (||z||^2 is the same for every entry)
+        return torch.where(mask, dist.argmin(-1), 0)[:, None, :]  # [B, 1, T]
+
     def decode(self, codes: Tensor) -> Tensor:
-        codes = self._check_codes(codes).to(self.embed.device)
-        return F.embedding(codes[:, 0], self.embed)  # [B, T, D]
+        return self.lookup(self._check_codes(codes).to(self.embed.device))
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """``decode`` without the checks of the codes (graph export): codes [B, 1, T] -> [B, T, D]."""
+        return F.embedding(codes[:, 0], self.embed)
 
     # ---- training step ----
 
