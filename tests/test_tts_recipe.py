@@ -127,3 +127,34 @@ def test_recipe_refuses_a_multi_codebook_tokenizer(tiny_set, tmp_path):
     ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode != 0 and "writes one codebook" in r.stdout + r.stderr
+
+
+def test_init_model_goes_on_from_a_trained_model_directory(tiny_set, tmp_path):
+    from sitok.lm.tts import build_model
+
+    hp = {
+        "model_dir": str(tiny_set / "tok" / "model"),
+        "backbone": "tiny",
+        "pretrained": False,
+        "lora_rank": 0,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "dropout": 0.0,
+        "lm_layers": 0,
+        "init_from_codebook": True,
+        "speech_dim": 16,
+        "max_tokens_per_char": 2.0,
+        "min_tokens_per_char": 0.2,
+    }
+    torch.manual_seed(0)
+    first = build_model(hp)
+    with torch.no_grad():
+        first.speech_head.bias.add_(1.0)  # as if trained
+    first.save(str(tmp_path / "trained"))
+    torch.manual_seed(1)
+    again = build_model({**hp, "init_model": str(tmp_path / "trained"), "dropout": 0.2})
+    assert again.training and again.config.dropout == 0.2  # this run's dropout, the saved weights
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    other = write_model_dir(tmp_path / "big", codebook_size=128)
+    with pytest.raises(ValueError, match="writes 64 codes"):
+        build_model({**hp, "model_dir": other, "init_model": str(tmp_path / "trained")})
