@@ -372,3 +372,20 @@ def test_training_from_shards_killed_mid_epoch_resumes_identically(tiny_dump, tm
     w_ref = torch.load(ref / "model" / "model.pt", weights_only=True)
     w_exp = torch.load(exp / "model" / "model.pt", weights_only=True)
     assert all(torch.allclose(w_ref[k], w_exp[k], rtol=1e-5, atol=1e-7) for k in w_ref)
+
+
+def test_process_rank_takes_arguments_then_torchruns_environment(monkeypatch):
+    from sitok.data.ranks import process_rank
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert process_rank("x") == (0, 1, False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert process_rank("x") == (1, 3, False) and process_rank("x", 0, 2) == (0, 2, False)
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(ValueError, match="dump-codes: RANK='one' WORLD_SIZE='3' are not integers"):
+        process_rank("dump-codes")
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(ValueError, match="ShardDataset: rank 3 is outside world size 3"):
+        process_rank("ShardDataset")

@@ -81,3 +81,42 @@ def test_each_token_is_out_once_its_audio_has_arrived(tok):
         enc.push(wav[:10])
     enc.reset()
     assert enc.flush().shape[1] == 0
+
+
+def decode_stream(dec, codes, sizes):
+    out, pos = [], 0
+    for n in sizes:
+        out.append(dec.push(codes[:, pos : pos + n]))
+        pos += n
+    out.append(dec.push(codes[:, pos:]))
+    out.append(dec.flush())
+    return torch.cat(out)
+
+
+def test_chunked_decode_with_the_whole_utterance_in_view_equals_offline(tok):
+    from sitok.infer.streaming import ChunkedDecoder
+
+    codes = torch.randint(0, 64, (1, 23), generator=torch.Generator().manual_seed(0))
+    offline = tok.decode_mel(codes, steps=2, temperature=0.0)[0]
+    dec = ChunkedDecoder(tok, chunk=2, lookahead=30, context=30, crossfade=1, steps=2, temperature=0.0)
+    torch.testing.assert_close(decode_stream(dec, codes, [1, 4, 0, 7]), offline, rtol=0, atol=1e-5)
+
+
+def test_chunked_decode_waits_for_its_lookahead_and_any_chunking_gives_the_same_frames(tok):
+    from sitok.infer.streaming import ChunkedDecoder
+
+    codes = torch.randint(0, 64, (1, 29), generator=torch.Generator().manual_seed(1))
+    dec = ChunkedDecoder(tok, chunk=3, lookahead=1, context=4, crossfade=1, steps=2, seed=3)
+    assert dec.latency_ms == 320.0  # (3 + 1) tokens of 80 ms
+    first = [dec.push(codes[:, i : i + 1]).shape[0] for i in range(8)]
+    assert first == [0, 0, 0, 12, 0, 0, 12, 0]  # chunk k is out when token 3k + 3 (its look-ahead) arrives
+    dec.reset()
+    whole = decode_stream(dec, codes, [])
+    assert whole.shape == (4 * 29, tok.model.config.n_mels)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        dec.reset()
+        sizes = [int(s) for s in rng.integers(0, 6, size=8)]
+        torch.testing.assert_close(decode_stream(dec, codes, sizes), whole, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="crossfade"):
+        ChunkedDecoder(tok, chunk=2, lookahead=0, crossfade=1)

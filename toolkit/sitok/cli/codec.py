@@ -65,12 +65,32 @@ def cmd_info(a) -> int:
     return 0
 
 
+def run_many(a, kind: str) -> int:
+    """encode / decode / resynth of a directory or list file into the directory ``a.output``."""
+    from sitok.infer.batch import collect_jobs, run_jobs
+
+    if os.path.exists(a.output) and not os.path.isdir(a.output):
+        raise ValueError(f"{a.output}: not a directory (many inputs write one output file each into it)")
+    jobs = collect_jobs(a.input, a.output, kind)
+    decoding = {}
+    if kind != "encode":
+        decoding = {"steps": a.steps, "seed": a.seed, "cfg_scale": a.cfg_scale, "temperature": a.temperature}
+    counts = run_jobs(load_tokenizer(a), jobs, a.output, kind, a.batch_size, not a.no_progress, **decoding)
+    logger.info("%s -> %s: %d written, %d already there, %d failed", a.input, a.output, *counts.values())
+    if counts["failed"]:
+        raise ValueError(f"{counts['failed']} of {len(jobs)} inputs failed: see {os.path.join(a.output, 'failed.tsv')}")
+    return 0
+
+
 def cmd_encode(a) -> int:
     import numpy as np
 
     from sitok.data.audio import probe_audio
     from sitok.fileio import atomic_open
+    from sitok.infer.batch import is_many
 
+    if is_many(a.input):
+        return run_many(a, "encode")
     check_output(a.output)
     probe_audio(a.input)  # a bad input fails before the model loads
     codes = load_tokenizer(a).encode(a.input)
@@ -82,7 +102,10 @@ def cmd_encode(a) -> int:
 
 def cmd_decode(a) -> int:
     from sitok.data.audio import write_wav_atomic
+    from sitok.infer.batch import is_many
 
+    if is_many(a.input):
+        return run_many(a, "decode")
     check_output(a.output)
     codes = load_codes(a.input)
     tok = load_tokenizer(a)
@@ -110,7 +133,10 @@ def cmd_decode(a) -> int:
 
 def cmd_resynth(a) -> int:
     from sitok.data.audio import probe_audio, write_wav_atomic
+    from sitok.infer.batch import is_many
 
+    if is_many(a.input):
+        return run_many(a, "resynth")
     check_output(a.output)
     probe_audio(a.input)
     tok = load_tokenizer(a)
@@ -255,6 +281,17 @@ def _model_options(s, vocoder: bool = True) -> None:
     s.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
 
+MANY = "or many: a directory (searched recursively) or a list file (.list/.txt/.scp: a path, or 'key path', per line)"
+MANY_OUT = "with many inputs, a directory: the same relative paths (or names) with the output's extension"
+
+
+def _many_options(s) -> None:
+    s.add_argument(
+        "--batch-size", type=positive_int, default=8, help="with many inputs: files per batch (similar lengths)"
+    )
+    s.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+
+
 def add_parsers(sub) -> None:
     s = add_command(sub, "count-params", cmd_count_params, "parameters of a tokenizer config (meta device, no memory)")
     s.add_argument("configs", nargs="+", help="hparams YAML(s) with a model_config mapping, or model dirs")
@@ -263,27 +300,34 @@ def add_parsers(sub) -> None:
     _model_options(s)
 
     s = add_command(sub, "encode", cmd_encode, "wav -> codes (.npy [CN, T])")
-    s.add_argument("input", help="audio file (any format libsndfile reads, any rate and channel count)")
-    s.add_argument("-o", "--output", required=True, help="codes file, int64 .npy [CN, T] (written under this name)")
+    s.add_argument("input", help="audio file (any format libsndfile reads, any rate and channel count); " + MANY)
+    s.add_argument(
+        "-o", "--output", required=True, help="codes file, int64 .npy [CN, T] (written under this name); " + MANY_OUT
+    )
     _model_options(s)
+    _many_options(s)
 
     s = add_command(sub, "decode", cmd_decode, "codes (.npy) -> 24 kHz wav")
-    s.add_argument("input", help=".npy codes [CN, T], or [B, CN, T] for B files")
+    s.add_argument("input", help=".npy codes [CN, T], or [B, CN, T] for B files; " + MANY)
     s.add_argument(
         "-o",
         "--output",
         required=True,
         help="output wav; codes [B, CN, T] give one wav per item, OUTPUT with _0, _1, ... before the "
-        "extension (out.wav -> out_0.wav, out_1.wav)",
+        "extension (out.wav -> out_0.wav, out_1.wav); " + MANY_OUT,
     )
     add_decoding(s, seed_help="start-noise seed (an utterance's noise depends only on it and the utterance's length)")
     _model_options(s)
+    _many_options(s)
 
     s = add_command(sub, "resynth", cmd_resynth, "wav -> codes -> wav")
-    s.add_argument("input", help="audio file (any format libsndfile reads, any rate and channel count)")
-    s.add_argument("-o", "--output", required=True, help="output wav (24 kHz, cut to the input's duration)")
+    s.add_argument("input", help="audio file (any format libsndfile reads, any rate and channel count); " + MANY)
+    s.add_argument(
+        "-o", "--output", required=True, help="output wav (24 kHz, cut to the input's duration); " + MANY_OUT
+    )
     add_decoding(s)
     _model_options(s)
+    _many_options(s)
 
     s = add_command(sub, "transcribe", cmd_transcribe, "speech or codes -> text with an LLM-ASR model (stage 15)")
     s.add_argument("inputs", nargs="+", help="audio files, or .npy codes files written by 'sitok encode'")

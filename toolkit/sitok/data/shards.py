@@ -71,6 +71,7 @@ from sitok.data.audio import AudioError, load_audio, probe_audio, resample
 from sitok.data.entries import Skip, summarize_skips, write_skipped
 from sitok.data.kaldi import DataDir, DataDirError
 from sitok.data.mel import GlobalCMVN, MelConfig, MelFrontend
+from sitok.data.ranks import process_rank
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.stamp import make_stamp, read_stamp
 
@@ -509,18 +510,6 @@ class StreamState:
 # ---------------------------------------------------------------------------------------
 
 
-def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is not None and world_size is not None:
-        r, w = int(rank), int(world_size)
-    elif torch.distributed.is_available() and torch.distributed.is_initialized():
-        r, w = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    else:
-        r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if not 0 <= r < w:
-        raise ValueError(f"ShardDataset: rank {r} is not in [0, world_size {w})")
-    return r, w
-
-
 class ShardDataset(torch.utils.data.IterableDataset):
     """Stream a shard directory as training samples (see the module docstring for the plan).
 
@@ -564,7 +553,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.mel_cfg = mel_cfg or MelConfig()
         self.cmvn = GlobalCMVN.load(cmvn) if isinstance(cmvn, str) else cmvn
         self.tokenize, self.seed, self.epoch = tokenize, seed, int(epoch)
-        self.rank, self.world_size = _resolve_rank(rank, world_size)
+        self.rank, self.world_size, _ = process_rank("ShardDataset", rank, world_size)
         self.even, self.shuffle_buffer = even, shuffle_buffer
         self.batch_seconds, self.bucket_buffer, self.max_batch_size = batch_seconds, bucket_buffer, max_batch_size
         self.features, self.return_wav, self.device = features, return_wav, torch.device(device)

@@ -24,6 +24,7 @@ import torch
 
 from sitok.data.audio import write_wav_atomic
 from sitok.data.kaldi import DataDir, read_mat, read_scp, read_table, write_table
+from sitok.data.ranks import process_rank
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.stamp import changes, digest, digest_dump, fresh_cache, read_stamp, write_stamp
 
@@ -122,25 +123,6 @@ PARTS_DIR = ".parts"
 FINAL_STAMP = ".codes.stamp"
 PART_UTTS = 2000
 BATCH_FRAMES = 20000
-
-
-def _rank_and_world() -> tuple[int, int, bool]:
-    """(rank, world size, whether a torch.distributed process group is initialised): the process
-    group's when there is one, else RANK / WORLD_SIZE as torchrun sets them, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), True
-    try:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise ValueError(
-            f"dump-codes: RANK={os.environ.get('RANK')!r} WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} "
-            "are not integers (torchrun sets them; unset both for one process)"
-        ) from None
-    if not 0 <= rank < world:
-        raise ValueError(f"dump-codes: RANK={rank} is outside WORLD_SIZE={world} (unset both for one process)")
-    return rank, world, False
 
 
 def _header_frames(spec: str) -> int | None:
@@ -335,7 +317,7 @@ def dump_codes(
 
     from tqdm import tqdm
 
-    rank, world, group = _rank_and_world()
+    rank, world, group = process_rank("dump-codes")
     scp_path = os.path.join(dump_dir, "feats.scp")
     feats = read_scp(scp_path)
     stamp = codes_stamp(tok, dump_dir, batch_frames)  # of the output; the parts' adds their size

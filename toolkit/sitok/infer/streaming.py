@@ -1,4 +1,7 @@
-"""Streaming encode: codes of an audio stream, each emitted as soon as the audio its frames need
+"""Streaming: encode an audio stream (``StreamingEncoder``, codes equal to offline encoding) and
+decode a stream of codes chunk by chunk (``ChunkedDecoder``, further down).
+
+Streaming encode: codes of an audio stream, each emitted as soon as the audio its frames need
 has arrived, equal to encoding the whole recording at once.
 
     enc = StreamingEncoder(tok)
@@ -21,6 +24,7 @@ import math
 
 import torch
 
+from sitok.infer.sampler import euler_sample
 from sitok.infer.tokenizer import Tokenizer
 
 
@@ -119,3 +123,119 @@ class StreamingEncoder:
             return self._tokens()
         self._frames(math.ceil(self.received / self.hop), total=self.received)
         return self._tokens(final=True)
+
+
+NOISE_BLOCK = 64  # token positions per block of start noise drawn from one seed
+
+
+class ChunkedDecoder:
+    """Streaming decode: codes in, log-mel out chunk by chunk, with the non-causal decoder.
+
+        dec = ChunkedDecoder(tok, chunk=2, lookahead=2, steps=4, temperature=0.0)
+        for codes in stream:            # [CN, n] tokens as they arrive (a StreamingEncoder's output)
+            mel = dec.push(codes)       # un-normalised log-mel [F, n_mels] of the chunks now ready
+        mel = dec.flush()               # the rest, once the stream has ended
+
+    Chunk k (tokens kN .. kN + N - 1, N = ``chunk``) is decoded once the tokens up to kN + N + L
+    have arrived (L = ``lookahead``), in a window reaching ``context`` tokens back and L ahead;
+    its frames of the chunk are emitted, the first ``crossfade`` tokens' worth blended linearly
+    (in log-mel) with what the window before predicted for them in its look-ahead. Algorithmic
+    latency: (N + L) tokens, 80 ms each at 12.5 Hz (``latency_ms``), on top of the encoder's
+    30 ms. The start noise of token position p is the same in every window (drawn per block of
+    ``NOISE_BLOCK`` positions from ``seed``, scaled by ``temperature``), so windows differ only in
+    what they see; when context and look-ahead cover the whole utterance the output equals
+    decoding it at once from that noise.
+    """
+
+    def __init__(
+        self,
+        tok: Tokenizer,
+        chunk: int = 2,
+        lookahead: int = 2,
+        context: int = 16,
+        crossfade: int = 1,
+        steps: int = 4,
+        seed: int = 0,
+        temperature: float = 1.0,
+    ):
+        if chunk < 1 or lookahead < 0 or context < 0 or not 0 <= crossfade <= min(chunk, lookahead):
+            raise ValueError(
+                f"ChunkedDecoder: need chunk >= 1, lookahead >= 0, context >= 0 and 0 <= crossfade <= "
+                f"min(chunk, lookahead); got chunk={chunk}, lookahead={lookahead}, context={context}, "
+                f"crossfade={crossfade}"
+            )
+        self.tok, self.model = tok, tok.model
+        self.chunk, self.lookahead, self.context, self.crossfade = chunk, lookahead, context, crossfade
+        self.steps, self.seed, self.temperature = steps, seed, temperature
+        self.stack = self.model.config.stack
+        self.reset()
+
+    @property
+    def latency_ms(self) -> float:
+        """Tokens that must arrive before a chunk can be decoded, in milliseconds of audio."""
+        return 1000.0 * (self.chunk + self.lookahead) / self.model.config.token_rate
+
+    def reset(self) -> None:
+        """Start a new stream."""
+        self.codes = torch.zeros(self.model.config.num_codebooks, 0, dtype=torch.long)
+        self.emitted = 0  # tokens whose frames are out
+        self.tail = None  # the last window's prediction of the next chunk's first crossfade tokens
+        self.closed = False
+
+    def _noise(self, start: int, stop: int) -> torch.Tensor:
+        """Start noise [stop - start, frame_dim] of token positions start .. stop - 1."""
+        d = self.model.config.frame_dim
+        blocks = []
+        for b in range(start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK + 1):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + b)
+            blocks.append(torch.randn(NOISE_BLOCK, d, generator=g))
+        first = (start // NOISE_BLOCK) * NOISE_BLOCK
+        return torch.cat(blocks)[start - first : stop - first]
+
+    @torch.no_grad()
+    def _window(self, start: int, stop: int) -> torch.Tensor:
+        """Un-normalised log-mel [(stop - start) * stack, n_mels] of tokens start .. stop - 1 alone."""
+        tok, model = self.tok, self.model
+        codes = self.codes[:, start:stop][None].to(tok.device)
+        cond = model.cond_from_codes(codes)
+        if model.config.decoder == "diffusion":
+            noise = (self.temperature * self._noise(start, stop))[None].to(tok.device, tok.dtype)
+            x = euler_sample(model.velocity_fn(cond, None, self.steps), noise, self.steps)
+        else:
+            x = model.decoder(cond)
+        return tok.cmvn.inverse(model.unstack(x).float())[0].cpu()
+
+    def _ready(self, final: bool) -> torch.Tensor:
+        total, s, out = self.codes.shape[1], self.stack, []
+        while self.emitted < total:
+            start = self.emitted
+            stop = min(start + self.chunk, total) if final else start + self.chunk
+            if not final and stop + self.lookahead > total:
+                break
+            w0, w1 = max(0, start - self.context), min(total, stop + self.lookahead)
+            mel = self._window(w0, w1)
+            cur = mel[(start - w0) * s : (stop - w0) * s].clone()
+            if self.tail is not None and len(self.tail):
+                n = min(len(self.tail), len(cur))
+                w = torch.arange(1, n + 1, dtype=cur.dtype)[:, None] / (n + 1)  # towards this window
+                cur[:n] = (1 - w) * self.tail[:n] + w * cur[:n]
+            self.tail = mel[(stop - w0) * s : (stop - w0 + self.crossfade) * s] if self.crossfade else None
+            out.append(cur)
+            self.emitted = stop
+        return torch.cat(out) if out else torch.zeros(0, self.model.config.n_mels)
+
+    def push(self, codes) -> torch.Tensor:
+        """Add tokens [CN, n]; returns the log-mel frames [F, n_mels] of the chunks now complete."""
+        if self.closed:
+            raise RuntimeError("ChunkedDecoder: push after flush (call reset for a new stream)")
+        codes = self.tok.check_codes(codes)[0].cpu() if torch.as_tensor(codes).shape[-1] else None
+        if codes is not None:
+            self.codes = torch.cat([self.codes, codes], dim=1)
+        return self._ready(final=False)
+
+    def flush(self) -> torch.Tensor:
+        """The end of the stream: the frames of the tokens not yet decoded."""
+        if self.closed:
+            raise RuntimeError("ChunkedDecoder: flushed twice (call reset for a new stream)")
+        self.closed = True
+        return self._ready(final=True)
