@@ -64,7 +64,7 @@ def main() -> None:
     for n in names:
         os.makedirs(os.path.join(a.out, n, "wav"), exist_ok=True)
     for u in utts:
-        codes = torch.as_tensor(read_mat(codes_scp[u])).long().T  # [CN, T]
+        codes = torch.as_tensor(read_mat(codes_scp[u])).long()  # [CN, T]
         gt = tok.normalise(torch.as_tensor(read_mat(feats[u])))
         audio_s += codes.shape[1] / rate
         t0 = time.perf_counter()
