@@ -6,13 +6,15 @@ in length-sorted batches through the batched API, resumable after a kill.
     sitok resynth files.list -o resynth/                     # one audio path per line
 
 Each output is written atomically, so an output that exists is complete: a re-run (after a kill,
-or with more inputs) skips it and does the rest. An input that cannot be read is named in
+or with more inputs) skips it, removes the temporary file of a write the kill cut short, and
+does the rest. An input that cannot be read is named in
 ``<out_dir>/failed.tsv`` with the reason and the others go on; the caller reports the count.
 A batch gives every item the result it would get alone (``encode_batch``, ``decode(lengths=)``).
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from dataclasses import dataclass
@@ -95,6 +97,8 @@ def run_jobs(tok, jobs: list[Job], out_dir: str, kind: str, batch_size: int = 8,
     for j in jobs:
         if os.path.exists(j.output):
             continue
+        for leftover in glob.glob(glob.escape(j.output) + ".tmp*"):  # a write cut short by a kill
+            os.remove(leftover)
         try:
             todo.append((_size(j, kind), j))
         except (AudioError, OSError, ValueError) as exc:
