@@ -29,13 +29,9 @@ logger = logging.getLogger("sitok")
 
 def load_codes(path: str):
     """Codes from a .npy file (no pickles), with the file named in every error."""
-    import numpy as np
+    from sitok.infer.batch import read_codes
 
-    with open(path, "rb") as fh:  # OSError names the file
-        try:
-            return np.lib.format.read_array(fh, allow_pickle=False)
-        except (ValueError, EOFError, OSError) as exc:
-            raise ValueError(f"{path}: not a .npy codes file ({one_line(exc, 200)})") from None
+    return read_codes(path)
 
 
 def batch_output_paths(output: str, n: int) -> list[str]:

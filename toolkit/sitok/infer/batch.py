@@ -152,12 +152,17 @@ def _run_batch(tok, batch: list[Job], kind: str, decoding: dict) -> None:
         write_wav_atomic(j.output, w[:n].numpy(), sr)
 
 
-def _load_codes(path: str) -> torch.Tensor:
-    with open(path, "rb") as fh:
+def read_codes(path: str) -> np.ndarray:
+    """Codes from a .npy file (never unpickled), the file named in every error."""
+    with open(path, "rb") as fh:  # OSError names the file
         try:
-            codes = np.lib.format.read_array(fh, allow_pickle=False)
+            return np.lib.format.read_array(fh, allow_pickle=False)
         except (ValueError, EOFError, OSError) as exc:
-            raise ValueError(f"{path}: not a .npy codes file ({exc})") from None
+            raise ValueError(f"{path}: not a .npy codes file ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _load_codes(path: str) -> torch.Tensor:
+    codes = read_codes(path)
     if codes.ndim != 2:
         raise ValueError(f"{path}: codes [CN, T] expected, got shape {codes.shape}")
     return torch.as_tensor(codes)
