@@ -1,5 +1,7 @@
+import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -108,6 +110,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process it started, as a machine failure would: torchrun's
+    workers run in sessions of their own, so killing the launcher's process group leaves them on
+    (Linux: parents read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    for p in tree:  # the launcher first: it cannot restart a worker
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def torchrun_gloo(script_args: list) -> list:

@@ -309,6 +309,79 @@ def test_loader_equal_steps_per_rank_and_resume_by_batch_count(corpus, workers):
     assert worker_order([3, 1, 2]) == [0, 1, 2, 0, 2, 0]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_micro_batches_are_the_same_steps_for_any_number_of_ranks(corpus, workers):
+    """With 4 micro-batches per step, 1, 2 or 4 ranks together yield, step by step, the same 4
+    micro-batches in the same order (rank r takes positions r, r + W, ...); a loader resumed after
+    k steps on another number of ranks yields exactly the rest."""
+    _, out, _ = corpus
+    M = 4
+
+    def loader(rank, world):
+        ds = ShardDataset(out, features="none", seed=5, rank=rank, world_size=world, even=True, batch_seconds=1.5)
+        return ShardLoader(ds, num_workers=workers, micro_batches=M)
+
+    def steps(world, epoch, resume_steps=0):
+        """The epoch's steps as lists of M micro-batches (ids), put together from every rank."""
+        per_rank = []
+        for r in range(world):
+            ld = loader(r, world)
+            if resume_steps:
+                ld.resume(epoch, resume_steps * (M // world))
+            ld.set_epoch(epoch)
+            per_rank.append([list(b.id) for b in ld])
+        n_steps = len(per_rank[0]) // (M // world)
+        assert all(len(b) == n_steps * (M // world) for b in per_rank)
+        return [[per_rank[j % world][s * (M // world) + j // world] for j in range(M)] for s in range(n_steps)]
+
+    for epoch in (1, 2):
+        one = steps(1, epoch)
+        ld = loader(0, 1)
+        ld.set_epoch(epoch)
+        assert len(one) == ld.steps > 2
+        seen = [u for step in one for b in step for u in b]
+        assert len(seen) == len(set(seen))  # no sample twice in an epoch
+        assert steps(2, epoch) == one and steps(4, epoch) == one
+        assert steps(2, epoch, resume_steps=1) == one[1:]  # stopped after 1 step on 4 ranks, resumed on 2
+        assert steps(4, epoch, resume_steps=2) == one[2:]
+    assert steps(1, 1) != steps(1, 2)  # epochs reshuffle
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        loader(0, 3)
+
+
+def test_micro_batch_sampler_splits_steps_over_ranks():
+    """The feature-dump path: a batch sampler cut into steps of M batches, rank r taking positions
+    r, r + W, ...; the batches after the last whole step are left out."""
+    from sitok.data.ranks import MicroBatchSampler
+
+    class Batches:
+        def __init__(self):
+            self.epoch = 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __len__(self):
+            return 10
+
+        def __iter__(self):
+            return iter([[self.epoch * 100 + i] for i in range(10)])
+
+    def together(world, epoch):
+        ranks = []
+        for r in range(world):
+            s = MicroBatchSampler(Batches(), 4, rank=r, world_size=world)
+            s.set_epoch(epoch)
+            assert len(s) == 2 * (4 // world) and s.steps == 2
+            ranks.append(list(s))
+        return [ranks[j % world][step * (4 // world) + j // world] for step in range(2) for j in range(4)]
+
+    expected = [[300 + i] for i in range(8)]
+    assert together(1, 3) == together(2, 3) == together(4, 3) == expected
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        MicroBatchSampler(Batches(), 4, rank=0, world_size=3)
+
+
 def test_tokenizer_trains_from_shards(tiny_dump, tmp_path):  # noqa: F811
     """The tiny tokenizer recipe reads the training audio from shards (log-mel on the fly) and
     exports a model; the epoch's steps come from the shard plan."""

@@ -28,3 +28,50 @@ def process_rank(who: str, rank: int | None = None, world_size: int | None = Non
     if not 0 <= r < w:
         raise ValueError(f"{who}: rank {r} is outside world size {w} (unset RANK and WORLD_SIZE for one process)")
     return r, w, group
+
+
+# ---- a fixed number of micro-batches per optimiser step ------------------------------------------
+# With ``micro_batches`` = M per step, step s of an epoch trains on the epoch's micro-batches
+# s*M .. s*M + M - 1, whatever the number of processes W: process r takes micro-batches
+# r, r + W, r + 2W, ... of each step (M / W of them, gradients accumulated), so changing W changes
+# who computes what, not what is computed. Micro-batch j of a step is the "stream" j; stream j is
+# always on process j mod W.
+
+
+def micro_batch_layout(micro_batches: int, rank: int, world_size: int) -> list[int]:
+    """The streams (micro-batch positions within a step) process ``rank`` computes, in order."""
+    if micro_batches < 1 or micro_batches % world_size:
+        raise ValueError(
+            f"micro_batches_per_step={micro_batches} must be a positive multiple of the number of "
+            f"processes ({world_size}): every process accumulates the same number of micro-batches"
+        )
+    return list(range(rank, micro_batches, world_size))
+
+
+class MicroBatchSampler:
+    """A batch sampler (SpeechBrain's DynamicBatchSampler or any iterable of index lists with
+    ``set_epoch``) cut into steps of ``micro_batches`` batches; yields this process's share of every
+    step (:func:`micro_batch_layout`) and leaves out the last ``len % micro_batches`` batches of the
+    epoch. ``len()`` is this process's batches per epoch."""
+
+    def __init__(self, batch_sampler, micro_batches: int, rank: int | None = None, world_size: int | None = None):
+        self.sampler, self.micro_batches = batch_sampler, int(micro_batches)
+        self.rank, self.world_size, _ = process_rank("MicroBatchSampler", rank, world_size)
+        self.streams = micro_batch_layout(self.micro_batches, self.rank, self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps per epoch."""
+        return len(self.sampler) // self.micro_batches
+
+    def __len__(self) -> int:
+        return self.steps * len(self.streams)
+
+    def __iter__(self):
+        batches = list(self.sampler)
+        for s in range(self.steps):
+            for j in self.streams:
+                yield batches[s * self.micro_batches + j]

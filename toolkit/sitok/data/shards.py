@@ -71,7 +71,7 @@ from sitok.data.audio import AudioError, load_audio, probe_audio, resample
 from sitok.data.entries import Skip, summarize_skips, write_skipped
 from sitok.data.kaldi import DataDir, DataDirError
 from sitok.data.mel import GlobalCMVN, MelConfig, MelFrontend
-from sitok.data.ranks import process_rank
+from sitok.data.ranks import micro_batch_layout, process_rank
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.stamp import make_stamp, read_stamp
 
@@ -560,6 +560,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self._resume: StreamState | None = None
         self._frontend: MelFrontend | None = None
         self.worker_rotation = 0  # see slice_layout (a resumed ShardLoader sets it)
+        # set by a ShardLoader with micro_batches_per_step (see slices()): the streams this process
+        # reads, how many there are, DataLoader workers per stream, and the batches every slice gives
+        self.streams: list[int] | None = None
+        self.num_streams, self.stream_workers, self.slice_batches = 0, 1, None
 
     # ---- epochs and resumption ---------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -588,8 +592,28 @@ class ShardDataset(torch.utils.data.IterableDataset):
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         return self.rank * workers + (worker + self.worker_rotation) % workers, self.world_size * workers
 
+    def slices(self) -> tuple[list[int], int]:
+        """(the slices the calling process reads, interleaved batch by batch; number of slices).
+
+        Without streams, :meth:`slice_layout`'s one slice. With streams (``micro_batches_per_step``
+        M; the process reads streams ``streams``, A of them, each read by ``stream_workers`` = n
+        DataLoader workers) there are M x n slices, slice ``stream * n + w``; DataLoader worker j
+        reads stream ``streams[j % A]`` through its worker ``(j // A + worker_rotation) % n``, so
+        the DataLoader's round robin returns every step's A micro-batches in stream order; a
+        process without workers reads its A streams itself, interleaved."""
+        if self.streams is None:
+            slice_id, num_slices = self.slice_layout()
+            return [slice_id], num_slices
+        n, a_count = self.stream_workers, len(self.streams)
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return list(self.streams), self.num_streams
+        stream = self.streams[info.id % a_count]
+        return [stream * n + (info.id // a_count + self.worker_rotation) % n], self.num_streams * n
+
     def plan(self, slice_id: int, num_slices: int) -> tuple[list, list[int]]:
-        """This epoch's batches of slice ``slice_id`` after what the resumption state consumed."""
+        """This epoch's batches of slice ``slice_id`` after what the resumption state consumed
+        (with ``slice_batches``, only the first that-many batches of the slice count)."""
         counts = [s["utterances"] for s in self.index["shards"]]
         batches, shards = epoch_plan(
             counts,
@@ -604,6 +628,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
             bucket_buffer=self.bucket_buffer,
             max_batch_size=self.max_batch_size,
         )
+        if self.slice_batches is not None:
+            batches = batches[: self.slice_batches]
         state = self._resume
         if state is None or state.epoch != self.epoch:
             return batches, shards
@@ -663,7 +689,19 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return sample
 
     def __iter__(self):
-        slice_id, num_slices = self.slice_layout()
+        slice_ids, num_slices = self.slices()
+        if len(slice_ids) == 1:
+            yield from self._iter_slice(slice_ids[0], num_slices)
+            return
+        streams = [self._iter_slice(i, num_slices) for i in slice_ids]
+        while True:  # one batch of every slice in turn (their batch counts are equal)
+            for it in streams:
+                batch = next(it, None)
+                if batch is None:
+                    return
+                yield batch
+
+    def _iter_slice(self, slice_id: int, num_slices: int):
         batches, shards = self.plan(slice_id, num_slices)
         needed = {(s, p) for batch in batches for s, p, _ in batch}
         last: dict[int, int] = {}  # shard -> the last position still needed
@@ -757,15 +795,45 @@ class ShardLoader(torch.utils.data.DataLoader):
     (:meth:`resume`), so a resumed epoch continues with exactly the batches an uninterrupted one
     would have given. Call :meth:`set_epoch` before each epoch."""
 
-    def __init__(self, dataset: ShardDataset, num_workers: int = 0, collate_fn: Callable = padded_batch):
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        num_workers: int = 0,
+        collate_fn: Callable = padded_batch,
+        micro_batches: int | None = None,
+    ):
         if dataset.batch_seconds is None:
             raise ValueError("ShardLoader: the dataset needs batch_seconds (dynamic batches)")
+        # micro_batches M: a step's M micro-batches are the same whatever the number of ranks
+        # (sitok.data.ranks.micro_batch_layout); each of the M streams is read by num_workers
+        # workers and gives the same number of batches, so the DataLoader's round robin never skips
+        self.micro_batches = int(micro_batches or 0)
+        loader_workers = num_workers
+        if self.micro_batches:
+            dataset.streams = micro_batch_layout(self.micro_batches, dataset.rank, dataset.world_size)
+            dataset.num_streams, dataset.stream_workers = self.micro_batches, max(1, num_workers)
+            loader_workers = num_workers * len(dataset.streams)
         # its own generator: starting an iterator draws a seed, which must not move the global RNG
         # (a resumed epoch starts its iterator at another point of the training's random stream)
         gen = torch.Generator().manual_seed(dataset.seed)
-        super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=collate_fn, generator=gen)
+        super().__init__(dataset, batch_size=None, num_workers=loader_workers, collate_fn=collate_fn, generator=gen)
         self.start, self.num_batches = 0, 0
         self.set_epoch(dataset.epoch)
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps per epoch (batches per process, or per step of micro_batches)."""
+        return self.num_batches // max(1, len(self.dataset.streams or [0]))
+
+    def _stream_plans(self) -> list[list]:
+        """Every slice's batches of this epoch (all M x n slices: the same on every rank)."""
+        ds = self.dataset
+        saved, ds._resume, cap, ds.slice_batches = ds._resume, None, ds.slice_batches, None
+        try:
+            n = ds.num_streams * ds.stream_workers
+            return [ds.plan(i, n)[0] for i in range(n)]
+        finally:
+            ds._resume, ds.slice_batches = saved, cap
 
     def _plans(self, rank: int) -> list[list]:
         """Rank ``rank``'s batches of this epoch, per worker, from the epoch's beginning."""
@@ -781,6 +849,11 @@ class ShardLoader(torch.utils.data.DataLoader):
         if epoch != self.dataset.epoch or self.dataset._resume is None:
             self.start, self.dataset.worker_rotation = 0, 0
         self.dataset.set_epoch(epoch)
+        if self.micro_batches:  # every slice gives the fewest batches any slice has
+            ds = self.dataset
+            ds.slice_batches = min(len(p) for p in self._stream_plans())
+            self.num_batches = ds.slice_batches * ds.stream_workers * len(ds.streams)
+            return
         counts = [sum(len(p) for p in self._plans(r)) for r in range(self.dataset.world_size)]
         self.num_batches = min(counts)
         if max(counts) > self.num_batches:
@@ -788,6 +861,8 @@ class ShardLoader(torch.utils.data.DataLoader):
 
     def resume(self, epoch: int, batches_done: int) -> None:
         """Continue epoch ``epoch`` after its first ``batches_done`` batches."""
+        if self.micro_batches:
+            return self._resume_streams(epoch, batches_done)
         ds, workers = self.dataset, max(1, self.num_workers)
         ds._resume = None
         self.set_epoch(epoch)
@@ -802,6 +877,26 @@ class ShardLoader(torch.utils.data.DataLoader):
         # a new DataLoader starts its round robin at worker 0: let worker 0 read the slice whose
         # batch comes next, so the rest of the epoch arrives in the uninterrupted order
         ds.worker_rotation = order[batches_done] if batches_done < len(order) else 0
+        self.start = min(batches_done, self.num_batches)
+
+    def _resume_streams(self, epoch: int, batches_done: int) -> None:
+        """``resume`` with streams: ``batches_done`` is a whole number of steps S; stream worker w
+        gave the batches i < S with i mod n = w."""
+        ds = self.dataset
+        ds._resume = None
+        self.set_epoch(epoch)
+        a_count, n = len(ds.streams), ds.stream_workers
+        if batches_done % a_count:
+            raise ValueError(f"ShardLoader: {batches_done} batches done is not a whole number of steps of {a_count}")
+        steps = batches_done // a_count
+        plans = self._stream_plans()
+        consumed = {}
+        for stream in ds.streams:
+            for w in range(n):
+                k = len(range(w, steps, n))
+                consumed[stream * n + w] = sum(len(b) for b in plans[stream * n + w][:k])
+        ds.load_state_dict(StreamState(epoch, ds.num_streams * n, consumed))
+        ds.worker_rotation = steps % n
         self.start = min(batches_done, self.num_batches)
 
     def __len__(self) -> int:

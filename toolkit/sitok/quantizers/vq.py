@@ -107,6 +107,8 @@ class EMAVectorQuantizer(Quantizer):
         self.register_buffer("unused_frames", torch.zeros(K))  # [K] valid frames seen since the entry was last chosen
         self.register_buffer("initted", torch.tensor(not init_from_data))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.accumulate = False  # True: training forwards only collect; flush() updates (see _collect)
+        self._pending: tuple[Tensor, Tensor, Tensor] | None = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # models saved before unused_frames existed load with the counter at zero
@@ -173,7 +175,11 @@ class EMAVectorQuantizer(Quantizer):
         z_q = q + (z - z.detach())  # straight-through: forward value exactly q, gradient 1 to z
         codes = codes[:, None, :]  # [B, 1, T]
         stats = self._batch_stats(codes, mask)
-        restarted = self._ema_update(x, codes[:, 0][mask]) if self.training else 0
+        restarted = 0
+        if self.training and self.accumulate:  # counted now, applied by flush() at the optimiser step
+            self._collect(x, codes[:, 0][mask])
+        elif self.training:
+            restarted = self._ema_update(x, codes[:, 0][mask])
         stats.update(self._running_stats(), restarted=float(restarted))
         return QuantizerOutput(z_q=z_q, codes=codes, loss=self.beta * commit, stats=stats), q
 
@@ -182,7 +188,9 @@ class EMAVectorQuantizer(Quantizer):
         """n random rows of x [N, D] (distinct while N allows), rank 0's when distributed; None if none."""
         N = x.shape[0]
         rows = None
-        if N > 0:
+        # only the rank whose rows are used draws: the random stream of the others does not depend
+        # on whether the codebook was (re)started during their step
+        if N > 0 and (not _distributed() or dist.get_rank() == 0):
             if N >= n:
                 idx = torch.randperm(N, device=x.device)[:n]
             else:  # every frame once, then repeats
@@ -212,12 +220,53 @@ class EMAVectorQuantizer(Quantizer):
     @torch.no_grad()
     def _ema_update(self, x: Tensor, idx: Tensor) -> int:
         """EMA step from valid frames x [N, D] with codes idx [N]; returns the number of restarts."""
-        K, D, d = self.codebook_size, self.dim, self.decay
+        K, D = self.codebook_size, self.dim
         counts = torch.bincount(idx, minlength=K).float()  # [K]
         sums = torch.zeros(K, D, device=x.device).index_add_(0, idx, x)  # [K, D]
+        return self._apply_ema(counts, sums, x)
+
+    # ---- several micro-batches per step ----
+    # With gradient accumulation a step sees several forwards. ``accumulate = True`` makes the
+    # codebook a function of the step, not of how its micro-batches are spread over the ranks:
+    # every micro-batch of a step is coded with the same codebook, their counts and sums are added
+    # up, and ``flush()`` (called once per optimiser step, on every rank) makes the one EMA update
+    # and the restarts, drawing restart frames from the first micro-batch rank 0 saw. The frame sums
+    # are kept in float64, so that adding the micro-batches in another order (another number of
+    # ranks) rounds to the same float32 codebook: a codebook one ulp off would code a frame near a
+    # tie differently, and the runs would drift apart.
+
+    @torch.no_grad()
+    def _collect(self, x: Tensor, idx: Tensor) -> None:
+        K, D = self.codebook_size, self.dim
+        if self._pending is None:
+            sums = torch.zeros(K, D, device=x.device, dtype=torch.float64)
+            self._pending = (torch.zeros(K, device=x.device), sums, x.clone())
+        counts, sums, _ = self._pending
+        counts.add_(torch.bincount(idx, minlength=K).float())
+        sums.index_add_(0, idx, x.double())
+
+    @torch.no_grad()
+    def flush(self) -> int:
+        """Apply the EMA update of the micro-batches collected since the last flush (collective when
+        distributed: every rank must call it). Returns the number of restarted entries."""
+        if self._pending is None:  # this rank saw no training forward: it still joins the reduction
+            K, D = self.codebook_size, self.dim
+            dev = self.embed.device
+            sums = torch.zeros(K, D, device=dev, dtype=torch.float64)
+            self._pending = (torch.zeros(K, device=dev), sums, torch.zeros(0, D, device=dev))
+        counts, sums, x = self._pending
+        self._pending = None
+        return self._apply_ema(counts, sums, x)
+
+    @torch.no_grad()
+    def _apply_ema(self, counts: Tensor, sums: Tensor, x: Tensor) -> int:
+        """The EMA step from per-entry frame counts [K] and sums [K, D] (summed over the ranks here);
+        restart frames are drawn from x [N, D] (rank 0's). Returns the number of restarts."""
+        K, d = self.codebook_size, self.decay
         if _distributed():
             dist.all_reduce(counts)
             dist.all_reduce(sums)
+        sums = sums.float()
         if float(counts.sum()) == 0:  # no valid frame on any rank: nothing to learn from
             return 0
         self.cluster_size.mul_(d).add_(counts, alpha=1 - d)

@@ -24,7 +24,7 @@ import time
 import torch
 from speechbrain.nnet.schedulers import WarmAndExpDecayLRSchedule
 from speechbrain.utils import checkpoints as sb_checkpoints
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 
 def load_state(path) -> dict:
@@ -97,6 +97,9 @@ class AtomicCheckpointer(sb_checkpoints.Checkpointer):
             tmp = fpath.with_name(fpath.name + ".tmp")
             super()._save_checkpoint_metafile(tmp, meta, end_of_epoch)
             os.replace(tmp, fpath)
+        # every rank lists the checkpoints next (to delete old ones, one collective per deletion):
+        # none may read the directory before the main process has made this one complete
+        ddp_barrier()
         return ckpt
 
 

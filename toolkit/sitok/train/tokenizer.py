@@ -35,15 +35,18 @@ from collections import defaultdict
 import numpy as np
 import speechbrain as sb
 import torch
+import torch.distributed as dist
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 from sitok.data.kaldi import allow_pipes, check_rxspec, read_mat
 from sitok.data.mel import GlobalCMVN
+from sitok.data.ranks import MicroBatchSampler, micro_batch_layout
 from sitok.data.shards import ShardDataset, ShardLoader, read_index
 from sitok.fileio import write_text_atomic
 from sitok.models import SiTok, SiTokConfig
 from sitok.models.loading import build_checked, load_weights, parse_config, read_config, write_model_dir
 from sitok.quantizers import CodebookUsage
+from sitok.quantizers.vq import EMAVectorQuantizer
 from sitok.train.checkpoints import atomic_checkpointer, forget_unsaved_epochs, use_weights_only_loaders
 from sitok.train.distributed import (
     SHARDED_NAME,
@@ -114,6 +117,9 @@ def dataio_prepare(hparams: dict):
         seed=hparams["seed"],
     )
     stats["train_batches_per_epoch"] = len(sampler)
+    if int(hparams.get("micro_batches_per_step") or 0):
+        sampler = MicroBatchSampler(sampler, int(hparams["micro_batches_per_step"]))
+        stats["train_batches_per_epoch"] = sampler.steps  # optimiser steps, the same on any number of processes
     train = datasets["train"]
     stats["train_hours"] = round(sum(float(train.data[i]["duration"]) for i in train.data_ids) / 3600, 3)
     return datasets, sampler, stats
@@ -141,12 +147,13 @@ def shard_data(hparams: dict, cmvn: GlobalCMVN, sp, datasets: dict, stats: dict)
             max_batch_size=int(hparams.get("max_batch_size", 10**9)),
         )
 
-    loader = ShardLoader(stream(), num_workers=hparams["num_workers"])
+    micro = int(hparams.get("micro_batches_per_step") or 0) or None
+    loader = ShardLoader(stream(), num_workers=hparams["num_workers"], micro_batches=micro)
     index = read_index(shard_dir)
     datasets["train"] = loader
     datasets["kmeans"] = ShardLoader(stream(0, 1), num_workers=0)
     stats["train_utterances"] = index["utterances"]
-    stats["train_batches_per_epoch"] = len(loader)
+    stats["train_batches_per_epoch"] = loader.steps
     stats["train_hours"] = round(index["seconds"] / 3600, 3)
     logger.info(
         "training data: %s (%d shards, %.2f h), streamed", shard_dir, len(index["shards"]), index["seconds"] / 3600
@@ -205,6 +212,7 @@ class TrainingPlan:
         self.epochs, self.fraction, self.batches = int(epochs), float(phase_a_fraction), int(batches_per_epoch)
         self.planned = False
         self.phase_a_steps = self._phase_a(0)
+        self.micro_per_process: int | None = None  # micro-batches per step of this process (saved)
 
     def _phase_a(self, done: int) -> int:
         if self.fraction <= 0:
@@ -223,12 +231,14 @@ class TrainingPlan:
 
     @mark_as_saver
     def save(self, path):
-        torch.save({"epochs": self.epochs, "planned": self.planned, "phase_a_steps": self.phase_a_steps}, path)
+        state = {"epochs": self.epochs, "planned": self.planned, "phase_a_steps": self.phase_a_steps}
+        torch.save({**state, "micro_per_process": self.micro_per_process}, path)
 
     @mark_as_loader
     def load(self, path, end_of_epoch=True):
         state = torch.load(path, weights_only=True)
         self.epochs, self.planned, self.phase_a_steps = state["epochs"], state["planned"], state["phase_a_steps"]
+        self.micro_per_process = state.get("micro_per_process")
 
 
 def quantizer_initialised(q: torch.nn.Module) -> bool:
@@ -259,6 +269,17 @@ class TokenizerBrain(sb.Brain):
         self.checkpointer.add_recoverable("lr_schedule", self.lr_schedule)
         super().on_fit_start()  # recovers the last checkpoint: plan, schedule, counter
         forget_unsaved_epochs(self)
+        self.rescale_resumed_step()
+        if self.micro_batches:
+            for q in self.modules.model.modules():
+                if isinstance(q, EMAVectorQuantizer):
+                    q.accumulate = True
+            logger.info(
+                "%d micro-batches per step: this process computes %s of each step (%d accumulated)",
+                self.micro_batches,
+                self.micro_batch_streams(),
+                self.grad_accumulation_factor,
+            )
         if self.plan.planned:
             hp.epoch_counter.limit = self.plan.epochs
         model, cfg = self.model, self.model.config
@@ -277,6 +298,26 @@ class TokenizerBrain(sb.Brain):
                 "content-first schedule: the first %.0f %% of the steps train without the VQ", 100 * self.plan.fraction
             )
         self.train_start = time.time()
+
+    def rescale_resumed_step(self) -> None:
+        """A checkpoint taken inside an epoch counts that epoch's batches in micro-batches of the
+        process that saved it; resumed with another number of processes (micro_batches_per_step
+        fixed), the same steps are another number of this process's micro-batches."""
+        saved, now = self.plan.micro_per_process, self.grad_accumulation_factor
+        self.plan.micro_per_process = now
+        if self.step == 0 or saved in (None, now):
+            return
+        steps = self.step // saved
+        logger.info(
+            "resumed inside an epoch on another number of processes: %d steps done = %d micro-batches here (was %d)",
+            steps,
+            steps * now,
+            self.step,
+        )
+        self.step = steps * now
+        loader = self.checkpointer.recoverables.get("dataloader-TRAIN")
+        if getattr(loader, "_speechbrain_recovery_skip_to", None) is not None:
+            loader._speechbrain_recovery_skip_to = self.step
 
     # ---- distributed strategy ------------------------------------------------------------
     @property
@@ -411,9 +452,53 @@ class TokenizerBrain(sb.Brain):
             self._acc["nonfinite"] += 1
         return out["loss"]
 
+    # ---- micro-batches ---------------------------------------------------------------------
+    @property
+    def micro_batches(self) -> int:
+        """``micro_batches_per_step`` M (0: one micro-batch per process and step, the global batch
+        grows with the number of processes). With M > 0 a step averages the gradients of the same M
+        micro-batches whatever the number of processes W: each process accumulates M / W of them,
+        the noise and timesteps of a micro-batch are seeded by (seed, step, its position in the
+        step), and the EMA codebook makes one update per step from all of them. A run can then
+        resume on another number of processes and continue as it would have (up to the order in
+        which floats are summed across processes)."""
+        return int(getattr(self.hparams, "micro_batches_per_step", 0) or 0)
+
+    def micro_batch_streams(self) -> list[int]:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        return micro_batch_layout(self.micro_batches, rank, world)
+
+    def _seed_micro_batch(self, position: int) -> None:
+        """The global torch generator <- (seed, optimiser step, position in the step)."""
+        state = np.random.SeedSequence([int(self.hparams.seed), int(self.optimizer_step), position])
+        torch.manual_seed(int(state.generate_state(1, np.uint64)[0] >> 1))
+
+    def _train_loader_specifics(self, dataset, loader_kwargs):
+        if isinstance(loader_kwargs.get("batch_sampler"), MicroBatchSampler):
+            return loader_kwargs  # already this process's share: not split again by SpeechBrain
+        return super()._train_loader_specifics(dataset, loader_kwargs)
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        # never between the micro-batches of a step: the accumulated gradient is not checkpointed
+        if self.step % self.grad_accumulation_factor:
+            return False
+        return super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
+
     def on_fit_batch_start(self, batch, should_step):
-        if should_step:  # the rate of this step, set before the optimiser uses it
+        first = (self.step - 1) % self.grad_accumulation_factor == 0
+        if first:  # the rate of this step, set at its first micro-batch: the phase is the step's
             self.lr_schedule(self.optimizer)
+        if self.micro_batches:
+            k = (self.step - 1) % self.grad_accumulation_factor
+            self._seed_micro_batch(self.micro_batch_streams()[k])
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if should_step and self.micro_batches:  # the step's one codebook update (collective)
+            self._seed_micro_batch(self.micro_batches)
+            for q in self.modules.model.modules():
+                if isinstance(q, EMAVectorQuantizer):
+                    q.flush()
 
     def on_stage_start(self, stage, epoch=None):
         self._acc = defaultdict(float)
@@ -492,6 +577,14 @@ def run_recipe(argv: list[str], brain_class: type) -> None:
         write_train_config(hparams)
     datasets, train_sampler, stats = dataio_prepare(hparams)
     brain = brain_class(hparams["modules"], hparams["opt_class"], hparams, run_opts, hparams["checkpointer"])
+    if brain.micro_batches:  # this process accumulates its share of every step's micro-batches
+        share = len(brain.micro_batch_streams())
+        if brain.grad_accumulation_factor not in (1, share):
+            raise ValueError(
+                f"grad_accumulation_factor {brain.grad_accumulation_factor} with micro_batches_per_step "
+                f"{brain.micro_batches}: the factor follows from the number of processes ({share} here); leave it unset"
+            )
+        brain.grad_accumulation_factor = share
     brain.data_stats = stats
     brain.kmeans_data = datasets.get("kmeans", datasets["train"])
     brain.train_sampler = train_sampler  # Brain calls set_epoch(): batches depend on (seed, epoch) only
