@@ -205,3 +205,28 @@ def test_run_resumed_on_another_number_of_processes_continues_as_if_uninterrupte
     assert diff < WEIGHT_ATOL, diff
     codebook = max(float((a[k] - b[k]).abs().max()) for k in a if k.endswith("quantizer.embed"))
     assert codebook < CODEBOOK_ATOL, codebook
+
+
+def test_micro_batches_from_the_feature_dump_are_the_same_steps_on_1_or_2_processes(tiny_dump):  # noqa: F811
+    """The feature-dump path (DynamicBatchSampler cut into steps of micro-batches): one process
+    accumulating 2 micro-batches per step ends with exactly the weights of 2 processes computing
+    one each."""
+    root, n = tiny_dump
+
+    def recipe(exp):
+        return args(root, n, exp, epochs=2)[1:] + ["--micro_batches_per_step", "2"]
+
+    one, two = root / "exp_dump_micro1", root / "exp_dump_micro2"
+    r = run_one_thread([sys.executable, *recipe(one)], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "this process computes [0, 1] of each step (2 accumulated)" in (one / "log.txt").read_text()
+    launch = ["--nproc_per_node", "2", "--master_port", str(free_port())]
+    r = run_one_thread(torchrun(*launch, *recipe(two), "--distributed_backend", "gloo"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "this process computes [0] of each step (1 accumulated)" in (two / "log.txt").read_text()
+    a = torch.load(one / "model" / "model.pt", weights_only=True)
+    b = torch.load(two / "model" / "model.pt", weights_only=True)
+    steps = [s["step"] for s in read_train_stats(str(one))]
+    assert steps == [s["step"] for s in read_train_stats(str(two))] and steps[-1] > 2
+    # two gradients (and two codebook sums) added in either order give the same floats: bit-identical
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
