@@ -230,3 +230,30 @@ def test_micro_batches_from_the_feature_dump_are_the_same_steps_on_1_or_2_proces
     assert steps == [s["step"] for s in read_train_stats(str(two))] and steps[-1] > 2
     # two gradients (and two codebook sums) added in either order give the same floats: bit-identical
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_probe_trains_under_torchrun_and_stops_on_every_rank_together(tiny_dump):  # noqa: F811
+    """A DASB probe (emotion-recognition recipe on mel features) on 2 gloo processes: the training
+    set is split over them, a time budget spent after epoch 1 stops both after epoch 1 (the main
+    process decides), and the results are written once."""
+    root, _ = tiny_dump
+    for split in ("train", "dev"):  # labels: the speaker of each utterance, as utt2label
+        utts = [line.split()[0] for line in open(root / "dump" / split / "feats.scp")]
+        (root / "dump" / split / "utt2label").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in utts))
+    exp = root / "exp_probe_ddp"
+    probe = [
+        os.path.join(ROOT, "recipes", "probes", "er", "train.py"),
+        os.path.join(ROOT, "recipes", "probes", "er", "hparams", "mini.yaml"),
+        *("--features", "mel12.5", "--model_dir", "none", "--codes_root", "none", "--dump_dir", str(root / "dump")),
+        *("--train_set", "train", "--valid_set", "dev", "--test_set", "dev", "--exp_dir", str(exp)),
+        *("--number_of_epochs", "3", "--batch_size", "2", "--max_train_minutes", "0.0001"),
+        *("--distributed_backend", "gloo"),
+    ]
+    launch = ["--nproc_per_node", "2", "--master_port", str(free_port())]
+    r = run_one_thread(torchrun(*launch, *probe), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((exp / "results.json").read_text())
+    assert results["epochs"] == 1 and results["epoch_limit"] == 3
+    assert results["n_test"] == 4 and 0 <= results["accuracy"] <= 100  # every rank scored the whole test set
+    log = (exp / "log.txt").read_text()
+    assert log.count("stopping after epoch 1 of 3") == 1 and log.count("probe er on mel12.5:") == 1

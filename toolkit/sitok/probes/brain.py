@@ -54,10 +54,23 @@ class _Budget:
         budget = float(getattr(self.hparams, "max_train_minutes", 0) or 0)
         elapsed = time.time() - self.t_start
         per_epoch = (time.time() - self.t_fit) / max(1, epoch - self.first_epoch + 1)
-        if budget and elapsed + per_epoch > 60 * budget and epoch < self.hparams.epoch_counter.limit:
+        stop = bool(budget and elapsed + per_epoch > 60 * budget and epoch < self.hparams.epoch_counter.limit)
+        # under torchrun every rank must stop after the same epoch: the main process decides
+        if sb.utils.distributed.ddp_broadcast(stop):
             msg = "training budget of %g min: %.1f min used, an epoch takes %.1f min: stopping after epoch %d of %d"
             logger.info(msg, budget, elapsed / 60, per_epoch / 60, epoch, self.hparams.epoch_counter.limit)
             self.hparams.epoch_counter.limit = epoch
+
+    def _wrap_distributed(self):
+        """torchrun on CPU (gloo): DDP without SpeechBrain's SyncBatchNorm conversion, which has no
+        CPU kernels (ECAPA-TDNN's batch norms then keep per-process statistics); on GPUs, SpeechBrain's."""
+        if not self.distributed_launch or str(self.device).startswith("cuda"):
+            return super()._wrap_distributed()
+        from torch.nn.parallel import DistributedDataParallel
+
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = DistributedDataParallel(module, find_unused_parameters=self.find_unused_parameters)
 
     def on_fit_start(self):
         use_weights_only_loaders()  # checkpoints are read as data, never unpickled objects
@@ -188,6 +201,8 @@ def ctc_frames_needed(ids: list[int]) -> int:
 # ---- recipe body ---------------------------------------------------------------------------------
 def _finish(hparams, results: dict, t0: float) -> None:
     results["wall_seconds"] = round(time.time() - t0, 1)
+    if not sb.utils.distributed.if_main_process():  # every rank scored the whole test set: one writes
+        return
     path = os.path.join(hparams["exp_dir"], "results.json")
     write_text_atomic(path, json.dumps(results, indent=1) + "\n")
     shown = {k: v for k, v in results.items() if k in ("accuracy", "eer", "min_dcf", "wer", "wer_beam")}
@@ -257,13 +272,15 @@ def run_classifier(hparams, run_opts, t0) -> None:
     overlap = sorted(speakers & set(classes))
     if overlap:
         raise ValueError(f"trial speakers {overlap[:5]} are training speakers: trials must use held-out speakers")
-    write_trials(trials_path, trials)
+    if sb.utils.distributed.if_main_process():
+        write_trials(trials_path, trials)
     brain.checkpointer.recover_if_possible(min_key="error")
     emb = brain.embeddings(make_dataset({u: 0 for u in test_items}, sets["test"][1]))
     scores = [(lab, a, b, float((emb[a] * emb[b]).sum())) for lab, a, b in trials]
-    with atomic_open(os.path.join(hparams["exp_dir"], "scores.txt")) as fh:
-        for lab, a, b, s in scores:
-            fh.write(f"{lab} {a} {b} {s:.6f}\n")
+    if sb.utils.distributed.if_main_process():
+        with atomic_open(os.path.join(hparams["exp_dir"], "scores.txt")) as fh:
+            for lab, a, b, s in scores:
+                fh.write(f"{lab} {a} {b} {s:.6f}\n")
     eer, dcf = sv_metrics([s for lab, _, _, s in scores if lab == 1], [s for lab, _, _, s in scores if lab == 0])
     results.update(eer=eer, min_dcf=dcf, n_trials=len(trials), trials=trials_path, trial_speakers=len(speakers))
     _finish(hparams, results, t0)
@@ -322,9 +339,10 @@ def run_asr(hparams, run_opts, t0) -> None:
     results.update({"epochs": brain.epochs_done, "epoch_limit": hparams["number_of_epochs"]})
     brain.beam_searcher = ctc_beam_searcher(sp, hparams["beam_size"])
     brain.evaluate(ds["test"], min_key="wer", test_loader_kwargs={"batch_size": hparams["batch_size"]})
-    with atomic_open(os.path.join(hparams["exp_dir"], "hyps.txt")) as fh:
-        for u in sorted(brain.hyps["greedy"]):
-            fh.write(f"{u}\tgreedy\t{brain.hyps['greedy'][u]}\n{u}\tbeam\t{brain.hyps['beam'].get(u, '')}\n")
+    if sb.utils.distributed.if_main_process():
+        with atomic_open(os.path.join(hparams["exp_dir"], "hyps.txt")) as fh:
+            for u in sorted(brain.hyps["greedy"]):
+                fh.write(f"{u}\tgreedy\t{brain.hyps['greedy'][u]}\n{u}\tbeam\t{brain.hyps['beam'].get(u, '')}\n")
     results.update(wer=brain.test_stats["wer"], wer_beam=brain.test_stats.get("wer_beam"))
     results.update(beam_size=hparams["beam_size"], n_test=len(brain.hyps["greedy"]))
     _finish(hparams, results, t0)
@@ -336,6 +354,7 @@ def run_probe(argv: list[str]) -> None:
 
     t0 = time.time()
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
     with open(hparams_file, encoding="utf-8") as fh:
         hparams = load_hyperpyyaml(fh, overrides)
     if hparams["task"] not in TASKS:
