@@ -27,13 +27,6 @@ from sitok.cli.common import (
 logger = logging.getLogger("sitok")
 
 
-def load_codes(path: str):
-    """Codes from a .npy file (no pickles), with the file named in every error."""
-    from sitok.infer.batch import read_codes
-
-    return read_codes(path)
-
-
 def batch_output_paths(output: str, n: int) -> list[str]:
     """One output per batch item: out.wav -> out_0.wav, out_1.wav, ..."""
     root, ext = os.path.splitext(output)
@@ -98,12 +91,12 @@ def cmd_encode(a) -> int:
 
 def cmd_decode(a) -> int:
     from sitok.data.audio import write_wav_atomic
-    from sitok.infer.batch import is_many
+    from sitok.infer.batch import is_many, read_codes
 
     if is_many(a.input):
         return run_many(a, "decode")
     check_output(a.output)
-    codes = load_codes(a.input)
+    codes = read_codes(a.input)
     tok = load_tokenizer(a)
     try:
         tok.check_codes(codes)
@@ -196,6 +189,7 @@ def cmd_transcribe(a) -> int:
     """Speech (wav) or codes (.npy) -> text through an LLM-ASR model of recipe stage 15."""
     import torch
 
+    from sitok.infer.batch import read_codes
     from sitok.models.speech_lm import SpeechLM
 
     tok = load_tokenizer(a)
@@ -207,7 +201,7 @@ def cmd_transcribe(a) -> int:
         if path.endswith(".npy"):
             if asr.config.inputs != "tokens":
                 raise ValueError(f"{path}: {a.asr} reads mel, not codes: give the audio file")
-            codes = torch.as_tensor(load_codes(path)).long()
+            codes = torch.as_tensor(read_codes(path)).long()
             try:
                 tok.check_codes(codes)
             except ValueError as exc:

@@ -690,11 +690,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         slice_ids, num_slices = self.slices()
-        if len(slice_ids) == 1:
-            yield from self._iter_slice(slice_ids[0], num_slices)
-            return
         streams = [self._iter_slice(i, num_slices) for i in slice_ids]
-        while True:  # one batch of every slice in turn (their batch counts are equal)
+        while True:  # one batch of every slice in turn (several slices have equal batch counts)
             for it in streams:
                 batch = next(it, None)
                 if batch is None:
@@ -807,11 +804,10 @@ class ShardLoader(torch.utils.data.DataLoader):
         # micro_batches M: a step's M micro-batches are the same whatever the number of ranks
         # (sitok.data.ranks.micro_batch_layout); each of the M streams is read by num_workers
         # workers and gives the same number of batches, so the DataLoader's round robin never skips
-        self.micro_batches = int(micro_batches or 0)
         loader_workers = num_workers
-        if self.micro_batches:
-            dataset.streams = micro_batch_layout(self.micro_batches, dataset.rank, dataset.world_size)
-            dataset.num_streams, dataset.stream_workers = self.micro_batches, max(1, num_workers)
+        if micro_batches:
+            dataset.streams = micro_batch_layout(micro_batches, dataset.rank, dataset.world_size)
+            dataset.num_streams, dataset.stream_workers = micro_batches, max(1, num_workers)
             loader_workers = num_workers * len(dataset.streams)
         # its own generator: starting an iterator draws a seed, which must not move the global RNG
         # (a resumed epoch starts its iterator at another point of the training's random stream)
@@ -822,34 +818,35 @@ class ShardLoader(torch.utils.data.DataLoader):
 
     @property
     def steps(self) -> int:
-        """Optimiser steps per epoch (batches per process, or per step of micro_batches)."""
-        return self.num_batches // max(1, len(self.dataset.streams or [0]))
+        """Optimiser steps per epoch: this process's batches, per step of micro-batches if any."""
+        streams = self.dataset.streams
+        return self.num_batches // len(streams) if streams else self.num_batches
 
-    def _stream_plans(self) -> list[list]:
-        """Every slice's batches of this epoch (all M x n slices: the same on every rank)."""
+    def _full_plans(self, slice_ids, num_slices: int) -> list[list]:
+        """The batches of these slices in this epoch from its beginning (no resumption, no cap)."""
         ds = self.dataset
         saved, ds._resume, cap, ds.slice_batches = ds._resume, None, ds.slice_batches, None
         try:
-            n = ds.num_streams * ds.stream_workers
-            return [ds.plan(i, n)[0] for i in range(n)]
+            return [ds.plan(i, num_slices)[0] for i in slice_ids]
         finally:
             ds._resume, ds.slice_batches = saved, cap
 
+    def _stream_plans(self) -> list[list]:
+        """Every slice's batches with micro-batch streams (all M x n slices: the same on every rank)."""
+        n = self.dataset.num_streams * self.dataset.stream_workers
+        return self._full_plans(range(n), n)
+
     def _plans(self, rank: int) -> list[list]:
         """Rank ``rank``'s batches of this epoch, per worker, from the epoch's beginning."""
-        ds, workers = self.dataset, max(1, self.num_workers)
-        saved, ds._resume = ds._resume, None
-        try:
-            return [ds.plan(rank * workers + w, ds.world_size * workers)[0] for w in range(workers)]
-        finally:
-            ds._resume = saved
+        workers = max(1, self.num_workers)
+        return self._full_plans(range(rank * workers, (rank + 1) * workers), self.dataset.world_size * workers)
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (at the resumption point when :meth:`resume` named this epoch)."""
         if epoch != self.dataset.epoch or self.dataset._resume is None:
             self.start, self.dataset.worker_rotation = 0, 0
         self.dataset.set_epoch(epoch)
-        if self.micro_batches:  # every slice gives the fewest batches any slice has
+        if self.dataset.streams:  # every slice gives the fewest batches any slice has
             ds = self.dataset
             ds.slice_batches = min(len(p) for p in self._stream_plans())
             self.num_batches = ds.slice_batches * ds.stream_workers * len(ds.streams)
@@ -861,7 +858,7 @@ class ShardLoader(torch.utils.data.DataLoader):
 
     def resume(self, epoch: int, batches_done: int) -> None:
         """Continue epoch ``epoch`` after its first ``batches_done`` batches."""
-        if self.micro_batches:
+        if self.dataset.streams:
             return self._resume_streams(epoch, batches_done)
         ds, workers = self.dataset, max(1, self.num_workers)
         ds._resume = None

@@ -26,7 +26,7 @@ import torch
 from sitok.data.kaldi import allow_pipes
 from sitok.data.trials import make_trials, read_trials, write_trials
 from sitok.eval.asr import word_error_rate
-from sitok.fileio import atomic_open, write_text_atomic
+from sitok.fileio import write_text_atomic
 from sitok.losses.ctc import ctc_beam_searcher, ctc_greedy
 from sitok.probes.data import durations, make_dataset, probe_sets, transcribed_sets
 from sitok.train.checkpoints import forget_unsaved_epochs, use_weights_only_loaders
@@ -199,12 +199,16 @@ def ctc_frames_needed(ids: list[int]) -> int:
 
 
 # ---- recipe body ---------------------------------------------------------------------------------
+def _write(path: str, text: str) -> None:
+    """Under torchrun every rank scores the whole test set; the main process writes the files."""
+    if sb.utils.distributed.if_main_process():
+        write_text_atomic(path, text)
+
+
 def _finish(hparams, results: dict, t0: float) -> None:
     results["wall_seconds"] = round(time.time() - t0, 1)
-    if not sb.utils.distributed.if_main_process():  # every rank scored the whole test set: one writes
-        return
     path = os.path.join(hparams["exp_dir"], "results.json")
-    write_text_atomic(path, json.dumps(results, indent=1) + "\n")
+    _write(path, json.dumps(results, indent=1) + "\n")
     shown = {k: v for k, v in results.items() if k in ("accuracy", "eer", "min_dcf", "wer", "wer_beam")}
     logger.info("probe %s on %s: %s -> %s", hparams["task"], hparams["features"], shown, path)
 
@@ -277,10 +281,9 @@ def run_classifier(hparams, run_opts, t0) -> None:
     brain.checkpointer.recover_if_possible(min_key="error")
     emb = brain.embeddings(make_dataset({u: 0 for u in test_items}, sets["test"][1]))
     scores = [(lab, a, b, float((emb[a] * emb[b]).sum())) for lab, a, b in trials]
-    if sb.utils.distributed.if_main_process():
-        with atomic_open(os.path.join(hparams["exp_dir"], "scores.txt")) as fh:
-            for lab, a, b, s in scores:
-                fh.write(f"{lab} {a} {b} {s:.6f}\n")
+    _write(
+        os.path.join(hparams["exp_dir"], "scores.txt"), "".join(f"{lab} {a} {b} {s:.6f}\n" for lab, a, b, s in scores)
+    )
     eer, dcf = sv_metrics([s for lab, _, _, s in scores if lab == 1], [s for lab, _, _, s in scores if lab == 0])
     results.update(eer=eer, min_dcf=dcf, n_trials=len(trials), trials=trials_path, trial_speakers=len(speakers))
     _finish(hparams, results, t0)
@@ -339,10 +342,11 @@ def run_asr(hparams, run_opts, t0) -> None:
     results.update({"epochs": brain.epochs_done, "epoch_limit": hparams["number_of_epochs"]})
     brain.beam_searcher = ctc_beam_searcher(sp, hparams["beam_size"])
     brain.evaluate(ds["test"], min_key="wer", test_loader_kwargs={"batch_size": hparams["batch_size"]})
-    if sb.utils.distributed.if_main_process():
-        with atomic_open(os.path.join(hparams["exp_dir"], "hyps.txt")) as fh:
-            for u in sorted(brain.hyps["greedy"]):
-                fh.write(f"{u}\tgreedy\t{brain.hyps['greedy'][u]}\n{u}\tbeam\t{brain.hyps['beam'].get(u, '')}\n")
+    hyps = brain.hyps
+    lines = (
+        f"{u}\tgreedy\t{hyps['greedy'][u]}\n{u}\tbeam\t{hyps['beam'].get(u, '')}\n" for u in sorted(hyps["greedy"])
+    )
+    _write(os.path.join(hparams["exp_dir"], "hyps.txt"), "".join(lines))
     results.update(wer=brain.test_stats["wer"], wer_beam=brain.test_stats.get("wer_beam"))
     results.update(beam_size=hparams["beam_size"], n_test=len(brain.hyps["greedy"]))
     _finish(hparams, results, t0)

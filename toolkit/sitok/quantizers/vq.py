@@ -235,28 +235,27 @@ class EMAVectorQuantizer(Quantizer):
     # ranks) rounds to the same float32 codebook: a codebook one ulp off would code a frame near a
     # tie differently, and the runs would drift apart.
 
+    def _empty_pending(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(counts [K], float64 sums [K, D], restart frames) before any micro-batch of a step."""
+        K, D, dev = self.codebook_size, self.dim, frames.device
+        return torch.zeros(K, device=dev), torch.zeros(K, D, device=dev, dtype=torch.float64), frames
+
     @torch.no_grad()
     def _collect(self, x: Tensor, idx: Tensor) -> None:
-        K, D = self.codebook_size, self.dim
-        if self._pending is None:
-            sums = torch.zeros(K, D, device=x.device, dtype=torch.float64)
-            self._pending = (torch.zeros(K, device=x.device), sums, x.clone())
+        if self._pending is None:  # the step's first micro-batch: its frames are the restart candidates
+            self._pending = self._empty_pending(x.clone())
         counts, sums, _ = self._pending
-        counts.add_(torch.bincount(idx, minlength=K).float())
+        counts.add_(torch.bincount(idx, minlength=self.codebook_size).float())
         sums.index_add_(0, idx, x.double())
 
     @torch.no_grad()
     def flush(self) -> int:
         """Apply the EMA update of the micro-batches collected since the last flush (collective when
         distributed: every rank must call it). Returns the number of restarted entries."""
-        if self._pending is None:  # this rank saw no training forward: it still joins the reduction
-            K, D = self.codebook_size, self.dim
-            dev = self.embed.device
-            sums = torch.zeros(K, D, device=dev, dtype=torch.float64)
-            self._pending = (torch.zeros(K, device=dev), sums, torch.zeros(0, D, device=dev))
-        counts, sums, x = self._pending
+        # a rank that saw no training forward still joins the reduction, with nothing
+        pending = self._pending or self._empty_pending(self.embed.new_zeros(0, self.dim))
         self._pending = None
-        return self._apply_ema(counts, sums, x)
+        return self._apply_ema(*pending)
 
     @torch.no_grad()
     def _apply_ema(self, counts: Tensor, sums: Tensor, x: Tensor) -> int:

@@ -35,12 +35,11 @@ from collections import defaultdict
 import numpy as np
 import speechbrain as sb
 import torch
-import torch.distributed as dist
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 from sitok.data.kaldi import allow_pipes, check_rxspec, read_mat
 from sitok.data.mel import GlobalCMVN
-from sitok.data.ranks import MicroBatchSampler, micro_batch_layout
+from sitok.data.ranks import MicroBatchSampler, micro_batch_layout, process_rank
 from sitok.data.shards import ShardDataset, ShardLoader, read_index
 from sitok.fileio import write_text_atomic
 from sitok.models import SiTok, SiTokConfig
@@ -117,12 +116,18 @@ def dataio_prepare(hparams: dict):
         seed=hparams["seed"],
     )
     stats["train_batches_per_epoch"] = len(sampler)
-    if int(hparams.get("micro_batches_per_step") or 0):
-        sampler = MicroBatchSampler(sampler, int(hparams["micro_batches_per_step"]))
+    if micro_batches_per_step(hparams):
+        sampler = MicroBatchSampler(sampler, micro_batches_per_step(hparams))
         stats["train_batches_per_epoch"] = sampler.steps  # optimiser steps, the same on any number of processes
     train = datasets["train"]
     stats["train_hours"] = round(sum(float(train.data[i]["duration"]) for i in train.data_ids) / 3600, 3)
     return datasets, sampler, stats
+
+
+def micro_batches_per_step(hparams) -> int:
+    """``micro_batches_per_step`` of the hparams (a dict or the Brain's namespace); 0 when unset."""
+    key = "micro_batches_per_step"
+    return int((hparams.get(key) if isinstance(hparams, dict) else getattr(hparams, key, None)) or 0)
 
 
 def shard_data(hparams: dict, cmvn: GlobalCMVN, sp, datasets: dict, stats: dict):
@@ -147,8 +152,7 @@ def shard_data(hparams: dict, cmvn: GlobalCMVN, sp, datasets: dict, stats: dict)
             max_batch_size=int(hparams.get("max_batch_size", 10**9)),
         )
 
-    micro = int(hparams.get("micro_batches_per_step") or 0) or None
-    loader = ShardLoader(stream(), num_workers=hparams["num_workers"], micro_batches=micro)
+    loader = ShardLoader(stream(), num_workers=hparams["num_workers"], micro_batches=micro_batches_per_step(hparams))
     index = read_index(shard_dir)
     datasets["train"] = loader
     datasets["kmeans"] = ShardLoader(stream(0, 1), num_workers=0)
@@ -270,14 +274,16 @@ class TokenizerBrain(sb.Brain):
         super().on_fit_start()  # recovers the last checkpoint: plan, schedule, counter
         forget_unsaved_epochs(self)
         self.rescale_resumed_step()
+        self.streams, self.ema_quantizers = [], []
         if self.micro_batches:
-            for q in self.modules.model.modules():
-                if isinstance(q, EMAVectorQuantizer):
-                    q.accumulate = True
+            self.streams = self.micro_batch_streams()
+            self.ema_quantizers = [q for q in self.modules.model.modules() if isinstance(q, EMAVectorQuantizer)]
+            for q in self.ema_quantizers:
+                q.accumulate = True
             logger.info(
                 "%d micro-batches per step: this process computes %s of each step (%d accumulated)",
                 self.micro_batches,
-                self.micro_batch_streams(),
+                self.streams,
                 self.grad_accumulation_factor,
             )
         if self.plan.planned:
@@ -462,11 +468,11 @@ class TokenizerBrain(sb.Brain):
         step), and the EMA codebook makes one update per step from all of them. A run can then
         resume on another number of processes and continue as it would have (up to the order in
         which floats are summed across processes)."""
-        return int(getattr(self.hparams, "micro_batches_per_step", 0) or 0)
+        return micro_batches_per_step(self.hparams)
 
     def micro_batch_streams(self) -> list[int]:
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        """The positions within every step that this process computes."""
+        rank, world, _ = process_rank("micro_batches_per_step")
         return micro_batch_layout(self.micro_batches, rank, world)
 
     def _seed_micro_batch(self, position: int) -> None:
@@ -486,19 +492,17 @@ class TokenizerBrain(sb.Brain):
         return super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
 
     def on_fit_batch_start(self, batch, should_step):
-        first = (self.step - 1) % self.grad_accumulation_factor == 0
-        if first:  # the rate of this step, set at its first micro-batch: the phase is the step's
+        k = (self.step - 1) % self.grad_accumulation_factor  # this micro-batch's place in the step
+        if k == 0:  # the rate of this step, set at its first micro-batch: the phase is the step's
             self.lr_schedule(self.optimizer)
-        if self.micro_batches:
-            k = (self.step - 1) % self.grad_accumulation_factor
-            self._seed_micro_batch(self.micro_batch_streams()[k])
+        if self.streams:
+            self._seed_micro_batch(self.streams[k])
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        if should_step and self.micro_batches:  # the step's one codebook update (collective)
+        if should_step and self.ema_quantizers:  # the step's one codebook update (collective)
             self._seed_micro_batch(self.micro_batches)
-            for q in self.modules.model.modules():
-                if isinstance(q, EMAVectorQuantizer):
-                    q.flush()
+            for q in self.ema_quantizers:
+                q.flush()
 
     def on_stage_start(self, stage, epoch=None):
         self._acc = defaultdict(float)
