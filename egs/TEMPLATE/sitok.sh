@@ -44,7 +44,7 @@ tokenizer_config=mini   # recipes/tokenizer/hparams/<name>.yaml (tiny|mini|S|B|L
 tokenizer_tag=          # experiment name (default: the config name): exp/tokenizer_<tag>
 tokenizer_args=         # extra hparams overrides, e.g. "--number_of_epochs 10 --ctc_weight 0"
 ngpu=0                  # > 1: torchrun --nproc_per_node ngpu (per node; DDP, or FSDP2 with --distributed_strategy fsdp in the args)
-num_nodes=1             # > 1: multi-node training (stages 4, 6-9, 13, 15, 16): run the same command on every node
+num_nodes=1             # > 1: multi-node training (stages 4, 6-10, 13, 15, 16): run the same command on every node
 node_rank=0             # static rendezvous: this node's rank, 0 .. num_nodes - 1
 master_addr=127.0.0.1   # static rendezvous: the address of node 0 ...
 master_port=29500       # ... and a free port there
@@ -98,7 +98,7 @@ help_message=$(cat <<EOF
 Usage: $0 [options]   (run from egs/<corpus>/sitok/)
 Corpus paths: egs/db.sh (one variable per corpus, also read from the environment) or --db_root DIR.
 
-Multi-GPU / multi-node training (stages 4, 6-9, 13, 15, 16): --ngpu N runs N processes per node; with
+Multi-GPU / multi-node training (stages 4, 6-10, 13, 15, 16): --ngpu N runs N processes per node; with
 --num_nodes M run the same command on each of the M nodes, either with a static rendezvous
 (--node_rank 0..M-1 --master_addr NODE0 --master_port PORT) or with c10d (--rdzv_endpoint HOST:PORT
 --rdzv_id JOB, node ranks assigned). Experiment directories must be on a filesystem every node
@@ -384,7 +384,8 @@ if run_stage 10; then
     else
         log "Stage 10: train the vocoder (${vocoder_config_file}) -> ${voc_exp} (resumes from its last checkpoint)"
         eval "voc_args=(${vocoder_args})"
-        "${python}" "${toolkit_root}/recipes/vocoder/train.py" "${vocoder_config_file}" --exp_dir "${voc_exp}" \
+        set_launcher "${ngpu}"
+        "${launcher[@]}" "${toolkit_root}/recipes/vocoder/train.py" "${vocoder_config_file}" --exp_dir "${voc_exp}" \
             --dump_dir "${dumpdir}" --train_set "${train_set}" --valid_set "${valid_set}" ${voc_args[@]+"${voc_args[@]}"}
     fi
     first_test=${test_sets%% *}

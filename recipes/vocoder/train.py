@@ -2,6 +2,7 @@
 """Train the Vocos-style vocoder (SpeechBrain recipe, GAN with two optimisers).
 
     python recipes/vocoder/train.py recipes/vocoder/hparams/mini.yaml [--key value ...]
+    torchrun --nproc_per_node N recipes/vocoder/train.py ...    # N processes, batch_size each
 
 Run from a corpus recipe directory (egs/<corpus>/sitok), where the hparams' relative paths
 (dump/, exp/) resolve. Everything about the generator, discriminator, losses and optimisers is
@@ -19,12 +20,14 @@ import sys
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
+from sitok.data.ranks import process_rank
 from sitok.infer.vocoder import export_vocoder
 from sitok.train.vocoder import VocoderBrain, dataio_prepare, load_generator_weights
 
 
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
     with open(hparams_file, encoding="utf-8") as fh:
         hparams = load_hyperpyyaml(fh, overrides)
     sb.create_experiment_directory(
@@ -32,14 +35,17 @@ def main(argv):
     )
     datasets, cropper, stats = dataio_prepare(hparams)
     sampler = sb.dataio.sampler.ReproducibleRandomSampler(datasets["train"], seed=hparams["seed"])
-    stats["train_batches_per_epoch"] = len(datasets["train"]) // hparams["batch_size"]
+    _, world, _ = process_rank("recipes/vocoder/train.py")
+    # each process takes every world-th utterance of the epoch's order (SpeechBrain's DDP sampler wrapper)
+    stats["train_batches_per_epoch"] = len(datasets["train"]) // world // hparams["batch_size"]
+    stats["processes"] = world
     # workers are forked once, not every epoch (short epochs on a fast device spent seconds on it)
     workers = {"num_workers": hparams["num_workers"], "persistent_workers": hparams["num_workers"] > 0}
     brain = VocoderBrain(
         modules=hparams["modules"], hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"]
     )
     if hparams.get("init_from"):  # start the generator from an exported vocoder (a resumed run's checkpoint wins)
-        load_generator_weights(brain.modules.generator, hparams["init_from"])
+        load_generator_weights(brain.generator, hparams["init_from"])
     brain.data_stats = stats
     brain.train_cropper = cropper  # crops depend on (seed, epoch, utterance) only
     brain.train_sampler = sampler  # Brain calls set_epoch(): the order depends on (seed, epoch) only
@@ -52,7 +58,7 @@ def main(argv):
     )
     if sb.utils.distributed.if_main_process():
         export_vocoder(
-            brain.modules.generator,
+            brain.generator,
             os.path.join(hparams["exp_dir"], "model"),
             {"trained_on": hparams["train_csv"], "optimizer_steps": brain.optimizer_step},
         )

@@ -167,8 +167,13 @@ class Vocos(nn.Module):
             prior = torch.log((log_mel.exp() @ self.mel_pinv).clamp(min=1e-5)).transpose(1, 2)  # [B, F, T]
         return self.head(self.norm_out(x.transpose(1, 2)), prior)
 
-    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
-        """log-mel [B, T, n_mels] (or [T, n_mels]) -> waveform [B, T * hop] (or [T * hop])."""
+    def forward(self, log_mel: torch.Tensor, spectrum: bool = False):
+        """log-mel [B, T, n_mels] (or [T, n_mels]) -> waveform [B, T * hop] (or [T * hop]).
+
+        ``spectrum=True``: what ``predict`` returns (training goes through ``forward``, the one
+        method a DistributedDataParallel wrapper passes on)."""
+        if spectrum:
+            return self.predict(log_mel)
         squeeze = log_mel.dim() == 2
         wav = self.predict(log_mel.unsqueeze(0) if squeeze else log_mel)[0]
         return wav[0] if squeeze else wav

@@ -290,6 +290,19 @@ def load_generator_weights(generator: nn.Module, path: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Brain
 # ---------------------------------------------------------------------------------------
+def _bare(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def _finite_on_every_rank(loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is finite on every process: under DDP one rank skipping a backward that the
+    others run would leave them waiting in the gradient all-reduce, so all skip or none does."""
+    ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok.item())
+
+
 class VocoderBrain(sb.Brain):
     """Generator + discriminator, two optimisers and two learning-rate schedules.
 
@@ -300,12 +313,17 @@ class VocoderBrain(sb.Brain):
     train_cropper: SegmentCropper | None = None
 
     @property
-    def generator(self):
-        return self.modules.generator
+    def generator(self) -> nn.Module:
+        """The generator itself (under torchrun ``self.modules.generator`` is its DDP wrapper)."""
+        return _bare(self.modules.generator)
+
+    @property
+    def discriminator(self) -> nn.Module:
+        return _bare(self.modules.discriminator)
 
     def init_optimizers(self):
-        self.optimizer_g = self.hparams.opt_class_generator(self.modules.generator.parameters())
-        self.optimizer_d = self.hparams.opt_class_discriminator(self.modules.discriminator.parameters())
+        self.optimizer_g = self.hparams.opt_class_generator(self.generator.parameters())
+        self.optimizer_d = self.hparams.opt_class_discriminator(self.discriminator.parameters())
         self.optimizers_dict = {"optimizer_g": self.optimizer_g, "optimizer_d": self.optimizer_d}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer_g", self.optimizer_g)
@@ -336,8 +354,8 @@ class VocoderBrain(sb.Brain):
         if self.lr_schedule_g.current_step == 0:  # fresh run: warm-up starts from lr 0
             self.lr_schedule_g(self.optimizer_g)
             self.lr_schedule_d(self.optimizer_d)
-        g = sum(p.numel() for p in self.modules.generator.parameters())
-        d = sum(p.numel() for p in self.modules.discriminator.parameters())
+        g = sum(p.numel() for p in self.generator.parameters())
+        d = sum(p.numel() for p in self.discriminator.parameters())
         logger.info(
             "Vocoder: generator %.3f M parameters, discriminator %.3f M; %d steps planned "
             "(%d per epoch), GAN from step %d; %s",
@@ -378,26 +396,31 @@ class VocoderBrain(sb.Brain):
         hp = self.hparams
         batch = batch.to(self.device)
         y = batch.sig.data.unsqueeze(1)  # [B, 1, N]
-        y_hat, mag_hat, phase_hat = self.modules.generator.predict(batch.mel.data)
+        y_hat, mag_hat, phase_hat = self.modules.generator(batch.mel.data, spectrum=True)
         y_hat = y_hat.unsqueeze(1)  # [B, 1, N]
         gan = self.optimizer_step >= hp.gan_start_step
         acc = self._acc
         if gan:  # 1) discriminator step on real vs detached generated audio
             yd, yd_hat = self._disc_crop(y, y_hat)
-            scores_fake, _ = self.modules.discriminator(yd_hat.detach())
-            scores_real, _ = self.modules.discriminator(yd)
+            # One call on both halves: under DDP each forward of a wrapped module must be followed
+            # by its own backward before the next forward.
+            n = yd.shape[0]
+            scores, _ = self.modules.discriminator(torch.cat([yd_hat.detach(), yd]))
+            scores_fake, scores_real = [s[:n] for s in scores], [s[n:] for s in scores]
             d_loss = hp.discriminator_loss(scores_fake, scores_real)["D_loss"]
-            if torch.isfinite(d_loss):
-                self._step(self.optimizer_d, d_loss, self.modules.discriminator.parameters(), self.lr_schedule_d)
+            if _finite_on_every_rank(d_loss):
+                self._step(self.optimizer_d, d_loss, self.discriminator.parameters(), self.lr_schedule_d)
                 acc["d_loss"] += float(d_loss.detach())
                 acc["gan_steps"] += 1
             else:
                 acc["nonfinite"] += 1
                 self.check_loss_isfinite(d_loss)
-            # 2) generator losses through the (updated) discriminator
-            scores_fake, feats_fake = self.modules.discriminator(yd_hat)
+            # 2) generator losses through the (updated) discriminator, called without its DDP
+            # wrapper: the discriminator gradients of this pass are never used (the next
+            # discriminator step starts from zero), so no rank waits to reduce them.
+            scores_fake, feats_fake = self.discriminator(yd_hat)
             with torch.no_grad():
-                _, feats_real = self.modules.discriminator(yd)
+                _, feats_real = self.discriminator(yd)
             losses = hp.generator_loss(
                 sb.Stage.TRAIN, y_hat=y_hat, y=y, scores_fake=scores_fake, feats_fake=feats_fake, feats_real=feats_real
             )
@@ -413,8 +436,8 @@ class VocoderBrain(sb.Brain):
             loss = loss + hp.amplitude_loss_weight * amplitude + hp.consistency_loss_weight * consistency
             acc["amplitude"] += float(amplitude.detach())
             acc["consistency"] += float(consistency.detach())
-        if torch.isfinite(loss):
-            self._step(self.optimizer_g, loss, self.modules.generator.parameters(), self.lr_schedule_g)
+        if _finite_on_every_rank(loss):
+            self._step(self.optimizer_g, loss, self.generator.parameters(), self.lr_schedule_g)
             self.optimizer_step += 1
             acc["n"] += 1
             acc["mel"] += float(losses["G_l1_spec_loss"].detach())
@@ -434,7 +457,7 @@ class VocoderBrain(sb.Brain):
     def evaluate_batch(self, batch, stage):
         batch = batch.to(self.device)
         y = batch.sig.data.unsqueeze(1)
-        y_hat = self.modules.generator(batch.mel.data).unsqueeze(1)
+        y_hat = self.generator(batch.mel.data).unsqueeze(1)
         mel = self.frontend_mel_loss(y_hat, y)  # log-mel L1 at the frontend's resolution
         acc = self._acc
         acc["n"] += 1
@@ -486,7 +509,9 @@ class VocoderBrain(sb.Brain):
         }
         self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=self.train_stats, valid_stats=summary)
         limit = float(self.hparams.max_train_minutes or 0)
-        stop = limit > 0 and minutes > limit
+        stop = sb.utils.distributed.ddp_broadcast(
+            limit > 0 and minutes > limit
+        )  # the main process's clock decides for every rank
         # Short epochs (a small set, a fast device) would spend much of their time writing the
         # generator + discriminator + both optimisers: checkpoint every N epochs, and always at
         # the last epoch or when the time budget stops the run.
