@@ -142,6 +142,57 @@ def grads_finite_or_dropped(params) -> int:
     return int(bad.sum())
 
 
+# ---- gradients summed in a fixed order ---------------------------------------------------------
+class OrderedGradSum:
+    """The gradient of a step as the sum of its M micro-batch gradients added in position order
+    (0, 1, ..., M-1), whichever process computed each: the same floats on any number of processes.
+
+    An all-reduce (DDP) adds the ranks' partial sums in an order that depends on the number of
+    ranks, so a run resumed on another number of processes drifts by rounding (~1e-9 per step)
+    until a frame near a tie takes another codebook entry. Here every process keeps the gradient
+    of each of its micro-batches (``keep`` after its backward, run without DDP's reduction), and
+    at the step ``sum_into_grads`` gathers all of them and adds them in position order. The cost:
+    M / W gradient copies per process and an all-gather of M instead of an all-reduce of one, so
+    this is for reproducibility checks and small models (``ordered_grad_reduction``), not the
+    default."""
+
+    def __init__(self, params, streams: list[int], micro_batches: int):
+        self.params = [p for p in params if p.requires_grad]
+        self.streams, self.micro_batches = list(streams), int(micro_batches)
+        self.slots: list[torch.Tensor] = []
+
+    def keep(self) -> None:
+        """Move this micro-batch's gradients into a slot (the parameters' gradients are cleared)."""
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params])
+        self.slots.append(flat)
+        for p in self.params:
+            p.grad = None
+
+    def sum_into_grads(self) -> None:
+        """Every process: the step's gradient (micro-batch gradients added in position order)."""
+        if len(self.slots) != len(self.streams):
+            raise RuntimeError(
+                f"OrderedGradSum: {len(self.slots)} micro-batch gradients kept, {len(self.streams)} expected"
+            )
+        local = torch.stack(self.slots)  # [M / W, P]
+        self.slots = []
+        world = dist.get_world_size() if is_distributed() else 1
+        gathered = [torch.empty_like(local) for _ in range(world)] if world > 1 else [local]
+        if world > 1:
+            dist.all_gather(gathered, local)
+        by_position = {}
+        for rank, part in enumerate(gathered):  # rank r computed positions r, r + W, ...
+            for i, position in enumerate(range(rank, self.micro_batches, world)):
+                by_position[position] = part[i]
+        total = by_position[0].clone()
+        for position in range(1, self.micro_batches):
+            total += by_position[position]
+        offset = 0
+        for p in self.params:
+            p.grad = total[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
+
 # ---- sharded checkpoints -----------------------------------------------------------------------
 @functools.cache
 def _dcp_metadata_globals() -> frozenset:

@@ -49,6 +49,7 @@ from sitok.quantizers.vq import EMAVectorQuantizer
 from sitok.train.checkpoints import atomic_checkpointer, forget_unsaved_epochs, use_weights_only_loaders
 from sitok.train.distributed import (
     SHARDED_NAME,
+    OrderedGradSum,
     ShardedTrainState,
     check_strategy,
     full_model_state,
@@ -286,6 +287,15 @@ class TokenizerBrain(sb.Brain):
                 self.streams,
                 self.grad_accumulation_factor,
             )
+        self.ordered_sum = None
+        if getattr(hp, "ordered_grad_reduction", False):
+            if not self.micro_batches or self.strategy == "fsdp":
+                raise ValueError(
+                    "ordered_grad_reduction needs micro_batches_per_step > 0 and distributed_strategy ddp "
+                    f"(got {self.micro_batches} and {self.strategy})"
+                )
+            self.ordered_sum = OrderedGradSum(self.model.parameters(), self.streams, self.micro_batches)
+            logger.info("gradients summed in micro-batch order on every process (ordered_grad_reduction)")
         if self.plan.planned:
             hp.epoch_counter.limit = self.plan.epochs
         model, cfg = self.model, self.model.config
@@ -479,6 +489,28 @@ class TokenizerBrain(sb.Brain):
         """The global torch generator <- (seed, optimiser step, position in the step)."""
         state = np.random.SeedSequence([int(self.hparams.seed), int(self.optimizer_step), position])
         torch.manual_seed(int(state.generate_state(1, np.uint64)[0] >> 1))
+
+    def fit_batch(self, batch):
+        """With ``ordered_grad_reduction``: SpeechBrain's step, but each micro-batch's gradient is
+        kept apart (no DDP reduction) and the step's gradient is their sum in position order,
+        the same floats on any number of processes (``OrderedGradSum``)."""
+        if self.ordered_sum is None:
+            return super().fit_batch(batch)
+        should_step = (self.step % self.grad_accumulation_factor) == 0
+        self.on_fit_batch_start(batch, should_step)
+        with self.no_sync():
+            with self.training_ctx:
+                outputs = self.compute_forward(batch, sb.Stage.TRAIN)
+                loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
+            scaled = self.scaler.scale(loss / self.micro_batches)  # the step's mean over its M micro-batches
+            self.check_loss_isfinite(scaled)
+            scaled.backward()
+        self.ordered_sum.keep()
+        if should_step:
+            self.ordered_sum.sum_into_grads()
+            self.optimizers_step()
+        self.on_fit_batch_end(batch, outputs, loss, should_step)
+        return loss.detach().cpu()
 
     def _train_loader_specifics(self, dataset, loader_kwargs):
         if isinstance(loader_kwargs.get("batch_sampler"), MicroBatchSampler):
