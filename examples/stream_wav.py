@@ -36,20 +36,28 @@ def main() -> None:
     p.add_argument("-m", "--model-dir", required=True)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--block-ms", type=float, default=40.0, help="audio per arriving block")
-    p.add_argument("--chunk", type=int, default=2, help="tokens decoded together")
-    p.add_argument("--lookahead", type=int, default=2, help="tokens after a chunk that must have arrived")
+    p.add_argument(
+        "--chunk", type=int, default=None, help="tokens decoded together (default 2, or a chunk-causal decoder's own)"
+    )
+    p.add_argument(
+        "--lookahead",
+        type=int,
+        default=None,
+        help="tokens after a chunk that must have arrived (default 2; 0 for a chunk-causal decoder)",
+    )
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.0)
     a = p.parse_args()
     tok = Tokenizer.from_pretrained(a.model_dir)
     wav = load_audio(a.input, tok.sample_rate)
     enc = StreamingEncoder(tok)
-    dec = ChunkedDecoder(
-        tok, a.chunk, a.lookahead, crossfade=min(1, a.lookahead), steps=a.steps, temperature=a.temperature
-    )
+    crossfade = None if a.lookahead is None else min(1, a.lookahead)
+    dec = ChunkedDecoder(tok, a.chunk, a.lookahead, crossfade=crossfade, steps=a.steps, temperature=a.temperature)
     hop, block = tok.mel_cfg.hop_length, int(a.block_ms * tok.sample_rate / 1000)
     mel_all, out = torch.zeros(0, tok.model.config.n_mels), []
-    print(f"decoder latency {dec.latency_ms:.0f} ms ({a.chunk} + {a.lookahead} tokens); blocks of {a.block_ms:g} ms")
+    print(
+        f"decoder latency {dec.latency_ms:.0f} ms ({dec.chunk} + {dec.lookahead} tokens); blocks of {a.block_ms:g} ms"
+    )
     print("| audio in (ms) | tokens out | mel frames out | audio out (ms) | compute (ms) |")
     print("|---|---|---|---|---|")
     first = None

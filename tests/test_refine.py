@@ -31,7 +31,9 @@ def frozen_state(model):
     return {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("decoder.")}
 
 
-@pytest.mark.parametrize("kw", [{}, {"token_cfg": True}, {"shortcut": True}, {"light_head_layers": 1}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"token_cfg": True}, {"shortcut": True}, {"light_head_layers": 1}, {"decoder_chunk": 2}]
+)
 def test_fine_tune_step_leaves_encoder_vq_ctc_bit_identical(kw):
     model = tiny(**kw).train()
     before = frozen_state(model)
@@ -529,3 +531,27 @@ def test_frechet_distance_known_values_and_what_it_sees_that_l1_does_not():
     mean, sample = cond, cond + rng.standard_normal((n, d))
     assert np.abs(mean - ref).mean() < np.abs(sample - ref).mean()
     assert frechet_distance(sample, ref) < 0.05 < frechet_distance(mean, ref)
+
+
+@pytest.mark.parametrize("light_head_layers", [0, 1])
+def test_chunk_causal_decoder_sees_no_token_after_its_chunk(light_head_layers, tmp_path):
+    """decoder_chunk 3: the velocity (and the light head's body) of chunk k depend on tokens
+    0 .. 3k + 2 only; changing a later token changes nothing before its chunk, and the chunked
+    kind of refinement sets the chunk from the base config (weights all kept)."""
+    base = tiny(light_head_layers=light_head_layers)
+    model = load_for_refinement(export(base, tmp_path / "base"), "chunked", decoder_chunk=3).eval()
+    assert model.config.decoder_chunk == 3
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in model.state_dict().items())
+    g = torch.Generator().manual_seed(0)
+    cond, x_t = torch.randn(1, 10, 32, generator=g), torch.randn(1, 10, 512, generator=g)
+    t = torch.tensor([0.3])
+    later = cond.clone()
+    later[:, 7] += 1.0  # token 7: chunk 2 (tokens 6-8)
+    with torch.no_grad():
+        a = model.decoder.step(model.decoder.condition(cond), None, x_t, t)
+        b = model.decoder.step(model.decoder.condition(later), None, x_t, t)
+        full_a, full_b = (base.eval().decoder.step(base.decoder.condition(c), None, x_t, t) for c in (cond, later))
+    assert torch.equal(a[:, :6], b[:, :6]) and not torch.allclose(a[:, 6:9], b[:, 6:9])
+    assert not torch.allclose(full_a[:, :6], full_b[:, :6])  # the base decoder looks both ways
+    with pytest.raises(ValueError, match="decoder_chunk >= 1"):
+        load_for_refinement(str(tmp_path / "base"), "chunked")

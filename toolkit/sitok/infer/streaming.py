@@ -145,19 +145,36 @@ class ChunkedDecoder:
     ``NOISE_BLOCK`` positions from ``seed``, scaled by ``temperature``), so windows differ only in
     what they see; when context and look-ahead cover the whole utterance the output equals
     decoding it at once from that noise.
+
+    A chunk-causal decoder (``decoder_chunk`` M > 0 in its config: ``--refine chunked``) sees no
+    token after its chunk, so it needs no look-ahead and no cross-fade: by default ``chunk`` = M,
+    ``lookahead`` = ``crossfade`` = 0, and windows start on its chunk boundaries (``context``
+    rounded up to a multiple of M). Each chunk is then what decoding the utterance at once gives,
+    up to the context cut (exactly, when the context covers the utterance).
     """
 
     def __init__(
         self,
         tok: Tokenizer,
-        chunk: int = 2,
-        lookahead: int = 2,
+        chunk: int | None = None,
+        lookahead: int | None = None,
         context: int = 16,
-        crossfade: int = 1,
+        crossfade: int | None = None,
         steps: int = 4,
         seed: int = 0,
         temperature: float = 1.0,
     ):
+        causal = tok.model.config.decoder_chunk  # 0: a decoder that looks both ways
+        chunk = (causal or 2) if chunk is None else chunk
+        lookahead = (0 if causal else 2) if lookahead is None else lookahead
+        crossfade = (0 if causal else 1) if crossfade is None else crossfade
+        if causal and (chunk % causal or lookahead or crossfade):
+            raise ValueError(
+                f"ChunkedDecoder: this decoder is chunk-causal in chunks of {causal} tokens: chunk must be a "
+                f"multiple of {causal}, lookahead and crossfade 0 (got {chunk}, {lookahead}, {crossfade})"
+            )
+        if causal:
+            context = -(-context // causal) * causal  # windows start on the decoder's chunk boundaries
         if chunk < 1 or lookahead < 0 or context < 0 or not 0 <= crossfade <= min(chunk, lookahead):
             raise ValueError(
                 f"ChunkedDecoder: need chunk >= 1, lookahead >= 0, context >= 0 and 0 <= crossfade <= "

@@ -26,8 +26,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, hd]
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if mask is not None:  # keys that are padding are never attended to
-            attn_mask = mask[:, None, None, :]  # [B, 1, 1, T]
+        if mask is not None:  # [B, T]: keys that are padding are never attended to; [B, T, T]: the keys each query sees
+            attn_mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]  # [B, 1, 1 or T, T]
             if self.causal:
                 attn_mask = attn_mask & torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             # a padded query whose every key is masked would give NaN: let it see itself
@@ -92,7 +92,8 @@ class LlamaBlock(nn.Module):
 
 
 class LlamaStack(nn.Module):
-    """``num_layers`` blocks + final norm. x [B, T, hidden], mask [B, T] (True = valid), c [B, C]."""
+    """``num_layers`` blocks + final norm. x [B, T, hidden], c [B, C]; mask [B, T] (True = valid) or
+    [B, T, T] (True where query i may attend to key j)."""
 
     def __init__(
         self,

@@ -72,6 +72,7 @@ class SiTokConfig:
     token_cfg: bool = False  # learned null condition for token classifier-free guidance
     shortcut: bool = False  # decoder also conditioned on the step size d (shortcut models)
     light_head_layers: int = 0  # > 0: the last N decoder layers form a light diffusion head
+    decoder_chunk: int = 0  # > 0: chunk-causal decoder (streaming): a token sees its chunk of N and the ones before
 
     @property
     def frame_dim(self) -> int:
@@ -130,6 +131,7 @@ _CONFIG_INTS = {
     "ctc_upsample": (1, 64),
     "time_embed_dim": _DIM,
     "light_head_layers": _LAYERS,
+    "decoder_chunk": (0, 4096),
 }
 _CONFIG_FLOATS = {"mel_rate": (1e-3, 1e5), "ctc_weight": (0.0, 1e6), "ctc_dropout": (0.0, 0.9)}
 _CONFIG_CHOICES = {
@@ -153,6 +155,12 @@ class Decoder(nn.Module):
     step on x_t + h_base with AdaRMSNorm(t). Shortcut models add a step-size embedding of d to the
     timestep embedding. Token CFG replaces the whole cond of dropped utterances by a learned null
     condition. Regression ("R"): cond -> x_hat, no x_t, no t.
+
+    Chunk-causal (``decoder_chunk`` N > 0): the tokens are cut into chunks of N from the first,
+    and a token attends to the tokens of its own chunk and of every earlier chunk only. What the
+    decoder makes of chunk k then depends on tokens 0 .. (k + 1) N - 1 alone, so decoding a
+    stream chunk by chunk gives what decoding the whole utterance gives, N tokens after they
+    arrive (``sitok.infer.streaming.ChunkedDecoder``).
     """
 
     def __init__(self, cfg: SiTokConfig):
@@ -185,6 +193,18 @@ class Decoder(nn.Module):
             self.body = stack(cfg.dec_layers, tdim)
             self.head = None
         self.out = nn.Linear(width, cfg.frame_dim)
+        self.chunk = cfg.decoder_chunk
+
+    def attention_mask(self, mask: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor | None:
+        """The padding mask [B, T] as the stacks take it: itself, or for a chunk-causal decoder
+        [B, T, T], True where token i may attend to token j (j's chunk not after i's, j valid)."""
+        if not self.chunk:
+            return mask
+        b, t = h.shape[:2]
+        chunk = torch.arange(t, device=h.device) // self.chunk
+        visible = chunk[None, :] <= chunk[:, None]  # [T (query), T (key)]
+        keys = mask if mask is not None else torch.ones(b, t, dtype=torch.bool, device=h.device)
+        return visible[None] & keys[:, None, :]
 
     # ---- token CFG ----------------------------------------------------------------------
     def drop_tokens(self, cond: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
@@ -199,7 +219,7 @@ class Decoder(nn.Module):
     def condition(self, cond, mask=None, drop=None):
         h = self.cond_mlp(self.drop_tokens(cond, drop))  # [B, T, W]
         if self.head is not None or not self.diffusion:
-            h = self.body(h, mask)  # light head: h_base; regression: the final hidden states
+            h = self.body(h, self.attention_mask(mask, h))  # light head: h_base; regression: the final hidden states
         return h
 
     def step(self, h, mask, x_t, t, d=None):
@@ -209,7 +229,7 @@ class Decoder(nn.Module):
             d = torch.full_like(t, 1.0 / SHORTCUT_BASE_STEPS) if d is None else d
             c = c + self.d_embed(shortcut_level(d))
         stack = self.head if self.head is not None else self.body
-        out = self.out(stack(h + self.x_proj(x_t), mask, c))
+        out = self.out(stack(h + self.x_proj(x_t), self.attention_mask(mask, h), c))
         return out + self.skip(x_t) if self.skip is not None else out
 
     def forward(self, cond, mask=None, x_t=None, t=None, d=None, drop=None):

@@ -1,11 +1,14 @@
 """Decoder refinement on a trained tokenizer (paper sections 2.3, 2.4, Appendix C.1).
 
-One Brain, six kinds of run (``refine:`` in recipes/refine/hparams/*.yaml):
+One Brain, seven kinds of run (``refine:`` in recipes/refine/hparams/*.yaml):
 
     decoder_ft   encoder + VQ frozen; the decoder trains further with the flow-matching loss
     token_cfg    as decoder_ft, plus whole-utterance token drop (p = 0.1) to a learned null cond
     shortcut     as decoder_ft, with a step-size embedding and the shortcut loss (losses/shortcut.py)
     light_head   as decoder_ft, with the decoder split into a main body (run once) and a head
+    chunked      as decoder_ft, with a chunk-causal attention mask (``decoder_chunk`` tokens): the
+                 decoder learns to work without the tokens after the current chunk, so it can
+                 decode a stream chunk by chunk (``sitok.infer.streaming.ChunkedDecoder``)
     diffusion    the paper's "R + D" (Table 5): a regression ("R") model's decoder becomes a
                  diffusion decoder and is trained with the flow-matching loss on frozen tokens
     reparam      a diffusion model's decoder re-trains under another parameterisation
@@ -33,18 +36,25 @@ from sitok.train.tokenizer import TokenizerBrain
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("decoder_ft", "token_cfg", "shortcut", "light_head", "diffusion", "reparam")
+KINDS = ("decoder_ft", "token_cfg", "shortcut", "light_head", "chunked", "diffusion", "reparam")
 
 # decoder keys a refine=diffusion|reparam run may set (the decoder trains anew under them)
 DECODER_OVERRIDES = ("prediction", "x_skip", "loss", "dec_hidden", "dec_layers", "dec_intermediate")
 
 
 def refined_config(
-    base: dict, refine: str, light_head_layers: int = 0, keep_cfg: bool = True, decoder_overrides: dict | None = None
+    base: dict,
+    refine: str,
+    light_head_layers: int = 0,
+    keep_cfg: bool = True,
+    decoder_overrides: dict | None = None,
+    decoder_chunk: int = 0,
 ) -> dict:
     """The model config of a refinement run of kind ``refine`` from the base config."""
     if refine not in KINDS:
         raise ValueError(f"refine must be one of {KINDS}, got {refine!r}")
+    if refine == "chunked" and int(decoder_chunk) < 1:
+        raise ValueError(f"refine=chunked needs decoder_chunk >= 1 (tokens per chunk), got {decoder_chunk}")
     cfg = dict(base)
     regression = cfg.get("decoder", "diffusion") != "diffusion"
     overrides = dict(decoder_overrides or {})
@@ -83,6 +93,8 @@ def refined_config(
         cfg["shortcut"] = True
     elif refine == "light_head":
         cfg["light_head_layers"] = int(light_head_layers) or max(1, cfg["dec_layers"] // 4)
+    elif refine == "chunked":
+        cfg["decoder_chunk"] = int(decoder_chunk)
     if not keep_cfg and refine != "token_cfg":
         cfg["token_cfg"] = False
     return cfg
@@ -129,6 +141,7 @@ def load_for_refinement(
     light_head_layers: int = 0,
     keep_cfg: bool = True,
     decoder_overrides: dict | None = None,
+    decoder_chunk: int = 0,
 ) -> SiTok:
     """Build the refinement model from a model directory; logs what is new and what is left out.
     The directory's config.json and model.pt are checked against each other first (format, ranges,
@@ -142,7 +155,7 @@ def load_for_refinement(
     with torch.device("meta"):
         base_model = SiTok(parse_config(SiTokConfig.from_dict, base, cfg_path))
     check_state(base_model.state_dict(), state, weights)
-    cfg = refined_config(base, refine, light_head_layers, keep_cfg, decoder_overrides)
+    cfg = refined_config(base, refine, light_head_layers, keep_cfg, decoder_overrides, decoder_chunk)
     model = SiTok(cfg)
     if refine == "reparam":
         # re-parameterisation: the decoder keeps its trained layers (warm start); a new x_t -> velocity
