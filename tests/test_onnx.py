@@ -21,7 +21,7 @@ def tokenizer_dir(tmp_path, **kw):
     return d
 
 
-@pytest.mark.parametrize("kw", [{}, {"shortcut": True, "prediction": "x"}])
+@pytest.mark.parametrize("kw", [{}, {"shortcut": True, "prediction": "x"}, {"decoder_chunk": 2}])
 def test_export_matches_pytorch_and_the_runner_decodes_as_the_tokenizer(tmp_path, kw):
     from sitok.infer import Tokenizer
     from sitok.infer.onnx import ATOL, OnnxTokenizer, export_onnx
