@@ -44,7 +44,12 @@ def main() -> None:
     p.add_argument("--out", required=True, help="directory for the decoded data dirs")
     p.add_argument("--lm", default=None, help="the ASR judge's language model")
     p.add_argument("--settings", nargs="+", default=["4:0", "3:1", "2:2", "1:1"], help="CHUNK:LOOKAHEAD tokens")
-    p.add_argument("--context", type=int, default=16, help="tokens of left context per window")
+    p.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="tokens of left context per window (default: 16; a chunk-causal decoder: all)",
+    )
     p.add_argument("--crossfade", type=int, default=1, help="tokens cross-faded (at most the look-ahead)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -107,7 +112,10 @@ def main() -> None:
             }
         )
     base = rows[0]
-    print(f"{len(utts)} utterances, {audio_s:.0f} s; {a.steps} steps, temperature {a.temperature}, context {a.context}")
+    print(
+        f"{len(utts)} utterances, {audio_s:.0f} s; {a.steps} steps, temperature {a.temperature}, "
+        f"context {a.context or 'default'}"
+    )
     print("| setting | latency | mel L1 to ground truth | vs offline | mel L1 to offline | judge WER | decode RTF |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -124,15 +124,15 @@ def test_chunked_decode_waits_for_its_lookahead_and_any_chunking_gives_the_same_
 
 def test_chunk_causal_decoder_streams_exactly_its_offline_decode(tmp_path):
     """A chunk-causal decoder (decoder_chunk 2): ChunkedDecoder's defaults follow the model (chunks
-    of 2, no look-ahead, no cross-fade, 160 ms), and with the whole past in view the streamed
-    log-mel equals decoding the utterance at once, for any way the tokens arrive."""
+    of 2, no look-ahead, no cross-fade, 160 ms, the whole past in view), and the streamed log-mel
+    equals decoding the utterance at once, for any way the tokens arrive."""
     from sitok.infer.streaming import ChunkedDecoder
 
     tok = Tokenizer.from_pretrained(write_model_dir(tmp_path / "model", decoder_chunk=2), vocoder="griffin_lim")
     codes = torch.randint(0, 64, (1, 23), generator=torch.Generator().manual_seed(0))
     offline = tok.decode_mel(codes, steps=2, temperature=0.0)[0]
-    dec = ChunkedDecoder(tok, context=30, steps=2, temperature=0.0)
-    assert (dec.chunk, dec.lookahead, dec.crossfade, dec.latency_ms) == (2, 0, 0, 160.0)
+    dec = ChunkedDecoder(tok, steps=2, temperature=0.0)
+    assert (dec.chunk, dec.lookahead, dec.crossfade, dec.context, dec.latency_ms) == (2, 0, 0, None, 160.0)
     assert dec.push(codes[:, :1]).shape[0] == 0 and dec.push(codes[:, 1:2]).shape[0] == 8  # chunk 0 at token 2
     rng = np.random.default_rng(0)
     for _ in range(3):

@@ -148,9 +148,12 @@ class ChunkedDecoder:
 
     A chunk-causal decoder (``decoder_chunk`` M > 0 in its config: ``--refine chunked``) sees no
     token after its chunk, so it needs no look-ahead and no cross-fade: by default ``chunk`` = M,
-    ``lookahead`` = ``crossfade`` = 0, and windows start on its chunk boundaries (``context``
-    rounded up to a multiple of M). Each chunk is then what decoding the utterance at once gives,
-    up to the context cut (exactly, when the context covers the utterance).
+    ``lookahead`` = ``crossfade`` = 0, and every window reaches back to the start of the stream
+    (``context`` None), so each chunk is exactly what decoding the utterance at once gives. That
+    costs a window as long as the stream so far per chunk (quadratic in the stream's length); a
+    bounded ``context`` (rounded up to a multiple of M, so windows start on chunk boundaries)
+    keeps the cost flat but changes the output, as the decoder was trained with the whole past in
+    view. The default ``context`` of a decoder that looks both ways is 16 tokens.
     """
 
     def __init__(
@@ -158,7 +161,7 @@ class ChunkedDecoder:
         tok: Tokenizer,
         chunk: int | None = None,
         lookahead: int | None = None,
-        context: int = 16,
+        context: int | None = None,
         crossfade: int | None = None,
         steps: int = 4,
         seed: int = 0,
@@ -173,9 +176,16 @@ class ChunkedDecoder:
                 f"ChunkedDecoder: this decoder is chunk-causal in chunks of {causal} tokens: chunk must be a "
                 f"multiple of {causal}, lookahead and crossfade 0 (got {chunk}, {lookahead}, {crossfade})"
             )
-        if causal:
+        if context is None and not causal:
+            context = 16
+        if causal and context is not None:
             context = -(-context // causal) * causal  # windows start on the decoder's chunk boundaries
-        if chunk < 1 or lookahead < 0 or context < 0 or not 0 <= crossfade <= min(chunk, lookahead):
+        if (
+            chunk < 1
+            or lookahead < 0
+            or (context is not None and context < 0)
+            or not 0 <= crossfade <= min(chunk, lookahead)
+        ):
             raise ValueError(
                 f"ChunkedDecoder: need chunk >= 1, lookahead >= 0, context >= 0 and 0 <= crossfade <= "
                 f"min(chunk, lookahead); got chunk={chunk}, lookahead={lookahead}, context={context}, "
@@ -229,7 +239,8 @@ class ChunkedDecoder:
             stop = min(start + self.chunk, total) if final else start + self.chunk
             if not final and stop + self.lookahead > total:
                 break
-            w0, w1 = max(0, start - self.context), min(total, stop + self.lookahead)
+            w0 = 0 if self.context is None else max(0, start - self.context)
+            w1 = min(total, stop + self.lookahead)
             mel = self._window(w0, w1)
             cur = mel[(start - w0) * s : (stop - w0) * s].clone()
             if self.tail is not None and len(self.tail):
