@@ -13,12 +13,14 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from sitok.data.features import compute_features
 from sitok.data.prep import Entry, make_data_dir
 from sitok.data.synth import make_sentence
 from sitok.infer import Tokenizer
 from sitok.infer.sets import dump_codes
+from sitok.models.speech_lm import SpeechLM
 
 from conftest import ROOT, run_one_thread, tone, torchrun_gloo, write, write_model_dir
 
@@ -145,10 +147,27 @@ def test_killed_run_resumes_to_the_same_losses(tiny_set):
     assert losses(a) == losses(b) and "valid loss" in losses(b)[-1]
 
 
-def test_ddp_two_cpu_processes_take_a_step(tiny_set):
+def test_fsdp_trains_like_ddp_on_two_cpu_processes_and_exports_the_whole_model(tiny_set):
+    """distributed_strategy fsdp (the backbone's layers sharded over 2 gloo processes, DCP
+    checkpoints) logs the losses of a DDP run of the same 2 epochs, then gathers the weights into
+    a model directory that loads in one process and decodes the test set."""
     root = tiny_set
-    exp = root / "exp_ddp"
-    cmd = torchrun_gloo(args(root, exp, epochs=1)[1:])
-    r = run_one_thread(cmd, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert json.load(open(exp / "results.json"))["steps"] > 0
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        exp = root / f"exp_{strategy}"
+        cmd = torchrun_gloo(args(root, exp, epochs=2)[1:] + ["--distributed_strategy", strategy])
+        r = run_one_thread(cmd, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[strategy] = exp
+    numbers = lambda exp: [float(x) for x in re.findall(r"loss: ([0-9.e+-]+)", "\n".join(train_stats(exp)))]  # noqa: E731
+    ddp, fsdp = numbers(runs["ddp"]), numbers(runs["fsdp"])
+    assert len(ddp) == len(fsdp) == 4  # train and valid loss of 2 epochs
+    assert fsdp == pytest.approx(ddp, rel=1e-4)
+    ckpts = [d for d in os.listdir(runs["fsdp"] / "save") if d.startswith("CKPT")]
+    assert ckpts and all(os.path.isdir(runs["fsdp"] / "save" / c / "sharded.ckpt") for c in ckpts)
+    results = json.load(open(runs["fsdp"] / "results.json"))
+    assert results["steps"] > 0 and results["n_test"] > 0
+    a = torch.load(runs["fsdp"] / "model" / "model.pt", weights_only=True)
+    b = torch.load(runs["ddp"] / "model" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
+    SpeechLM.load(str(runs["fsdp"] / "model"))  # a plain model again

@@ -29,7 +29,7 @@ import torch
 from sitok.eval.asr import word_error_rate
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.infer import Tokenizer
-from sitok.lm.brain import SpeechLMBrain, length_batches, start_run, train
+from sitok.lm.brain import SpeechLMBrain, length_batches, start_run, train, trained_model
 from sitok.models.loading import load_model_config
 from sitok.models.speech_lm import SpeechLM, SpeechLMConfig
 from sitok.probes.data import make_dataset, transcribed_sets
@@ -150,10 +150,9 @@ def run(argv: list[str]) -> None:
     sampler = length_batches(hparams, sets["train"][0], rate, shuffle=True)
     brain = train(LLMASRBrain, model, hparams, run_opts, t0, sets["train"][1], sets["valid"][1], sampler)
     train_minutes = (time.time() - t0) / 60
-    if not sb.utils.distributed.if_main_process():
+    model = trained_model(brain, os.path.join(hparams["exp_dir"], "model"))
+    if model is None:  # not the main process
         return
-    out_dir = os.path.join(hparams["exp_dir"], "model")
-    model.save(out_dir)
     t_dec = time.time()
     hyps = {"greedy": brain.decode(sets["test"][1], 1)}
     if hparams["beam_size"] > 1:

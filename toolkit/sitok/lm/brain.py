@@ -7,7 +7,8 @@ whose forward returns ``{"loss", "tokens", "correct"}``.
   planned step; after the first epoch the run is re-planned to fit ``max_train_minutes``, so the
   decay ends when the budget does;
 * checkpoints every ``ckpt_interval_minutes`` and at each epoch's end (the best validation loss
-  kept), so a killed run resumes where it stopped; DDP under ``torchrun``;
+  kept), so a killed run resumes where it stopped; DDP under ``torchrun``, or FSDP2 with
+  ``distributed_strategy: fsdp`` (the backbone's decoder layers sharded, DCP checkpoints);
 * batches of similar length packed to ``max_batch_positions`` LM positions by SpeechBrain's
   DynamicBatchSampler (``length_batches``).
 """
@@ -23,11 +24,12 @@ import torch
 from sitok.data.kaldi import allow_pipes
 from sitok.probes.data import durations
 from sitok.train.checkpoints import AtomicCheckpointer, forget_unsaved_epochs, use_weights_only_loaders
+from sitok.train.distributed import StrategyBrainMixin, full_model_state, is_sharded
 
 logger = logging.getLogger(__name__)
 
 
-class SpeechLMBrain(sb.Brain):
+class SpeechLMBrain(StrategyBrainMixin, sb.Brain):
     """Subclasses define ``compute_forward`` (batch -> the model's output dict). Before ``fit`` the
     caller sets ``t_start`` (the run's start), ``batches_per_epoch``, ``train_batches`` (the
     sampler) and ``planned_steps``."""
@@ -50,6 +52,11 @@ class SpeechLMBrain(sb.Brain):
         self.base_lrs = [self.hparams.speech_lr, self.hparams.lr]
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+        self.use_sharded_checkpoints()
+
+    def fsdp_blocks(self, module):
+        """FSDP units: the backbone's decoder layers (one class for a Hugging Face causal LM)."""
+        return tuple({type(layer) for layer in self.model.lm.get_decoder().layers})
 
     def compute_objectives(self, out, batch, stage):
         self.tokens += out["tokens"]
@@ -166,3 +173,18 @@ def train(brain_class, model, hparams: dict, run_opts: dict, t0: float, train_se
     )
     checkpointer.recover_if_possible(min_key="loss")
     return brain
+
+
+def trained_model(brain, out_dir: str):
+    """The main process's copy of the trained model after ``train``, also written to ``out_dir``
+    (None on the other processes). Under FSDP the weights are gathered from every rank first (a
+    collective: every process calls this) and the model is read back whole from ``out_dir``."""
+    model = brain.model
+    state = full_model_state(model, rank0_only=True) if is_sharded(model) else None
+    if not sb.utils.distributed.if_main_process():
+        return None
+    model.save(out_dir, state=state)
+    if state is not None:
+        model = type(model).load(out_dir).to(brain.device)
+        brain.modules["model"] = model
+    return model

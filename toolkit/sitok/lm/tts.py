@@ -33,7 +33,6 @@ import random
 import sys
 import time
 
-import speechbrain as sb
 import torch
 
 from sitok.data.audio import load_audio, write_wav_atomic
@@ -43,7 +42,7 @@ from sitok.eval.judges import build_judges, parse_judges
 from sitok.fileio import atomic_open, write_text_atomic
 from sitok.infer import Tokenizer
 from sitok.infer.sets import write_codes
-from sitok.lm.brain import SpeechLMBrain, length_batches, start_run, train
+from sitok.lm.brain import SpeechLMBrain, length_batches, start_run, train, trained_model
 from sitok.models.loading import load_model_config
 from sitok.models.tts_lm import Sampling, SpeechTTS, SpeechTTSConfig
 from sitok.probes.data import FeatureReader, durations, make_dataset, transcribed_sets
@@ -299,9 +298,9 @@ def run(argv: list[str]) -> None:
     sampler = length_batches(hparams, data["train"][0], hparams["token_rate"], shuffle=True, dur=dur)
     brain = train(TTSBrain, model, hparams, run_opts, t0, data["train"][1], data["valid"][1], sampler)
     train_minutes = (time.time() - t0) / 60
-    if not sb.utils.distributed.if_main_process():
+    model = trained_model(brain, os.path.join(hparams["exp_dir"], "model"))
+    if model is None:  # not the main process
         return
-    model.save(os.path.join(hparams["exp_dir"], "model"))
     model.eval()
     t_eval = time.time()
     results = {

@@ -287,8 +287,10 @@ class BackboneModel(nn.Module):
         nn.init.normal_(proj.weight, std=scale / proj.in_features**0.5)
         nn.init.zeros_(proj.bias)
 
-    def save(self, out_dir: str) -> None:
-        save_model_dir(self, out_dir, self.config_file)
+    def save(self, out_dir: str, state: dict | None = None) -> None:
+        """The model directory; ``state``: the weights to write instead of this module's own (the
+        whole state gathered from a sharded model)."""
+        save_model_dir(self, out_dir, self.config_file, state)
 
     @classmethod
     def load(cls, model_dir: str, map_location="cpu"):
@@ -468,14 +470,14 @@ class SpeechLM(BackboneModel):
         return [self.text.decode(h) for h in ids]
 
 
-def save_model_dir(model: nn.Module, out_dir: str, config_name: str) -> None:
+def save_model_dir(model: nn.Module, out_dir: str, config_name: str, state: dict | None = None) -> None:
     """``out_dir``: ``config_name`` (the model's config), ``backbone/`` (the LM's config and text
-    tokenizer) and ``model.pt`` (every weight); files replaced atomically."""
+    tokenizer) and ``model.pt`` (every weight, or ``state``); files replaced atomically."""
     os.makedirs(os.path.join(out_dir, "backbone"), exist_ok=True)
     model.lm.config.save_pretrained(os.path.join(out_dir, "backbone"))
     model.text.save(os.path.join(out_dir, "backbone"))
     tmp = os.path.join(out_dir, f"model.pt.tmp{os.getpid()}")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    torch.save({k: v.detach().cpu() for k, v in (model.state_dict() if state is None else state).items()}, tmp)
     os.replace(tmp, os.path.join(out_dir, "model.pt"))
     write_text_atomic(os.path.join(out_dir, config_name), json.dumps(asdict(model.config), indent=1) + "\n")
 

@@ -66,8 +66,11 @@ def mixed_precision(precision: str):
     return None
 
 
-def shard_model(model: torch.nn.Module, precision: str = "fp32", checkpointing: bool | None = None) -> torch.nn.Module:
-    """Shard ``model`` in place with FSDP2: every LlamaBlock, then the root. Returns the model.
+def shard_model(
+    model: torch.nn.Module, precision: str = "fp32", checkpointing: bool | None = None, blocks: tuple = (LlamaBlock,)
+) -> torch.nn.Module:
+    """Shard ``model`` in place with FSDP2: every module of the ``blocks`` types (our LlamaBlocks,
+    or a Hugging Face LM's decoder layers), then the root. Returns the model.
 
     ``checkpointing`` (default: the model config's ``checkpointing``) recomputes each block's
     activations in the backward pass, in every Llama stack, the CTC stack included (the model
@@ -87,7 +90,7 @@ def shard_model(model: torch.nn.Module, precision: str = "fp32", checkpointing: 
     for m in model.modules():
         if isinstance(m, LlamaStack) and checkpointing:
             m.checkpointing = True
-        if isinstance(m, LlamaBlock):
+        if isinstance(m, blocks):
             fully_shard(m, **kw)
             n += 1
     fully_shard(model, **kw)
@@ -140,6 +143,53 @@ def grads_finite_or_dropped(params) -> int:
         if b:
             p.grad = None
     return int(bad.sum())
+
+
+# ---- the strategy in a SpeechBrain Brain -------------------------------------------------------
+class StrategyBrainMixin:
+    """``distributed_strategy`` (ddp | fsdp) for a SpeechBrain Brain (listed before ``sb.Brain``):
+
+    * ddp: SpeechBrain's own DistributedDataParallel wrapper;
+    * fsdp: every module that trains is sharded with FSDP2 (``fsdp_blocks`` are the shard units,
+      then the root; mixed precision with ``precision: bf16``), model and optimiser are
+      checkpointed together as one DCP checkpoint written by every rank (``sharded.ckpt/``,
+      ``ShardedTrainState``) instead of SpeechBrain's files written by the main process, and a
+      non-finite value in any rank's gradient shard drops that gradient on every rank.
+
+    The subclass calls ``use_sharded_checkpoints`` at the end of its ``init_optimizers``."""
+
+    @property
+    def strategy(self) -> str:
+        return check_strategy(str(getattr(self.hparams, "distributed_strategy", "ddp")))
+
+    def fsdp_blocks(self, module: torch.nn.Module) -> tuple:
+        """The module types of ``module`` that become FSDP units."""
+        return (LlamaBlock,)
+
+    def _wrap_distributed(self):
+        if self.strategy != "fsdp":
+            return super()._wrap_distributed()
+        if not self.distributed_launch:  # one process: nothing to shard; checkpoints are DCP all the same
+            logger.info("distributed_strategy fsdp without torchrun: one process, the model is not sharded")
+            return
+        for module in self.modules.values():
+            if any(p.requires_grad for p in module.parameters()):
+                shard_model(module, precision=self.precision, blocks=self.fsdp_blocks(module))
+
+    def use_sharded_checkpoints(self) -> None:
+        if self.strategy != "fsdp" or self.checkpointer is None:
+            return
+        ours = [self.optimizer, *self.modules.values()]
+        for name, obj in list(self.checkpointer.recoverables.items()):
+            if any(obj is o for o in ours):
+                del self.checkpointer.recoverables[name]
+        self.checkpointer.add_recoverable(SHARDED_NAME, ShardedTrainState(self.modules, self.optimizer))
+
+    def check_gradients(self):
+        if self.strategy != "fsdp":
+            return super().check_gradients()
+        if dropped := grads_finite_or_dropped(self.modules.parameters()):
+            logger.warning("%d gradients contain NaN or Inf: set to None on every rank", dropped)
 
 
 # ---- gradients summed in a fixed order ---------------------------------------------------------

@@ -50,14 +50,11 @@ from sitok.train.checkpoints import atomic_checkpointer, forget_unsaved_epochs, 
 from sitok.train.distributed import (
     SHARDED_NAME,
     OrderedGradSum,
-    ShardedTrainState,
-    check_strategy,
+    StrategyBrainMixin,
     full_model_state,
     full_tensor,
-    grads_finite_or_dropped,
     is_sharded,
     load_sharded_model,
-    shard_model,
 )
 
 logger = logging.getLogger(__name__)
@@ -253,7 +250,7 @@ def quantizer_initialised(q: torch.nn.Module) -> bool:
 
 
 # ---- Brain -------------------------------------------------------------------------------------
-class TokenizerBrain(sb.Brain):
+class TokenizerBrain(StrategyBrainMixin, sb.Brain):
     data_stats: dict = {}
     kmeans_data = None  # the training dataset: frames for the k-means codebook start
 
@@ -335,42 +332,10 @@ class TokenizerBrain(sb.Brain):
         if getattr(loader, "_speechbrain_recovery_skip_to", None) is not None:
             loader._speechbrain_recovery_skip_to = self.step
 
-    # ---- distributed strategy ------------------------------------------------------------
-    @property
-    def strategy(self) -> str:
-        """``distributed_strategy`` of the hparams: ddp (default) or fsdp (``sitok.train.distributed``)."""
-        return check_strategy(str(getattr(self.hparams, "distributed_strategy", "ddp")))
-
-    def _wrap_distributed(self):
-        """ddp: SpeechBrain's DistributedDataParallel. fsdp: FSDP2 sharding of every module that
-        trains (blocks, then root; mixed precision with ``precision: bf16``)."""
-        if self.strategy != "fsdp":
-            return super()._wrap_distributed()
-        if not self.distributed_launch:  # one process: nothing to shard; checkpoints are DCP all the same
-            logger.info("distributed_strategy fsdp without torchrun: one process, the model is not sharded")
-            return
-        for module in self.modules.values():
-            if any(p.requires_grad for p in module.parameters()):
-                shard_model(module, precision=self.precision)
-
+    # ---- distributed strategy (StrategyBrainMixin) ----------------------------------------
     def init_optimizers(self):
-        """fsdp: model and optimiser are checkpointed together as one DCP checkpoint written by
-        every rank (``sharded.ckpt/``), instead of SpeechBrain's files written by the main process."""
         super().init_optimizers()
-        if self.strategy != "fsdp" or self.checkpointer is None:
-            return
-        ours = [self.optimizer, *self.modules.values()]
-        for name, obj in list(self.checkpointer.recoverables.items()):
-            if any(obj is o for o in ours):
-                del self.checkpointer.recoverables[name]
-        self.checkpointer.add_recoverable(SHARDED_NAME, ShardedTrainState(self.modules, self.optimizer))
-
-    def check_gradients(self):
-        """fsdp: a gradient with a non-finite value in any rank's shard is dropped on every rank."""
-        if self.strategy != "fsdp":
-            return super().check_gradients()
-        if dropped := grads_finite_or_dropped(self.modules.parameters()):
-            logger.warning("%d gradients contain NaN or Inf: set to None on every rank", dropped)
+        self.use_sharded_checkpoints()
 
     # ---- schedule ------------------------------------------------------------------------
     @property
