@@ -149,13 +149,14 @@ def test_killed_run_resumes_to_the_same_losses(tiny_set):
 
 def test_fsdp_trains_like_ddp_on_two_cpu_processes_and_exports_the_whole_model(tiny_set):
     """distributed_strategy fsdp (the backbone's layers sharded over 2 gloo processes, DCP
-    checkpoints) logs the losses of a DDP run of the same 2 epochs, then gathers the weights into
-    a model directory that loads in one process and decodes the test set."""
+    checkpoints, activation checkpointing) logs the losses of a DDP run of the same 2 epochs,
+    then gathers the weights into a model directory that loads in one process and decodes."""
     root = tiny_set
     runs = {}
     for strategy in ("ddp", "fsdp"):
         exp = root / f"exp_{strategy}"
-        cmd = torchrun_gloo(args(root, exp, epochs=2)[1:] + ["--distributed_strategy", strategy])
+        more = ["--activation_checkpointing", "True"] if strategy == "fsdp" else []  # the same numbers, recomputed
+        cmd = torchrun_gloo(args(root, exp, epochs=2)[1:] + ["--distributed_strategy", strategy, *more])
         r = run_one_thread(cmd, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         runs[strategy] = exp
@@ -163,6 +164,10 @@ def test_fsdp_trains_like_ddp_on_two_cpu_processes_and_exports_the_whole_model(t
     ddp, fsdp = numbers(runs["ddp"]), numbers(runs["fsdp"])
     assert len(ddp) == len(fsdp) == 4  # train and valid loss of 2 epochs
     assert fsdp == pytest.approx(ddp, rel=1e-4)
+    assert (
+        "FSDP2: 2 transformer blocks + root sharded; fp32; activation checkpointing True"
+        in (runs["fsdp"] / "log.txt").read_text()
+    )
     ckpts = [d for d in os.listdir(runs["fsdp"] / "save") if d.startswith("CKPT")]
     assert ckpts and all(os.path.isdir(runs["fsdp"] / "save" / c / "sharded.ckpt") for c in ckpts)
     results = json.load(open(runs["fsdp"] / "results.json"))

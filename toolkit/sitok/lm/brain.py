@@ -58,6 +58,9 @@ class SpeechLMBrain(StrategyBrainMixin, sb.Brain):
         """FSDP units: the backbone's decoder layers (one class for a Hugging Face causal LM)."""
         return tuple({type(layer) for layer in self.model.lm.get_decoder().layers})
 
+    def fsdp_checkpointing(self, module) -> bool:
+        return bool(self.model.lm.is_gradient_checkpointing)
+
     def compute_objectives(self, out, batch, stage):
         self.tokens += out["tokens"]
         self.correct += out["correct"]
@@ -108,6 +111,9 @@ class SpeechLMBrain(StrategyBrainMixin, sb.Brain):
 
     def on_fit_start(self):
         use_weights_only_loaders()
+        if getattr(self.hparams, "activation_checkpointing", False):  # recompute each layer in the backward pass
+            self.model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            logger.info("activation checkpointing: the backbone's layers are recomputed in the backward pass")
         super().on_fit_start()
         forget_unsaved_epochs(self)
         self.t_fit, self.first_epoch = time.time(), self.hparams.epoch_counter.current + 1

@@ -166,6 +166,10 @@ class StrategyBrainMixin:
         """The module types of ``module`` that become FSDP units."""
         return (LlamaBlock,)
 
+    def fsdp_checkpointing(self, module: torch.nn.Module) -> bool | None:
+        """Whether ``module`` recomputes activations (None: its config's ``checkpointing``)."""
+        return None
+
     def _wrap_distributed(self):
         if self.strategy != "fsdp":
             return super()._wrap_distributed()
@@ -174,7 +178,8 @@ class StrategyBrainMixin:
             return
         for module in self.modules.values():
             if any(p.requires_grad for p in module.parameters()):
-                shard_model(module, precision=self.precision, blocks=self.fsdp_blocks(module))
+                blocks, checkpointing = self.fsdp_blocks(module), self.fsdp_checkpointing(module)
+                shard_model(module, precision=self.precision, checkpointing=checkpointing, blocks=blocks)
 
     def use_sharded_checkpoints(self) -> None:
         if self.strategy != "fsdp" or self.checkpointer is None:
