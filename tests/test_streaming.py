@@ -45,8 +45,10 @@ def test_cached_stack_equals_the_whole_sequence():
     caches = [{} for _ in stack.blocks]
     parts = [stack.forward_cached(x[:, a:b], caches) for a, b in ((0, 5), (5, 6), (6, 17), (17, 23))]
     assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-5)
-    with pytest.raises(ValueError, match="only a causal stack"):
+    with pytest.raises(ValueError, match="runs incrementally only chunk by chunk"):
         LlamaStack(1, 32, 64, 2, causal=False).forward_cached(x, [{}])
+    with pytest.raises(ValueError, match="give c exactly when"):
+        LlamaStack(1, 32, 64, 2, causal=True, cond_dim=8).forward_cached(x, [{}])
 
 
 def test_streaming_codes_equal_offline_codes_for_20_random_chunkings(tok):
@@ -122,26 +124,39 @@ def test_chunked_decode_waits_for_its_lookahead_and_any_chunking_gives_the_same_
         ChunkedDecoder(tok, chunk=2, lookahead=0, crossfade=1)
 
 
-def test_chunk_causal_decoder_streams_exactly_its_offline_decode(tmp_path):
-    """A chunk-causal decoder (decoder_chunk 2): ChunkedDecoder's defaults follow the model (chunks
-    of 2, no look-ahead, no cross-fade, 160 ms, the whole past in view), and the streamed log-mel
-    equals decoding the utterance at once, for any way the tokens arrive."""
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"decoder_chunk": 2},
+        {"decoder_chunk": 2, "light_head_layers": 1},
+        {"decoder_chunk": 3, "shortcut": True, "prediction": "x"},
+        {"decoder_chunk": 2, "decoder": "regression"},
+    ],
+)
+def test_chunk_causal_decoder_streams_exactly_its_offline_decode(kw, tmp_path):
+    """A chunk-causal decoder: ChunkedDecoder's defaults follow the model (its chunk, no look-ahead,
+    no cross-fade, the whole past in view through cached keys and values), and the streamed
+    log-mel equals decoding the utterance at once, for any way the tokens arrive; a bounded
+    context re-decodes windows instead (the same here, as 30 tokens cover the utterance)."""
     from sitok.infer.streaming import ChunkedDecoder
 
-    tok = Tokenizer.from_pretrained(write_model_dir(tmp_path / "model", decoder_chunk=2), vocoder="griffin_lim")
+    n = kw["decoder_chunk"]
+    tok = Tokenizer.from_pretrained(write_model_dir(tmp_path / "model", **kw), vocoder="griffin_lim")
     codes = torch.randint(0, 64, (1, 23), generator=torch.Generator().manual_seed(0))
     offline = tok.decode_mel(codes, steps=2, temperature=0.0)[0]
     dec = ChunkedDecoder(tok, steps=2, temperature=0.0)
-    assert (dec.chunk, dec.lookahead, dec.crossfade, dec.context, dec.latency_ms) == (2, 0, 0, None, 160.0)
-    assert dec.push(codes[:, :1]).shape[0] == 0 and dec.push(codes[:, 1:2]).shape[0] == 8  # chunk 0 at token 2
+    assert dec.cached and (dec.chunk, dec.lookahead, dec.crossfade, dec.context) == (n, 0, 0, None)
+    assert dec.latency_ms == 80.0 * n
+    assert dec.push(codes[:, : n - 1]).shape[0] == 0 and dec.push(codes[:, n - 1 : n]).shape[0] == 4 * n
     rng = np.random.default_rng(0)
     for _ in range(3):
         dec.reset()
         sizes = [int(s) for s in rng.integers(0, 6, size=6)]
         torch.testing.assert_close(decode_stream(dec, codes, sizes), offline, rtol=0, atol=1e-5)
-    dec = ChunkedDecoder(tok, context=5, steps=2, temperature=0.0)
-    assert dec.context == 6  # windows start on the decoder's chunk boundaries
-    with pytest.raises(ValueError, match="chunk-causal in chunks of 2"):
-        ChunkedDecoder(tok, chunk=3)
-    with pytest.raises(ValueError, match="chunk-causal in chunks of 2"):
-        ChunkedDecoder(tok, chunk=2, lookahead=1)
+    windows = ChunkedDecoder(tok, context=30, steps=2, temperature=0.0)
+    assert not windows.cached and windows.context == 30 + (-30 % n)  # windows start on chunk boundaries
+    torch.testing.assert_close(decode_stream(windows, codes, [5, 1]), offline, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=f"chunk-causal in chunks of {n}"):
+        ChunkedDecoder(tok, chunk=n + 1)
+    with pytest.raises(ValueError, match=f"chunk-causal in chunks of {n}"):
+        ChunkedDecoder(tok, chunk=n, lookahead=1)

@@ -148,12 +148,13 @@ class ChunkedDecoder:
 
     A chunk-causal decoder (``decoder_chunk`` M > 0 in its config: ``--refine chunked``) sees no
     token after its chunk, so it needs no look-ahead and no cross-fade: by default ``chunk`` = M,
-    ``lookahead`` = ``crossfade`` = 0, and every window reaches back to the start of the stream
-    (``context`` None), so each chunk is exactly what decoding the utterance at once gives. That
-    costs a window as long as the stream so far per chunk (quadratic in the stream's length); a
-    bounded ``context`` (rounded up to a multiple of M, so windows start on chunk boundaries)
-    keeps the cost flat but changes the output, as the decoder was trained with the whole past in
-    view. The default ``context`` of a decoder that looks both ways is 16 tokens.
+    ``lookahead`` = ``crossfade`` = 0, and the whole past stays in view (``context`` None): each
+    model chunk is decoded once, its keys and values kept per layer and per Euler step (earlier
+    chunks never attend to later ones, so they stay valid), and the stream comes out exactly as
+    decoding the utterance at once, at the cost of decoding it once. A bounded ``context``
+    (rounded up to a multiple of M) re-decodes windows instead and changes the output, as the
+    decoder was trained with the whole past in view. The default ``context`` of a decoder that
+    looks both ways is 16 tokens.
     """
 
     def __init__(
@@ -202,8 +203,18 @@ class ChunkedDecoder:
         """Tokens that must arrive before a chunk can be decoded, in milliseconds of audio."""
         return 1000.0 * (self.chunk + self.lookahead) / self.model.config.token_rate
 
+    @property
+    def cached(self) -> bool:
+        """Whether chunks are decoded once with cached keys and values (chunk-causal, whole past)."""
+        return bool(self.model.config.decoder_chunk) and self.context is None
+
     def reset(self) -> None:
         """Start a new stream."""
+        dec = self.model.decoder
+        n_body = len(dec.body.blocks)
+        n_step = len((dec.head if dec.head is not None else dec.body).blocks)
+        self.body_caches = [{} for _ in range(n_body)]  # the per-utterance part (light head, regression)
+        self.step_caches = [[{} for _ in range(n_step)] for _ in range(self.steps)]  # one set per Euler step
         self.codes = torch.zeros(self.model.config.num_codebooks, 0, dtype=torch.long)
         self.emitted = 0  # tokens whose frames are out
         self.tail = None  # the last window's prediction of the next chunk's first crossfade tokens
@@ -232,6 +243,28 @@ class ChunkedDecoder:
             x = model.decoder(cond)
         return tok.cmvn.inverse(model.unstack(x).float())[0].cpu()
 
+    @torch.no_grad()
+    def _chunk_cached(self, start: int, stop: int) -> torch.Tensor:
+        """Un-normalised log-mel of tokens start .. stop - 1 (whole model chunks, or the last
+        tokens of the stream), decoded after the cached ones: the Euler steps of ``euler_sample``
+        on these tokens alone, each against that step's keys and values of the earlier ones."""
+        tok, model, n = self.tok, self.model, self.model.config.decoder_chunk
+        out = []
+        for a in range(start, stop, n):
+            b = min(a + n, stop)
+            cond = model.cond_from_codes(self.codes[:, a:b][None].to(tok.device))
+            h = model.decoder.condition(cond, caches=self.body_caches)
+            if model.config.decoder != "diffusion":
+                x = model.decoder.out(h)
+            else:
+                x, dt = (self.temperature * self._noise(a, b))[None].to(tok.device, tok.dtype), 1.0 / self.steps
+                d = torch.full((1,), dt, device=tok.device, dtype=tok.dtype) if model.config.shortcut else None
+                for i in range(self.steps):
+                    t = torch.full((1,), i * dt, device=tok.device, dtype=tok.dtype)
+                    x = x + dt * model.velocity(x, t, h, d=d, caches=self.step_caches[i])
+            out.append(tok.cmvn.inverse(model.unstack(x).float())[0].cpu())
+        return torch.cat(out)
+
     def _ready(self, final: bool) -> torch.Tensor:
         total, s, out = self.codes.shape[1], self.stack, []
         while self.emitted < total:
@@ -239,6 +272,10 @@ class ChunkedDecoder:
             stop = min(start + self.chunk, total) if final else start + self.chunk
             if not final and stop + self.lookahead > total:
                 break
+            if self.cached:
+                out.append(self._chunk_cached(start, stop))
+                self.emitted = stop
+                continue
             w0 = 0 if self.context is None else max(0, start - self.context)
             w1 = min(total, stop + self.lookahead)
             mel = self._window(w0, w1)

@@ -37,10 +37,13 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
-    def forward_cached(self, x, rope: tuple[torch.Tensor, torch.Tensor], cache: dict) -> torch.Tensor:
-        """Causal attention of new positions x [B, t, D] over themselves and the earlier positions
-        whose keys and values ``cache`` holds ({"k", "v"}: [B, H, P, hd]; extended in place);
-        ``rope``: the tables of positions P .. P + t - 1."""
+    def forward_cached(
+        self, x, rope: tuple[torch.Tensor, torch.Tensor], cache: dict, chunk: bool = False
+    ) -> torch.Tensor:
+        """Attention of new positions x [B, t, D] over the earlier positions whose keys and values
+        ``cache`` holds ({"k", "v"}: [B, H, P, hd]; extended in place) and over themselves:
+        causally, or all of them (``chunk``: the new positions are one chunk of a chunk-causal
+        stack); ``rope``: the tables of positions P .. P + t - 1."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         cos, sin = rope
@@ -49,7 +52,9 @@ class Attention(nn.Module):
             k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
         cache["k"], cache["v"] = k, v
         past = k.shape[2] - t
-        mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)  # query i sees keys <= past + i
+        mask = (
+            None if chunk else torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
+        )  # keys <= past + i
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
@@ -85,10 +90,10 @@ class LlamaBlock(nn.Module):
         x = x + self.attn(self._norm(self.attn_norm, x, c), rope, mask)
         return x + self.mlp(self._norm(self.mlp_norm, x, c))
 
-    def forward_cached(self, x, rope, cache: dict):
-        """``forward`` of new positions after cached ones (causal blocks without conditioning)."""
-        x = x + self.attn.forward_cached(self._norm(self.attn_norm, x, None), rope, cache)
-        return x + self.mlp(self._norm(self.mlp_norm, x, None))
+    def forward_cached(self, x, rope, cache: dict, c=None, chunk: bool = False):
+        """``forward`` of new positions after cached ones (see ``Attention.forward_cached``)."""
+        x = x + self.attn.forward_cached(self._norm(self.attn_norm, x, c), rope, cache, chunk)
+        return x + self.mlp(self._norm(self.mlp_norm, x, c))
 
 
 class LlamaStack(nn.Module):
@@ -128,15 +133,22 @@ class LlamaStack(nn.Module):
         return x
 
     @torch.no_grad()
-    def forward_cached(self, x, caches: list[dict]):
-        """Causal stacks only: the outputs of new positions x [B, t, hidden] that follow the positions
-        whose keys and values ``caches`` (one dict per block, empty at the start) hold; the caches
-        are extended, so feeding a sequence in pieces gives the outputs of feeding it whole."""
-        if not self.causal or any(b.adaptive for b in self.blocks):
-            raise ValueError("forward_cached: only a causal stack without conditioning can run incrementally")
+    def forward_cached(self, x, caches: list[dict], c=None, chunk: bool = False):
+        """The outputs of new positions x [B, t, hidden] that follow the positions whose keys and
+        values ``caches`` (one dict per block, empty at the start) hold; the caches are extended,
+        so feeding a sequence in pieces gives the outputs of feeding it whole. A causal stack
+        takes pieces of any size; a stack trained chunk-causally takes one chunk at a time
+        (``chunk``: the piece's positions see each other and everything before, nothing after).
+        ``c``: the conditioning of adaptive norms."""
+        if not (self.causal or chunk):
+            raise ValueError("forward_cached: a stack that looks both ways runs incrementally only chunk by chunk")
+        if any(b.adaptive for b in self.blocks) != (c is not None):
+            raise ValueError("forward_cached: give c exactly when the blocks have adaptive norms")
         past = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
         cos, sin = self.rope(past + x.shape[1], device=x.device, dtype=x.dtype)
         rope = (cos[past:], sin[past:])
         for block, cache in zip(self.blocks, caches):
-            x = block.forward_cached(x, rope, cache)
-        return x if self.norm is None else self.norm(x)
+            x = block.forward_cached(x, rope, cache, c, chunk)
+        if self.norm is None:
+            return x
+        return self.norm(x, c) if c is not None and isinstance(self.norm, AdaRMSNorm) else self.norm(x)

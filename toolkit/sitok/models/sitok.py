@@ -216,21 +216,35 @@ class Decoder(nn.Module):
         return torch.where(drop.view(-1, 1, 1), self.null_cond.to(cond.dtype), cond)
 
     # ---- once per utterance / every step ------------------------------------------------
-    def condition(self, cond, mask=None, drop=None):
+    def condition(self, cond, mask=None, drop=None, caches=None):
+        """The per-utterance part. ``caches`` (chunk-causal decoders, one chunk of tokens at a
+        time, no padding): the body's keys and values of the earlier chunks, extended here."""
         h = self.cond_mlp(self.drop_tokens(cond, drop))  # [B, T, W]
-        if self.head is not None or not self.diffusion:
-            h = self.body(h, self.attention_mask(mask, h))  # light head: h_base; regression: the final hidden states
+        if self.head is not None or not self.diffusion:  # light head: h_base; regression: the final hidden states
+            h = self.body(h, self.attention_mask(mask, h)) if caches is None else self._cached(self.body, h, caches)
         return h
 
-    def step(self, h, mask, x_t, t, d=None):
-        """One decoder evaluation: x_t [B, T, 512], t [B], d [B] (shortcut step size) -> [B, T, 512]."""
+    def step(self, h, mask, x_t, t, d=None, caches=None):
+        """One decoder evaluation: x_t [B, T, 512], t [B], d [B] (shortcut step size) -> [B, T, 512].
+        ``caches``: as in ``condition``, the stepped stack's keys and values at this t."""
         c = self.t_embed(t)  # [B, C]
         if self.d_embed is not None:
             d = torch.full_like(t, 1.0 / SHORTCUT_BASE_STEPS) if d is None else d
             c = c + self.d_embed(shortcut_level(d))
-        stack = self.head if self.head is not None else self.body
-        out = self.out(stack(h + self.x_proj(x_t), self.attention_mask(mask, h), c))
+        stack, x = (self.head if self.head is not None else self.body), h + self.x_proj(x_t)
+        out = self.out(
+            stack(x, self.attention_mask(mask, h), c) if caches is None else self._cached(stack, x, caches, c)
+        )
         return out + self.skip(x_t) if self.skip is not None else out
+
+    def _cached(self, stack, x, caches, c=None):
+        past = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
+        if not self.chunk or x.shape[1] > self.chunk or past % self.chunk:
+            raise ValueError(
+                f"decoder: incremental decoding takes the chunks of a chunk-causal decoder one by one "
+                f"(decoder_chunk {self.chunk}; got {x.shape[1]} tokens after {past})"
+            )
+        return stack.forward_cached(x, caches, c, chunk=True)
 
     def forward(self, cond, mask=None, x_t=None, t=None, d=None, drop=None):
         h = self.condition(cond, mask, drop)
@@ -342,9 +356,10 @@ class SiTok(nn.Module):
         return self.from_latent(z_q.to(self.from_latent.weight.dtype))  # [B, T, hidden]
 
     # ---- decoder side -------------------------------------------------------------------
-    def velocity(self, x_t, t, h, mask=None, d=None):
-        """v(x_t, t | h): h = ``decoder.condition(cond)``; x_t [B, T, 512], t [B], d [B] -> [B, T, 512]."""
-        out = self.decoder.step(h, mask, x_t, t, d)
+    def velocity(self, x_t, t, h, mask=None, d=None, caches=None):
+        """v(x_t, t | h): h = ``decoder.condition(cond)``; x_t [B, T, 512], t [B], d [B] -> [B, T, 512]
+        (``caches``: one chunk of a chunk-causal decoder after the cached ones, ``Decoder.step``)."""
+        out = self.decoder.step(h, mask, x_t, t, d) if caches is None else self.decoder.step(h, mask, x_t, t, d, caches)
         if self.config.prediction == "x":  # out is x_hat; Euler steps never reach t = 1
             return (out - x_t) / (1.0 - t).clamp_min(1e-3).view(-1, 1, 1)
         return out
