@@ -210,11 +210,11 @@ class ChunkedDecoder:
 
     def reset(self) -> None:
         """Start a new stream."""
-        dec = self.model.decoder
-        n_body = len(dec.body.blocks)
-        n_step = len((dec.head if dec.head is not None else dec.body).blocks)
-        self.body_caches = [{} for _ in range(n_body)]  # the per-utterance part (light head, regression)
-        self.step_caches = [[{} for _ in range(n_step)] for _ in range(self.steps)]  # one set per Euler step
+        if self.cached:  # keys and values of the chunks decoded so far, per layer
+            dec = self.model.decoder
+            stepped = dec.head if dec.head is not None else dec.body
+            self.body_caches = [{} for _ in dec.body.blocks]  # the per-utterance part (light head, regression)
+            self.step_caches = [[{} for _ in stepped.blocks] for _ in range(self.steps)]  # one set per Euler step
         self.codes = torch.zeros(self.model.config.num_codebooks, 0, dtype=torch.long)
         self.emitted = 0  # tokens whose frames are out
         self.tail = None  # the last window's prediction of the next chunk's first crossfade tokens
@@ -243,27 +243,31 @@ class ChunkedDecoder:
             x = model.decoder(cond)
         return tok.cmvn.inverse(model.unstack(x).float())[0].cpu()
 
-    @torch.no_grad()
     def _chunk_cached(self, start: int, stop: int) -> torch.Tensor:
-        """Un-normalised log-mel of tokens start .. stop - 1 (whole model chunks, or the last
-        tokens of the stream), decoded after the cached ones: the Euler steps of ``euler_sample``
-        on these tokens alone, each against that step's keys and values of the earlier ones."""
-        tok, model, n = self.tok, self.model, self.model.config.decoder_chunk
-        out = []
-        for a in range(start, stop, n):
-            b = min(a + n, stop)
-            cond = model.cond_from_codes(self.codes[:, a:b][None].to(tok.device))
-            h = model.decoder.condition(cond, caches=self.body_caches)
-            if model.config.decoder != "diffusion":
-                x = model.decoder.out(h)
-            else:
-                x, dt = (self.temperature * self._noise(a, b))[None].to(tok.device, tok.dtype), 1.0 / self.steps
-                d = torch.full((1,), dt, device=tok.device, dtype=tok.dtype) if model.config.shortcut else None
-                for i in range(self.steps):
-                    t = torch.full((1,), i * dt, device=tok.device, dtype=tok.dtype)
-                    x = x + dt * model.velocity(x, t, h, d=d, caches=self.step_caches[i])
-            out.append(tok.cmvn.inverse(model.unstack(x).float())[0].cpu())
-        return torch.cat(out)
+        """Un-normalised log-mel of tokens start .. stop - 1, one model chunk at a time (the last
+        one may be short: the end of the stream)."""
+        n = self.model.config.decoder_chunk
+        return torch.cat([self._one_chunk(a, min(a + n, stop)) for a in range(start, stop, n)])
+
+    @torch.no_grad()
+    def _one_chunk(self, start: int, stop: int) -> torch.Tensor:
+        """One model chunk decoded after the cached ones: ``euler_sample`` on its tokens alone, each
+        step against that step's keys and values of the earlier chunks (extended here)."""
+        tok, model = self.tok, self.model
+        cond = model.cond_from_codes(self.codes[:, start:stop][None].to(tok.device))
+        h = model.decoder.condition(cond, caches=self.body_caches)
+        if model.config.decoder != "diffusion":
+            x = model.decoder.out(h)
+        else:
+            noise = (self.temperature * self._noise(start, stop))[None].to(tok.device, tok.dtype)
+            d = (
+                torch.full((1,), 1.0 / self.steps, device=tok.device, dtype=tok.dtype)
+                if model.config.shortcut
+                else None
+            )
+            step_caches = iter(self.step_caches)  # euler_sample calls the velocity once per step, in order
+            x = euler_sample(lambda x_t, t: model.velocity(x_t, t, h, d=d, caches=next(step_caches)), noise, self.steps)
+        return tok.cmvn.inverse(model.unstack(x).float())[0].cpu()
 
     def _ready(self, final: bool) -> torch.Tensor:
         total, s, out = self.codes.shape[1], self.stack, []

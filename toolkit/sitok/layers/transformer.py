@@ -96,6 +96,11 @@ class LlamaBlock(nn.Module):
         return x + self.mlp(self._norm(self.mlp_norm, x, c))
 
 
+def cached_positions(caches: list[dict]) -> int:
+    """How many positions the per-block key/value ``caches`` of ``forward_cached`` hold."""
+    return caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
+
+
 class LlamaStack(nn.Module):
     """``num_layers`` blocks + final norm. x [B, T, hidden], c [B, C]; mask [B, T] (True = valid) or
     [B, T, T] (True where query i may attend to key j)."""
@@ -144,7 +149,7 @@ class LlamaStack(nn.Module):
             raise ValueError("forward_cached: a stack that looks both ways runs incrementally only chunk by chunk")
         if any(b.adaptive for b in self.blocks) != (c is not None):
             raise ValueError("forward_cached: give c exactly when the blocks have adaptive norms")
-        past = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
+        past = cached_positions(caches)
         cos, sin = self.rope(past + x.shape[1], device=x.device, dtype=x.dtype)
         rope = (cos[past:], sin[past:])
         for block, cache in zip(self.blocks, caches):

@@ -24,7 +24,7 @@ import torch
 from sitok.data.kaldi import allow_pipes
 from sitok.probes.data import durations
 from sitok.train.checkpoints import AtomicCheckpointer, forget_unsaved_epochs, use_weights_only_loaders
-from sitok.train.distributed import StrategyBrainMixin, full_model_state, is_sharded
+from sitok.train.distributed import StrategyBrainMixin, full_model_state, is_sharded, unwrapped
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class SpeechLMBrain(StrategyBrainMixin, sb.Brain):
     @property
     def model(self):
         m = self.modules.model
-        return m.module if hasattr(m, "module") else m
+        return unwrapped(m)
 
     def init_optimizers(self):
         speech, lm = [], []

@@ -24,6 +24,7 @@ from sitok.layers import (
     AdaRMSNorm,
     LlamaStack,
     TimestepEmbedding,
+    cached_positions,
     lengths_to_mask,
     stack_frames,
     stacked_lengths,
@@ -238,7 +239,7 @@ class Decoder(nn.Module):
         return out + self.skip(x_t) if self.skip is not None else out
 
     def _cached(self, stack, x, caches, c=None):
-        past = caches[0]["k"].shape[2] if caches and "k" in caches[0] else 0
+        past = cached_positions(caches)
         if not self.chunk or x.shape[1] > self.chunk or past % self.chunk:
             raise ValueError(
                 f"decoder: incremental decoding takes the chunks of a chunk-causal decoder one by one "

@@ -35,12 +35,18 @@ import torch
 import torch.distributed as dist
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
+from sitok.data.ranks import micro_batch_layout
 from sitok.layers.transformer import LlamaBlock, LlamaStack
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("ddp", "fsdp")
 SHARDED_NAME = "sharded"  # the recoverable's name: <CKPT>/sharded.ckpt/ holds the DCP files
+
+
+def unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The module itself, under a DistributedDataParallel wrapper if it has one."""
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
 
 
 def is_distributed() -> bool:
@@ -236,8 +242,8 @@ class OrderedGradSum:
         if world > 1:
             dist.all_gather(gathered, local)
         by_position = {}
-        for rank, part in enumerate(gathered):  # rank r computed positions r, r + W, ...
-            for i, position in enumerate(range(rank, self.micro_batches, world)):
+        for rank, part in enumerate(gathered):
+            for i, position in enumerate(micro_batch_layout(self.micro_batches, rank, world)):
                 by_position[position] = part[i]
         total = by_position[0].clone()
         for position in range(1, self.micro_batches):

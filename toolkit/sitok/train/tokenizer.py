@@ -55,6 +55,7 @@ from sitok.train.distributed import (
     full_tensor,
     is_sharded,
     load_sharded_model,
+    unwrapped,
 )
 
 logger = logging.getLogger(__name__)
@@ -401,7 +402,7 @@ class TokenizerBrain(StrategyBrainMixin, sb.Brain):
     @property
     def model(self):
         m = self.modules.model
-        return getattr(m, "module", m)
+        return unwrapped(m)
 
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)

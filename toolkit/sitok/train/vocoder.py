@@ -45,6 +45,7 @@ from sitok.data.segment import load_segment
 from sitok.eval.quality import pesq_wb
 from sitok.infer.vocoder import VocosVocoder, vocoder_dir
 from sitok.train.checkpoints import forget_unsaved_epochs, use_weights_only_loaders
+from sitok.train.distributed import unwrapped
 from sitok.train.tokenizer import RNGState, read_train_stats  # noqa: F401  (read_train_stats: the same train_stats.jsonl format)
 
 logger = logging.getLogger(__name__)
@@ -290,10 +291,6 @@ def load_generator_weights(generator: nn.Module, path: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Brain
 # ---------------------------------------------------------------------------------------
-def _bare(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
 def _finite_on_every_rank(loss: torch.Tensor) -> bool:
     """Whether ``loss`` is finite on every process: under DDP one rank skipping a backward that the
     others run would leave them waiting in the gradient all-reduce, so all skip or none does."""
@@ -315,11 +312,11 @@ class VocoderBrain(sb.Brain):
     @property
     def generator(self) -> nn.Module:
         """The generator itself (under torchrun ``self.modules.generator`` is its DDP wrapper)."""
-        return _bare(self.modules.generator)
+        return unwrapped(self.modules.generator)
 
     @property
     def discriminator(self) -> nn.Module:
-        return _bare(self.modules.discriminator)
+        return unwrapped(self.modules.discriminator)
 
     def init_optimizers(self):
         self.optimizer_g = self.hparams.opt_class_generator(self.generator.parameters())
