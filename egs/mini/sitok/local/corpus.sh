@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Stage 0 of the mini recipe: synthesise the embedded corpus (seeded, resumable).
-# Sizes: ~1.5 h train, 10 min dev, 10 min test, 6 min held-out speakers; the smoke test shrinks them.
+# Sizes: ~3 h train, 10 min dev, 10 min test, 6 min held-out speakers; the smoke test shrinks them.
 set -euo pipefail
 corpus_dir=corpus
 nj=2
 python=python3
 progress=true
 seed=1234
-train_minutes=90
+train_minutes=180
 dev_minutes=10
 test_minutes=10
 unseen_minutes=6
