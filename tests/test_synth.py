@@ -24,7 +24,7 @@ def test_corpus_design():
         by_split.setdefault(it.split, []).append(it)
     assert set(by_split) == {"train", "dev", "test", "test_unseen", "ks_train", "ks_dev", "ks_test"}
     minutes = {k: len(v) * synth.MEAN_SENTENCE_SECONDS / 60 for k, v in by_split.items()}
-    assert minutes["train"] == pytest.approx(90, rel=0.02) and minutes["test"] == pytest.approx(10, rel=0.05)
+    assert minutes["train"] == pytest.approx(180, rel=0.02) and minutes["test"] == pytest.approx(10, rel=0.05)
     assert {it.speaker.id for it in by_split["test_unseen"]} == held
     assert not held & {it.speaker.id for k in ("train", "dev", "test") for it in by_split[k]}
     assert {it.speaker.engine for it in by_split["test"]} == {"flite"}  # read well by pocketsphinx
@@ -34,6 +34,20 @@ def test_corpus_design():
     assert not train_text & {it.text for it in by_split["test"]}
     assert len({w for it in by_split["train"] for w in it.text.split()}) >= 200  # a few hundred words
     assert all(it.utt.startswith(it.speaker.id + "-") for it in items)
+
+
+def test_a_larger_train_split_keeps_the_evaluation_splits_and_extends_train():
+    # train is drawn last: more training minutes append sentences and change no evaluation split
+    small, large = (synth.plan_corpus(seed=1234, train_minutes=m) for m in (20, 40))
+
+    def texts(items, split):
+        return [(it.utt, it.text) for it in items if it.split == split]
+
+    for split in ("dev", "test", "test_unseen"):
+        assert texts(small, split) == texts(large, split)
+    small_train, large_train = texts(small, "train"), texts(large, "train")
+    assert len(large_train) == pytest.approx(2 * len(small_train), abs=1)
+    assert large_train[: len(small_train)] == small_train
 
 
 @pytest.mark.parametrize("seed", [1, 1234])  # 1234: the recipe's seed, where train once shared sentences
