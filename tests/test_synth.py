@@ -24,7 +24,7 @@ def test_corpus_design():
         by_split.setdefault(it.split, []).append(it)
     assert set(by_split) == {"train", "dev", "test", "test_unseen", "ks_train", "ks_dev", "ks_test"}
     minutes = {k: len(v) * synth.MEAN_SENTENCE_SECONDS / 60 for k, v in by_split.items()}
-    assert minutes["train"] == pytest.approx(180, rel=0.02) and minutes["test"] == pytest.approx(10, rel=0.05)
+    assert minutes["train"] == pytest.approx(270, rel=0.02) and minutes["test"] == pytest.approx(10, rel=0.05)
     assert {it.speaker.id for it in by_split["test_unseen"]} == held
     assert not held & {it.speaker.id for k in ("train", "dev", "test") for it in by_split[k]}
     assert {it.speaker.engine for it in by_split["test"]} == {"flite"}  # read well by pocketsphinx

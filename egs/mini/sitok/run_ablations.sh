@@ -16,7 +16,7 @@ cd "$(dirname "$0")"
 stage=1
 stop_stage=100
 ablations="base ctc0 R cn2 cn4 fsq light"   # names in recipes/tokenizer/hparams/ablations.yaml
-ablation_args="--number_of_epochs 5 --max_train_minutes 30"   # the budget every variant shares: ~1,000 steps on the 3-h corpus (the time cap only guards)
+ablation_args="--number_of_epochs 4 --max_train_minutes 30"   # the budget every variant shares: ~1,150 steps on the 4.5-h corpus (the time cap only guards)
 rd_args="--number_of_epochs 4 --max_train_minutes 10"      # R + D: decoder-only diffusion training
 nj_train=2            # variants trained at once; each gets nproc / nj_train threads
 tokenizer_config=mini

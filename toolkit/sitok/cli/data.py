@@ -133,7 +133,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", required=True, help="output corpus directory")
     s.add_argument("--seed", type=int, default=1234, help="corpus seed (the same seed gives a byte-identical corpus)")
     s.add_argument("--nj", type=int, default=2, help="parallel jobs")
-    s.add_argument("--train-minutes", type=float, default=180.0, help="minutes of speech in the train split")
+    s.add_argument("--train-minutes", type=float, default=270.0, help="minutes of speech in the train split")
     s.add_argument("--dev-minutes", type=float, default=10.0, help="minutes of speech in the dev split")
     s.add_argument("--test-minutes", type=float, default=10.0, help="minutes of speech in the test split")
     s.add_argument(

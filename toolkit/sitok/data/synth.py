@@ -232,7 +232,7 @@ MEAN_SENTENCE_SECONDS = 2.58  # measured on this grammar (seed 1234); turns minu
 
 def plan_corpus(
     seed: int = 1234,
-    train_minutes: float = 180.0,
+    train_minutes: float = 270.0,
     dev_minutes: float = 10.0,
     test_minutes: float = 10.0,
     unseen_minutes: float = 6.0,
