@@ -231,8 +231,9 @@ def test_learning_rate_decay_ends_at_the_last_planned_step(tiny_dump):
 
 
 def test_plan_fits_the_time_cap():
-    """The plan's arithmetic with a fake clock: 90 s epochs under a 10-minute cap -> 6 epochs, phase A
-    on the first 30 % of their steps, the decay stretched to the last of them."""
+    """The plan's arithmetic with a fake clock: 90 s epochs of 50 steps under a 10-minute cap (3 %
+    kept) -> 323 steps, 6 whole epochs and 23 steps of a 7th; phase A on the first 30 % of them, the
+    decay stretched to the last of them."""
     from types import SimpleNamespace
 
     import speechbrain as sb
@@ -252,12 +253,41 @@ def test_plan_fits_the_time_cap():
     )
     fake.set_decay = lambda: TokenizerBrain.set_decay(fake)
     TokenizerBrain.make_plan(fake, epoch=1)
-    assert plan.planned and plan.epochs == counter.limit == 6 and plan.total_steps == 300
-    assert plan.phase_a_steps == 90 and sched.decay_steps == 300 - 1 - 10
+    assert plan.planned and plan.total_steps == 323 and plan.epochs == counter.limit == 7
+    assert plan.phase_a_steps == 97 and sched.decay_steps == 323 - 1 - 10
     plan2 = TrainingPlan(epochs=100, phase_a_fraction=0.01, batches_per_epoch=50)
     fake.plan = plan2
     TokenizerBrain.make_plan(fake, epoch=1)
     assert plan2.phase_a_steps == 50  # never shorter than the epoch already trained without the VQ
+    plan3 = TrainingPlan(epochs=100, phase_a_fraction=0.3, batches_per_epoch=50, max_steps=120)
+    assert plan3.total_steps == 120 and plan3.epochs == 3  # the step cap holds before the plan exists
+    fake.plan = plan3
+    TokenizerBrain.make_plan(fake, epoch=1)
+    assert plan3.total_steps == 120 and plan3.epochs == counter.limit == 3  # and after it
+    fake.hparams.max_train_minutes, fake.train_start = 1, time.time() - 90  # an epoch longer than the cap
+    plan4 = TrainingPlan(epochs=100, phase_a_fraction=0.3, batches_per_epoch=50)
+    fake.plan = plan4
+    TokenizerBrain.make_plan(fake, epoch=1)
+    assert plan4.total_steps == 50 and plan4.epochs == 1  # never fewer steps than already trained
+
+
+def test_the_last_epoch_stops_at_the_planned_step(tiny_dump):
+    """``max_train_steps`` inside an epoch: Brain's loop leaves the epoch at that step, validates,
+    exports; the decay ends at that step; running the command again trains nothing more."""
+    root, n = tiny_dump
+    exp = root / "exp_steps"
+    cmd = args(root, n, exp, epochs=3) + ["--max_train_steps", "7", "--lr_decay_factor", "0.1"]
+    r = run_one_thread(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = read_train_stats(str(exp))
+    per_epoch = stats[0]["step"]
+    assert 7 % per_epoch and per_epoch < 7, per_epoch  # the cap falls inside an epoch after the first
+    assert [s["epoch"] for s in stats] == list(range(1, -(-7 // per_epoch) + 1))
+    assert stats[-1]["step"] == 7 and stats[-1]["lr"] == pytest.approx(0.001 * 0.1, rel=1e-6)
+    assert (exp / "model" / "model.pt").exists()
+    r = run_one_thread(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_train_stats(str(exp)) == stats
 
 
 def test_atomic_checkpointer_ignores_a_save_that_did_not_complete(tmp_path):

@@ -9,10 +9,11 @@ perplexity, learning rate, throughput in audio-seconds per second, CTC targets t
 fit, non-finite losses skipped.
 
 Schedule. With ``max_train_minutes`` > 0 the run is planned in steps: the first epoch is timed
-(training, validation and checkpoint together), then the number of epochs that fits the cap
-(at most ``number_of_epochs``) is fixed and the learning-rate decay is stretched to end exactly at
-the last planned step. The plan is part of the checkpoint, so a resumed run keeps it. The
-schedule sets the rate before each optimiser step (step k trains at lr(k)).
+(training, validation and checkpoint together), then the number of steps that fits the cap (at most
+``number_of_epochs`` epochs and ``max_train_steps`` steps) is fixed and the learning-rate decay is
+stretched to end exactly at the last planned step. The last epoch may stop part-way, so an epoch
+longer than the cap leaves no time unused. The plan is part of the checkpoint, so a resumed run
+keeps it. The schedule sets the rate before each optimiser step (step k trains at lr(k)).
 
 Content-first schedule (``phase_a_fraction`` > 0): the first share of the planned steps trains
 with the VQ bypassed (decoder and CTC head read the continuous latents; CTC weight
@@ -208,39 +209,52 @@ class RNGState:
 
 @register_checkpoint_hooks
 class TrainingPlan:
-    """The step plan of a run: epochs that fit the time cap and the last step of phase A.
-    ``planned`` is False until the first epoch has been timed."""
+    """The step plan of a run: the optimiser steps that fit the time cap, the epochs they span (the
+    last one may end part-way) and the last step of phase A. ``planned`` is False until the first
+    epoch has been timed; until then the plan is ``epochs`` whole epochs (at most ``max_steps``)."""
 
-    def __init__(self, epochs: int, phase_a_fraction: float, batches_per_epoch: int):
-        self.epochs, self.fraction, self.batches = int(epochs), float(phase_a_fraction), int(batches_per_epoch)
+    def __init__(self, epochs: int, phase_a_fraction: float, batches_per_epoch: int, max_steps: int = 0):
+        self.fraction, self.batches = float(phase_a_fraction), max(1, int(batches_per_epoch))
+        self.max_steps = int(max_steps or 0)
+        self.steps = self._capped(int(epochs) * self.batches)
+        self.epochs = self._epochs(self.steps)
         self.planned = False
         self.phase_a_steps = self._phase_a(0)
         self.micro_per_process: int | None = None  # micro-batches per step of this process (saved)
+
+    def _capped(self, steps: int) -> int:
+        return max(1, min(steps, self.max_steps) if self.max_steps > 0 else steps)
+
+    def _epochs(self, steps: int) -> int:
+        return -(-steps // self.batches)
 
     def _phase_a(self, done: int) -> int:
         if self.fraction <= 0:
             return 0
         if not self.planned:  # the first epoch is phase A whatever the plan turns out to be
             return 2**62
-        return max(done, round(self.fraction * self.epochs * self.batches))
+        return max(done, round(self.fraction * self.steps))
 
     @property
     def total_steps(self) -> int:
-        return max(1, self.epochs * self.batches)
+        return self.steps
 
-    def fix(self, epochs: int, done_steps: int) -> None:
-        self.epochs, self.planned = int(epochs), True
+    def fix(self, steps: int, done_steps: int) -> None:
+        """Plan ``steps`` optimiser steps in all (never fewer than the ``done_steps`` trained)."""
+        self.steps = max(int(done_steps), self._capped(int(steps)))
+        self.epochs, self.planned = self._epochs(self.steps), True
         self.phase_a_steps = self._phase_a(done_steps)
 
     @mark_as_saver
     def save(self, path):
-        state = {"epochs": self.epochs, "planned": self.planned, "phase_a_steps": self.phase_a_steps}
-        torch.save({**state, "micro_per_process": self.micro_per_process}, path)
+        state = {"epochs": self.epochs, "steps": self.steps, "planned": self.planned}
+        torch.save({**state, "phase_a_steps": self.phase_a_steps, "micro_per_process": self.micro_per_process}, path)
 
     @mark_as_loader
     def load(self, path, end_of_epoch=True):
         state = torch.load(path, weights_only=True)
         self.epochs, self.planned, self.phase_a_steps = state["epochs"], state["planned"], state["phase_a_steps"]
+        self.steps = state.get("steps", self.epochs * self.batches)  # plans saved before steps were kept: whole epochs
         self.micro_per_process = state.get("micro_per_process")
 
 
@@ -263,7 +277,8 @@ class TokenizerBrain(StrategyBrainMixin, sb.Brain):
         self.checkpointer.add_recoverable("rng", RNGState())
         hp = self.hparams
         n_batches = self.data_stats.get("train_batches_per_epoch", 1)
-        self.plan = TrainingPlan(hp.number_of_epochs, float(getattr(hp, "phase_a_fraction", 0.0)), n_batches)
+        max_steps = int(getattr(hp, "max_train_steps", 0) or 0)
+        self.plan = TrainingPlan(hp.number_of_epochs, float(getattr(hp, "phase_a_fraction", 0.0)), n_batches, max_steps)
         self.checkpointer.add_recoverable("plan", self.plan)
         self.lr_schedule = sb.nnet.schedulers.WarmAndExpDecayLRSchedule(
             lr=hp.lr, n_warmup_steps=hp.warmup_steps, total_steps=self.plan.total_steps, decay_factor=hp.lr_decay_factor
@@ -354,18 +369,29 @@ class TokenizerBrain(StrategyBrainMixin, sb.Brain):
         self.lr_schedule.decay_steps = max(1, self.plan.total_steps - 1 - self.lr_schedule.n_warmup_steps)
 
     def make_plan(self, epoch: int) -> None:
-        """After the first timed epoch: the epochs that fit ``max_train_minutes`` fix the decay."""
+        """After the first timed epoch: the steps that fit ``max_train_minutes`` fix the decay and
+        the epochs (the last one stops part-way when the cap falls inside it)."""
         limit = float(self.hparams.max_train_minutes or 0)
         per_epoch = (time.time() - self.train_start) / max(1, epoch)
-        epochs = self.hparams.number_of_epochs
+        steps = self.hparams.number_of_epochs * self.plan.batches
         if limit > 0:  # 3 % of the cap kept for epochs that run slower than the first
-            epochs = max(epoch, min(epochs, int(0.97 * limit * 60 // per_epoch)))
-        self.plan.fix(epochs, self.global_step)
-        self.hparams.epoch_counter.limit = epochs
+            steps = min(steps, int(0.97 * limit * 60 / per_epoch * self.plan.batches))
+        self.plan.fix(steps, self.global_step)
+        self.hparams.epoch_counter.limit = self.plan.epochs
         self.set_decay()
         phase_a = f"until step {self.plan.phase_a_steps}" if self.plan.fraction > 0 else "off"
-        msg = "plan: %.1f s per epoch -> %d epochs (%d steps) within max_train_minutes=%g; phase A %s"
-        logger.info(msg, per_epoch, epochs, self.plan.total_steps, limit, phase_a)
+        msg = "plan: %.1f s per epoch -> %d steps (%.2f epochs) within max_train_minutes=%g; phase A %s"
+        logger.info(msg, per_epoch, self.plan.total_steps, self.plan.total_steps / self.plan.batches, limit, phase_a)
+
+    @property
+    def _optimizer_step_limit_exceeded(self) -> bool:
+        """Brain's loop leaves the epoch (then validates and stops) once the planned steps are
+        trained: the last planned epoch may end part-way. Checked before each micro-batch, so a
+        step is never cut between its micro-batches."""
+        plan = getattr(self, "plan", None)
+        if plan is None:
+            return super()._optimizer_step_limit_exceeded
+        return self.global_step >= plan.total_steps and self.step % self.grad_accumulation_factor == 0
 
     @torch.no_grad()
     def kmeans_codebook(self) -> None:
