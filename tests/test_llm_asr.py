@@ -176,3 +176,41 @@ def test_fsdp_trains_like_ddp_on_two_cpu_processes_and_exports_the_whole_model(t
     b = torch.load(runs["ddp"] / "model" / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
     SpeechLM.load(str(runs["fsdp"] / "model"))  # a plain model again
+
+
+def test_lm_plan_fits_the_budget_in_steps_and_survives_a_resume(tmp_path):
+    """The shared LM loop's plan with a fake clock: 20-minute epochs of 100 steps under a 50-minute
+    budget -> 250 steps (2.5 epochs): Brain's step limit and the epoch counter follow, and a plan
+    saved with a checkpoint comes back planned."""
+    from types import SimpleNamespace
+
+    from sitok.lm.brain import SpeechLMBrain, StepPlan
+
+    counter = SimpleNamespace(limit=20)
+    now = time.time()
+    fake = SimpleNamespace(
+        hparams=SimpleNamespace(max_train_minutes=50, epoch_counter=counter),
+        t_start=now - 20 * 60,
+        t_fit=now - 20 * 60,
+        first_epoch=1,
+        optimizer_step=100,
+        optimizer_step_limit=None,
+        batches_per_epoch=100,
+        step_plan=StepPlan(20 * 100),
+    )
+    fake.apply_plan = lambda: SpeechLMBrain.apply_plan(fake)
+    SpeechLMBrain.plan(fake, epoch=1)
+    assert fake.step_plan.planned and 249 <= fake.step_plan.steps <= 250
+    assert fake.optimizer_step_limit == fake.step_plan.steps and counter.limit == 3
+    fake.step_plan.save(tmp_path / "plan.ckpt")
+    back = StepPlan(2000)
+    back.load(tmp_path / "plan.ckpt")
+    assert back.planned and back.steps == fake.step_plan.steps
+    # epoch 2 ran at the same pace: the half epoch left still fits, so nothing stops early
+    fake.optimizer_step, fake.t_fit, fake.t_start = 200, now - 40 * 60, now - 40 * 60
+    SpeechLMBrain.plan(fake, epoch=2)
+    assert counter.limit == 3
+    # a machine that slowed down: the rest no longer fits, the run stops after this epoch
+    fake.t_start = now - 48 * 60
+    SpeechLMBrain.plan(fake, epoch=2)
+    assert counter.limit == 2
