@@ -217,7 +217,6 @@ class TrainingPlan:
         self.fraction, self.batches = float(phase_a_fraction), max(1, int(batches_per_epoch))
         self.max_steps = int(max_steps or 0)
         self.steps = self._capped(int(epochs) * self.batches)
-        self.epochs = self._epochs(self.steps)
         self.planned = False
         self.phase_a_steps = self._phase_a(0)
         self.micro_per_process: int | None = None  # micro-batches per step of this process (saved)
@@ -225,8 +224,10 @@ class TrainingPlan:
     def _capped(self, steps: int) -> int:
         return max(1, min(steps, self.max_steps) if self.max_steps > 0 else steps)
 
-    def _epochs(self, steps: int) -> int:
-        return -(-steps // self.batches)
+    @property
+    def epochs(self) -> int:
+        """The epochs the planned steps span (the last one may end part-way)."""
+        return -(-self.steps // self.batches)
 
     def _phase_a(self, done: int) -> int:
         if self.fraction <= 0:
@@ -242,19 +243,19 @@ class TrainingPlan:
     def fix(self, steps: int, done_steps: int) -> None:
         """Plan ``steps`` optimiser steps in all (never fewer than the ``done_steps`` trained)."""
         self.steps = max(int(done_steps), self._capped(int(steps)))
-        self.epochs, self.planned = self._epochs(self.steps), True
+        self.planned = True
         self.phase_a_steps = self._phase_a(done_steps)
 
     @mark_as_saver
     def save(self, path):
-        state = {"epochs": self.epochs, "steps": self.steps, "planned": self.planned}
-        torch.save({**state, "phase_a_steps": self.phase_a_steps, "micro_per_process": self.micro_per_process}, path)
+        state = {"steps": self.steps, "planned": self.planned, "phase_a_steps": self.phase_a_steps}
+        torch.save({**state, "micro_per_process": self.micro_per_process}, path)
 
     @mark_as_loader
     def load(self, path, end_of_epoch=True):
         state = torch.load(path, weights_only=True)
-        self.epochs, self.planned, self.phase_a_steps = state["epochs"], state["planned"], state["phase_a_steps"]
-        self.steps = state.get("steps", self.epochs * self.batches)  # plans saved before steps were kept: whole epochs
+        self.planned, self.phase_a_steps = state["planned"], state["phase_a_steps"]
+        self.steps = state["steps"] if "steps" in state else state["epochs"] * self.batches  # older plans: whole epochs
         self.micro_per_process = state.get("micro_per_process")
 
 
