@@ -230,8 +230,8 @@ def test_micro_batches_from_the_feature_dump_are_the_same_steps_on_1_or_2_proces
 
 def test_probe_trains_under_torchrun_and_stops_on_every_rank_together(tiny_dump):  # noqa: F811
     """A DASB probe (emotion-recognition recipe on mel features) on 2 gloo processes: the training
-    set is split over them, a time budget spent after epoch 1 stops both after epoch 1 (the main
-    process decides), and the results are written once."""
+    set is split over them, a time budget spent in epoch 1 stops both at the same step of epoch 1
+    (the main process plans, the other follows), and the results are written once."""
     root, _ = tiny_dump
     for split in ("train", "dev"):  # labels: the speaker of each utterance, as utt2label
         utts = [line.split()[0] for line in open(root / "dump" / split / "feats.scp")]
@@ -250,9 +250,10 @@ def test_probe_trains_under_torchrun_and_stops_on_every_rank_together(tiny_dump)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads((exp / "results.json").read_text())
     assert results["epochs"] == 1 and results["epoch_limit"] == 3
+    assert 2 <= results["steps"] <= results["steps_per_epoch"]  # planned at the 2nd step at the latest
     assert results["n_test"] == 4 and 0 <= results["accuracy"] <= 100  # every rank scored the whole test set
     log = (exp / "log.txt").read_text()
-    assert log.count("stopping after epoch 1 of 3") == 1 and log.count("probe er on mel12.5:") == 1
+    assert log.count("steps planned") == 1 and log.count("probe er on mel12.5:") == 1
 
 
 def test_vocoder_gan_under_torchrun_equals_one_process_with_the_whole_batch(tiny_dump):  # noqa: F811

@@ -4,9 +4,9 @@ whose forward returns ``{"loss", "tokens", "correct"}``.
 * two parameter groups: the speech side (parameters named ``speech_*``: tables, projections, the
   speech encoder, the speech head) at ``speech_lr``, the LM (or its LoRA adapters) at ``lr``;
 * linear warm-up over ``warmup_steps``, then linear decay to ``lr_final_factor`` at the last
-  planned step; after the first epoch the run is re-planned in steps to fit ``max_train_minutes``
-  (the last epoch may stop part-way), so the decay ends when the budget does; the plan is saved
-  with the checkpoints;
+  planned step; the run is planned in steps to fit ``max_train_minutes`` (``sitok.train.plan``:
+  early in the first epoch if that epoch would outlast the budget, else after it; the last epoch
+  may stop part-way), so the decay ends when the budget does; the plan is saved with the checkpoints;
 * checkpoints every ``ckpt_interval_minutes`` and at each epoch's end (the best validation loss
   kept), so a killed run resumes where it stopped; DDP under ``torchrun``, or FSDP2 with
   ``distributed_strategy: fsdp`` (the backbone's decoder layers sharded, DCP checkpoints);
@@ -17,42 +17,26 @@ whose forward returns ``{"loss", "tokens", "correct"}``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import speechbrain as sb
 import torch
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
 from sitok.data.kaldi import allow_pipes
 from sitok.probes.data import durations
-from sitok.train.checkpoints import AtomicCheckpointer, forget_unsaved_epochs, use_weights_only_loaders
+from sitok.train.checkpoints import AtomicCheckpointer
 from sitok.train.distributed import StrategyBrainMixin, full_model_state, is_sharded, unwrapped
+from sitok.train.plan import StepPlan, StepPlanned
 
 logger = logging.getLogger(__name__)
 
 
-@register_checkpoint_hooks
-class StepPlan:
-    """The optimiser steps planned for a run: ``number_of_epochs`` whole epochs until the first epoch
-    has been timed, then what fits the time budget. Saved with the checkpoints."""
-
-    def __init__(self, steps: int):
-        self.steps, self.planned = int(steps), False
-
-    @mark_as_saver
-    def save(self, path):
-        torch.save({"steps": self.steps, "planned": self.planned}, path)
-
-    @mark_as_loader
-    def load(self, path, end_of_epoch=True):
-        state = torch.load(path, weights_only=True)
-        self.steps, self.planned = int(state["steps"]), bool(state["planned"])
-
-
-class SpeechLMBrain(StrategyBrainMixin, sb.Brain):
+class SpeechLMBrain(StepPlanned, StrategyBrainMixin, sb.Brain):
     """Subclasses define ``compute_forward`` (batch -> the model's output dict). Before ``fit`` the
-    caller sets ``t_start`` (the run's start), ``batches_per_epoch``, ``train_batches`` (the
-    sampler) and ``step_plan`` (a :class:`StepPlan`, also a recoverable of the checkpointer)."""
+    caller sets ``t_start`` (the run's start), ``batches_per_epoch``, ``valid_batches``,
+    ``train_batches`` (the sampler) and ``step_plan`` (a :class:`StepPlan`, also a recoverable of
+    the checkpointer); the time budget is planned in steps by :class:`StepPlanned`."""
 
     @property
     def model(self):
@@ -114,47 +98,11 @@ class SpeechLMBrain(StrategyBrainMixin, sb.Brain):
             )
             self.checkpointer.save_and_keep_only(meta={"loss": stage_loss}, min_keys=["loss"])
 
-    def plan(self, epoch: int) -> None:
-        """After the first timed epoch: the steps that fit ``max_train_minutes`` fix the decay's end
-        and Brain's step limit (the last epoch stops part-way at the planned step). Later epochs:
-        stop early if the rest of the plan no longer fits (a machine that slowed down)."""
-        budget = float(self.hparams.max_train_minutes or 0)
-        if not budget:
-            return
-        elapsed = time.time() - self.t_start
-        per_epoch = (time.time() - self.t_fit) / max(1, epoch - self.first_epoch + 1)
-        plan, n = self.step_plan, self.batches_per_epoch
-        if not plan.planned:
-            plan.planned = True
-            fit = self.optimizer_step + max(0, int((60 * budget - elapsed) / per_epoch * n))
-            if fit < plan.steps:
-                plan.steps = fit
-                self.apply_plan()
-                msg = "%.1f min per epoch: %d steps (%.2f epochs) fit max_train_minutes=%g"
-                logger.info(msg, per_epoch / 60, fit, fit / n, budget)
-            return
-        left = per_epoch * min(1.0, (plan.steps - self.optimizer_step) / n)
-        if self.optimizer_step < plan.steps and elapsed + left > 60 * budget:
-            logger.info("max_train_minutes=%g: stopping after epoch %d", budget, epoch)
-            self.hparams.epoch_counter.limit = epoch
-
-    def apply_plan(self) -> None:
-        """The planned steps as Brain's step limit and the epochs they span."""
-        self.optimizer_step_limit = self.step_plan.steps
-        self.hparams.epoch_counter.limit = min(
-            self.hparams.epoch_counter.limit, -(-self.step_plan.steps // self.batches_per_epoch)
-        )
-
     def on_fit_start(self):
-        use_weights_only_loaders()
         if getattr(self.hparams, "activation_checkpointing", False):  # recompute each layer in the backward pass
             self.model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             logger.info("activation checkpointing: the backbone's layers are recomputed in the backward pass")
-        super().on_fit_start()  # recovers the last checkpoint, the plan with it
-        forget_unsaved_epochs(self)
-        if self.step_plan.planned:
-            self.apply_plan()
-        self.t_fit, self.first_epoch = time.time(), self.hparams.epoch_counter.current + 1
+        super().on_fit_start()  # StepPlanned: recovers the last checkpoint, the plan with it
 
 
 def length_batches(hparams: dict, items, rate: float, shuffle: bool, dur: dict | None = None):
@@ -208,6 +156,7 @@ def train(brain_class, model, hparams: dict, run_opts: dict, t0: float, train_se
     brain = brain_class(modules={"model": model}, hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
     brain.t_start = t0
     brain.batches_per_epoch, brain.train_batches, brain.step_plan = len(sampler), sampler, plan
+    brain.valid_batches = math.ceil(len(valid_set) / hparams["decode_batch_size"])
     brain.fit(
         hparams["epoch_counter"],
         train_set,

@@ -29,7 +29,7 @@ from sitok.eval.asr import word_error_rate
 from sitok.fileio import write_text_atomic
 from sitok.losses.ctc import ctc_beam_searcher, ctc_greedy
 from sitok.probes.data import durations, make_dataset, probe_sets, transcribed_sets
-from sitok.train.checkpoints import forget_unsaved_epochs, use_weights_only_loaders
+from sitok.train.plan import StepPlan, StepPlanned
 
 logger = logging.getLogger(__name__)
 
@@ -42,24 +42,12 @@ def _targets(batch, device) -> torch.Tensor:
     return t.data.to(device) if hasattr(t, "data") else torch.as_tensor(t, device=device)
 
 
-class _Budget:
-    """Stop before an epoch that would end past ``max_train_minutes`` (judged by the mean epoch
-    time so far; 0: no budget). The number of epochs done goes to results.json.
-
-    Also the end of a stage of either probe: ``stage_stats`` of a validation are logged and the
-    checkpoint with the lowest ``best_key`` is kept; a test's become ``test_stats``."""
-
-    def check_budget(self, epoch) -> None:
-        self.epochs_done = epoch
-        budget = float(getattr(self.hparams, "max_train_minutes", 0) or 0)
-        elapsed = time.time() - self.t_start
-        per_epoch = (time.time() - self.t_fit) / max(1, epoch - self.first_epoch + 1)
-        stop = bool(budget and elapsed + per_epoch > 60 * budget and epoch < self.hparams.epoch_counter.limit)
-        # under torchrun every rank must stop after the same epoch: the main process decides
-        if sb.utils.distributed.ddp_broadcast(stop):
-            msg = "training budget of %g min: %.1f min used, an epoch takes %.1f min: stopping after epoch %d of %d"
-            logger.info(msg, budget, elapsed / 60, per_epoch / 60, epoch, self.hparams.epoch_counter.limit)
-            self.hparams.epoch_counter.limit = epoch
+class _Probe(StepPlanned):
+    """What the probes share: the time budget planned in steps (``StepPlanned``: the last epoch, or
+    the first if it alone outlasts ``max_train_minutes``, stops part-way), DDP on CPU, and the end
+    of a stage: ``stage_stats`` of a validation are logged and the checkpoint with the lowest
+    ``best_key`` is kept; a test's become ``test_stats``. The epochs and steps done go to
+    results.json."""
 
     def _wrap_distributed(self):
         """torchrun on CPU (gloo): DDP without SpeechBrain's SyncBatchNorm conversion, which has no
@@ -72,12 +60,6 @@ class _Budget:
             if any(p.requires_grad for p in module.parameters()):
                 self.modules[name] = DistributedDataParallel(module, find_unused_parameters=self.find_unused_parameters)
 
-    def on_fit_start(self):
-        use_weights_only_loaders()  # checkpoints are read as data, never unpickled objects
-        super().on_fit_start()  # recovers the last checkpoint: the epoch counter resumes
-        forget_unsaved_epochs(self)
-        self.t_fit, self.first_epoch = time.time(), self.hparams.epoch_counter.current + 1
-
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
@@ -88,12 +70,13 @@ class _Budget:
                 {"epoch": epoch}, train_stats={"loss": self.train_loss}, valid_stats=stats
             )
             self.checkpointer.save_and_keep_only(meta={self.best_key: stats[self.best_key]}, min_keys=[self.best_key])
-            self.check_budget(epoch)
+            self.epochs_done = epoch
+            self.plan(epoch)
         else:
             self.test_stats = stats
 
 
-class ClassifierProbe(_Budget, sb.Brain):
+class ClassifierProbe(_Probe, sb.Brain):
     """ER / KS / SV: front end -> ECAPA-TDNN embedding -> cosine classifier (AAM loss)."""
 
     best_key = "error"
@@ -144,7 +127,7 @@ def probe_upsample(hparams: dict) -> int:
     return max(int(hparams["upsample"]), math.ceil(need / frame_rate - 1e-9) if need > 0 else 1)
 
 
-class CTCProbe(_Budget, sb.Brain):
+class CTCProbe(_Probe, sb.Brain):
     """ASR: front end -> (x upsample) -> BiLSTM -> linear -> CTC over the recipe's SentencePiece units."""
 
     best_key = "wer"
@@ -223,7 +206,13 @@ def _brain(brain_class, hparams, run_opts, name: str, layer):
 
 
 def _fit(brain, hparams, train, valid, t0):
+    """Train (resuming from the last checkpoint) within ``max_train_minutes`` from ``t0``."""
+    per_process = lambda ds: math.ceil(len(ds) / max(1, int(os.environ.get("WORLD_SIZE", 1))))  # noqa: E731
     brain.t_start, brain.epochs_done = t0, None
+    brain.batches_per_epoch = math.ceil(per_process(train) / hparams["batch_size"])
+    brain.valid_batches = math.ceil(per_process(valid) / hparams["batch_size"])
+    brain.step_plan = StepPlan(hparams["number_of_epochs"] * brain.batches_per_epoch)
+    brain.checkpointer.add_recoverable("plan", brain.step_plan, optional_load=True)  # older checkpoints have none
     brain.fit(
         brain.hparams.epoch_counter,
         train,
@@ -231,6 +220,16 @@ def _fit(brain, hparams, train, valid, t0):
         train_loader_kwargs={"batch_size": hparams["batch_size"], "shuffle": True, "num_workers": 0},
         valid_loader_kwargs={"batch_size": hparams["batch_size"], "num_workers": 0},
     )
+
+
+def _done(brain, hparams) -> dict:
+    """The training done, for results.json: epochs (the last may be partial) and optimiser steps."""
+    return {
+        "epochs": brain.epochs_done,
+        "epoch_limit": hparams["number_of_epochs"],
+        "steps": brain.optimizer_step,
+        "steps_per_epoch": brain.steps_per_epoch,
+    }
 
 
 def run_classifier(hparams, run_opts, t0) -> None:
@@ -254,7 +253,7 @@ def run_classifier(hparams, run_opts, t0) -> None:
     brain = _brain(ClassifierProbe, hparams, run_opts, "classifier", classifier)
     results["parameters"] = sum(p.numel() for p in brain.modules.parameters())
     _fit(brain, hparams, ds["train"], ds["valid"], t0)
-    results.update(epochs=brain.epochs_done, epoch_limit=hparams["number_of_epochs"])
+    results.update(_done(brain, hparams))
     if task != "sv":
         test = make_dataset(sets["test"][0], sets["test"][1], index.get)
         brain.evaluate(test, min_key="error", test_loader_kwargs={"batch_size": hparams["batch_size"]})
@@ -339,7 +338,7 @@ def run_asr(hparams, run_opts, t0) -> None:
         "parameters": sum(p.numel() for p in brain.modules.parameters()),
     }
     _fit(brain, hparams, ds["train"], ds["valid"], t0)
-    results.update({"epochs": brain.epochs_done, "epoch_limit": hparams["number_of_epochs"]})
+    results.update(_done(brain, hparams))
     brain.beam_searcher = ctc_beam_searcher(sp, hparams["beam_size"])
     brain.evaluate(ds["test"], min_key="wer", test_loader_kwargs={"batch_size": hparams["batch_size"]})
     hyps = brain.hyps

@@ -1,0 +1,145 @@
+"""A time budget planned in optimiser steps, for SpeechBrain Brains (the LLM-ASR / AR-TTS loop
+and the probes).
+
+``max_train_minutes`` becomes a number of optimiser steps, never more than ``number_of_epochs``
+whole epochs:
+
+* early in the first epoch (after ``plan_check_fraction`` of its steps): if the epoch would not
+  end within the budget, the steps that fit are planned now from the time per step, keeping time
+  for one validation pass;
+* otherwise after the first epoch, its validation included: the steps that fit the rest of the
+  budget;
+* after each later epoch: stop if the rest of the plan no longer fits (a machine that slowed down).
+
+Brain's ``optimizer_step_limit`` ends the last epoch part-way, so an epoch longer than the budget
+leaves none of it unused and overruns none of it. The plan is a recoverable of the checkpointer,
+so a resumed run keeps it. Under torchrun the main process decides and the others follow, so every
+rank stops at the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import speechbrain as sb
+import torch
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+from sitok.train.checkpoints import forget_unsaved_epochs, use_weights_only_loaders
+
+logger = logging.getLogger(__name__)
+
+
+def _now() -> float:
+    """The clock the budget is measured with (a test can replace it)."""
+    return time.time()
+
+
+@register_checkpoint_hooks
+class StepPlan:
+    """The optimiser steps planned for a run: ``steps`` (whole epochs) until the budget has been
+    timed, then what fits it (``planned``). Saved with the checkpoints."""
+
+    def __init__(self, steps: int):
+        self.steps, self.planned = int(steps), False
+
+    @mark_as_saver
+    def save(self, path):
+        torch.save({"steps": self.steps, "planned": self.planned}, path)
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=True):
+        state = torch.load(path, weights_only=True)
+        self.steps, self.planned = int(state["steps"]), bool(state["planned"])
+
+
+class StepPlanned:
+    """Brain mixin (before ``sb.Brain`` in the bases). Before ``fit`` the caller sets ``t_start``
+    (the run's start, which the budget counts from), ``batches_per_epoch`` and ``valid_batches``
+    (this process's) and ``step_plan`` (a :class:`StepPlan`, also a recoverable of the
+    checkpointer); the hparams hold ``max_train_minutes`` (0: no budget) and ``epoch_counter``.
+    A subclass calls :meth:`plan` at the end of each validation."""
+
+    plan_check_fraction = 0.05  # share of the first epoch timed before judging whether it fits
+    valid_step_cost = 1 / 3  # a validation batch costs about a third of a training step (no backward pass)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.batches_per_epoch / max(1, self.grad_accumulation_factor)))
+
+    def budget_seconds(self) -> float:
+        return 60 * float(getattr(self.hparams, "max_train_minutes", 0) or 0)
+
+    def on_fit_start(self):
+        use_weights_only_loaders()  # checkpoints are read as data, never unpickled objects
+        super().on_fit_start()  # recovers the last checkpoint, the plan with it
+        forget_unsaved_epochs(self)
+        if self.step_plan.planned:
+            self.apply_plan()
+        self.t_fit, self.first_epoch, self.fit_step = (
+            _now(),
+            self.hparams.epoch_counter.current + 1,
+            self.optimizer_step,
+        )
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        super().on_fit_batch_end(batch, outputs, loss, should_step)
+        check_at = max(2, math.ceil(self.plan_check_fraction * self.steps_per_epoch))
+        if not should_step or self.step_plan.planned or self.optimizer_step - self.fit_step != check_at:
+            return
+        if self.first_epoch == 1 and self.budget_seconds():
+            self.plan_within_first_epoch()
+
+    def plan_within_first_epoch(self) -> None:
+        """The first epoch has run ``plan_check_fraction`` of its steps: if it cannot end within the
+        budget, plan the steps that fit (one validation pass kept) now."""
+        now = _now()
+        done = self.optimizer_step - self.fit_step
+        per_step = (now - self.t_fit) / done
+        elapsed = now - self.t_start
+        valid = getattr(self, "valid_batches", 0) * per_step * self.valid_step_cost
+        epoch_end = elapsed + (self.steps_per_epoch - self.optimizer_step) * per_step + valid
+        fit = None
+        if epoch_end > self.budget_seconds():
+            fit = self.optimizer_step + max(0, int((self.budget_seconds() - elapsed - valid) / per_step))
+        fit = sb.utils.distributed.ddp_broadcast(fit)  # every rank reaches this step: the main process decides
+        if fit is None:
+            return
+        self.step_plan.steps, self.step_plan.planned = min(self.step_plan.steps, fit), True
+        self.apply_plan()
+        msg = "%.2f s per step: the first epoch (%d steps) would outlast max_train_minutes=%g: %d steps planned"
+        logger.info(msg, per_step, self.steps_per_epoch, self.budget_seconds() / 60, self.step_plan.steps)
+
+    def plan(self, epoch: int) -> None:
+        """At the end of an epoch's validation: after the first timed epoch the steps that fit the
+        budget (Brain's step limit; the last epoch stops part-way); after later epochs, stop early if
+        the rest of the plan no longer fits."""
+        if not self.budget_seconds():
+            return
+        now = _now()
+        elapsed = now - self.t_start
+        per_epoch = (now - self.t_fit) / max(1, epoch - self.first_epoch + 1)
+        plan, n = self.step_plan, self.steps_per_epoch
+        if not plan.planned:
+            fit = self.optimizer_step + max(0, int((self.budget_seconds() - elapsed) / per_epoch * n))
+            fit = sb.utils.distributed.ddp_broadcast(fit)
+            plan.planned = True
+            if fit < plan.steps:
+                plan.steps = fit
+                self.apply_plan()
+                msg = "%.1f min per epoch: %d steps (%.2f epochs) fit max_train_minutes=%g"
+                logger.info(msg, per_epoch / 60, fit, fit / n, self.budget_seconds() / 60)
+            return
+        left = per_epoch * min(1.0, (plan.steps - self.optimizer_step) / n)
+        stop = self.optimizer_step < plan.steps and elapsed + left > self.budget_seconds()
+        if sb.utils.distributed.ddp_broadcast(stop):
+            logger.info("max_train_minutes=%g: stopping after epoch %d", self.budget_seconds() / 60, epoch)
+            self.hparams.epoch_counter.limit = epoch
+
+    def apply_plan(self) -> None:
+        """The planned steps as Brain's step limit and the epochs they span."""
+        self.optimizer_step_limit = self.step_plan.steps
+        epochs = -(-self.step_plan.steps // self.steps_per_epoch)
+        self.hparams.epoch_counter.limit = min(self.hparams.epoch_counter.limit, max(1, epochs))
