@@ -1,6 +1,6 @@
 """The time budget planned in optimiser steps (sitok.train.plan), on a real SpeechBrain Brain with a
-clock that advances with the steps trained: 40 steps per epoch, 6 s per step unless a test slows
-the machine down."""
+clock that advances with the steps trained (validation takes no time): 40 steps per epoch, 6 s per
+step unless a test slows the machine down."""
 
 import pytest
 import speechbrain as sb
@@ -69,12 +69,25 @@ def test_the_plan_after_the_first_epoch_ends_the_last_epoch_part_way(tmp_path):
     assert brain.hparams.epoch_counter.current == 3  # the third epoch stopped half-way
 
 
-def test_a_machine_that_slows_down_stops_after_the_epoch_that_no_longer_leaves_room(tmp_path):
-    # planned as above (100 steps); then 12 s per step: after epoch 2 (720 s, 360 s per epoch) the
-    # half epoch left would end at 900 s > 600 s -> stop at step 80
-    brain = _run(tmp_path, minutes=10, seconds_per_step=lambda s: 6.0 * s if s <= 40 else 240 + 12.0 * (s - 40))
-    assert brain.step_plan.steps == 100 and brain.optimizer_step == 80
-    assert brain.hparams.epoch_counter.current == 2
+def test_a_machine_that_slows_down_shrinks_the_plan_within_the_epoch(tmp_path):
+    # planned as above (100 steps); then 12 s per step. Windows are 2 steps; the window 40-42
+    # spans the validation (not timed); 42-44 is slow but the one before was not; 44-46 makes
+    # two slow windows in a row: at 312 s, 54 steps x 12 s + 2 validations x the 6 s measured
+    # between epochs 1 and 2 would end at 972 s > 612 s -> (600 - 312 - 12) / 12 = 23 more steps
+    clock = lambda s: 6.0 * s if s <= 40 else 240 + 12.0 * (s - 40)  # noqa: E731
+    brain = _run(tmp_path, minutes=10, seconds_per_step=clock)
+    assert brain.step_plan.steps == 69 and brain.optimizer_step == 69
+    assert brain.hparams.epoch_counter.current == 2 and clock(69) <= 600  # the whole-epoch check overran: 720 s
+
+
+def test_one_slow_window_is_not_taken_for_the_new_pace(tmp_path):
+    # 11 min: 110 steps planned after epoch 1. A hiccup (60 s per step at steps 51-52) costs 108 s
+    # that the plan must give back, at the pace of the window before it (6 s per step), not at the
+    # hiccup's: at step 52 (420 s) the 58 steps left would end at 768 s > 673 s ->
+    # (660 - 420) / 6 = 40 more steps (at 60 s per step it would have kept 4)
+    clock = lambda s: 6.0 * s + (108.0 if s > 52 else 54.0 * (s - 50) if s > 50 else 0.0)  # noqa: E731
+    brain = _run(tmp_path, minutes=11, seconds_per_step=clock)
+    assert brain.step_plan.steps == 92 and brain.optimizer_step == 92 and clock(92) <= 660
 
 
 def test_no_budget_trains_every_epoch(tmp_path):
@@ -85,5 +98,6 @@ def test_no_budget_trains_every_epoch(tmp_path):
 def test_every_time_capped_loop_uses_the_step_plan():
     from sitok.lm.brain import SpeechLMBrain
     from sitok.probes.brain import ClassifierProbe, CTCProbe
+    from sitok.train.vocoder import VocoderBrain
 
-    assert all(issubclass(c, StepPlanned) for c in (SpeechLMBrain, ClassifierProbe, CTCProbe))
+    assert all(issubclass(c, StepPlanned) for c in (SpeechLMBrain, ClassifierProbe, CTCProbe, VocoderBrain))

@@ -235,6 +235,43 @@ def test_train_export_kill_and_resume(tiny_dump):  # noqa: F811
     assert all(torch.allclose(sa[k], sb[k], rtol=1e-5, atol=1e-6) for k in sa)
 
 
+def test_the_time_budget_is_planned_in_generator_steps(tiny_dump, tmp_path, monkeypatch):  # noqa: F811
+    """max_train_minutes becomes generator steps. The recipe runs in this process on a clock that
+    advances 10 s per generator step (3 steps per epoch): after epoch 1 (30 s) an 80-s budget
+    leaves room for 5 more steps, so the run stops 2 steps into epoch 3, checkpoints that step and
+    exports; a rerun trains nothing."""
+    import importlib.util
+    import types
+
+    import sitok.train.plan as plan_module
+    from sitok.train.vocoder import VocoderBrain
+
+    spec = importlib.util.spec_from_file_location("vocoder_train_recipe", TRAIN)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    clock = [0.0]
+    monkeypatch.setattr(plan_module, "_now", lambda: clock[0])
+    monkeypatch.setattr(recipe, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    fit_batch = VocoderBrain.fit_batch
+
+    def ten_seconds_a_step(self, batch):
+        clock[0] += 10.0
+        return fit_batch(self, batch)
+
+    monkeypatch.setattr(VocoderBrain, "fit_batch", ten_seconds_a_step)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    exp = tmp_path / "exp"
+    argv = train_args(tiny_dump[0], exp, epochs=10)[2:] + ["--max_train_minutes", str(80 / 60)]
+    recipe.main(argv)
+    stats = read_train_stats(str(exp))
+    assert [(s["epoch"], s["optimizer_step"]) for s in stats] == [(1, 3), (2, 6), (3, 8)]
+    assert clock[0] == 80.0
+    assert "8 steps (2.67 epochs) fit max_train_minutes" in (exp / "log.txt").read_text()
+    assert sorted(os.listdir(exp / "model")) == ["config.json", "model.pt"]
+    recipe.main(argv)  # resumes the saved plan: nothing left to train
+    assert len(read_train_stats(str(exp))) == 3 and clock[0] == 80.0
+
+
 @pytest.mark.parametrize("name", ["tiny", "mini", "mini_gpu", "paper"])
 def test_every_vocoder_config_loads(name, tmp_path):
     """Each hparams file builds its generator and discriminator; mini_gpu trains the mini

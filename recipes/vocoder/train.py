@@ -14,18 +14,22 @@ up from ``<model_dir>/vocoder`` (copy or link it there).
 A killed run resumes from its last checkpoint; a finished run re-run does no further training.
 """
 
+import math
 import os
 import sys
+import time
 
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
 from sitok.data.ranks import process_rank
 from sitok.infer.vocoder import export_vocoder
+from sitok.train.plan import StepPlan
 from sitok.train.vocoder import VocoderBrain, dataio_prepare, load_generator_weights
 
 
 def main(argv):
+    t0 = time.time()  # max_train_minutes counts from here
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
     with open(hparams_file, encoding="utf-8") as fh:
@@ -47,6 +51,11 @@ def main(argv):
     if hparams.get("init_from"):  # start the generator from an exported vocoder (a resumed run's checkpoint wins)
         load_generator_weights(brain.generator, hparams["init_from"])
     brain.data_stats = stats
+    # max_train_minutes becomes generator steps (sitok.train.plan); the plan is saved with the checkpoints
+    brain.t_start, brain.batches_per_epoch = t0, max(1, stats["train_batches_per_epoch"])
+    brain.valid_batches = math.ceil(len(datasets["valid"]) / world / hparams["batch_size"])
+    brain.step_plan = StepPlan(hparams["number_of_epochs"] * brain.batches_per_epoch)
+    brain.checkpointer.add_recoverable("plan", brain.step_plan, optional_load=True)  # older checkpoints have none
     brain.train_cropper = cropper  # crops depend on (seed, epoch, utterance) only
     brain.train_sampler = sampler  # Brain calls set_epoch(): the order depends on (seed, epoch) only
     brain.fit(

@@ -207,10 +207,10 @@ def _brain(brain_class, hparams, run_opts, name: str, layer):
 
 def _fit(brain, hparams, train, valid, t0):
     """Train (resuming from the last checkpoint) within ``max_train_minutes`` from ``t0``."""
-    per_process = lambda ds: math.ceil(len(ds) / max(1, int(os.environ.get("WORLD_SIZE", 1))))  # noqa: E731
+    world = max(1, int(os.environ.get("WORLD_SIZE", 1)))  # each process reads 1/world of every set
     brain.t_start, brain.epochs_done = t0, None
-    brain.batches_per_epoch = math.ceil(per_process(train) / hparams["batch_size"])
-    brain.valid_batches = math.ceil(per_process(valid) / hparams["batch_size"])
+    brain.batches_per_epoch = math.ceil(math.ceil(len(train) / world) / hparams["batch_size"])
+    brain.valid_batches = math.ceil(math.ceil(len(valid) / world) / hparams["batch_size"])
     brain.step_plan = StepPlan(hparams["number_of_epochs"] * brain.batches_per_epoch)
     brain.checkpointer.add_recoverable("plan", brain.step_plan, optional_load=True)  # older checkpoints have none
     brain.fit(

@@ -17,6 +17,10 @@ and the generator gets hinge adversarial + feature-matching losses (speechbrain'
 on one CPU core a GAN step with the MPD on 8192-sample windows costs ~35x a reconstruction-only
 step (batch 16: 21 s against 0.6 s; with MPD + MSD 50 s).
 
+The time budget ``max_train_minutes`` is planned in generator steps (``sitok.train.plan``): the
+run stops part-way through an epoch once the planned steps are done, so a long epoch neither
+overruns the budget nor leaves a third of it unused.
+
 Logged every epoch (``train_log.txt``, ``train_stats.jsonl``): every loss part, learning rates,
 generator steps, GAN steps, throughput, non-finite losses skipped; every ``log_interval``
 steps a progress line in ``log.txt``.
@@ -44,8 +48,8 @@ from sitok.data.mel import MelConfig, MelFrontend
 from sitok.data.segment import load_segment
 from sitok.eval.quality import pesq_wb
 from sitok.infer.vocoder import VocosVocoder, vocoder_dir
-from sitok.train.checkpoints import forget_unsaved_epochs, use_weights_only_loaders
 from sitok.train.distributed import unwrapped
+from sitok.train.plan import StepPlanned
 from sitok.train.tokenizer import RNGState, read_train_stats  # noqa: F401  (read_train_stats: the same train_stats.jsonl format)
 
 logger = logging.getLogger(__name__)
@@ -300,11 +304,13 @@ def _finite_on_every_rank(loss: torch.Tensor) -> bool:
     return bool(ok.item())
 
 
-class VocoderBrain(sb.Brain):
+class VocoderBrain(StepPlanned, sb.Brain):
     """Generator + discriminator, two optimisers and two learning-rate schedules.
 
     ``self.optimizer_step`` counts generator updates (saved by Brain's own checkpoint hook); the
-    discriminator and the adversarial losses join at ``gan_start_step``."""
+    discriminator and the adversarial losses join at ``gan_start_step``. The recipe sets what
+    :class:`~sitok.train.plan.StepPlanned` needs (``t_start``, ``batches_per_epoch``,
+    ``valid_batches``, ``step_plan``) before ``fit``."""
 
     data_stats: dict | None = None  # set by the recipe
     train_cropper: SegmentCropper | None = None
@@ -328,7 +334,6 @@ class VocoderBrain(sb.Brain):
 
     def on_fit_start(self):
         hp = self.hparams
-        use_weights_only_loaders()  # before super() recovers the last checkpoint
         self.checkpointer.add_recoverable("rng", RNGState())
         cfg = MelConfig()
         self.frontend_mel_loss = MultiResolutionMelLoss([(cfg.n_fft, cfg.hop_length, cfg.n_mels)]).to(self.device)
@@ -346,15 +351,14 @@ class VocoderBrain(sb.Brain):
         self.lr_schedule_g, self.lr_schedule_d = schedule(hp.lr, total), schedule(hp.lr_discriminator, gan_steps)
         self.checkpointer.add_recoverable("lr_schedule_g", self.lr_schedule_g)
         self.checkpointer.add_recoverable("lr_schedule_d", self.lr_schedule_d)
-        super().on_fit_start()  # optimisers, then recover the latest checkpoint
-        forget_unsaved_epochs(self)
+        super().on_fit_start()  # StepPlanned: optimisers, then the latest checkpoint (the plan with it)
         if self.lr_schedule_g.current_step == 0:  # fresh run: warm-up starts from lr 0
             self.lr_schedule_g(self.optimizer_g)
             self.lr_schedule_d(self.optimizer_d)
         g = sum(p.numel() for p in self.generator.parameters())
         d = sum(p.numel() for p in self.discriminator.parameters())
         logger.info(
-            "Vocoder: generator %.3f M parameters, discriminator %.3f M; %d steps planned "
+            "Vocoder: generator %.3f M parameters, discriminator %.3f M; learning rates decay over %d steps "
             "(%d per epoch), GAN from step %d; %s",
             g / 1e6,
             d / 1e6,
@@ -363,7 +367,6 @@ class VocoderBrain(sb.Brain):
             hp.gan_start_step,
             json.dumps(self.data_stats),
         )
-        self.train_start = time.time()
 
     def on_stage_start(self, stage, epoch=None):
         self._acc = defaultdict(float)
@@ -433,7 +436,8 @@ class VocoderBrain(sb.Brain):
             loss = loss + hp.amplitude_loss_weight * amplitude + hp.consistency_loss_weight * consistency
             acc["amplitude"] += float(amplitude.detach())
             acc["consistency"] += float(consistency.detach())
-        if _finite_on_every_rank(loss):
+        stepped = _finite_on_every_rank(loss)
+        if stepped:
             self._step(self.optimizer_g, loss, self.generator.parameters(), self.lr_schedule_g)
             self.optimizer_step += 1
             acc["n"] += 1
@@ -448,6 +452,7 @@ class VocoderBrain(sb.Brain):
             self.check_loss_isfinite(loss)  # raises after nonfinite_patience
         if hp.log_interval and self.optimizer_step % hp.log_interval == 0 and acc["n"]:
             logger.info("step %d (epoch step %d): %s", self.optimizer_step, self.step, json.dumps(self._summary()))
+        self.on_fit_batch_end(batch, None, loss, stepped)  # StepPlanned times the steps here
         return loss.detach().cpu()
 
     # ---- validation ----------------------------------------------------------------------
@@ -496,7 +501,7 @@ class VocoderBrain(sb.Brain):
         if stage != sb.Stage.VALID:
             self.test_stats = summary
             return
-        minutes = (time.time() - self.train_start) / 60
+        minutes = (time.time() - self.t_start) / 60
         meta = {
             "epoch": epoch,
             "lr_g": self.optimizer_g.param_groups[0]["lr"],
@@ -505,19 +510,13 @@ class VocoderBrain(sb.Brain):
             "minutes": minutes,
         }
         self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=self.train_stats, valid_stats=summary)
-        limit = float(self.hparams.max_train_minutes or 0)
-        stop = sb.utils.distributed.ddp_broadcast(
-            limit > 0 and minutes > limit
-        )  # the main process's clock decides for every rank
+        self.plan(epoch)  # the steps that fit max_train_minutes; the epoch limit shrinks with them
         # Short epochs (a small set, a fast device) would spend much of their time writing the
         # generator + discriminator + both optimisers: checkpoint every N epochs, and always at
-        # the last epoch or when the time budget stops the run.
+        # the last epoch (the one the plan ends in included).
         every = max(1, int(getattr(self.hparams, "checkpoint_every_epochs", 1) or 1))
-        if stop or epoch % every == 0 or epoch >= self.hparams.epoch_counter.limit:
+        if epoch % every == 0 or epoch >= self.hparams.epoch_counter.limit:
             self.checkpointer.save_and_keep_only(meta={"mel_l1": summary["mel_l1"], "epoch": epoch}, num_to_keep=2)
         if sb.utils.distributed.if_main_process():
             with open(os.path.join(self.hparams.exp_dir, "train_stats.jsonl"), "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({**meta, "train": self.train_stats, "valid": summary}) + "\n")
-        if stop:
-            logger.info("max_train_minutes=%g reached after epoch %d: stopping", limit, epoch)
-            self.hparams.epoch_counter.current = self.hparams.epoch_counter.limit
