@@ -4,7 +4,7 @@
 # directory (exp/tokenizer_abl_<name>), scored by the evaluate stage, and laid out by
 # `sitok report` beside the paper's numbers. Every step is resumable: run the same command again.
 #
-#   ./run_ablations.sh                          # everything (~2.7 h on 2 CPU cores, 4.5-h corpus)
+#   ./run_ablations.sh                          # everything (~75 min on 2 CPU cores once stages 0-3 are done, 4.5-h corpus)
 #   ./run_ablations.sh --ablations "base ctc0"  # a subset
 #   ./run_ablations.sh --stage 4                # only evaluate + report
 #
@@ -16,7 +16,7 @@ cd "$(dirname "$0")"
 stage=1
 stop_stage=100
 ablations="base ctc0 R cn2 cn4 fsq light"   # names in recipes/tokenizer/hparams/ablations.yaml
-ablation_args="--number_of_epochs 4 --max_train_minutes 45"   # the budget every variant shares: 1,156 steps on the 4.5-h corpus (~35 min on one thread; the time cap only guards)
+ablation_args="--number_of_epochs 4 --max_train_minutes 45"   # the budget every variant shares: 1,156 steps on the 4.5-h corpus (~15 min on one thread; the time cap only guards)
 rd_args="--number_of_epochs 4 --max_train_minutes 10"      # R + D: decoder-only diffusion training
 nj_train=2            # variants trained at once; each gets nproc / nj_train threads
 tokenizer_config=mini
