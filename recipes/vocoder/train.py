@@ -24,7 +24,6 @@ from hyperpyyaml import load_hyperpyyaml
 
 from sitok.data.ranks import process_rank
 from sitok.infer.vocoder import export_vocoder
-from sitok.train.plan import StepPlan
 from sitok.train.vocoder import VocoderBrain, dataio_prepare, load_generator_weights
 
 
@@ -51,11 +50,12 @@ def main(argv):
     if hparams.get("init_from"):  # start the generator from an exported vocoder (a resumed run's checkpoint wins)
         load_generator_weights(brain.generator, hparams["init_from"])
     brain.data_stats = stats
-    # max_train_minutes becomes generator steps (sitok.train.plan); the plan is saved with the checkpoints
-    brain.t_start, brain.batches_per_epoch = t0, max(1, stats["train_batches_per_epoch"])
-    brain.valid_batches = math.ceil(len(datasets["valid"]) / world / hparams["batch_size"])
-    brain.step_plan = StepPlan(hparams["number_of_epochs"] * brain.batches_per_epoch)
-    brain.checkpointer.add_recoverable("plan", brain.step_plan, optional_load=True)  # older checkpoints have none
+    brain.set_plan(  # max_train_minutes becomes generator steps (sitok.train.plan)
+        t0,
+        batches_per_epoch=max(1, stats["train_batches_per_epoch"]),
+        valid_batches=math.ceil(len(datasets["valid"]) / world / hparams["batch_size"]),
+        epochs=hparams["number_of_epochs"],
+    )
     brain.train_cropper = cropper  # crops depend on (seed, epoch, utterance) only
     brain.train_sampler = sampler  # Brain calls set_epoch(): the order depends on (seed, epoch) only
     brain.fit(

@@ -27,16 +27,15 @@ from sitok.data.kaldi import allow_pipes
 from sitok.probes.data import durations
 from sitok.train.checkpoints import AtomicCheckpointer
 from sitok.train.distributed import StrategyBrainMixin, full_model_state, is_sharded, unwrapped
-from sitok.train.plan import StepPlan, StepPlanned
+from sitok.train.plan import StepPlanned
 
 logger = logging.getLogger(__name__)
 
 
 class SpeechLMBrain(StepPlanned, StrategyBrainMixin, sb.Brain):
     """Subclasses define ``compute_forward`` (batch -> the model's output dict). Before ``fit`` the
-    caller sets ``t_start`` (the run's start), ``batches_per_epoch``, ``valid_batches``,
-    ``train_batches`` (the sampler) and ``step_plan`` (a :class:`StepPlan`, also a recoverable of
-    the checkpointer); the time budget is planned in steps by :class:`StepPlanned`."""
+    caller sets ``train_batches`` (the sampler) and calls ``set_plan``: the time budget is planned
+    in steps by :class:`StepPlanned`."""
 
     @property
     def model(self):
@@ -149,14 +148,17 @@ def train(brain_class, model, hparams: dict, run_opts: dict, t0: float, train_se
     """Fit ``model`` with a ``brain_class`` (a SpeechLMBrain) on ``train_set`` batched by ``sampler``,
     validate on ``valid_set``; the best checkpoint (lowest validation loss) is loaded at the end.
     Returns the brain."""
-    plan = StepPlan(hparams["number_of_epochs"] * len(sampler))
     checkpointer = AtomicCheckpointer(
-        hparams["save_folder"], recoverables={"model": model, "counter": hparams["epoch_counter"], "plan": plan}
+        hparams["save_folder"], recoverables={"model": model, "counter": hparams["epoch_counter"]}
     )
     brain = brain_class(modules={"model": model}, hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
-    brain.t_start = t0
-    brain.batches_per_epoch, brain.train_batches, brain.step_plan = len(sampler), sampler, plan
-    brain.valid_batches = math.ceil(len(valid_set) / hparams["decode_batch_size"])
+    brain.train_batches = sampler
+    brain.set_plan(
+        t0,
+        batches_per_epoch=len(sampler),
+        valid_batches=math.ceil(len(valid_set) / hparams["decode_batch_size"]),
+        epochs=hparams["number_of_epochs"],
+    )
     brain.fit(
         hparams["epoch_counter"],
         train_set,

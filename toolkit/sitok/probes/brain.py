@@ -29,7 +29,7 @@ from sitok.eval.asr import word_error_rate
 from sitok.fileio import write_text_atomic
 from sitok.losses.ctc import ctc_beam_searcher, ctc_greedy
 from sitok.probes.data import durations, make_dataset, probe_sets, transcribed_sets
-from sitok.train.plan import StepPlan, StepPlanned
+from sitok.train.plan import StepPlanned
 
 logger = logging.getLogger(__name__)
 
@@ -208,11 +208,13 @@ def _brain(brain_class, hparams, run_opts, name: str, layer):
 def _fit(brain, hparams, train, valid, t0):
     """Train (resuming from the last checkpoint) within ``max_train_minutes`` from ``t0``."""
     world = max(1, int(os.environ.get("WORLD_SIZE", 1)))  # each process reads 1/world of every set
-    brain.t_start, brain.epochs_done = t0, None
-    brain.batches_per_epoch = math.ceil(math.ceil(len(train) / world) / hparams["batch_size"])
-    brain.valid_batches = math.ceil(math.ceil(len(valid) / world) / hparams["batch_size"])
-    brain.step_plan = StepPlan(hparams["number_of_epochs"] * brain.batches_per_epoch)
-    brain.checkpointer.add_recoverable("plan", brain.step_plan, optional_load=True)  # older checkpoints have none
+    brain.epochs_done = None
+    brain.set_plan(
+        t0,
+        batches_per_epoch=math.ceil(math.ceil(len(train) / world) / hparams["batch_size"]),
+        valid_batches=math.ceil(math.ceil(len(valid) / world) / hparams["batch_size"]),
+        epochs=hparams["number_of_epochs"],
+    )
     brain.fit(
         brain.hparams.epoch_counter,
         train,

@@ -61,15 +61,21 @@ class StepPlan:
 
 
 class StepPlanned:
-    """Brain mixin (before ``sb.Brain`` in the bases). Before ``fit`` the caller sets ``t_start``
-    (the run's start, which the budget counts from), ``batches_per_epoch`` and ``valid_batches``
-    (this process's) and ``step_plan`` (a :class:`StepPlan`, also a recoverable of the
-    checkpointer); the hparams hold ``max_train_minutes`` (0: no budget) and ``epoch_counter``.
+    """Brain mixin (before ``sb.Brain`` in the bases). Before ``fit`` the caller calls
+    :meth:`set_plan`; the hparams hold ``max_train_minutes`` (0: no budget) and ``epoch_counter``.
     A subclass calls :meth:`plan` at the end of each validation."""
 
     plan_check_fraction = 0.05  # share of an epoch timed before judging whether the plan fits
     valid_step_cost = 1 / 3  # a validation batch costs about a third of a training step (no backward pass)
     replan_tolerance = 0.02  # share of the budget a running plan may be projected to overrun before it shrinks
+
+    def set_plan(self, t_start: float, batches_per_epoch: int, valid_batches: int, epochs: int) -> None:
+        """What the plan needs, set before ``fit``: the run's start (the budget counts from it), this
+        process's training and validation batches per epoch, and a plan of ``epochs`` whole epochs,
+        registered with the checkpointer so that a resumed run keeps it (older checkpoints have none)."""
+        self.t_start, self.batches_per_epoch, self.valid_batches = t_start, batches_per_epoch, valid_batches
+        self.step_plan = StepPlan(epochs * batches_per_epoch)
+        self.checkpointer.add_recoverable("plan", self.step_plan, optional_load=True)
 
     @property
     def steps_per_epoch(self) -> int:
