@@ -158,3 +158,25 @@ def test_init_model_goes_on_from_a_trained_model_directory(tiny_set, tmp_path):
     other = write_model_dir(tmp_path / "big", codebook_size=128)
     with pytest.raises(ValueError, match="writes 64 codes"):
         build_model({**hp, "model_dir": other, "init_model": str(tmp_path / "trained")})
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "tts/hparams/mini.yaml",
+        "tts/hparams/libritts.yaml",
+        "llm_asr/hparams/mini.yaml",
+        "llm_asr/hparams/librispeech.yaml",
+    ],
+)
+def test_tiny_sizes_can_be_set_from_the_command_line(recipe, tmp_path):
+    """``--tiny "{hidden_size: 32}"`` merges into the yaml's sizes (a null key would reject the override)."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    from sitok.models.speech_lm import SpeechLMConfig
+
+    with open(os.path.join(ROOT, "recipes", recipe)) as f:
+        hp = load_hyperpyyaml(f, {"backbone": "tiny", "tiny": {"hidden_size": 32}, "exp_dir": str(tmp_path)})
+    assert hp["tiny"]["hidden_size"] == 32 and hp["tiny"]["num_hidden_layers"] >= 1
+    cfg = SpeechLMConfig.from_dict({"backbone": "tiny", "tiny": dict(hp["tiny"])})
+    assert cfg.tiny["hidden_size"] == 32
