@@ -170,13 +170,15 @@ def test_init_model_goes_on_from_a_trained_model_directory(tiny_set, tmp_path):
     ],
 )
 def test_tiny_sizes_can_be_set_from_the_command_line(recipe, tmp_path):
-    """``--tiny "{hidden_size: 32}"`` merges into the yaml's sizes (a null key would reject the override)."""
+    """``--tiny "{hidden_size: 32}"`` is accepted by the yaml (a null key would reject the override);
+    the config takes the sizes not given from TINY_LLAMA."""
     from hyperpyyaml import load_hyperpyyaml
 
-    from sitok.models.speech_lm import SpeechLMConfig
+    from sitok.models.speech_lm import TINY_LLAMA, SpeechLMConfig
 
     with open(os.path.join(ROOT, "recipes", recipe)) as f:
         hp = load_hyperpyyaml(f, {"backbone": "tiny", "tiny": {"hidden_size": 32}, "exp_dir": str(tmp_path)})
-    assert hp["tiny"]["hidden_size"] == 32 and hp["tiny"]["num_hidden_layers"] >= 1
+    assert hp["tiny"]["hidden_size"] == 32
     cfg = SpeechLMConfig.from_dict({"backbone": "tiny", "tiny": dict(hp["tiny"])})
-    assert cfg.tiny["hidden_size"] == 32
+    assert cfg.tiny["hidden_size"] == 32 and cfg.tiny["num_hidden_layers"] >= 1
+    assert cfg.tiny == {**TINY_LLAMA, "hidden_size": 32}

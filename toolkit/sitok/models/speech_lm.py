@@ -68,11 +68,15 @@ class BackboneConfig:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     dropout: float = 0.0  # training only: dropout of the LM's input embeddings and of its attention weights
-    tiny: dict = field(default_factory=lambda: dict(TINY_LLAMA))  # sizes of the tiny backbone
+    tiny: dict = field(default_factory=dict)  # sizes of the tiny backbone; the ones not given are TINY_LLAMA's
 
     INTS: ClassVar[dict] = {}
     FLOATS: ClassVar[dict] = {}
     CHOICES: ClassVar[dict] = {}
+
+    def __post_init__(self):
+        self.tiny = {**TINY_LLAMA, **(self.tiny or {})}
+
     BOOLS: ClassVar[tuple] = ()
 
     @classmethod
