@@ -26,7 +26,7 @@ import torch
 from sitok.data.kaldi import allow_pipes
 from sitok.probes.data import durations
 from sitok.train.checkpoints import AtomicCheckpointer
-from sitok.train.distributed import StrategyBrainMixin, full_model_state, is_sharded, unwrapped
+from sitok.train.distributed import StrategyBrainMixin, full_model_state, is_sharded, leave_process_group, unwrapped
 from sitok.train.plan import StepPlanned
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,9 @@ def trained_model(brain, out_dir: str):
     collective: every process calls this) and the model is read back whole from ``out_dir``."""
     model = brain.model
     state = full_model_state(model, rank0_only=True) if is_sharded(model) else None
-    if not sb.utils.distributed.if_main_process():
+    main = sb.utils.distributed.if_main_process()  # asked while the group is up: after it, every rank is "main"
+    leave_process_group()  # the last collective: the main process decodes and judges alone
+    if not main:
         return None
     model.save(out_dir, state=state)
     if state is not None:

@@ -29,6 +29,7 @@ from sitok.eval.asr import word_error_rate
 from sitok.fileio import write_text_atomic
 from sitok.losses.ctc import ctc_beam_searcher, ctc_greedy
 from sitok.probes.data import durations, make_dataset, probe_sets, transcribed_sets
+from sitok.train.distributed import leave_process_group
 from sitok.train.plan import StepPlanned
 
 logger = logging.getLogger(__name__)
@@ -372,6 +373,7 @@ def run_probe(argv: list[str]) -> None:
     source = hparams["codes_root"] if hparams["features"] == "tokens" else f"{hparams['dump_dir']}/*/feats.scp"
     logger.info("probe %s on %s features (%s) -> %s", hparams["task"], hparams["features"], source, hparams["exp_dir"])
     (run_asr if hparams["task"] == "asr" else run_classifier)(hparams, run_opts, t0)
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,16 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def leave_process_group() -> None:
+    """End a torchrun run's process group on every rank once its last collective is done: wait for
+    all ranks, then tear the group down. A process that exits with the group still up races the
+    communication threads of the others and can abort ("terminate called without an active
+    exception") while a slower rank is still writing. No-op outside torch.distributed."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def check_strategy(name: str) -> str:
     if name not in STRATEGIES:
         raise ValueError(

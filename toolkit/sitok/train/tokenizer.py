@@ -55,6 +55,7 @@ from sitok.train.distributed import (
     full_model_state,
     full_tensor,
     is_sharded,
+    leave_process_group,
     load_sharded_model,
     unwrapped,
 )
@@ -626,7 +627,9 @@ def run_recipe(argv: list[str], brain_class: type) -> None:
     )
     check_ranks_agree(brain.model)  # every rank must hold the same weights and codebook
     state = full_model_state(brain.model, rank0_only=True) if is_sharded(brain.model) else None  # collective
-    if sb.utils.distributed.if_main_process():
+    main = sb.utils.distributed.if_main_process()  # asked while the group is up: after it, every rank is "main"
+    leave_process_group()  # the last collective is done: the main process exports alone
+    if main:
         export_model_dir(brain, hparams, os.path.join(hparams["exp_dir"], "model"), state=state)
 
 
