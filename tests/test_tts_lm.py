@@ -124,3 +124,32 @@ def test_tts_command_speaks_with_and_without_a_prompt(tmp_path):
         assert "RTF" in r.stderr and "LM" in r.stderr
     r = subprocess.run(base + ["hi", "-o", str(tmp_path / "x.wav"), "--prompt", prompt], capture_output=True, text=True)
     assert r.returncode != 0 and "--prompt-text" in r.stderr
+
+
+def test_phone_units_read_words_as_pronunciations_and_travel_with_the_model(tmp_path):
+    from sitok.models.speech_lm import CharText, PhoneText
+
+    text = PhoneText({"red": ["R", "EH", "D"], "fox": ["F", "AA", "K", "S"], "a": ["AH"]})
+    chars = CharText()
+    ids = text.encode("Red fox, a qat.")
+    # words of the lexicon become phones, others letters; spaces and punctuation stay characters
+    assert text.decode(ids) == "[R][EH][D] [F][AA][K][S], [AH] qat."
+    assert ids[3] == chars.index[" "] and ids[-4:] == chars.encode("qat.")
+    assert len({*text.phone_index.values(), *chars.index.values()}) == len(text) - 3  # one id per symbol
+
+    m = tiny(text_units="phones")
+    assert isinstance(m.text, PhoneText) and m.lm.config.vocab_size == len(m.text)
+    assert m.text.encode("fox") == [m.text.phone_index[p] for p in ("F", "AA", "K", "S")]  # the CMU dictionary
+    m.eval().save(str(tmp_path / "tts"))
+    back = SpeechTTS.load(str(tmp_path / "tts"))
+    assert isinstance(back.text, PhoneText) and back.text.lexicon == m.text.lexicon
+    batch = [m.text.encode(t) for t in TEXTS]
+    torch.testing.assert_close(back(batch, codes())["loss"], m(batch, codes())["loss"])
+
+    (tmp_path / "tts" / "backbone" / PhoneText.file_name).write_text('{"alphabet": "abc", "lexicon": {}}')
+    with pytest.raises(ValueError, match="not a phone tokenizer"):
+        SpeechTTS.load(str(tmp_path / "tts"))
+    with pytest.raises(ValueError, match="text_units"):
+        SpeechTTSConfig.from_dict({"backbone": "tiny", "text_units": "bytes"})
+    with pytest.raises(ValueError, match="only the tiny backbone"):
+        SpeechTTS(SpeechTTSConfig(backbone="smollm2", text_units="phones", codebook_size=30, speech_dim=8))

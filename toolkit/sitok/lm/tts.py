@@ -71,6 +71,7 @@ def build_model(hparams: dict) -> SpeechTTS:
     kw = {k: hparams[k] for k in ("backbone", "pretrained", "lora_rank", "lora_alpha", "lora_dropout", "dropout")}
     kw.update(
         lm_layers=hparams.get("lm_layers", 0),
+        text_units=hparams.get("text_units", "chars"),
         codebook_size=tok_cfg["codebook_size"],
         speech_dim=tok_cfg["codebook_dim"] if hparams["init_from_codebook"] else hparams["speech_dim"],
         max_tokens_per_char=hparams["max_tokens_per_char"],

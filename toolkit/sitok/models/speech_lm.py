@@ -69,6 +69,7 @@ class BackboneConfig:
     lora_dropout: float = 0.05
     dropout: float = 0.0  # training only: dropout of the LM's input embeddings and of its attention weights
     tiny: dict = field(default_factory=dict)  # sizes of the tiny backbone; the ones not given are TINY_LLAMA's
+    text_units: str = "chars"  # tiny backbone: chars | phones (CMUdict pronunciations, letters for other words)
 
     INTS: ClassVar[dict] = {}
     FLOATS: ClassVar[dict] = {}
@@ -91,7 +92,8 @@ class BackboneConfig:
         cfg = cls(**d)
         floats = {"lora_alpha": (0.0, 1e6), "lora_dropout": (0.0, 0.9), "dropout": (0.0, 0.9), **cls.FLOATS}
         ints = {"lora_rank": (0, 4096), "lm_layers": (0, 4096), **cls.INTS}
-        check_fields(name, cfg, ints=ints, floats=floats, choices=cls.CHOICES, bools=("pretrained", *cls.BOOLS))
+        choices = {"text_units": ("chars", "phones"), **cls.CHOICES}
+        check_fields(name, cfg, ints=ints, floats=floats, choices=choices, bools=("pretrained", *cls.BOOLS))
         return cfg
 
 
@@ -152,6 +154,77 @@ class CharText:
         write_text_atomic(os.path.join(directory, "char_tokenizer.json"), json.dumps({"alphabet": self.alphabet}))
 
 
+class PhoneText(CharText):
+    """Words as their pronunciation (ARPAbet phones without stress, from the CMU dictionary that
+    pocketsphinx ships), for the tiny backbone: a word the lexicon lacks is spelled in letters, and
+    punctuation and the spaces between words stay characters. Ids: CharText's, then the phones.
+
+    The lexicon is part of the tokenizer: ``save`` writes it (as data) into the model directory, so
+    a trained model reads its text the same way wherever it is loaded."""
+
+    file_name = "phone_tokenizer.json"
+
+    def __init__(self, lexicon: dict[str, list[str]] | None = None):
+        super().__init__()
+        self.lexicon = read_cmudict() if lexicon is None else lexicon
+        self.phones = sorted({p for prons in self.lexicon.values() for p in prons})
+        base = len(self.alphabet) + 3
+        self.phone_index = {p: base + i for i, p in enumerate(self.phones)}
+
+    def __len__(self) -> int:
+        return len(self.alphabet) + 3 + len(self.phones)
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for i, word in enumerate(text.lower().split()):
+            if i:
+                ids.append(self.index[" "])
+            core = word.strip(".,?!-")
+            lead = word[: len(word) - len(word.lstrip(".,?!-"))]
+            trail = word[len(lead) + len(core) :]
+            ids += super().encode(lead)
+            prons = self.lexicon.get(core)
+            ids += [self.phone_index[p] for p in prons] if prons else super().encode(core)
+            ids += super().encode(trail)
+        return ids
+
+    def decode(self, ids) -> str:
+        n = len(self.alphabet) + 3
+        return "".join(self.alphabet[i - 3] if i < n else f"[{self.phones[i - n]}]" for i in ids if i >= 3)
+
+    def save(self, directory: str) -> None:
+        data = {"alphabet": self.alphabet, "lexicon": self.lexicon}
+        write_text_atomic(os.path.join(directory, self.file_name), json.dumps(data, separators=(",", ":")))
+
+    @classmethod
+    def read(cls, path: str) -> PhoneText:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        lexicon = data.get("lexicon") if isinstance(data, dict) else None
+        ok = isinstance(lexicon, dict) and all(
+            isinstance(v, list) and all(isinstance(p, str) for p in v) for v in lexicon.values()
+        )
+        if not ok or data.get("alphabet") != cls.alphabet:
+            raise ValueError(f"{path}: not a phone tokenizer (alphabet + lexicon of word -> phone list)")
+        return cls(lexicon)
+
+
+def read_cmudict() -> dict[str, list[str]]:
+    """word -> phones (stress marks dropped; a word's first pronunciation) of the CMU dictionary in
+    the pocketsphinx package (located, not imported)."""
+    spec = importlib.util.find_spec("pocketsphinx")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("text_units phones needs the CMU dictionary of the pocketsphinx package")
+    path = os.path.join(spec.submodule_search_locations[0], "model", "en-us", "cmudict-en-us.dict")
+    lexicon: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) > 1 and "(" not in parts[0]:  # "word(2)": an alternative pronunciation
+                lexicon.setdefault(parts[0], [p.rstrip("012") for p in parts[1:]])
+    return lexicon
+
+
 class HFText:
     """A Hugging Face tokenizer behind the same interface (eos: the model's end token)."""
 
@@ -192,8 +265,10 @@ def load_backbone(cfg: SpeechLMConfig):
     architecture only, its weights drawn fresh."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
+    if cfg.text_units != "chars" and cfg.backbone != "tiny":
+        raise ValueError(f"text_units {cfg.text_units}: only the tiny backbone reads phones (others: their tokenizer)")
     if cfg.backbone == "tiny":
-        text = CharText()
+        text = PhoneText() if cfg.text_units == "phones" else CharText()
         lm_cfg = LlamaConfig(
             vocab_size=len(text),
             pad_token_id=text.pad_id,
@@ -498,7 +573,9 @@ def read_model_dir(model_dir: str, config_name: str, map_location="cpu"):
         cfg = json.load(fh)
     backbone = os.path.join(model_dir, "backbone")
     lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(backbone, local_files_only=True))
-    if os.path.isfile(os.path.join(backbone, "char_tokenizer.json")):
+    if os.path.isfile(os.path.join(backbone, PhoneText.file_name)):
+        text = PhoneText.read(os.path.join(backbone, PhoneText.file_name))
+    elif os.path.isfile(os.path.join(backbone, "char_tokenizer.json")):
         text = CharText()
     else:
         text = HFText(AutoTokenizer.from_pretrained(backbone, local_files_only=True))
