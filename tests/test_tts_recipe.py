@@ -24,6 +24,7 @@ from conftest import ROOT, run_one_thread, tone, write, write_model_dir
 
 TRAIN = os.path.join(ROOT, "recipes", "tts", "train.py")
 HPARAMS = os.path.join(ROOT, "recipes", "tts", "hparams", "mini.yaml")
+SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128)
 
 
 def test_prompts_pair_same_speakers_and_take_other_speakers_in_turn():
@@ -81,7 +82,7 @@ def test_recipe_trains_synthesises_and_judges(tiny_set, tmp_path):
     cmd += ["--test_set", "test", "--unseen_set", "unseen", "--number_of_epochs", "2", "--max_train_minutes", "0"]
     cmd += ["--max_batch_positions", "150", "--warmup_steps", "2", "--eval_utts", "0", "--eval_steps", "[1, 2]"]
     cmd += ["--vocoder", "griffin_lim", "--examples", "1", "--max_tokens_per_char", "0.3", "--lm_layers", "0"]
-    cmd += ["--noprogressbar", "--prompt_pairs", "0.5"]
+    cmd += ["--noprogressbar", "--prompt_pairs", "0.5", "--tiny", str(SMALL)]
     r = run_one_thread(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.load(open(exp / "results.json"))
@@ -105,6 +106,9 @@ def test_recipe_trains_synthesises_and_judges(tiny_set, tmp_path):
     assert summary["utterances"] == 4 and summary["models"]["same"]["codebook_size"] == 64
     examples = sorted(os.listdir(exp / "examples" / "same"))
     assert len([e for e in examples if e.endswith(".prompt.wav")]) == 1 and "examples.tsv" in examples
+    written = json.load(open(exp / "model" / "speech_tts.json"))  # the recipe's model: phones in, sizes as asked
+    assert written["text_units"] == "phones" and written["tiny"]["hidden_size"] == 64
+    assert os.path.exists(exp / "model" / "backbone" / "phone_tokenizer.json")
 
     out = str(tmp_path / "tts.wav")
     cli = [sys.executable, "-m", "sitok.cli", "tts", "the red fox", "-m", str(root / "tok" / "model")]
@@ -170,15 +174,17 @@ def test_init_model_goes_on_from_a_trained_model_directory(tiny_set, tmp_path):
     ],
 )
 def test_tiny_sizes_can_be_set_from_the_command_line(recipe, tmp_path):
-    """``--tiny "{hidden_size: 32}"`` is accepted by the yaml (a null key would reject the override);
-    the config takes the sizes not given from TINY_LLAMA."""
+    """``--tiny "{hidden_size: 32}"`` is accepted by the yaml (a null key would reject the override)
+    and changes that size only: the others are the yaml's, then TINY_LLAMA's."""
     from hyperpyyaml import load_hyperpyyaml
 
     from sitok.models.speech_lm import TINY_LLAMA, SpeechLMConfig
 
-    with open(os.path.join(ROOT, "recipes", recipe)) as f:
+    path = os.path.join(ROOT, "recipes", recipe)
+    with open(path) as f:
+        declared = dict(load_hyperpyyaml(f, {"exp_dir": str(tmp_path)})["tiny"])
+    with open(path) as f:
         hp = load_hyperpyyaml(f, {"backbone": "tiny", "tiny": {"hidden_size": 32}, "exp_dir": str(tmp_path)})
-    assert hp["tiny"]["hidden_size"] == 32
+    assert hp["tiny"] == {**declared, "hidden_size": 32}
     cfg = SpeechLMConfig.from_dict({"backbone": "tiny", "tiny": dict(hp["tiny"])})
-    assert cfg.tiny["hidden_size"] == 32 and cfg.tiny["num_hidden_layers"] >= 1
-    assert cfg.tiny == {**TINY_LLAMA, "hidden_size": 32}
+    assert cfg.tiny == {**TINY_LLAMA, **declared, "hidden_size": 32}
