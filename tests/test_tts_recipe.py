@@ -182,7 +182,7 @@ def test_tiny_sizes_can_be_set_from_the_command_line(recipe, tmp_path):
 
     path = os.path.join(ROOT, "recipes", recipe)
     with open(path) as f:
-        declared = dict(load_hyperpyyaml(f, {"exp_dir": str(tmp_path)})["tiny"])
+        declared = dict(load_hyperpyyaml(f, {"backbone": "tiny", "exp_dir": str(tmp_path)})["tiny"])
     with open(path) as f:
         hp = load_hyperpyyaml(f, {"backbone": "tiny", "tiny": {"hidden_size": 32}, "exp_dir": str(tmp_path)})
     assert hp["tiny"] == {**declared, "hidden_size": 32}
