@@ -176,9 +176,7 @@ def trained_model(brain, out_dir: str):
     collective: every process calls this) and the model is read back whole from ``out_dir``."""
     model = brain.model
     state = full_model_state(model, rank0_only=True) if is_sharded(model) else None
-    main = sb.utils.distributed.if_main_process()  # asked while the group is up: after it, every rank is "main"
-    leave_process_group()  # the last collective: the main process decodes and judges alone
-    if not main:
+    if not leave_process_group():  # the last collective: the main process decodes and judges alone
         return None
     model.save(out_dir, state=state)
     if state is not None:

@@ -74,11 +74,10 @@ class BackboneConfig:
     INTS: ClassVar[dict] = {}
     FLOATS: ClassVar[dict] = {}
     CHOICES: ClassVar[dict] = {}
+    BOOLS: ClassVar[tuple] = ()
 
     def __post_init__(self):
         self.tiny = {**TINY_LLAMA, **(self.tiny or {})}
-
-    BOOLS: ClassVar[tuple] = ()
 
     @classmethod
     def from_dict(cls, d: dict):

@@ -53,14 +53,19 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def leave_process_group() -> None:
+def leave_process_group() -> bool:
     """End a torchrun run's process group on every rank once its last collective is done: wait for
     all ranks, then tear the group down. A process that exits with the group still up races the
     communication threads of the others and can abort ("terminate called without an active
-    exception") while a slower rank is still writing. No-op outside torch.distributed."""
-    if is_distributed():
-        dist.barrier()
-        dist.destroy_process_group()
+    exception") while a slower rank is still writing. Returns whether this is the main process
+    (asked before the group goes: after it every process would say so). No-op outside
+    torch.distributed (then True)."""
+    if not is_distributed():
+        return True
+    main = dist.get_rank() == 0
+    dist.barrier()
+    dist.destroy_process_group()
+    return main
 
 
 def check_strategy(name: str) -> str:

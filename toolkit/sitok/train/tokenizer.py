@@ -627,9 +627,7 @@ def run_recipe(argv: list[str], brain_class: type) -> None:
     )
     check_ranks_agree(brain.model)  # every rank must hold the same weights and codebook
     state = full_model_state(brain.model, rank0_only=True) if is_sharded(brain.model) else None  # collective
-    main = sb.utils.distributed.if_main_process()  # asked while the group is up: after it, every rank is "main"
-    leave_process_group()  # the last collective is done: the main process exports alone
-    if main:
+    if leave_process_group():  # the last collective is done: the main process exports alone
         export_model_dir(brain, hparams, os.path.join(hparams["exp_dir"], "model"), state=state)
 
 
