@@ -19,8 +19,8 @@ def codes(seed=1):
     return [torch.randint(0, 30, (n,), generator=g) for n in (9, 6, 11)]
 
 
-def trained(steps=200):
-    m = tiny(min_tokens_per_char=0.0)
+def trained(steps=200, **kw):
+    m = tiny(min_tokens_per_char=0.0, **kw)
     ids, cs = [m.text.encode(t) for t in TEXTS], codes()
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     for _ in range(steps):
@@ -65,6 +65,55 @@ def test_dropout_acts_while_training_only():
     assert m(ids, cs)["loss"] == m(ids, cs)["loss"]
     plain = tiny()  # the same weights without dropout: the same loss in eval mode
     assert torch.allclose(plain.eval()(ids, cs)["loss"], m(ids, cs)["loss"])
+
+
+def test_text_dropout_trains_the_unconditional_model_on_a_share_of_sequences():
+    m = tiny(text_dropout=0.5)
+    ids, cs = [m.text.encode(t) for t in TEXTS * 4], codes() * 4
+    torch.manual_seed(3)
+    dropped = (torch.rand(len(ids)) < 0.5).tolist()
+    assert 0 < sum(dropped) < len(ids)
+    torch.manual_seed(3)
+    loss = m.train()(ids, cs)["loss"]  # no other dropout: the same as the eval loss on those texts removed
+    by_hand = m.eval()([[] if d else t for t, d in zip(ids, dropped)], cs)["loss"]
+    torch.testing.assert_close(loss, by_hand)
+    assert m(ids, cs)["loss"] != by_hand  # in eval mode every text is read
+
+
+def guided_by_hand(m, text, prompt, scale, n_tokens):
+    """Greedy tokens of ``uncond + scale * (cond - uncond)``, every step a full pass without the cache."""
+    out = []
+    for _ in range(n_tokens):
+        rows = []
+        for ids in (m.text.encode(text), []):
+            speech = torch.cat([prompt, torch.tensor(out, dtype=torch.long)])
+            x = m._prefix(ids, speech, "cpu")[None]
+            rows.append(m.speech_head(m.lm.get_decoder()(inputs_embeds=x).last_hidden_state[0, -1]))
+        logits = rows[1] + scale * (rows[0] - rows[1])
+        tok = int(logits.argmax())
+        if tok == m.end_id:
+            break
+        out.append(tok)
+    return out
+
+
+def test_text_guidance_batched_with_the_cache_equals_it_by_hand():
+    m, cs = trained(text_dropout=0.3)
+    greedy = Sampling(temperature=0)
+    assert all(torch.equal(a, b) for a, b in zip(m.generate(TEXTS, sampling=greedy), cs))
+    for prompts in ([torch.zeros(0, dtype=torch.long)] * 3, [c[:2] for c in cs]):
+        for scale in (0.0, 2.5):
+            s = Sampling(temperature=0, cfg_scale=scale)
+            batch = m.generate(TEXTS, prompts=prompts, sampling=s)
+            for text, p, b in zip(TEXTS, prompts, batch):
+                assert b.tolist() == guided_by_hand(m, text, p, scale, m.length_bounds(text)[1])
+                assert torch.equal(m.generate([text], prompts=[p], sampling=s)[0], b)  # alone = batched
+    # scale 0 is the unconditional model: without a prompt, texts of one length give the same tokens
+    uncond = m.generate(["red fox", "go home"], sampling=Sampling(temperature=0, cfg_scale=0))
+    assert torch.equal(uncond[0], uncond[1])
+    plain, _ = trained()
+    with pytest.raises(ValueError, match="text_dropout"):
+        plain.generate(TEXTS, sampling=Sampling(temperature=0, cfg_scale=2.0))
 
 
 def test_length_bounds_follow_the_text():
@@ -124,6 +173,9 @@ def test_tts_command_speaks_with_and_without_a_prompt(tmp_path):
         assert "RTF" in r.stderr and "LM" in r.stderr
     r = subprocess.run(base + ["hi", "-o", str(tmp_path / "x.wav"), "--prompt", prompt], capture_output=True, text=True)
     assert r.returncode != 0 and "--prompt-text" in r.stderr
+    guided = ["hi", "-o", str(tmp_path / "x.wav"), "--text-cfg-scale", "2"]
+    r = subprocess.run(base + guided, capture_output=True, text=True)
+    assert r.returncode != 0 and "text_dropout" in r.stderr  # guidance needs a model trained for it
 
 
 def test_phone_units_read_words_as_pronunciations_and_travel_with_the_model(tmp_path):

@@ -239,7 +239,7 @@ def cmd_tts(a) -> int:
     if tts.config.codebook_size != tok.config.codebook_size or tok.config.num_codebooks != 1:
         raise ValueError(f"{a.tts} writes {tts.config.codebook_size} codes; {a.model_dir} needs a one-codebook match")
     prompt = tok.encode(a.prompt)[0] if a.prompt else None
-    sampling = Sampling(a.sample_temperature, a.top_k, a.top_p, a.ras_window, a.ras_ratio)
+    sampling = Sampling(a.sample_temperature, a.top_k, a.top_p, a.ras_window, a.ras_ratio, a.text_cfg_scale)
     t0 = time.perf_counter()
     codes = tts.generate([a.text], [prompt], [a.prompt_text or ""], sampling, seed=a.seed)[0]
     t_lm = time.perf_counter() - t0
@@ -338,6 +338,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--top-p", type=nonneg_float, default=1.0, help="sample within this probability mass (1: all)")
     s.add_argument("--ras-window", type=int, default=10, help="repetition-aware sampling window (0: off)")
     s.add_argument("--ras-ratio", type=nonneg_float, default=0.1, help="redraw share of repeats in the window")
+    s.add_argument(
+        "--text-cfg-scale",
+        type=nonneg_float,
+        default=1.0,
+        help="classifier-free guidance of the tokens on the text (1: off; a model trained with text_dropout)",
+    )
     add_decoding(s, seed_help="seed of the token sampling and of the decoder's start noise")
     _model_options(s)
 

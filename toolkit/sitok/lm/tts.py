@@ -32,6 +32,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import fields
 
 import torch
 
@@ -67,6 +68,7 @@ def build_model(hparams: dict) -> SpeechTTS:
                 f"the tokenizer {hparams['model_dir']} has {tok_cfg['codebook_size']}"
             )
         model.set_dropout(float(hparams.get("dropout", 0.0)))
+        model.config.text_dropout = float(hparams.get("text_dropout", 0.0))
         return model.train()
     kw = {k: hparams[k] for k in ("backbone", "pretrained", "lora_rank", "lora_alpha", "lora_dropout", "dropout")}
     kw.update(
@@ -76,6 +78,7 @@ def build_model(hparams: dict) -> SpeechTTS:
         speech_dim=tok_cfg["codebook_dim"] if hparams["init_from_codebook"] else hparams["speech_dim"],
         max_tokens_per_char=hparams["max_tokens_per_char"],
         min_tokens_per_char=hparams["min_tokens_per_char"],
+        text_dropout=hparams.get("text_dropout", 0.0),
     )
     if hparams.get("tiny"):
         kw["tiny"] = dict(hparams["tiny"])
@@ -96,6 +99,14 @@ class TTSBrain(SpeechLMBrain):
         n = torch.round(id_rel * ids.shape[1]).long()
         texts = [ids[i, : int(n[i])].tolist() for i in range(ids.shape[0])]
         return self.modules.model(texts, [codes[i, : int(lengths[i]), 0] for i in range(codes.shape[0])])
+
+
+def sampling_of(s: dict) -> Sampling:
+    """The ``sampling`` mapping of the hparams as a Sampling (its fields only; the others default)."""
+    unknown = sorted(set(s) - {f.name for f in fields(Sampling)})
+    if unknown:
+        raise ValueError(f"sampling: unknown fields {unknown} (known: {[f.name for f in fields(Sampling)]})")
+    return Sampling(**s)
 
 
 # ---- prompts ----------------------------------------------------------------------------------
@@ -196,8 +207,8 @@ def evaluate(model: SpeechTTS, hparams: dict, progress: bool) -> dict:
             unseen,
             other_speaker_prompts(targets, pool, read_table(os.path.join(dump, unseen, "utt2spk"))),
         )
-    s = hparams["sampling"]
-    sampling = Sampling(s["temperature"], s["top_k"], s["top_p"], s["ras_window"], s["ras_ratio"])
+    s = dict(hparams["sampling"])
+    sampling = sampling_of(s)
     judges = build_judges(parse_judges(hparams["judges"]), lm=hparams.get("judge_lm"))
     tok = Tokenizer.from_pretrained(hparams["model_dir"], vocoder=hparams["vocoder"])  # the examples' decoder
     mel_cfg = tok.mel_cfg

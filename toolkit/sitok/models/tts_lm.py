@@ -14,6 +14,12 @@ followed by the target text, and the prompt's tokens are the first speech tokens
 generation goes on (as TaDiCodec-AR, Spark-TTS, CosyVoice 2 and Llasa do). One codebook (the
 paper's TTS setting).
 
+Classifier-free guidance on the text: a model trained with ``text_dropout`` > 0 sees that share of
+its training sequences without their text ([<speech>] [speech tokens]: the unconditional model of
+the same speech). At synthesis with ``Sampling.cfg_scale`` s != 1 every item is run twice in one
+batch, with its text and without (both continue the same prompt tokens and are fed the same drawn
+token), and the next token is drawn from ``uncond + s * (cond - uncond)`` of the two logit rows.
+
 Sampling per step: temperature, top-k, top-p, and repetition-aware sampling (CosyVoice 2): when
 the token drawn from the filtered distribution already occurs ``ras_ratio * ras_window`` times or
 more among the last ``ras_window`` generated tokens, it is drawn again from the unfiltered
@@ -41,9 +47,14 @@ class SpeechTTSConfig(BackboneConfig):
     speech_dim: int = 32  # width of the speech-token table (the codebook's width to start from it)
     max_tokens_per_char: float = 2.0  # generation stops after this many speech tokens per text character (+ 10)
     min_tokens_per_char: float = 0.2  # ... and cannot end before this many
+    text_dropout: float = 0.0  # training only: share of sequences seen without their text (for guidance)
 
     INTS: ClassVar[dict] = {"codebook_size": (2, 2**20), "speech_dim": (1, 65536)}
-    FLOATS: ClassVar[dict] = {"max_tokens_per_char": (0.01, 100.0), "min_tokens_per_char": (0.0, 100.0)}
+    FLOATS: ClassVar[dict] = {
+        "max_tokens_per_char": (0.01, 100.0),
+        "min_tokens_per_char": (0.0, 100.0),
+        "text_dropout": (0.0, 0.9),
+    }
 
 
 @dataclass
@@ -53,6 +64,7 @@ class Sampling:
     top_p: float = 1.0  # 1: off
     ras_window: int = 10  # repetition-aware sampling window (0: off)
     ras_ratio: float = 0.1  # redraw from the full distribution at this share of repeats in the window
+    cfg_scale: float = 1.0  # classifier-free guidance on the text (1: off; needs a model trained with text_dropout)
 
 
 def sample_next(logits: torch.Tensor, history: list[int], s: Sampling, generator=None) -> int:
@@ -121,6 +133,10 @@ class SpeechTTS(BackboneModel):
         """Mean cross-entropy of every speech token and the end of speech, given the text and the
         speech tokens before it. ``codes``: [T_i] token ids per utterance."""
         device = self.speech_head.weight.device
+        p = self.config.text_dropout
+        if self.training and p > 0:  # the unconditional model: the same speech without its text
+            keep = (torch.rand(len(texts)) >= p).tolist()
+            texts = [ids if k else [] for ids, k in zip(texts, keep)]
         seqs, targets, masks = [], [], []
         for ids, c in zip(texts, codes):
             c = c.to(device).long()
@@ -159,6 +175,11 @@ class SpeechTTS(BackboneModel):
         ``prompts``: tokens [T_p] of a prompt utterance per item (or None); ``prompt_texts``: their
         transcripts, read before the text."""
         s = sampling or Sampling()
+        guided = s.cfg_scale != 1.0
+        if guided and self.config.text_dropout <= 0:
+            raise ValueError(
+                f"cfg_scale {s.cfg_scale}: guidance needs a model trained with text_dropout > 0 (this one: 0)"
+            )
         n = len(texts)
         prompts = prompts or [None] * n
         prompt_texts = prompt_texts or [""] * n
@@ -168,6 +189,8 @@ class SpeechTTS(BackboneModel):
             full = f"{ptext} {text}".strip() if ptext else text
             prefixes.append(self._prefix(self.text.encode(full), prompt, device))
             bounds.append(self.length_bounds(text))
+        if guided:  # rows n..2n-1: the same items without their text
+            prefixes += [self._prefix([], prompt, device) for prompt in prompts]
         emb, mask = pad_sequences(prefixes, left=True)
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
         out = self.lm.get_decoder()(inputs_embeds=emb, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -176,6 +199,8 @@ class SpeechTTS(BackboneModel):
         done = [False] * n
         for step in range(max(b[1] for b in bounds)):
             logits = self.speech_head(out.last_hidden_state[:, -1]).float().cpu()
+            if guided:
+                logits = logits[n:] + s.cfg_scale * (logits[:n] - logits[n:])
             nxt = []
             for i in range(n):
                 if done[i]:
@@ -192,7 +217,7 @@ class SpeechTTS(BackboneModel):
                 nxt.append(tok)
             if all(done):
                 break
-            ids = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]
+            ids = torch.tensor(nxt * (2 if guided else 1), dtype=torch.long, device=device)[:, None]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
             out = self.lm.get_decoder()(
