@@ -465,7 +465,7 @@ def _tts_row(prompting, steps, wer, sim, dnsmos, lm_rtf):
 
 def test_report_table7_ar_tts_with_listening_examples(tmp_path):
     from sitok.report.build import write_report
-    from sitok.report.tables import read_tts
+    from sitok.report.tables import read_tts, tts_system
 
     exp = write_fixtures(str(tmp_path / "exp"))[0]  # tokenizer_abl_base, 12.5/12.5
     with open(os.path.join(exp, "eval", "test", "summary.json")) as fh:
@@ -512,6 +512,8 @@ def test_report_table7_ar_tts_with_listening_examples(tmp_path):
         t7 = write_report([exp], out, set_name="test")["table7_tts"]
     ours = t7[t7["experiment"] == "tokenizer_abl_base"]
     assert set(ours["System"]) == {"SiTok-AR-TTS (ours, smollm2, 30 layers)"}
+    guided = {**results, "pretrained": False, "lm_layers": 6, "sampling": {"temperature": 0, "cfg_scale": 2.5}}
+    assert tts_system(guided) == "SiTok-AR-TTS (ours, smollm2, random init, 6 layers, text guidance 2.5)"
     assert list(ours["Prompt"]) == ["same speaker", "same speaker", "held-out speaker", "— (reconstruction)"]
     assert list(ours["Decoder steps"]) == [1, 16, 1, 16]
     assert list(ours["WER"]) == [23.4, 20.5, 30.0, 12.0] and list(ours["SIM"][:3]) == [0.70, 0.71, 0.55]

@@ -442,6 +442,14 @@ def _rtf(r: dict) -> float | None:
     return None if any(p is None for p in parts) else sum(parts)
 
 
+def tts_system(res: dict) -> str:
+    """Table 7's name of our AR-TTS run: backbone, random start, layers, and guidance on the text."""
+    init = "" if res.get("pretrained", True) else ", random init"
+    scale = (res.get("sampling") or {}).get("cfg_scale", 1.0)
+    cfg = "" if scale == 1.0 else f", text guidance {scale:g}"
+    return f"SiTok-AR-TTS (ours, {res.get('backbone')}{init}, {res.get('lm_layers')} layers{cfg})"
+
+
 def table7(entries: list[dict]) -> pd.DataFrame:
     """Zero-shot AR-TTS: one row per (prompting, decoder steps) of each experiment of
     ``entries`` (see ``tts_experiments``; same-speaker prompts, held-out speakers' prompts, then
@@ -450,8 +458,7 @@ def table7(entries: list[dict]) -> pd.DataFrame:
     out = []
     for e in entries:
         res = e["results"]
-        init = "" if res.get("pretrained", True) else ", random init"
-        system = f"SiTok-AR-TTS (ours, {res.get('backbone')}{init}, {res.get('lm_layers')} layers)"
+        system = tts_system(res)
         order = list(PROMPTINGS)
         rows = sorted(
             res.get("rows", []),
