@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage 0 of the mini recipe: synthesise the embedded corpus (seeded, resumable).
-# Sizes: ~3 h train, 10 min dev, 10 min test, 6 min held-out speakers; the smoke test shrinks them.
+# Sizes: 4.5 h train, 10 min dev, 10 min test, 6 min held-out speakers; the smoke test shrinks them.
 set -euo pipefail
 corpus_dir=corpus
 nj=2
