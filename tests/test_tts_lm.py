@@ -111,6 +111,9 @@ def test_text_guidance_batched_with_the_cache_equals_it_by_hand():
     # scale 0 is the unconditional model: without a prompt, texts of one length give the same tokens
     uncond = m.generate(["red fox", "go home"], sampling=Sampling(temperature=0, cfg_scale=0))
     assert torch.equal(uncond[0], uncond[1])
+    assert Sampling.from_dict({"temperature": 0, "cfg_scale": 2.0}) == Sampling(temperature=0, cfg_scale=2.0)
+    with pytest.raises(ValueError, match=r"unknown fields \['cfg'\]"):
+        Sampling.from_dict({"cfg": 2.0})  # the recipe's sampling mapping: a misspelt key is an error
     plain, _ = trained()
     with pytest.raises(ValueError, match="text_dropout"):
         plain.generate(TEXTS, sampling=Sampling(temperature=0, cfg_scale=2.0))

@@ -32,10 +32,10 @@ import os
 import random
 import sys
 import time
-from dataclasses import fields
 
 import torch
 
+from sitok.checks import check_fields
 from sitok.data.audio import load_audio, write_wav_atomic
 from sitok.data.kaldi import read_table
 from sitok.eval.engine import Engine, EvalSet, Setting, example_utts
@@ -69,6 +69,7 @@ def build_model(hparams: dict) -> SpeechTTS:
             )
         model.set_dropout(float(hparams.get("dropout", 0.0)))
         model.config.text_dropout = float(hparams.get("text_dropout", 0.0))
+        check_fields("SpeechTTSConfig", model.config, floats=SpeechTTSConfig.FLOATS)
         return model.train()
     kw = {k: hparams[k] for k in ("backbone", "pretrained", "lora_rank", "lora_alpha", "lora_dropout", "dropout")}
     kw.update(
@@ -99,14 +100,6 @@ class TTSBrain(SpeechLMBrain):
         n = torch.round(id_rel * ids.shape[1]).long()
         texts = [ids[i, : int(n[i])].tolist() for i in range(ids.shape[0])]
         return self.modules.model(texts, [codes[i, : int(lengths[i]), 0] for i in range(codes.shape[0])])
-
-
-def sampling_of(s: dict) -> Sampling:
-    """The ``sampling`` mapping of the hparams as a Sampling (its fields only; the others default)."""
-    unknown = sorted(set(s) - {f.name for f in fields(Sampling)})
-    if unknown:
-        raise ValueError(f"sampling: unknown fields {unknown} (known: {[f.name for f in fields(Sampling)]})")
-    return Sampling(**s)
 
 
 # ---- prompts ----------------------------------------------------------------------------------
@@ -208,7 +201,7 @@ def evaluate(model: SpeechTTS, hparams: dict, progress: bool) -> dict:
             other_speaker_prompts(targets, pool, read_table(os.path.join(dump, unseen, "utt2spk"))),
         )
     s = dict(hparams["sampling"])
-    sampling = sampling_of(s)
+    sampling = Sampling.from_dict(s)
     judges = build_judges(parse_judges(hparams["judges"]), lm=hparams.get("judge_lm"))
     tok = Tokenizer.from_pretrained(hparams["model_dir"], vocoder=hparams["vocoder"])  # the examples' decoder
     mel_cfg = tok.mel_cfg

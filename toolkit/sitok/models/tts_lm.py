@@ -31,13 +31,14 @@ Backbones, LoRA and the model directory are those of ``sitok.models.speech_lm``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sitok.checks import unknown_fields
 from sitok.models.speech_lm import BackboneConfig, BackboneModel, pad_sequences
 
 
@@ -65,6 +66,14 @@ class Sampling:
     ras_window: int = 10  # repetition-aware sampling window (0: off)
     ras_ratio: float = 0.1  # redraw from the full distribution at this share of repeats in the window
     cfg_scale: float = 1.0  # classifier-free guidance on the text (1: off; needs a model trained with text_dropout)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Sampling:
+        """A Sampling from a mapping (the hparams' ``sampling``): its fields only, the others default."""
+        unknown = unknown_fields(cls, d)
+        if unknown:
+            raise ValueError(f"sampling: unknown fields {unknown} (known: {[f.name for f in fields(cls)]})")
+        return cls(**d)
 
 
 def sample_next(logits: torch.Tensor, history: list[int], s: Sampling, generator=None) -> int:
