@@ -50,7 +50,10 @@ REFINE = [
     "3",
 ]
 PROBES = ["--probe_args", "--number_of_epochs 1 --batch_size 4"]
-TINY = "--train_minutes 0.6 --dev_minutes 0.2 --test_minutes 0.2 --unseen_minutes 0.5 --ks_per_class '1 1 1'"
+TINY = (
+    "--train_minutes 0.6 --dev_minutes 0.2 --test_minutes 0.2 --unseen_minutes 0.5 --ks_per_class '1 1 1'"
+    " --tts_train_minutes 0.2"
+)
 
 pytestmark = pytest.mark.tools("flite", "espeak-ng")
 
@@ -73,6 +76,8 @@ def run_sh(tmp, *args, corpus_dir=None):
         sys.executable,
         "--local_corpus_opts",
         TINY,
+        "--extra_sets",  # the keyword clips and the AR-TTS-only sentences (tts_train)
+        "ks_train ks_dev ks_test tts_train",
         "--progress",
         "false",
         "--vocab_size",
@@ -168,7 +173,7 @@ def test_every_stage_and_rerun(tmp_path):
     log = r0.stdout + r0.stderr + r.stdout + r.stderr
     for s in range(6):
         assert f"Stage {s}:" in log
-    sets = ["train", "dev", "test", "test_unseen", "ks_train", "ks_dev", "ks_test"]
+    sets = ["train", "dev", "test", "test_unseen", "ks_train", "ks_dev", "ks_test", "tts_train"]
     for s in sets:  # every utterance has text, speaker, duration and a feature entry
         assert validate_data_dir(f"{tmp}/dump/{s}", need=("utt2dur", "feats.scp", "utt2num_frames")) == []
         assert read_table(f"{tmp}/dump/{s}/wav.scp").keys() == read_table(f"{tmp}/dump/{s}/feats.scp").keys()

@@ -50,6 +50,19 @@ def test_a_larger_train_split_keeps_the_evaluation_splits_and_extends_train():
     assert large_train[: len(small_train)] == small_train
 
 
+def test_the_tts_train_split_is_drawn_last_and_changes_no_other_split():
+    base = synth.plan_corpus(seed=1234, train_minutes=20)
+    more = synth.plan_corpus(seed=1234, train_minutes=20, tts_train_minutes=10)
+    assert more[: len(base)] == base  # every other split, keyword clips included, as without it
+    extra = more[len(base) :]
+    assert {it.split for it in extra} == {"tts_train"}
+    assert len(extra) * synth.MEAN_SENTENCE_SECONDS / 60 == pytest.approx(10, rel=0.02)
+    assert {it.speaker.id for it in extra} == {s.id for s in synth.SPEAKERS if not s.held_out}
+    evaluation = {it.text for it in more if it.split in ("dev", "test", "test_unseen")}
+    assert not evaluation & {it.text for it in extra}
+    assert len({it.utt for it in more}) == len(more)
+
+
 @pytest.mark.parametrize("seed", [1, 1234])  # 1234: the recipe's seed, where train once shared sentences
 def test_no_sentence_shared_between_splits(seed):
     text = {}

@@ -91,6 +91,7 @@ llm_asr_args=           # stage 15: extra hparams overrides, e.g. "--pretrained 
 tts_config=mini         # stage 16: recipes/tts/hparams/<name>.yaml or a path to a YAML
 tts_args=               # stage 16: extra hparams overrides, e.g. "--pretrained False" or "--eval_utts 0"
 tts_unseen_set=         # stage 16: held-out speakers' prompts (default: the second test set, if any)
+tts_train_sets=         # stage 16: the sets the AR-TTS LM trains on (default: the train set), e.g. "train tts_train"
 judge_check_utts=100    # stage 3: ASR-judge WER on this many ground-truth utterances of the first test set (0: skip)
 progress=true           # progress bars
 
@@ -138,7 +139,8 @@ Stages:
  16  AR-TTS       a decoder-only LM (SmolLM2-135M by default) fine-tuned to write the tokens of a
                   text; the first test set's sentences synthesised with same-speaker and held-out-
                   speaker prompts, judged (WER, SIM to the prompt, DNSMOS, RTF) at several decoder
-                  step counts beside the reconstruction (recipes/tts/train.py) -> <exp>/tts/
+                  step counts beside the reconstruction (recipes/tts/train.py); --tts_train_sets:
+                  more sets to learn from -> <exp>/tts/
 EOF
 )
 
@@ -654,13 +656,15 @@ fi
 # ---- stage 16: AR-TTS -----------------------------------------------------------------------------
 if run_stage 16; then
     tts_yaml=${tts_config}; [ -f "${tts_yaml}" ] || tts_yaml="${toolkit_root}/recipes/tts/hparams/${tts_config}.yaml"
-    read -r t_train t_valid t_test t_unseen <<< "${train_set} ${valid_set} ${test_sets}"
+    read -r t_valid t_test t_unseen <<< "${valid_set} ${test_sets}"
     t_unseen=${tts_unseen_set:-${t_unseen:-}}
+    read -r t_train t_extra <<< "${tts_train_sets:-${train_set}}"
+    t_extra="[$(echo ${t_extra:-} | tr ' ' ',')]"  # the sets beside the first, as a YAML list
     pb=(); ${progress} || pb=(--noprogressbar)
     out="${tok_exp}/tts"
     st=(--input "config=${tts_yaml}" --option "tts_args=${tts_args}" --input "model=${model_dir}"
-        --input "lm=${lang_dir}/judge_lm.arpa" --option "unseen=${t_unseen}")
-    for dset in ${t_train} ${t_valid} ${t_test} ${t_unseen}; do
+        --input "lm=${lang_dir}/judge_lm.arpa" --option "unseen=${t_unseen}" --option "train_sets=${tts_train_sets}")
+    for dset in ${tts_train_sets:-${train_set}} ${t_valid} ${t_test} ${t_unseen}; do
         ensure_codes "${model_dir}" "${dset}" "${tok_exp}/codes/${dset}"
         st+=(--input "codes_${dset}=${tok_exp}/codes/${dset}" --dump "${dset}=${dumpdir}/${dset}")
     done
@@ -668,11 +672,12 @@ if run_stage 16; then
         log "Stage 16: AR-TTS: ${out} already done, skipping"
     else
         begin_work "${out}" "${st[@]}"
-        log "Stage 16: AR-TTS on ${t_train}/${t_valid}, synthesis of ${t_test} (prompts: same speaker${t_unseen:+, ${t_unseen}}) -> ${out}"
+        log "Stage 16: AR-TTS on $(echo ${tts_train_sets:-${train_set}} | tr ' ' '+')/${t_valid}, synthesis of ${t_test} (prompts: same speaker${t_unseen:+, ${t_unseen}}) -> ${out}"
         # shellcheck disable=SC2086
         set_launcher "${ngpu}"
         "${launcher[@]}" "${toolkit_root}/recipes/tts/train.py" "${tts_yaml}" --model_dir "${model_dir}" \
-            --codes_root "${tok_exp}/codes" --dump_dir "${dumpdir}" --train_set "${t_train}" --valid_set "${t_valid}" \
+            --codes_root "${tok_exp}/codes" --dump_dir "${dumpdir}" --train_set "${t_train}" --extra_train_sets "${t_extra}" \
+            --valid_set "${t_valid}" \
             --test_set "${t_test}" --unseen_set "${t_unseen:-null}" --judge_lm "${lang_dir}/judge_lm.arpa" \
             --exp_dir "${out}" ${pb[@]+"${pb[@]}"} ${tts_args} > "${out}.log" 2>&1 \
             || { log "ERROR: AR-TTS failed; see ${out}.log"; tail -n 20 "${out}.log" >&2; exit 1; }

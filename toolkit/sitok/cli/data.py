@@ -16,7 +16,13 @@ def cmd_synth_mini(a) -> int:
     from sitok.data import synth
 
     items = synth.plan_corpus(
-        a.seed, a.train_minutes, a.dev_minutes, a.test_minutes, a.unseen_minutes, tuple(a.ks_per_class)
+        a.seed,
+        a.train_minutes,
+        a.dev_minutes,
+        a.test_minutes,
+        a.unseen_minutes,
+        tuple(a.ks_per_class),
+        tts_train_minutes=a.tts_train_minutes,
     )
     logger.info("synthesising %d utterances into %s with %d jobs (seed %d)", len(items), a.out, a.nj, a.seed)
     seconds = synth.synthesize_corpus(a.out, items, nj=a.nj, progress=not a.no_progress)
@@ -146,6 +152,13 @@ def add_parsers(sub) -> None:
         default=[60, 10, 15],
         metavar=("TRAIN", "DEV", "TEST"),
         help="keyword-spotting clips per class in train, dev and test",
+    )
+    s.add_argument(
+        "--tts-train-minutes",
+        type=float,
+        default=0.0,
+        help="minutes of speech in the extra split tts_train (seen speakers; 0: none), drawn after the "
+        "others so that it changes none of them",
     )
     s.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 

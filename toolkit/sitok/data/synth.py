@@ -14,7 +14,10 @@ builds a small multi-speaker corpus with flite and espeak-ng:
 * sentence splits ``train`` / ``dev`` (seen speakers, all voices), ``test`` (seen flite
   speakers only: the offline ASR judge, pocketsphinx, reads flite voices well but not espeak-ng
   formant voices) and ``test_unseen`` (held-out speakers); keyword splits ``ks_train`` /
-  ``ks_dev`` / ``ks_test``.
+  ``ks_dev`` / ``ks_test``;
+* optionally ``tts_train``: more sentences by the seen speakers, drawn after everything else (so
+  asking for it changes no other split), for models that learn from more speech than the
+  tokenizer needs (the AR-TTS LM).
 
 Everything is 24 kHz mono 16-bit wav and is a pure function of the seed: the same seed gives
 byte-identical audio and metadata.
@@ -237,8 +240,10 @@ def plan_corpus(
     test_minutes: float = 10.0,
     unseen_minutes: float = 6.0,
     ks_per_class: tuple[int, int, int] = (60, 10, 15),
+    tts_train_minutes: float = 0.0,
 ) -> list[Item]:
-    """The list of utterances to synthesise: a pure function of its arguments."""
+    """The list of utterances to synthesise: a pure function of its arguments. ``tts_train_minutes``
+    > 0 adds the split ``tts_train``, drawn last: every other split stays as it is without it."""
     rng = random.Random(seed)
     seen = [s for s in SPEAKERS if not s.held_out]
     held = [s for s in SPEAKERS if s.held_out]
@@ -247,12 +252,12 @@ def plan_corpus(
     eval_text: set[str] = set()  # every sentence of test, test_unseen and dev: never in another split
 
     def sentences(split: str, minutes: float, speakers: list[Speaker]) -> None:
-        for i in range(max(1, int(round(minutes * 60 / MEAN_SENTENCE_SECONDS)))):
+        for i in range(max(1, round(minutes * 60 / MEAN_SENTENCE_SECONDS))):
             spk = speakers[i % len(speakers)]
             text = make_sentence(rng)
             while text in eval_text:  # a sentence of an evaluation split occurs in no other split
                 text = make_sentence(rng)
-            if split != "train":
+            if split not in ("train", "tts_train"):
                 eval_text.add(text)
             style = rng.choices(STYLES, STYLE_WEIGHTS)[0]
             utt = f"{spk.id}-{split}-{i:05d}"
@@ -263,10 +268,6 @@ def plan_corpus(
     sentences("test_unseen", unseen_minutes, held)
     sentences("dev", dev_minutes, seen)
     sentences("train", train_minutes, seen)
-
-    shared = {i.text for i in items if i.split == "train"} & eval_text
-    if shared:  # the loop above makes this impossible; a change that breaks it must not pass silently
-        raise AssertionError(f"plan_corpus: {len(shared)} sentences in train and an evaluation split")
 
     classes = list(KEYWORDS) + [UNKNOWN, SILENCE]
     for split, per_class in zip(("ks_train", "ks_dev", "ks_test"), ks_per_class):
@@ -279,6 +280,12 @@ def plan_corpus(
                 utt = f"{spk.id}-{split}-{i:05d}"
                 items.append(Item(utt, split, spk, word, cls, style, rng.randrange(2**31), clip_seconds=1.0))
                 i += 1
+    if tts_train_minutes > 0:
+        sentences("tts_train", tts_train_minutes, seen)
+
+    shared = {i.text for i in items if i.split in ("train", "tts_train")} & eval_text
+    if shared:  # the loop above makes this impossible; a change that breaks it must not pass silently
+        raise AssertionError(f"plan_corpus: {len(shared)} sentences in a training and an evaluation split")
     return items
 
 

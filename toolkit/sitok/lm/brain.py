@@ -24,7 +24,7 @@ import speechbrain as sb
 import torch
 
 from sitok.data.kaldi import allow_pipes
-from sitok.probes.data import durations
+from sitok.probes.data import durations, train_set_names
 from sitok.train.checkpoints import AtomicCheckpointer
 from sitok.train.distributed import StrategyBrainMixin, full_model_state, is_sharded, leave_process_group, unwrapped
 from sitok.train.plan import StepPlanned
@@ -108,13 +108,15 @@ def length_batches(hparams: dict, items, rate: float, shuffle: bool, dur: dict |
     """SpeechBrain's DynamicBatchSampler over ``items``: batches of similar length holding up to
     ``max_batch_positions`` LM positions, estimated from each utterance's duration (speech at
     ``rate`` positions per second, then ``text_positions_per_second`` for the text); ``dur``: the
-    durations (default: the train set's utt2dur)."""
+    durations (default: the utt2dur of the training sets)."""
     from speechbrain.dataio.sampler import DynamicBatchSampler
 
-    dur = dur if dur is not None else durations(hparams["dump_dir"], hparams["train_set"])
+    names = train_set_names(hparams)
+    dur = dur if dur is not None else durations(hparams["dump_dir"], names)
     missing = [u for u in items if u not in dur]
     if missing:
-        raise ValueError(f"{hparams['dump_dir']}/{hparams['train_set']}/utt2dur: no duration for {missing[:3]}")
+        where = ", ".join(f"{hparams['dump_dir']}/{n}/utt2dur" for n in names)
+        raise ValueError(f"{where}: no duration for {missing[:3]}")
     return DynamicBatchSampler(
         list(items),
         max_batch_length=hparams["max_batch_positions"],

@@ -21,20 +21,28 @@ logger = logging.getLogger(__name__)
 
 
 class FeatureReader:
-    """utt -> feature tensor: codes [T, CN] (long) or normalised mel [T, n_mels] (float)."""
+    """utt -> feature tensor: codes [T, CN] (long) or normalised mel [T, n_mels] (float). Several
+    lists (one per set) read as one; an utterance in two of them is an error."""
 
-    def __init__(self, scp: str, cmvn: str | None = None):
-        if not os.path.exists(scp):
-            raise FileNotFoundError(f"{scp}: no feature list (run the stage that extracts the features first)")
-        self.scp = scp
-        self.table = read_scp(scp)
+    def __init__(self, scp: str | list[str], cmvn: str | None = None):
+        scps = [scp] if isinstance(scp, str) else list(scp)
+        self.table, self.where = {}, {}
+        for path in scps:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path}: no feature list (run the stage that extracts the features first)")
+            for utt, entry in read_scp(path).items():
+                if utt in self.table:
+                    raise ValueError(f"{path}: utterance {utt} is also in {self.where[utt]}")
+                self.table[utt], self.where[utt] = entry, path
+        self.scp = scps[0] if len(scps) == 1 else " + ".join(scps)
         self.cmvn = GlobalCMVN.load(cmvn) if cmvn is not None else None
 
     def __call__(self, utt: str) -> torch.Tensor:
         try:
-            x = torch.from_numpy(read_mat(self.table[utt], f"{self.scp}: utterance {utt}").copy())
+            entry = self.table[utt]
         except KeyError:
             raise KeyError(f"{self.scp}: no entry for utterance {utt}") from None
+        x = torch.from_numpy(read_mat(entry, f"{self.where[utt]}: utterance {utt}").copy())
         if self.cmvn is None:  # codes [CN, T] -> [T, CN]
             return x.long().T.contiguous()
         with torch.no_grad():
@@ -84,15 +92,31 @@ def make_dataset(items: dict, reader: FeatureReader, encode=None):
     return ds
 
 
+def train_set_names(hparams: dict) -> list[str]:
+    """The sets that make the training set: ``train_set`` and any ``extra_train_sets``."""
+    return [hparams["train_set"], *(hparams.get("extra_train_sets") or [])]
+
+
 def probe_sets(hparams: dict, label_file: str | None) -> tuple[dict, dict]:
     """{split: (items, reader)} for the train / valid / test sets named in ``hparams`` (features,
-    dump_dir, codes_root, cmvn, <split>_set), with each set's counts."""
+    dump_dir, codes_root, cmvn, <split>_set; ``extra_train_sets`` join the training set), with each
+    set's counts (summed over the sets of a split)."""
     sets, counts = {}, {}
     for split in ("train", "valid", "test"):
-        name, dump = hparams[f"{split}_set"], hparams["dump_dir"]
-        scp, cmvn = feature_paths(hparams["features"], name, dump, hparams.get("codes_root"), hparams["cmvn"])
-        items, counts[split] = load_set(dump, name, label_file, scp)
-        sets[split] = (items, FeatureReader(scp, cmvn))
+        names = train_set_names(hparams) if split == "train" else [hparams[f"{split}_set"]]
+        items, scps, counts[split] = {}, [], {}
+        for name in names:
+            scp, cmvn = feature_paths(
+                hparams["features"], name, hparams["dump_dir"], hparams.get("codes_root"), hparams["cmvn"]
+            )
+            kept, n = load_set(hparams["dump_dir"], name, label_file, scp)
+            if items.keys() & kept.keys():
+                raise ValueError(f"{scp}: utterances also in another training set ({', '.join(names)})")
+            items.update(kept)
+            scps.append(scp)
+            for k, v in n.items():
+                counts[split][k] = counts[split].get(k, 0) + v
+        sets[split] = (items, FeatureReader(scps, cmvn))
     return sets, counts
 
 
@@ -101,7 +125,7 @@ def transcribed_sets(hparams: dict) -> tuple[dict, dict]:
     <no_transcript>) left out, counted and logged; a set left empty is an error."""
     sets, counts = probe_sets(hparams, "text")
     for split, (items, reader) in list(sets.items()):
-        name = hparams[f"{split}_set"]
+        name = "+".join(train_set_names(hparams)) if split == "train" else hparams[f"{split}_set"]
         kept = {u: t for u, t in items.items() if not t.startswith("<")}
         if len(kept) < len(items):
             n = len(items) - len(kept)
@@ -113,6 +137,10 @@ def transcribed_sets(hparams: dict) -> tuple[dict, dict]:
     return sets, counts
 
 
-def durations(dump_dir: str, set_name: str) -> dict:
-    """{utt: seconds} of ``<dump_dir>/<set_name>/utt2dur``."""
-    return {u: float(d) for u, d in read_table(os.path.join(dump_dir, set_name, "utt2dur")).items()}
+def durations(dump_dir: str, set_name: str | list[str]) -> dict:
+    """{utt: seconds} of ``<dump_dir>/<set_name>/utt2dur`` (of every set of a list)."""
+    return {
+        u: float(d)
+        for name in ([set_name] if isinstance(set_name, str) else set_name)
+        for u, d in read_table(os.path.join(dump_dir, name, "utt2dur")).items()
+    }

@@ -9,7 +9,12 @@ max_duration=60
 help_message="Usage: $0 [--corpus_dir DIR] [--datadir DIR]"
 . "$(dirname "$0")/../../../../tools/parse_options.sh"
 
-for split in train dev test test_unseen ks_train ks_dev ks_test; do
+splits="train dev test test_unseen ks_train ks_dev ks_test"
+# tts_train: the extra AR-TTS training sentences, when the corpus was made with them
+if awk -F'\t' '$2 == "tts_train" {found = 1; exit} END {exit !found}' "${corpus_dir}/metadata.tsv"; then
+    splits="${splits} tts_train"
+fi
+for split in ${splits}; do
     "${python}" -m sitok.cli prep --corpus mini --root "${corpus_dir}" --split "${split}" --out "${datadir}/${split}" \
         --min-duration "${min_duration}" --max-duration "${max_duration}"
 done
