@@ -514,6 +514,8 @@ def test_report_table7_ar_tts_with_listening_examples(tmp_path):
     assert set(ours["System"]) == {"SiTok-AR-TTS (ours, smollm2, 30 layers)"}
     guided = {**results, "pretrained": False, "lm_layers": 6, "sampling": {"temperature": 0, "cfg_scale": 2.5}}
     assert tts_system(guided) == "SiTok-AR-TTS (ours, smollm2, random init, 6 layers, text guidance 2.5)"
+    ranked = {**guided, "sampling": {"temperature": 0}, "candidates": 16}
+    assert tts_system(ranked) == "SiTok-AR-TTS (ours, smollm2, random init, 6 layers, best of 16 by CTC)"
     assert list(ours["Prompt"]) == ["same speaker", "same speaker", "held-out speaker", "— (reconstruction)"]
     assert list(ours["Decoder steps"]) == [1, 16, 1, 16]
     assert list(ours["WER"]) == [23.4, 20.5, 30.0, 12.0] and list(ours["SIM"][:3]) == [0.70, 0.71, 0.55]

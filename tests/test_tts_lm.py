@@ -179,6 +179,9 @@ def test_tts_command_speaks_with_and_without_a_prompt(tmp_path):
     guided = ["hi", "-o", str(tmp_path / "x.wav"), "--text-cfg-scale", "2"]
     r = subprocess.run(base + guided, capture_output=True, text=True)
     assert r.returncode != 0 and "text_dropout" in r.stderr  # guidance needs a model trained for it
+    ranked = ["hi", "-o", str(tmp_path / "x.wav"), "--candidates", "4"]
+    r = subprocess.run(base + ranked, capture_output=True, text=True)
+    assert r.returncode != 0 and "no trained CTC head with its sp.model" in r.stderr  # ranking needs the CTC units
 
 
 def test_phone_units_read_words_as_pronunciations_and_travel_with_the_model(tmp_path):

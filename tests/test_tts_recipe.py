@@ -11,14 +11,25 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sitok.data.features import compute_features
 from sitok.data.kaldi import read_table
 from sitok.data.prep import Entry, make_data_dir
 from sitok.data.synth import make_sentence
+from sitok.data.vocab import train_sentencepiece
 from sitok.infer import Tokenizer
 from sitok.infer.sets import dump_codes
-from sitok.lm.tts import PairReader, other_speaker_prompts, prompt_pairs, same_speaker_prompts
+from sitok.lm.tts import (
+    CTCScorer,
+    PairReader,
+    generate_ranked,
+    other_speaker_prompts,
+    prompt_pairs,
+    same_speaker_prompts,
+)
+from sitok.models.tts_lm import Sampling, SpeechTTS, SpeechTTSConfig
+from sitok.probes.data import FeatureReader
 
 from conftest import ROOT, run_one_thread, tone, write, write_model_dir
 
@@ -54,11 +65,75 @@ def test_prompt_pairs_put_a_same_speaker_utterance_before_the_target():
     assert reader("a0+a1").squeeze(1).tolist() == [1, 2, 3, 4, 5] and reader("a1").squeeze(1).tolist() == [3, 4, 5]
 
 
+def tokenizer_with_vocabulary(path, texts, ctc_weight=0.1):
+    """A tiny untrained tokenizer directory whose CTC head writes the units of an sp.model trained on ``texts``."""
+    import sentencepiece as spm
+
+    sp = train_sentencepiece(texts * 3, str(path / "lang"), vocab_size=30)
+    write_model_dir(
+        path / "model", vocab_size=spm.SentencePieceProcessor(model_file=sp).get_piece_size(), ctc_weight=ctc_weight
+    )
+    os.replace(sp, path / "model" / "sp.model")
+    return str(path / "model")
+
+
+TEXTS = ["the red fox", "a cat sat", "go home now"]
+
+
+def test_ctc_scorer_is_the_ctc_loss_of_each_sequence_alone(tmp_path):
+    tok = Tokenizer.from_pretrained(tokenizer_with_vocabulary(tmp_path, TEXTS), vocoder="griffin_lim")
+    scorer = CTCScorer(tok)
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, 64, (n,), generator=g) for n in (24, 16, 30)]  # frames enough for the texts
+    got = scorer(seqs, TEXTS)  # one padded batch
+    for c, text, value in zip(seqs, TEXTS, got):
+        log_probs, frames = tok.ctc_log_probs(c[None])
+        ids = torch.tensor(scorer.sp.encode(text))
+        want = F.ctc_loss(log_probs[0, : frames[0]], ids, frames, torch.tensor([len(ids)]), reduction="sum")
+        assert torch.isfinite(value) and torch.allclose(value, want, rtol=1e-4)
+    short = scorer([torch.tensor([3]), torch.tensor([], dtype=torch.long)], ["go home now", "a"])
+    assert short.isinf().all()  # too few frames for the text; nothing generated
+    no_ctc = Tokenizer.from_pretrained(write_model_dir(tmp_path / "noctc", ctc_weight=0.0), vocoder="griffin_lim")
+    with pytest.raises(ValueError, match="no trained CTC head"):
+        CTCScorer(no_ctc)
+
+
+def test_the_best_candidate_by_the_scorer_is_kept_and_ties_keep_the_first():
+    torch.manual_seed(0)
+    m = SpeechTTS(SpeechTTSConfig(backbone="tiny", codebook_size=30, speech_dim=8, min_tokens_per_char=0.0)).eval()
+    greedy, hot = Sampling(temperature=0), Sampling(temperature=1.5)
+    pool = m.generate(TEXTS, sampling=greedy, seed=5) + m.generate(TEXTS * 2, sampling=hot, seed=6)
+    assert not torch.equal(pool[3], pool[0]) or not torch.equal(pool[7], pool[1])  # the draws differ from greedy
+    calls = []
+
+    def scorer(codes, texts):  # item 0: candidate 2 best; item 1: candidate 1; item 2: all equal
+        calls.append((codes, texts))
+        return torch.tensor([0.0, 0.0, 1.0, 0.0, -1.0, 1.0, -1.0, 0.0, 1.0])
+
+    out, best = generate_ranked(m, TEXTS, [None] * 3, [""] * 3, greedy, 5, 3, 1.5, scorer)
+    assert best == [2, 1, 0]
+    assert torch.equal(out[0], pool[6]) and torch.equal(out[1], pool[4]) and torch.equal(out[2], pool[2])
+    ((codes, texts),) = calls
+    assert texts == TEXTS * 3 and all(torch.equal(a, b) for a, b in zip(codes, pool))
+    alone, first = generate_ranked(m, TEXTS, [None] * 3, [""] * 3, greedy, 5)
+    assert first == [0, 0, 0] and all(torch.equal(a, b) for a, b in zip(alone, pool[:3]))
+    with pytest.raises(ValueError, match="needs a scorer"):
+        generate_ranked(m, TEXTS, [None] * 3, [""] * 3, greedy, 5, 2)
+
+
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("tts")
     rng = random.Random(0)
-    for split, n, speakers in (("train", 8, "s0 s1"), ("dev", 2, "s0 s1"), ("test", 4, "s0 s1"), ("unseen", 2, "s9")):
+    splits = (
+        ("train", 8, "s0 s1"),
+        ("extra", 4, "s0 s1"),
+        ("dev", 2, "s0 s1"),
+        ("test", 4, "s0 s1"),
+        ("unseen", 2, "s9"),
+    )
+    texts = []
+    for split, n, speakers in splits:
         spk = speakers.split()
         entries = []
         for i in range(n):
@@ -66,11 +141,12 @@ def tiny_set(tmp_path_factory):
             utt = f"{s}-{split}-{i:02d}"
             path = write(str(root / "wav" / f"{utt}.wav"), tone(0.8 + 0.1 * (i % 3), freq=120 + 25 * i))
             entries.append(Entry(utt, s, path, make_sentence(rng)))
+        texts += [e.text for e in entries]
         make_data_dir(entries, str(root / "dump" / split))
         compute_features(str(root / "dump" / split), str(root / "dump" / split), progress=False)
-    model = write_model_dir(root / "tok" / "model")
+    model = tokenizer_with_vocabulary(root / "tok", texts)  # a CTC head and its units: candidates can be ranked
     tok = Tokenizer.from_pretrained(model, vocoder="griffin_lim")
-    for split in ("train", "dev", "test", "unseen"):
+    for split in ("train", "extra", "dev", "test", "unseen"):
         dump_codes(tok, str(root / "dump" / split), str(root / "tok" / "codes" / split), progress=False)
     return root
 
@@ -82,17 +158,20 @@ def test_recipe_trains_synthesises_and_judges(tiny_set, tmp_path):
     cmd += ["--test_set", "test", "--unseen_set", "unseen", "--number_of_epochs", "2", "--max_train_minutes", "0"]
     cmd += ["--max_batch_positions", "150", "--warmup_steps", "2", "--eval_utts", "0", "--eval_steps", "[1, 2]"]
     cmd += ["--vocoder", "griffin_lim", "--examples", "1", "--max_tokens_per_char", "0.3", "--lm_layers", "0"]
-    cmd += ["--noprogressbar", "--prompt_pairs", "0.5", "--tiny", str(SMALL)]
+    cmd += ["--noprogressbar", "--prompt_pairs", "0.5", "--tiny", str(SMALL), "--extra_train_sets", "[extra]"]
+    cmd += ["--candidates", "3"]
     r = run_one_thread(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.load(open(exp / "results.json"))
     assert res["epochs"] == 2 and res["steps"] > 0 and res["utterances"] == 4
-    assert 0 < res["counts"]["train_pairs"] <= 8  # same-speaker (prompt, target) pairs trained on too
+    assert res["counts"]["train"]["kept"] == 12  # train and the extra set, one training set
+    assert 0 < res["counts"]["train_pairs"] <= 12  # same-speaker (prompt, target) pairs trained on too
     rows = {(row["prompting"], row["steps"]): row for row in res["rows"]}
     assert set(rows) == {(p, s) for p in ("same", "unseen", "resynthesis") for s in (1, 2)}
     for row in rows.values():
         assert row["wer"] is not None and row["sim"] is not None and row["decoder_rtf"] > 0
     assert rows[("same", 1)]["lm_rtf"] > 0 and rows[("resynthesis", 1)]["lm_rtf"] == 0
+    assert res["candidates"] == 3 and 0 <= rows[("same", 1)]["drawn_chosen"] <= 4  # the best of 3 by the CTC head
 
     spk = read_table(str(root / "dump" / "test" / "utt2spk"))
     same = dict(line.split("\t") for line in open(exp / "gen_same" / "prompts.tsv").read().splitlines())
@@ -115,6 +194,21 @@ def test_recipe_trains_synthesises_and_judges(tiny_set, tmp_path):
     r = run_one_thread(cli + ["--tts", str(exp / "model"), "-o", out, "--steps", "1"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.path.getsize(out) > 44
+    r = run_one_thread(cli + ["--tts", str(exp / "model"), "-o", out, "--steps", "1", "--candidates", "3"])
+    assert r.returncode == 0 and "best of 3 token sequences by the CTC head" in r.stderr, r.stderr[-3000:]
+
+
+def test_feature_reader_reads_several_sets_as_one(tiny_set):
+    scp = {s: str(tiny_set / "tok" / "codes" / s / "codes.scp") for s in ("train", "extra")}
+    both = FeatureReader([scp["train"], scp["extra"]])
+    for s in ("train", "extra"):
+        alone = FeatureReader(scp[s])
+        assert alone.table and all(torch.equal(both(u), alone(u)) for u in alone.table)
+    assert len(both.table) == 12
+    with pytest.raises(ValueError, match="extra/codes.scp: utterance .* is also in .*extra/codes.scp"):
+        FeatureReader([scp["extra"], scp["extra"]])
+    with pytest.raises(KeyError, match="no entry for utterance nobody"):
+        both("nobody")
 
 
 def test_recipe_refuses_a_multi_codebook_tokenizer(tiny_set, tmp_path):

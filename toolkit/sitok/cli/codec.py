@@ -224,6 +224,7 @@ def cmd_tts(a) -> int:
     import torch
 
     from sitok.data.audio import probe_audio, write_wav_atomic
+    from sitok.lm.tts import CTCScorer, generate_ranked
     from sitok.models.tts_lm import Sampling, SpeechTTS
 
     check_output(a.output)
@@ -240,9 +241,14 @@ def cmd_tts(a) -> int:
         raise ValueError(f"{a.tts} writes {tts.config.codebook_size} codes; {a.model_dir} needs a one-codebook match")
     prompt = tok.encode(a.prompt)[0] if a.prompt else None
     sampling = Sampling(a.sample_temperature, a.top_k, a.top_p, a.ras_window, a.ras_ratio, a.text_cfg_scale)
+    scorer = CTCScorer(tok) if a.candidates > 1 else None
     t0 = time.perf_counter()
-    codes = tts.generate([a.text], [prompt], [a.prompt_text or ""], sampling, seed=a.seed)[0]
+    (codes,), (chosen,) = generate_ranked(
+        tts, [a.text], [prompt], [a.prompt_text or ""], sampling, a.seed, a.candidates, a.candidate_temperature, scorer
+    )
     t_lm = time.perf_counter() - t0
+    if scorer is not None:
+        logger.info("best of %d token sequences by the CTC head: %s", a.candidates, "drawn" if chosen else "the first")
     if prompt is not None:  # the decoder sees the prompt's tokens too, then its audio is cut off
         codes = torch.cat([prompt, codes])
     wav, sr = tok.decode(codes[None], steps=a.steps, seed=a.seed, cfg_scale=a.cfg_scale, temperature=a.temperature)
@@ -343,6 +349,16 @@ def add_parsers(sub) -> None:
         type=nonneg_float,
         default=1.0,
         help="classifier-free guidance of the tokens on the text (1: off; a model trained with text_dropout)",
+    )
+    s.add_argument(
+        "--candidates",
+        type=positive_int,
+        default=1,
+        help="the best of this many token sequences by the tokenizer's CTC head: the one of the sampling "
+        "options above and the rest drawn at --candidate-temperature (1: no ranking)",
+    )
+    s.add_argument(
+        "--candidate-temperature", type=nonneg_float, default=0.6, help="temperature of the drawn candidates"
     )
     add_decoding(s, seed_help="seed of the token sampling and of the decoder's start noise")
     _model_options(s)

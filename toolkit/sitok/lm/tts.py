@@ -32,6 +32,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -46,7 +47,7 @@ from sitok.infer.sets import write_codes
 from sitok.lm.brain import SpeechLMBrain, length_batches, start_run, train, trained_model
 from sitok.models.loading import load_model_config
 from sitok.models.tts_lm import Sampling, SpeechTTS, SpeechTTSConfig
-from sitok.probes.data import FeatureReader, durations, make_dataset, transcribed_sets
+from sitok.probes.data import FeatureReader, durations, make_dataset, train_set_names, transcribed_sets
 from sitok.probes.frontend import codebook_vectors
 
 logger = logging.getLogger(__name__)
@@ -163,26 +164,109 @@ def other_speaker_prompts(utts: list[str], pool: list[str], pool_spk: dict) -> d
 
 
 # ---- synthesis --------------------------------------------------------------------------------
+class CTCScorer:
+    """How well token sequences carry their texts: -log P(text | codes) under the tokenizer's own
+    CTC head (the head trained on the quantised latents), summed over all alignments. A sequence
+    too short for its text scores +inf."""
+
+    def __init__(self, tok: Tokenizer):
+        import sentencepiece as spm
+
+        sp_path = os.path.join(tok.model_dir or "", "sp.model")
+        if not tok.has_ctc or not os.path.exists(sp_path):
+            raise ValueError(f"{tok.model_dir}: no trained CTC head with its sp.model: cannot rank candidates")
+        self.tok, self.sp = tok, spm.SentencePieceProcessor(model_file=sp_path)
+
+    def __call__(self, codes: list[torch.Tensor], texts: list[str]) -> torch.Tensor:
+        """codes: [T_i] per item; texts: the item's text -> [B] negative log-likelihoods (nats)."""
+        lengths = torch.tensor([max(1, len(c)) for c in codes])
+        padded = torch.zeros(len(codes), 1, int(lengths.max()), dtype=torch.long)
+        for i, c in enumerate(codes):
+            padded[i, 0, : len(c)] = c
+        log_probs, frames = self.tok.ctc_log_probs(padded, lengths)
+        targets = [self.sp.encode(t) for t in texts]
+        nll = torch.nn.functional.ctc_loss(
+            log_probs.transpose(0, 1),
+            torch.tensor([i for t in targets for i in t], dtype=torch.long),
+            frames,
+            torch.tensor([len(t) for t in targets]),
+            blank=0,
+            reduction="none",
+            zero_infinity=False,
+        )
+        empty = torch.tensor([len(c) == 0 for c in codes])
+        return torch.where(empty, torch.full_like(nll, float("inf")), nll)
+
+
+def generate_ranked(
+    model: SpeechTTS,
+    texts: list[str],
+    prompts: list,
+    prompt_texts: list[str],
+    sampling: Sampling,
+    seed: int,
+    candidates: int = 1,
+    candidate_temperature: float = 0.8,
+    scorer: CTCScorer | None = None,
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Speech tokens per text, the best of ``candidates``: the sequence ``sampling`` gives, and
+    ``candidates`` - 1 more drawn at ``candidate_temperature`` (the other settings as in
+    ``sampling``), ranked by ``scorer``; ties keep the first. Returns (tokens, index of the chosen
+    candidate per item: 0 = the ``sampling`` one)."""
+    first = model.generate(texts, prompts, prompt_texts, sampling, seed=seed)
+    if candidates <= 1:
+        return first, [0] * len(texts)
+    if scorer is None:
+        raise ValueError("generate_ranked: more than one candidate needs a scorer")
+    n, k = len(texts), candidates - 1
+    drawn = replace(sampling, temperature=candidate_temperature)
+    more = model.generate(texts * k, prompts * k, prompt_texts * k, drawn, seed=seed + 1)
+    pool = first + more  # candidate j of item i at j * n + i
+    scores = scorer(pool, texts * candidates).view(candidates, n)
+    best = [int(torch.argmin(scores[:, i])) for i in range(n)]  # argmin returns the first of equal minima
+    return [pool[j * n + i] for i, j in enumerate(best)], best
+
+
 @torch.no_grad()
-def synthesise(model: SpeechTTS, jobs: list[tuple], sampling: Sampling, batch_size: int, seed: int, progress=True):
-    """``jobs``: (utt, text, prompt codes [T_p] or None, prompt text) -> ({utt: codes [1, T]}, LM seconds).
-    Batches of similar text length; the seed of a batch is ``seed`` + its index."""
+def synthesise(
+    model: SpeechTTS,
+    jobs: list[tuple],
+    sampling: Sampling,
+    batch_size: int,
+    seed: int,
+    progress=True,
+    candidates: int = 1,
+    candidate_temperature: float = 0.8,
+    scorer: CTCScorer | None = None,
+):
+    """``jobs``: (utt, text, prompt codes [T_p] or None, prompt text) -> ({utt: codes [1, T]}, LM
+    seconds, {utt: chosen candidate}). Batches of similar text length; the seed of a batch is
+    ``seed`` + its index times ``candidates``. With ``candidates`` > 1 each item is the best of that
+    many by ``scorer`` (``generate_ranked``); the LM seconds include the drawing and ranking."""
     from tqdm import tqdm
 
     jobs = sorted(jobs, key=lambda j: (len(j[1]) + len(j[3]), j[0]))
-    out, seconds = {}, 0.0
+    out, chosen, seconds = {}, {}, 0.0
     batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
     for b, batch in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not progress)):
         t0 = time.perf_counter()
-        codes = model.generate(
-            [j[1] for j in batch], [j[2] for j in batch], [j[3] for j in batch], sampling, seed=seed + b
+        codes, best = generate_ranked(
+            model,
+            [j[1] for j in batch],
+            [j[2] for j in batch],
+            [j[3] for j in batch],
+            sampling,
+            seed + b * max(1, candidates),
+            candidates,
+            candidate_temperature,
+            scorer,
         )
         seconds += time.perf_counter() - t0
-        for j, c in zip(batch, codes):
+        for j, c, k in zip(batch, codes, best):
             if len(c) == 0:  # nothing but the end of speech: one frame of the first code, never dropped
                 c = torch.zeros(1, dtype=torch.long)
-            out[j[0]] = c[None]
-    return out, seconds
+            out[j[0]], chosen[j[0]] = c[None], k
+    return out, seconds, chosen
 
 
 def evaluate(model: SpeechTTS, hparams: dict, progress: bool) -> dict:
@@ -205,7 +289,14 @@ def evaluate(model: SpeechTTS, hparams: dict, progress: bool) -> dict:
     judges = build_judges(parse_judges(hparams["judges"]), lm=hparams.get("judge_lm"))
     tok = Tokenizer.from_pretrained(hparams["model_dir"], vocoder=hparams["vocoder"])  # the examples' decoder
     mel_cfg = tok.mel_cfg
-    results = {"utterances": len(targets), "sampling": s, "eval_steps": hparams["eval_steps"], "rows": []}
+    rank = {
+        "candidates": int(hparams.get("candidates", 1)),
+        "candidate_temperature": hparams.get("candidate_temperature", 0.8),
+    }
+    if rank["candidates"] < 1:
+        raise ValueError(f"candidates: {rank['candidates']}: at least 1")
+    scorer = CTCScorer(tok) if rank["candidates"] > 1 else None
+    results = {"utterances": len(targets), "sampling": s, **rank, "eval_steps": hparams["eval_steps"], "rows": []}
 
     def score(name: str, data: EvalSet, out_dir: str, extra: dict) -> None:
         eng = Engine(data, out_dir, judges, lm=hparams.get("judge_lm"), seed=hparams["seed"], progress=progress)
@@ -220,7 +311,9 @@ def evaluate(model: SpeechTTS, hparams: dict, progress: bool) -> dict:
         pwav = read_table(os.path.join(dump, pset, "wav.scp"))
         ptext = read_table(os.path.join(dump, pset, "text"))
         jobs = [(u, texts[u], codes[pset](prompt_of[u])[:, 0], ptext[prompt_of[u]]) for u in targets if u in prompt_of]
-        gen, lm_s = synthesise(model, jobs, sampling, hparams["decode_batch_size"], hparams["seed"], progress)
+        batch = hparams["decode_batch_size"]
+        gen, lm_s, chosen = synthesise(model, jobs, sampling, batch, hparams["seed"], progress, **rank, scorer=scorer)
+        drawn = sum(k > 0 for k in chosen.values())
         gen_dir = os.path.join(exp, f"gen_{prompting}")
         write_codes(gen, gen_dir)
         with atomic_open(os.path.join(gen_dir, "prompts.tsv")) as fh:
@@ -237,18 +330,15 @@ def evaluate(model: SpeechTTS, hparams: dict, progress: bool) -> dict:
             codes_dir=gen_dir,
         )
         logger.info(
-            "AR-TTS, %s-speaker prompts: %d utterances, %.1f s of speech, LM RTF %.3f",
+            "AR-TTS, %s-speaker prompts: %d utterances, %.1f s of speech, LM RTF %.3f%s",
             prompting,
             len(gen),
             audio_s,
             lm_s / audio_s,
+            f"; best of {rank['candidates']} by the CTC head: a drawn one for {drawn}" if scorer else "",
         )
-        score(
-            prompting,
-            data,
-            os.path.join(exp, f"eval_{prompting}"),
-            {"lm_rtf": lm_s / audio_s, "skipped": len(targets) - len(gen)},
-        )
+        extra = {"lm_rtf": lm_s / audio_s, "skipped": len(targets) - len(gen), "drawn_chosen": drawn}
+        score(prompting, data, os.path.join(exp, f"eval_{prompting}"), extra)
         write_examples(tok, data, gen, prompt_of, pwav, hparams, os.path.join(exp, "examples", prompting))
     data = EvalSet.load(os.path.join(dump, test), hparams["eval_utts"], codes_dir=os.path.join(codes_root, test))
     score("resynthesis", data, os.path.join(exp, "eval_resynthesis"), {"lm_rtf": 0.0})
@@ -279,11 +369,16 @@ def run(argv: list[str]) -> None:
     tok_cfg = load_model_config(hparams["model_dir"])
     hparams["token_rate"] = tok_cfg["mel_rate"] / tok_cfg["stack"]
     sets, counts = transcribed_sets(hparams)
-    dur = durations(hparams["dump_dir"], hparams["train_set"])
+    train_sets = train_set_names(hparams)
+    dur = durations(hparams["dump_dir"], train_sets)
     fraction = float(hparams.get("prompt_pairs", 0.0))
     if fraction > 0:  # prompted-synthesis-shaped examples beside the single utterances
         items, reader = sets["train"]
-        spk = read_table(os.path.join(hparams["dump_dir"], hparams["train_set"], "utt2spk"))
+        spk = {
+            u: s
+            for name in train_sets
+            for u, s in read_table(os.path.join(hparams["dump_dir"], name, "utt2spk")).items()
+        }
         pairs = prompt_pairs(items, spk, fraction, hparams["seed"])
         dur.update({k: sum(dur[x] for x in k.split(PAIR)) for k in pairs})
         sets["train"] = ({**items, **pairs}, PairReader(reader))
@@ -292,12 +387,13 @@ def run(argv: list[str]) -> None:
     encode = lambda t: torch.tensor(model.text.encode(t), dtype=torch.long)  # noqa: E731
     data = {s: (items, make_dataset(items, reader, encode)) for s, (items, reader) in sets.items()}
     logger.info(
-        "AR-TTS: %s backbone (%s), %.1f M parameters, %.2f M trained; %d train / %d valid utterances",
+        "AR-TTS: %s backbone (%s), %.1f M parameters, %.2f M trained; %d train (%s) / %d valid utterances",
         hparams["backbone"],
         "pretrained" if hparams["pretrained"] else "random init",
         sum(p.numel() for p in model.parameters()) / 1e6,
         sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
         len(data["train"][0]),
+        " + ".join(train_sets),
         len(data["valid"][0]),
     )
     sampler = length_batches(hparams, data["train"][0], hparams["token_rate"], shuffle=True, dur=dur)

@@ -443,11 +443,14 @@ def _rtf(r: dict) -> float | None:
 
 
 def tts_system(res: dict) -> str:
-    """Table 7's name of our AR-TTS run: backbone, random start, layers, and guidance on the text."""
+    """Table 7's name of our AR-TTS run: backbone, random start, layers, guidance on the text, and
+    the best of several token sequences by the CTC head."""
     init = "" if res.get("pretrained", True) else ", random init"
     scale = (res.get("sampling") or {}).get("cfg_scale", 1.0)
     cfg = "" if scale == 1.0 else f", text guidance {scale:g}"
-    return f"SiTok-AR-TTS (ours, {res.get('backbone')}{init}, {res.get('lm_layers')} layers{cfg})"
+    n = int(res.get("candidates", 1))
+    best = "" if n <= 1 else f", best of {n} by CTC"
+    return f"SiTok-AR-TTS (ours, {res.get('backbone')}{init}, {res.get('lm_layers')} layers{cfg}{best})"
 
 
 def table7(entries: list[dict]) -> pd.DataFrame:
