@@ -12,9 +12,10 @@ before the target text, its codes as the start of the speech):
   * ``same``: another utterance of the same speaker from the test set;
   * ``unseen``: an utterance of a held-out speaker (``unseen_set``), the speakers taken in turn.
 
-The generated codes are decoded by the tokenizer at each of ``eval_steps`` and vocoded, then judged
-by the engine: WER of the ASR judge against the target sentence, SIM against the prompt's
-recording, DNSMOS. The tokenizer's own reconstruction of the same test utterances (their codes,
+With ``candidates`` > 1 each sentence is the best of that many token sequences by the tokenizer's
+own CTC head (``generate_ranked``). The generated codes are decoded by the tokenizer at each of
+``eval_steps`` and vocoded, then judged by the engine: WER of the ASR judge against the target
+sentence, SIM against the prompt's recording, DNSMOS. The tokenizer's own reconstruction of the same test utterances (their codes,
 same judge) is scored beside them, and the real-time factor is split into the LM's part and the
 decoder's and vocoder's.
 
@@ -206,7 +207,7 @@ def generate_ranked(
     sampling: Sampling,
     seed: int,
     candidates: int = 1,
-    candidate_temperature: float = 0.8,
+    candidate_temperature: float = 0.6,
     scorer: CTCScorer | None = None,
 ) -> tuple[list[torch.Tensor], list[int]]:
     """Speech tokens per text, the best of ``candidates``: the sequence ``sampling`` gives, and
@@ -236,7 +237,7 @@ def synthesise(
     seed: int,
     progress=True,
     candidates: int = 1,
-    candidate_temperature: float = 0.8,
+    candidate_temperature: float = 0.6,
     scorer: CTCScorer | None = None,
 ):
     """``jobs``: (utt, text, prompt codes [T_p] or None, prompt text) -> ({utt: codes [1, T]}, LM
@@ -291,7 +292,7 @@ def evaluate(model: SpeechTTS, hparams: dict, progress: bool) -> dict:
     mel_cfg = tok.mel_cfg
     rank = {
         "candidates": int(hparams.get("candidates", 1)),
-        "candidate_temperature": hparams.get("candidate_temperature", 0.8),
+        "candidate_temperature": hparams.get("candidate_temperature", 0.6),
     }
     if rank["candidates"] < 1:
         raise ValueError(f"candidates: {rank['candidates']}: at least 1")
