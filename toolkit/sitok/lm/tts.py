@@ -15,9 +15,9 @@ before the target text, its codes as the start of the speech):
 With ``candidates`` > 1 each sentence is the best of that many token sequences by the tokenizer's
 own CTC head (``generate_ranked``). The generated codes are decoded by the tokenizer at each of
 ``eval_steps`` and vocoded, then judged by the engine: WER of the ASR judge against the target
-sentence, SIM against the prompt's recording, DNSMOS. The tokenizer's own reconstruction of the same test utterances (their codes,
-same judge) is scored beside them, and the real-time factor is split into the LM's part and the
-decoder's and vocoder's.
+sentence, SIM against the prompt's recording, DNSMOS. The tokenizer's own reconstruction of the
+same test utterances (their codes, same judge) is scored beside them, and the real-time factor
+is split into the LM's part and the decoder's and vocoder's.
 
 Outputs in ``exp_dir``: ``model/`` (a SpeechTTS model directory), ``gen_<prompting>/`` (generated
 codes as codes.scp/ark, ``prompts.tsv``: utterance, prompt utterance), ``eval_<prompting>/`` and
