@@ -658,13 +658,14 @@ if run_stage 16; then
     tts_yaml=${tts_config}; [ -f "${tts_yaml}" ] || tts_yaml="${toolkit_root}/recipes/tts/hparams/${tts_config}.yaml"
     read -r t_valid t_test t_unseen <<< "${valid_set} ${test_sets}"
     t_unseen=${tts_unseen_set:-${t_unseen:-}}
-    read -r t_train t_extra <<< "${tts_train_sets:-${train_set}}"
+    t_sets=${tts_train_sets:-${train_set}}
+    read -r t_train t_extra <<< "${t_sets}"
     t_extra="[$(echo ${t_extra:-} | tr ' ' ',')]"  # the sets beside the first, as a YAML list
     pb=(); ${progress} || pb=(--noprogressbar)
     out="${tok_exp}/tts"
     st=(--input "config=${tts_yaml}" --option "tts_args=${tts_args}" --input "model=${model_dir}"
-        --input "lm=${lang_dir}/judge_lm.arpa" --option "unseen=${t_unseen}" --option "train_sets=${tts_train_sets}")
-    for dset in ${tts_train_sets:-${train_set}} ${t_valid} ${t_test} ${t_unseen}; do
+        --input "lm=${lang_dir}/judge_lm.arpa" --option "unseen=${t_unseen}")
+    for dset in ${t_sets} ${t_valid} ${t_test} ${t_unseen}; do  # every set's codes and dump: in the stamp
         ensure_codes "${model_dir}" "${dset}" "${tok_exp}/codes/${dset}"
         st+=(--input "codes_${dset}=${tok_exp}/codes/${dset}" --dump "${dset}=${dumpdir}/${dset}")
     done
@@ -672,13 +673,12 @@ if run_stage 16; then
         log "Stage 16: AR-TTS: ${out} already done, skipping"
     else
         begin_work "${out}" "${st[@]}"
-        log "Stage 16: AR-TTS on $(echo ${tts_train_sets:-${train_set}} | tr ' ' '+')/${t_valid}, synthesis of ${t_test} (prompts: same speaker${t_unseen:+, ${t_unseen}}) -> ${out}"
+        log "Stage 16: AR-TTS on $(echo ${t_sets} | tr ' ' '+')/${t_valid}, synthesis of ${t_test} (prompts: same speaker${t_unseen:+, ${t_unseen}}) -> ${out}"
         # shellcheck disable=SC2086
         set_launcher "${ngpu}"
         "${launcher[@]}" "${toolkit_root}/recipes/tts/train.py" "${tts_yaml}" --model_dir "${model_dir}" \
             --codes_root "${tok_exp}/codes" --dump_dir "${dumpdir}" --train_set "${t_train}" --extra_train_sets "${t_extra}" \
-            --valid_set "${t_valid}" \
-            --test_set "${t_test}" --unseen_set "${t_unseen:-null}" --judge_lm "${lang_dir}/judge_lm.arpa" \
+            --valid_set "${t_valid}" --test_set "${t_test}" --unseen_set "${t_unseen:-null}" --judge_lm "${lang_dir}/judge_lm.arpa" \
             --exp_dir "${out}" ${pb[@]+"${pb[@]}"} ${tts_args} > "${out}.log" 2>&1 \
             || { log "ERROR: AR-TTS failed; see ${out}.log"; tail -n 20 "${out}.log" >&2; exit 1; }
         grep "AR-TTS .* steps: WER" "${out}.log" | while read -r line; do log "  ${line}"; done

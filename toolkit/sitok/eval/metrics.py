@@ -9,8 +9,6 @@ ground-truth log-mels in the model's normalised space, code statistics, and the 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
@@ -56,12 +54,9 @@ def ctc_asr(tok, codes: dict, texts: dict, beam_size: int = 0) -> dict | None:
     """The tokenizer's own CTC head on the codes -> WER (paper "CTC ASR"): greedy, and with
     ``beam_size`` > 0 also speechbrain's CTC prefix beam search (no LM). None when the model has
     no trained CTC head or its directory no ``sp.model`` (the paper's "-")."""
-    import sentencepiece as spm
-
-    sp_path = os.path.join(tok.model_dir or "", "sp.model")
-    if not tok.has_ctc or not os.path.exists(sp_path):
+    sp = tok.ctc_units()
+    if sp is None:
         return None
-    sp = spm.SentencePieceProcessor(model_file=sp_path)
     searcher = ctc_beam_searcher(sp, beam_size) if beam_size > 0 else None
     hyps, beam_hyps = {}, {}
     for batch in length_batches({u: c.shape[1] for u, c in codes.items()}):

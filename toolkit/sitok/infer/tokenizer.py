@@ -285,6 +285,16 @@ class Tokenizer:
         """Whether the model has a CTC head that was trained (a CTC weight above 0)."""
         return self.model.ctc is not None and self.model.config.ctc_weight > 0
 
+    def ctc_units(self):
+        """The SentencePiece model of the CTC head's units (``sp.model`` of the model directory), or
+        None when the model has no trained CTC head or its directory no ``sp.model``."""
+        import sentencepiece as spm
+
+        path = os.path.join(self.model_dir or "", "sp.model")
+        if not self.has_ctc or not os.path.exists(path):
+            return None
+        return spm.SentencePieceProcessor(model_file=path)
+
     @torch.no_grad()
     def ctc_log_probs(self, codes, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The CTC head on codes [CN, T] or [B, CN, T] (``lengths``: tokens of a padded batch) ->

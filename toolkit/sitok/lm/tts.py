@@ -48,7 +48,7 @@ from sitok.infer.sets import write_codes
 from sitok.lm.brain import SpeechLMBrain, length_batches, start_run, train, trained_model
 from sitok.models.loading import load_model_config
 from sitok.models.tts_lm import Sampling, SpeechTTS, SpeechTTSConfig
-from sitok.probes.data import FeatureReader, durations, make_dataset, train_set_names, transcribed_sets
+from sitok.probes.data import FeatureReader, durations, make_dataset, read_sets_table, train_set_names, transcribed_sets
 from sitok.probes.frontend import codebook_vectors
 
 logger = logging.getLogger(__name__)
@@ -171,20 +171,15 @@ class CTCScorer:
     too short for its text scores +inf."""
 
     def __init__(self, tok: Tokenizer):
-        import sentencepiece as spm
-
-        sp_path = os.path.join(tok.model_dir or "", "sp.model")
-        if not tok.has_ctc or not os.path.exists(sp_path):
+        self.tok, self.sp = tok, tok.ctc_units()
+        if self.sp is None:
             raise ValueError(f"{tok.model_dir}: no trained CTC head with its sp.model: cannot rank candidates")
-        self.tok, self.sp = tok, spm.SentencePieceProcessor(model_file=sp_path)
 
     def __call__(self, codes: list[torch.Tensor], texts: list[str]) -> torch.Tensor:
         """codes: [T_i] per item; texts: the item's text -> [B] negative log-likelihoods (nats)."""
-        lengths = torch.tensor([max(1, len(c)) for c in codes])
-        padded = torch.zeros(len(codes), 1, int(lengths.max()), dtype=torch.long)
-        for i, c in enumerate(codes):
-            padded[i, 0, : len(c)] = c
-        log_probs, frames = self.tok.ctc_log_probs(padded, lengths)
+        seqs = [c.long() if len(c) else torch.zeros(1, dtype=torch.long) for c in codes]  # empty: scored inf below
+        padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        log_probs, frames = self.tok.ctc_log_probs(padded[:, None], torch.tensor([len(c) for c in seqs]))
         targets = [self.sp.encode(t) for t in texts]
         nll = torch.nn.functional.ctc_loss(
             log_probs.transpose(0, 1),
@@ -375,11 +370,7 @@ def run(argv: list[str]) -> None:
     fraction = float(hparams.get("prompt_pairs", 0.0))
     if fraction > 0:  # prompted-synthesis-shaped examples beside the single utterances
         items, reader = sets["train"]
-        spk = {
-            u: s
-            for name in train_sets
-            for u, s in read_table(os.path.join(hparams["dump_dir"], name, "utt2spk")).items()
-        }
+        spk = read_sets_table(hparams["dump_dir"], train_sets, "utt2spk")
         pairs = prompt_pairs(items, spk, fraction, hparams["seed"])
         dur.update({k: sum(dur[x] for x in k.split(PAIR)) for k in pairs})
         sets["train"] = ({**items, **pairs}, PairReader(reader))

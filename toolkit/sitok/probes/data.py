@@ -110,9 +110,7 @@ def probe_sets(hparams: dict, label_file: str | None) -> tuple[dict, dict]:
                 hparams["features"], name, hparams["dump_dir"], hparams.get("codes_root"), hparams["cmvn"]
             )
             kept, n = load_set(hparams["dump_dir"], name, label_file, scp)
-            if items.keys() & kept.keys():
-                raise ValueError(f"{scp}: utterances also in another training set ({', '.join(names)})")
-            items.update(kept)
+            items.update(kept)  # an utterance in two sets: refused by the reader below
             scps.append(scp)
             for k, v in n.items():
                 counts[split][k] = counts[split].get(k, 0) + v
@@ -137,10 +135,12 @@ def transcribed_sets(hparams: dict) -> tuple[dict, dict]:
     return sets, counts
 
 
+def read_sets_table(dump_dir: str, set_name: str | list[str], filename: str) -> dict:
+    """{utt: value} of ``<dump_dir>/<set>/<filename>`` for one set or every set of a list."""
+    names = [set_name] if isinstance(set_name, str) else set_name
+    return {u: v for name in names for u, v in read_table(os.path.join(dump_dir, name, filename)).items()}
+
+
 def durations(dump_dir: str, set_name: str | list[str]) -> dict:
     """{utt: seconds} of ``<dump_dir>/<set_name>/utt2dur`` (of every set of a list)."""
-    return {
-        u: float(d)
-        for name in ([set_name] if isinstance(set_name, str) else set_name)
-        for u, d in read_table(os.path.join(dump_dir, name, "utt2dur")).items()
-    }
+    return {u: float(d) for u, d in read_sets_table(dump_dir, set_name, "utt2dur").items()}
